@@ -1,0 +1,356 @@
+"""The `autoresearch` command. Thin: it parses arguments, builds the domain objects, and reports errors.
+
+Every error a person can cause ends in one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from supervisor.config import (
+    POLICY_NAMES,
+    ConfigError,
+    Layout,
+    RunConfig,
+    default_cache_dir,
+    default_journals_root,
+)
+
+EXIT_ERROR = 1
+AGENT_CHOICES = "offline | script:FILE"
+
+
+class CliError(RuntimeError):
+    pass
+
+
+# ---- helpers --------------------------------------------------------------------------------------------
+def _make_agent(spec: str, resume_turns: int = 0):
+    from supervisor.agents.offline import OfflineAgent
+    from supervisor.agents.scripted import ScriptedAgent, ScriptError
+
+    if spec == "offline":
+        return OfflineAgent()
+    if spec.startswith("script:"):
+        try:
+            return ScriptedAgent(Path(spec.removeprefix("script:")), start=resume_turns)
+        except ScriptError as exc:
+            raise CliError(str(exc)) from exc
+    if spec in ("anthropic", "openai"):
+        raise CliError(f"--agent {spec} is not available in this version; use {AGENT_CHOICES}")
+    raise CliError(f"unknown agent {spec!r}: use {AGENT_CHOICES}")
+
+
+def _check_cache(cache_dir: Path, upstream: bool) -> None:
+    if upstream:
+        return
+    if not (Path(cache_dir) / "manifest.json").is_file():
+        raise CliError(f"no prepared data in {cache_dir}: run `autoresearch prepare` first "
+                       "(the embedded corpus needs no network)")
+
+
+# Run options and the RunConfig field each sets. On --resume only the options given on the command line
+# change the stored settings; everything else stays as the run was started.
+RUN_OPTIONS = {
+    "budget": "budget_s", "grace": "grace_s", "max_trials": "max_trials", "policy": "policy",
+    "floor_factor": "floor_factor", "confirm_seeds": "confirm_seeds", "reflect_every": "reflect_every",
+    "plateau": "plateau_trials", "noise_repeats": "noise_repeats", "device": "device",
+    "memory_limit_mb": "memory_limit_mb", "agent": "agent", "model": "model", "base_url": "base_url",
+}
+
+
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    journals = Path(args.journals) if args.journals else default_journals_root()
+    if args.resume:
+        config = _load_config(args)
+    else:
+        layout = Layout.upstream(args.train_command) if args.upstream else Layout()
+        config = RunConfig(tag=args.tag, journals_root=journals,
+                           upstream_repo=Path(args.upstream).resolve() if args.upstream else None, layout=layout)
+    if args.cache:
+        config.cache_dir = Path(args.cache)
+    for option, field_name in RUN_OPTIONS.items():
+        value = getattr(args, option)
+        if value is not None:
+            setattr(config, field_name, value)
+    config.__post_init__()  # validate the merged settings
+    return config
+
+
+def _install_signal_handlers(supervisor) -> None:
+    def handler(signum, frame):  # noqa: ARG001
+        print(f"\n{signal.Signals(signum).name}: stopping the run (the current trial is recorded as aborted); "
+              "continue later with --resume", file=sys.stderr)
+        supervisor.stop()
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False) -> int:
+    from supervisor.console import ConsolePrinter
+    from supervisor.ledger import Ledger
+    from supervisor.loop import RunPaths, Supervisor
+
+    resume_turns = 0
+    if resume and RunPaths(config.run_dir).ledger.exists():
+        ledger = Ledger(RunPaths(config.run_dir).ledger)
+        resume_turns = sum(1 for t in ledger.turns() if t["role"] == "agent")
+        ledger.close()
+    agent = _make_agent(config.agent, resume_turns)
+    _check_cache(config.cache_dir, config.upstream_repo is not None)
+    if not headless:
+        print("(the terminal UI is not part of this version yet; running headless)", file=sys.stderr)
+    supervisor = Supervisor(config, agent, resume=resume)
+    if not quiet:
+        supervisor.bus.subscribe(ConsolePrinter())
+    _install_signal_handlers(supervisor)
+    print(f"run {config.tag}: journal in {config.run_dir}, workspace {config.workspace} "
+          f"(branch {config.branch})", file=sys.stderr)
+    end = supervisor.run()
+    print(f"run {config.tag} {end}. Journal: {config.run_dir / 'journal.md'}", file=sys.stderr)
+    return 0
+
+
+# ---- commands ---------------------------------------------------------------------------------------------
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from trainer import prepare
+
+    argv = list(args.prepare_args)
+    if args.cache and "--cache" not in argv:
+        argv += ["--cache", args.cache]
+    return int(prepare.main(argv) or 0)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    return _drive(config, resume=args.resume, headless=args.headless)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from trainer import prepare
+
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    if not (cache / "manifest.json").is_file():
+        print(f"preparing the embedded corpus (no network needed) into {cache} ...", file=sys.stderr)
+        code = prepare.main(["--source", "embedded", "--cache", str(cache)])
+        if code:
+            return int(code)
+    tag = args.tag or time.strftime("demo-%Y%m%d-%H%M%S")
+    config = RunConfig(
+        tag=tag,
+        journals_root=Path(args.journals) if args.journals else default_journals_root(),
+        cache_dir=cache,
+        budget_s=args.budget,
+        max_trials=args.max_trials,
+        reflect_every=max(2, min(10, args.max_trials // 2)),
+        agent="offline",
+        device=args.device,
+    )
+    print(f"demo: the offline agent (a coordinate search, no API key) runs {args.max_trials} trials of "
+          f"{args.budget:g}s on the embedded corpus", file=sys.stderr)
+    return _drive(config, resume=False, headless=args.headless)
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    from supervisor.console import ConsolePrinter
+    from supervisor.loop import Supervisor
+
+    config = _load_config(args)
+    if args.cache:
+        config.cache_dir = Path(args.cache)
+    if args.floor_factor is not None:
+        config.floor_factor = args.floor_factor
+    _check_cache(config.cache_dir, config.upstream_repo is not None)
+    supervisor = Supervisor(config, _make_agent("offline"), resume=True)
+    supervisor.bus.subscribe(ConsolePrinter())
+    _install_signal_handlers(supervisor)
+    try:
+        noise = supervisor.measure_noise(args.repeats)
+    finally:
+        supervisor._set_state("stopped", "after a noise measurement")  # noqa: SLF001
+        supervisor.close()
+    print(noise.describe(config.floor_factor))
+    return 0 if noise.n >= 2 else EXIT_ERROR
+
+
+def _load_config(args: argparse.Namespace) -> RunConfig:
+    from supervisor.loop import RunPaths
+
+    journals = Path(args.journals) if args.journals else default_journals_root()
+    ledger_path = RunPaths(journals / args.tag).ledger
+    if not ledger_path.exists():
+        raise CliError(f"no run {args.tag!r} in {journals} (list them with `ls {journals}`)")
+    from supervisor.ledger import Ledger
+
+    ledger = Ledger(ledger_path)
+    try:
+        config = RunConfig.from_json(ledger.run_row()["config"])
+    finally:
+        ledger.close()
+    config.journals_root = journals
+    return config
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from supervisor.ledger import Ledger
+    from supervisor.loop import RunPaths
+    from supervisor.status import run_status
+
+    journals = Path(args.journals) if args.journals else default_journals_root()
+    paths = RunPaths(journals / args.tag)
+    if not paths.ledger.exists():
+        raise CliError(f"no run {args.tag!r} in {journals}")
+    ledger = Ledger(paths.ledger)
+    try:
+        status = run_status(ledger, paths.lock)
+    finally:
+        ledger.close()
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    c = status["counts"]
+    best = status["best"]
+    print(f"{status['tag']}: {status['state']} · {c['trials']} trials ({c['keep']} keep, {c['discard']} discard, "
+          f"{c['crash']} crash, {c['flagged']} flagged) · policy {status['policy']} · noise floor "
+          f"{'not measured' if status['noise_floor'] is None else format(status['noise_floor'], '.6f')}")
+    if best:
+        print(f"best: trial {best['id']} val_bpb {best['val_bpb']:.6f} · {best['description']}")
+    for t in status["trials"][-15:]:
+        val = "" if t["val_bpb"] is None else f"{t['val_bpb']:.6f}"
+        print(f"  {t['id']:>4} {t['status']:<8} {val:<9} {'⚑' if t['flagged'] else ' '} {t['description']}")
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from supervisor.ledger import Ledger
+    from supervisor.lock import RunLock
+    from supervisor.loop import COMMANDS, RunPaths
+
+    journals = Path(args.journals) if args.journals else default_journals_root()
+    paths = RunPaths(journals / args.tag)
+    if not paths.ledger.exists():
+        raise CliError(f"no run {args.tag!r} in {journals}")
+    if args.command not in COMMANDS:
+        raise CliError(f"unknown command {args.command!r}: use one of {', '.join(COMMANDS)}")
+    message = " ".join(args.message).strip()
+    if args.command == "steer" and not message:
+        raise CliError("steer needs a message, e.g. autoresearch control --tag T steer \"try shorter windows\"")
+    ledger = Ledger(paths.ledger)
+    try:
+        if args.command == "steer" and not RunLock.holder(paths.lock):
+            # Nobody is running the loop: store the message; the next --resume delivers it.
+            ledger.add_steering(message)
+            print("no supervisor is running this run; the message is stored and delivered on --resume")
+            return 0
+        ledger.send_command(args.command, message)
+    finally:
+        ledger.close()
+    if not RunLock.holder(paths.lock):
+        print(f"note: no supervisor is running {args.tag!r}; the command waits for the next --resume")
+    else:
+        print(f"sent {args.command} to {args.tag}")
+    return 0
+
+
+# ---- the parser -------------------------------------------------------------------------------------------
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--journals", help="folder holding the runs' journals (default: ./journals of the project)")
+    p.add_argument("--cache", help="prepared data cache (default: $AUTORESEARCH_CACHE or ~/.cache/autoresearch)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoresearch",
+        description="Host an LLM agent doing small-scale LM pretraining research, and keep it honest.",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("prepare", help="download or build the data and tokenizer (embedded corpus by default)",
+                       add_help=False)
+    p.add_argument("--cache")
+    p.add_argument("prepare_args", nargs=argparse.REMAINDER,
+                   help="passed to trainer/prepare.py (try `autoresearch prepare --help`)")
+    p.set_defaults(func=cmd_prepare)
+
+    def run_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
+        _add_common(p)
+        p.add_argument("--headless", action="store_true", help="no terminal UI: print events as lines")
+        p.add_argument("--device", default=None if not demo else "auto", choices=["auto", "cuda", "mps", "cpu"])
+
+    p = sub.add_parser("run", help="start (or --resume) a supervised research run")
+    run_options(p)
+    p.add_argument("--tag", required=True, help="the run's name (its branch is autoresearch/TAG)")
+    p.add_argument("--agent", help=f"who proposes changes: {AGENT_CHOICES}")
+    p.add_argument("--model", help="model name for LLM agents")
+    p.add_argument("--base-url", help="API base URL for LLM agents (an OpenAI-compatible local server)")
+    p.add_argument("--budget", type=float, help="training seconds per trial (default 300)")
+    p.add_argument("--grace", type=float, help="seconds past the budget before a trial is killed "
+                                               "(default: max(60, budget/2), for startup, compile and evaluation)")
+    p.add_argument("--max-trials", type=int, help="stop after this many finished trials")
+    p.add_argument("--resume", action="store_true", help="continue the run with this tag")
+    p.add_argument("--policy", choices=POLICY_NAMES, help="keep policy (default flag)")
+    p.add_argument("--floor-factor", type=float, help="noise floor = factor x sd (default 2)")
+    p.add_argument("--confirm-seeds", type=int, help="re-runs for the confirm policy (default 2)")
+    p.add_argument("--reflect-every", type=int, help="a reflection every N trials (default 10)")
+    p.add_argument("--plateau", type=int, help="a reflection after N trials without a keep")
+    p.add_argument("--noise-repeats", type=int,
+                   help="measure the noise floor with N seeds at the start of the run (0: not now)")
+    p.add_argument("--memory-limit-mb", type=int, help="cap a trial's virtual memory (CPU trials)")
+    p.add_argument("--upstream", metavar="REPO", help="drive an existing upstream autoresearch checkout")
+    p.add_argument("--train-command", default="uv run train.py", help="with --upstream: how a trial runs")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole loop on the embedded corpus: no API key, no GPU, no network")
+    run_options(p, demo=True)
+    p.add_argument("--tag", help="run name (default demo-DATE-TIME)")
+    p.add_argument("--budget", type=float, default=20.0, help="training seconds per trial (default 20)")
+    p.add_argument("--max-trials", type=int, default=6, help="trials to run (default 6)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("noise", help="measure the noise floor: re-run the current best with new seeds")
+    _add_common(p)
+    p.add_argument("--tag", required=True)
+    p.add_argument("--repeats", type=int, default=3, help="how many seeds (default 3, at least 2)")
+    p.add_argument("--floor-factor", type=float, help="noise floor = factor x sd (default: the run's)")
+    p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("status", help="the state of a run (--json for tools)")
+    _add_common(p)
+    p.add_argument("--tag", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("control", help="pause, resume, stop-trial, stop or steer a run from another terminal")
+    _add_common(p)
+    p.add_argument("--tag", required=True)
+    p.add_argument("command", help="pause | resume | stop-trial | stop | steer")
+    p.add_argument("message", nargs="*", help="the steering message")
+    p.set_defaults(func=cmd_control)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from supervisor.ledger import LedgerError
+    from supervisor.lock import RunLocked
+    from supervisor.loop import SupervisorError
+    from supervisor.workspace import WorkspaceError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ConfigError, SupervisorError, LedgerError, RunLocked, WorkspaceError) as exc:
+        print(f"autoresearch: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

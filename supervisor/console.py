@@ -1,0 +1,83 @@
+"""Headless output: one readable line per event, for `run --headless`, `demo --headless` and logs.
+
+Metrics are summarised (one line every few seconds), not printed per step.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+
+from supervisor import events as ev
+
+
+class ConsolePrinter:
+    def __init__(self, console: Console | None = None, metric_every_s: float = 5.0) -> None:
+        self.console = console or Console(highlight=False)
+        self.metric_every_s = metric_every_s
+        self._last_metric = 0.0
+
+    def __call__(self, event: ev.Event) -> None:
+        d = event.data
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+        line = self._line(event.kind, d)
+        if line:
+            self.console.print(f"[dim]{stamp}[/dim] {line}")
+
+    def _line(self, kind: str, d: dict) -> str | None:
+        if kind == ev.STATE:
+            return f"[bold]state[/bold] {d['state']}" + (f": {d['detail']}" if d.get("detail") else "")
+        if kind == ev.AGENT_TEXT:
+            text = d["text"].strip().replace("\n", " ")
+            return f"[cyan]agent[/cyan] {text[:300]}"
+        if kind == ev.TOOL_CALL:
+            return None
+        if kind == ev.TOOL_RESULT:
+            first = d["content"].strip().splitlines()[0] if d["content"].strip() else ""
+            if d.get("refused"):
+                return f"[red]refused[/red] {d['tool']}: {first[:240]}"
+            if not d.get("ok"):
+                return f"[yellow]error[/yellow] {d['tool']}: {first[:240]}"
+            if d["tool"] in ("run_trial", "read_file", "get_results"):
+                return None
+            return f"[green]{d['tool']}[/green] {first[:200]}"
+        if kind == ev.TRIAL_STARTED:
+            self._last_metric = 0.0
+            return (f"[bold]trial {d['trial_id']}[/bold] started: {d['description']} "
+                    f"(budget {d['budget_s']:g}s, commit {d['commit'][:7]})")
+        if kind == ev.METRIC:
+            now = time.monotonic()
+            if now - self._last_metric < self.metric_every_s:
+                return None
+            self._last_metric = now
+            m = d["metric"]
+            tps = m.get("tokens_per_s")
+            return (f"  step {m.get('step')} · {m.get('elapsed', 0):.0f}s · loss {m.get('loss', float('nan')):.4f}"
+                    + (f" · {tps:,.0f} tok/s" if isinstance(tps, int | float) else ""))
+        if kind == ev.TRIAL_FINISHED:
+            val = d.get("val_bpb")
+            delta = d.get("delta")
+            color = {"keep": "green", "discard": "yellow", "crash": "red"}.get(d["status"], "white")
+            flag = " [magenta]⚑ flagged[/magenta]" if d.get("flagged") else ""
+            return (f"[bold]trial {d['trial_id']}[/bold] [{color}]{d['status']}[/{color}]{flag}"
+                    + (f" val_bpb {val:.6f}" if val is not None else "")
+                    + (f" ({delta:+.6f})" if delta is not None else "")
+                    + f" · {d.get('decision', '')}")
+        if kind == ev.JOURNAL:
+            return f"[green]journal[/green] entry for trial {d['trial_id']} written"
+        if kind == ev.REFLECTION:
+            return f"[green]reflection[/green] {d['reflection_id']} written"
+        if kind == ev.STEERING:
+            return f"[magenta]steering[/magenta] {d['message']}"
+        if kind == ev.NOISE:
+            floor = d.get("floor")
+            return (f"[bold]noise[/bold] {len(d['values'])} runs, sd "
+                    f"{d['sd'] if d['sd'] is None else format(d['sd'], '.6f')}, floor "
+                    f"{'n/a' if floor is None else format(floor, '.6f')}")
+        if kind == ev.NOTICE:
+            color = {"warning": "yellow", "error": "red"}.get(d.get("level", "info"), "blue")
+            return f"[{color}]{d['message']}[/{color}]"
+        if kind == ev.PLAN:
+            return f"plan #{d['plan_id']} {d['status']}"
+        return None

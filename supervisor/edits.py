@@ -1,0 +1,445 @@
+"""The agent's file access: a workspace path guard, exact search-and-replace, atomic writes, numbered reads.
+
+Every refusal is an ``EditError`` whose message is read by the model, so each one says what to do
+instead. Reading is allowed for any file inside the workspace except git internals; editing only for
+the one editable file (``trainer/train.py``, or ``train.py`` when driving an upstream-style checkout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+EDITABLE_PATH = "trainer/train.py"
+DEFAULT_MAX_CHARS = 20_000
+_MAX_LINE_CHARS = 2_000  # one minified or data line must not eat the whole read budget
+_MAX_DIFF_CHARS = 8_000
+_NEAR_CONTEXT = 2  # lines shown around the closest match of a failed search
+_MAX_SHOWN_LINES = 40
+_COUNT_ALL_LINES_BELOW = 10 * 2**20  # past this size, stop reading at the requested range
+_SKIP_DIRS = frozenset({"__pycache__", "node_modules"})
+_LINE_NUMBER_PREFIX = re.compile(r"^\s*\d+\t")
+
+
+class EditError(ValueError):
+    """A refused or failed file operation. The message is written for the model: it says what to do."""
+
+
+@dataclass(frozen=True)
+class EditResult:
+    path: str  # relative to the workspace, posix style
+    diff: str  # unified diff of the change (possibly cut, with a note)
+    start_line: int  # first line of the replacement in the new file
+    end_line: int  # last line of the replacement in the new file (== start_line for a deletion)
+
+    @property
+    def summary(self) -> str:
+        lines = f"line {self.start_line}" if self.start_line == self.end_line else (
+            f"lines {self.start_line}-{self.end_line}"
+        )
+        return f"edited {self.path}: {lines}"
+
+
+# --- paths ------------------------------------------------------------------------------------------
+
+
+def _root(workspace: Path) -> Path:
+    return Path(workspace).resolve()
+
+
+def _list_files(root: Path, limit: int = 500) -> list[str]:
+    """Workspace files for 'did you mean' hints; bounded so a huge data folder cannot stall an error."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+        base = Path(dirpath).relative_to(root)
+        for name in sorted(filenames):
+            out.append((base / name).as_posix())
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def _lexical(workspace: Path, path: str, editable: str) -> tuple[Path, Path, str]:
+    """Refuse what can be refused without touching the disk; return (root, candidate, shown name)."""
+    root = _root(workspace)
+    raw = str(path).strip()
+    if not raw:
+        raise EditError(f"the path is empty; give a path relative to the workspace root, e.g. {editable}")
+    p = Path(raw)
+    if ".." in p.parts:
+        raise EditError(
+            f"'{raw}' contains '..'; paths must stay inside the workspace. "
+            f"Give the path from the workspace root without '..', e.g. {editable}"
+        )
+    if p.is_absolute():
+        # The workspace may have been given through a symlinked path (e.g. /tmp on macOS): accept both.
+        for base in (Path(os.path.abspath(workspace)), root):
+            if p.is_relative_to(base):
+                p = p.relative_to(base)
+                break
+        else:
+            raise EditError(
+                f"'{raw}' is an absolute path outside the workspace; give a path relative to the "
+                f"workspace root instead, e.g. {editable}"
+            )
+    # A bare file name the model remembers from upstream autoresearch ("train.py", "prepare.py"):
+    # look for it beside the editable file when it is not at the root.
+    if len(p.parts) == 1 and not (root / p).exists():
+        alias = Path(editable).parent / p
+        if (root / alias).exists():
+            p = alias
+    if ".git" in p.parts:
+        raise EditError(_git_message(raw))
+    return root, root / p, raw
+
+
+def _git_message(raw: str) -> str:
+    return (
+        f"'{raw}' is inside .git, the supervisor's own repository data, which is off limits. "
+        "Use the tools for past results and diffs to look at earlier trials."
+    )
+
+
+def _missing_message(root: Path, candidate: Path, raw: str) -> str:
+    files = _list_files(root)
+    rel = candidate.relative_to(root).as_posix()
+    guesses = difflib.get_close_matches(rel, files, n=3, cutoff=0.5)
+    by_name = [f for f in files if PurePosixPath(f).name == PurePosixPath(rel).name and f not in guesses]
+    guesses = (by_name + guesses)[:3]
+    if guesses:
+        hint = "Did you mean " + " or ".join(guesses) + "?"
+    else:
+        shown = ", ".join(files[:20]) + (", ..." if len(files) > 20 else "")
+        hint = f"Files in the workspace: {shown or '(none)'}."
+    return f"'{raw}' does not exist in the workspace (paths are relative to the workspace root). {hint}"
+
+
+def _resolve(workspace: Path, path: str, editable: str) -> tuple[Path, Path, str]:
+    root, candidate, raw = _lexical(workspace, path, editable)
+    real = candidate.resolve()
+    if not real.is_relative_to(root):
+        raise EditError(
+            f"'{raw}' is a symlink that points outside the workspace; only files inside the workspace "
+            f"can be used. Work with the files in the workspace itself, e.g. {editable}"
+        )
+    if ".git" in real.relative_to(root).parts:
+        raise EditError(_git_message(raw))
+    if not real.exists():
+        raise EditError(_missing_message(root, candidate, raw))
+    if real.is_dir():
+        entries = sorted(e.name + ("/" if e.is_dir() else "") for e in real.iterdir() if e.name != ".git")
+        shown = ", ".join(entries[:30]) + (", ..." if len(entries) > 30 else "")
+        raise EditError(f"'{raw}' is a directory, not a file. It contains: {shown or '(nothing)'}")
+    return root, real, raw
+
+
+def resolve_in_workspace(workspace: Path, path: str, *, editable: str = EDITABLE_PATH) -> Path:
+    """The real path of an existing file inside the workspace, or EditError.
+
+    ``path`` is relative to the workspace root (an absolute path inside it is accepted); a bare
+    ``train.py`` means the editable file. ``..``, escaping symlinks, ``.git`` and missing files are refused.
+    """
+    return _resolve(workspace, path, editable)[1]
+
+
+def _not_editable_message(raw: str, editable: str) -> str:
+    name = PurePosixPath(raw).name
+    if name == "prepare.py":
+        why = (
+            "prepare.py is the read-only harness (constants, data, tokenizer, dataloader, evaluate_bpb); "
+            "the supervisor checks that it is unchanged before every trial. "
+        )
+    else:
+        why = f"'{raw}' cannot be changed and no new files can be created. "
+    return f"only {editable} may be edited; {why}Make your change inside {editable} instead."
+
+
+def check_editable(workspace: Path, path: str, *, editable: str = EDITABLE_PATH) -> Path:
+    """The real path of the editable file if ``path`` names it, else EditError."""
+    root, candidate, raw = _lexical(workspace, path, editable)
+    # Decide editability before existence: "only train.py" is the useful answer to a new file too.
+    if candidate.resolve() != (root / editable).resolve():
+        raise EditError(_not_editable_message(raw, editable))
+    return resolve_in_workspace(workspace, editable, editable=editable)
+
+
+# --- search and replace -----------------------------------------------------------------------------
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _find_all(text: str, search: str) -> list[int]:
+    # Overlapping matches count too: "aa" in "aaa" is ambiguous even though str.count says 1.
+    found, pos = [], text.find(search)
+    while pos != -1:
+        found.append(pos)
+        pos = text.find(search, pos + 1)
+    return found
+
+
+def _cut(line: str, limit: int = 200) -> str:
+    return line if len(line) <= limit else line[:limit] + f" ... [{len(line) - limit} more chars]"
+
+
+def _numbered(lines: list[str], first: int) -> str:
+    return "\n".join(f"{first + i:6d}\t{_cut(line)}" for i, line in enumerate(lines))
+
+
+def _ws_norm(line: str) -> str:
+    return " ".join(line.split())
+
+
+def _trim_blank(lines: list[str]) -> list[str]:
+    start, end = 0, len(lines)
+    while start < end and not lines[start].strip():
+        start += 1
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    return lines[start:end]
+
+
+def _show(file_lines: list[str], start: int, count: int) -> str:
+    """Lines start..start+count-1 (0-based) with a little context, numbered like cat -n."""
+    lo = max(0, start - _NEAR_CONTEXT)
+    hi = min(len(file_lines), start + count + _NEAR_CONTEXT, lo + _MAX_SHOWN_LINES)
+    return _numbered(file_lines[lo:hi], lo + 1)
+
+
+def _whitespace_hint(file_lines: list[str], search_lines: list[str]) -> str | None:
+    wanted = [_ws_norm(line) for line in _trim_blank(search_lines)]
+    if not wanted:
+        return None
+    normed = [_ws_norm(line) for line in file_lines]
+    k = len(wanted)
+    hits = [i for i in range(len(normed) - k + 1) if normed[i : i + k] == wanted]
+    if not hits and k == 1:
+        # A fragment of one line, e.g. "lr=0.04" for "lr = 0.04  # peak": match inside lines.
+        hits = [i for i, line in enumerate(normed) if wanted[0] in line]
+    if not hits:
+        return None
+    i = hits[0]
+    where = f"line {i + 1}" if k == 1 else f"lines {i + 1}-{i + k}"
+    more = f" (and {len(hits) - 1} other place{'s' if len(hits) > 2 else ''})" if len(hits) > 1 else ""
+    tabs = any("\t" in line for line in file_lines[i : i + k]) != any("\t" in line for line in search_lines)
+    kind = "tabs versus spaces" if tabs else "indentation or spacing"
+    return (
+        f"the search text was not found exactly, but it matches {where}{more} if whitespace is ignored: "
+        f"the {kind} differs. Copy the text exactly as it is in the file, with its indentation:\n"
+        f"{_show(file_lines, i, k)}"
+    )
+
+
+def _nearest_window(file_lines: list[str], search_lines: list[str]) -> tuple[int, float]:
+    """The start of the window of len(search_lines) file lines most similar to the search text."""
+    k = max(1, len(search_lines))
+    target = "\n".join(search_lines)
+    sm = difflib.SequenceMatcher(None, autojunk=False)
+    sm.set_seq2(target)  # seq2 is the side SequenceMatcher caches, so it is the constant one
+    best, best_i = -1.0, 0
+    for i in range(max(1, len(file_lines) - k + 1)):
+        sm.set_seq1("\n".join(file_lines[i : i + k]))
+        # The cheap upper bounds skip most windows once a decent match is known.
+        if sm.real_quick_ratio() <= best or sm.quick_ratio() <= best:
+            continue
+        ratio = sm.ratio()
+        if ratio > best:
+            best, best_i = ratio, i
+    return best_i, max(best, 0.0)
+
+
+def _not_found_message(text: str, search: str) -> str:
+    if not text:
+        return "the file is empty, so the search text cannot match. Read the file again before editing."
+    file_lines = text.split("\n")
+    search_lines = search.split("\n")
+    advice = "Copy the search text exactly from the file; read the file again if it may have changed."
+    nonblank = [line for line in search_lines if line.strip()]
+    if nonblank and all(_LINE_NUMBER_PREFIX.match(line) for line in nonblank):
+        return (
+            "the search text was not found: it seems to include the line numbers shown by read_file "
+            "(the number and tab at the start of each line). Leave them out and copy only the code."
+        )
+    hint = _whitespace_hint(file_lines, search_lines)
+    if hint:
+        return hint
+    core = _trim_blank(search_lines) or search_lines
+    i, ratio = _nearest_window(file_lines, core)
+    k = len(core)
+    window = file_lines[i : i + k]
+    where = f"line {i + 1}" if k == 1 else f"lines {i + 1}-{i + len(window)}"
+    closeness = f"{ratio:.0%} similar" if ratio >= 0.5 else f"only {ratio:.0%} similar"
+    message = (
+        f"the search text was not found in the file. The closest text is at {where} ({closeness}):\n"
+        f"{_show(file_lines, i, k)}\n"
+    )
+    for j, (mine, theirs) in enumerate(zip(core, window, strict=False)):
+        if mine != theirs:
+            message += (
+                f"First difference: line {i + j + 1} of the file is\n    {_cut(theirs)!r}\n"
+                f"but your search text has\n    {_cut(mine)!r}\n"
+            )
+            break
+    return message + advice
+
+
+def _apply(text: str, search: str, replace: str) -> tuple[str, int, str]:
+    """(new text, offset of the replacement, replacement as written)."""
+    if not search:
+        raise EditError(
+            "the search text is empty. Put the exact lines you want to change in search; to insert new "
+            "code, include a neighbouring existing line in both search and replace."
+        )
+    if search == replace:
+        raise EditError("search and replace are identical, so there is no change. Put the new code in replace.")
+    # The model sees lines without \r; match a file with Windows line endings anyway.
+    if "\r\n" in text and "\r" not in search:
+        search, replace = search.replace("\n", "\r\n"), replace.replace("\n", "\r\n")
+    found = _find_all(text, search)
+    if not found:
+        raise EditError(_not_found_message(text.replace("\r\n", "\n"), search.replace("\r\n", "\n")))
+    if len(found) > 1:
+        lines = sorted({_line_of(text, pos) for pos in found})
+        shown = ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
+        raise EditError(
+            f"the search text occurs {len(found)} times (at line{'s' if len(lines) > 1 else ''} {shown}); "
+            "it must occur exactly once. Add more surrounding lines to search so that it matches only "
+            "the place you mean."
+        )
+    pos = found[0]
+    return text[:pos] + replace + text[pos + len(search) :], pos, replace
+
+
+def apply_edit(text: str, search: str, replace: str) -> str:
+    """Replace the single exact occurrence of ``search`` in ``text``; EditError if absent or ambiguous."""
+    return _apply(text, search, replace)[0]
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path, shown: str) -> str:
+    try:
+        # newline="" keeps the file's own line endings, so a write does not silently convert them.
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise EditError(f"'{shown}' is not UTF-8 text, so it cannot be edited by search and replace.") from None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # Write beside the target and rename over it: a crash mid-write never leaves train.py half written.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def edit_file(
+    workspace: Path, path: str, search: str, replace: str, *, editable: str = EDITABLE_PATH
+) -> EditResult:
+    """Apply one exact search-and-replace to the editable file, atomically; return the diff."""
+    real = check_editable(workspace, path, editable=editable)
+    rel = real.relative_to(_root(workspace)).as_posix()
+    old = _read_text(real, rel)
+    new, pos, written = _apply(old, search, replace)
+    _atomic_write(real, new)
+    start = _line_of(new, pos)
+    end = _line_of(new, max(pos, pos + len(written) - 1))
+    diff = "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{rel}", f"b/{rel}", n=2
+        )
+    )
+    if len(diff) > _MAX_DIFF_CHARS:
+        diff = diff[:_MAX_DIFF_CHARS] + f"\n[diff cut at {_MAX_DIFF_CHARS} characters]\n"
+    return EditResult(rel, diff, start, end)
+
+
+def read_file(
+    workspace: Path,
+    path: str,
+    start_line: int | None = None,
+    end_line: int | None = None,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    *,
+    editable: str = EDITABLE_PATH,
+) -> str:
+    """A file's lines numbered like ``cat -n``, optionally a 1-based inclusive range, cut at max_chars.
+
+    Any file inside the workspace may be read (not .git). A note at the end says what was left out and
+    how to read on.
+    """
+    root, real, _ = _resolve(workspace, path, editable)
+    rel = real.relative_to(root).as_posix()
+    for name, value in (("start_line", start_line), ("end_line", end_line)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EditError(f"{name} must be a line number >= 1 (lines are numbered from 1), got {value!r}")
+    if start_line is not None and end_line is not None and end_line < start_line:
+        raise EditError(f"end_line {end_line} is before start_line {start_line}; give start_line <= end_line")
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        raise ValueError(f"max_chars must be a positive integer, got {max_chars!r}")
+    first = start_line or 1
+    last_wanted = end_line
+
+    size = real.stat().st_size
+    count_all = size <= _COUNT_ALL_LINES_BELOW
+    out: list[str] = []
+    used, shown_last, total = 0, 0, 0
+    cut = stopped_early = False
+    with open(real, "rb") as f:
+        if b"\0" in f.read(8192):
+            raise EditError(f"'{rel}' is a binary file ({size} bytes); only text files can be read.")
+        f.seek(0)
+        # Split on b"\n" only, the same line numbering apply_edit reports.
+        for number, raw in enumerate(f, 1):
+            if cut or (last_wanted is not None and number > last_wanted):
+                if not count_all:
+                    stopped_early = True
+                    break
+                total = number  # keep counting so the note can say "of N"
+                continue
+            total = number
+            if number < first:
+                continue
+            line = raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r")
+            if len(line) > _MAX_LINE_CHARS:
+                line = line[:_MAX_LINE_CHARS] + f" ... [line cut: {len(line) - _MAX_LINE_CHARS} more chars]"
+            entry = f"{number:6d}\t{line}"
+            if out and used + len(entry) + 1 > max_chars:
+                cut = True
+                continue
+            out.append(entry[:max_chars])  # only a first line alone can be longer than max_chars
+            used += len(entry) + 1
+            shown_last = number
+    known = not stopped_early
+    if total == 0:
+        return f"[{rel} is empty]"
+    if first > total and known:
+        raise EditError(f"'{rel}' has {total} lines; start_line {first} is past the end.")
+    of = f" of {total}" if known else ""
+    text = "\n".join(out)
+    if cut:
+        return text + (
+            f"\n[truncated at {max_chars} characters: showing lines {first}-{shown_last}{of}. "
+            f"Call again with start_line={shown_last + 1} to read on.]"
+        )
+    if first > 1 or not known or shown_last < total:
+        return text + f"\n[lines {first}-{shown_last}{of}]"
+    return text

@@ -1,0 +1,202 @@
+"""The human-readable side of a run, rendered from the ledger.
+
+- `results.tsv`: the upstream autoresearch format (`commit val_bpb memory_gb status description`), so
+  existing scripts keep working.
+- `journal.md`: entries, reflections and the person's steering messages in order, for the morning.
+- `transcript.jsonl`: every agent message and tool call with its result; refusals carry "refused": true.
+
+Files are written to a temporary name and renamed, so a kill mid-write leaves the previous version.
+The ledger is the truth: every file here can be rebuilt from it (`render_all`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from supervisor.ledger import Ledger, Trial
+
+RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _clean_field(text: str) -> str:
+    """Tabs and newlines would break the TSV for every reader of it."""
+    return " ".join(str(text).split())
+
+
+def results_tsv(trials: list[Trial]) -> str:
+    lines = [RESULTS_HEADER]
+    for t in trials:
+        if t.status not in ("keep", "discard", "crash"):
+            continue
+        val = 0.0 if t.status == "crash" or t.val_bpb is None else t.val_bpb
+        mem = (t.peak_vram_mb or 0.0) / 1024.0
+        lines.append(f"{t.short_commit}\t{val:.6f}\t{mem:.1f}\t{t.status}\t{_clean_field(t.description)}\n")
+    return "".join(lines)
+
+
+def _stamp(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "?"
+
+
+def _fmt(v: float | None, digits: int = 6) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def trial_heading(t: Trial) -> str:
+    flag = " ⚑ flagged" if t.flagged else ""
+    return f"Trial {t.id} · {t.status}{flag} · `{t.short_commit}` · {t.description}"
+
+
+def journal_markdown(ledger: Ledger) -> str:
+    run = ledger.run_row()
+    trials = {t.id: t for t in ledger.trials()}
+    items: list[tuple[float, int, str]] = []  # (time, order, markdown) merged into one timeline
+    for j in ledger.journal_entries():
+        t = trials.get(j["trial_id"])
+        if t is None:
+            continue
+        body = [
+            f"## {trial_heading(t)}",
+            f"*{_stamp(j['created'])}*",
+            "",
+            f"**Hypothesis.** {j['hypothesis']}",
+            "",
+            f"**Change.** {j['change']}",
+            "",
+            f"**Result.** {j['result']}",
+            "",
+            f"**Interpretation.** {j['interpretation']}",
+            "",
+            f"**Next.** {j['next_step']}",
+            "",
+        ]
+        items.append((j["created"], 1, "\n".join(body)))
+    for r in ledger.reflections():
+        triggers = "; ".join(r["triggers"]) or "requested"
+        body = [
+            f"## Reflection {r['id']} (after trial {r['after_trial']})",
+            f"*{_stamp(r['created'])} · triggered by: {triggers}*",
+            "",
+            f"**What is load-bearing.** {r['load_bearing']}",
+            "",
+            f"**Dead ends.** {r['dead_ends']}",
+            "",
+            f"**Re-test under current conditions.** {r['retest']}",
+            "",
+            f"**Updated plan.** {r['plan']}",
+            "",
+        ]
+        items.append((r["created"], 2, "\n".join(body)))
+    for s in ledger.steering():
+        items.append((s["created"], 0, f"> **Steering from the person** ({_stamp(s['created'])}): {s['message']}\n"))
+    for n in _noise_rows(ledger):
+        items.append(n)
+    items.sort(key=lambda x: (x[0], x[1]))
+    header = [
+        f"# Lab journal: {run['tag']}",
+        "",
+        f"Started {_stamp(run['created'])}. {len(ledger.finished_trials())} finished trials.",
+        "",
+    ]
+    plans = ledger.plans()
+    if plans:
+        header += ["### Plan queue", ""]
+        for p in plans:
+            extra = f" (dropped: {p['reason']})" if p["status"] == "dropped" else ""
+            if p["status"] == "tried" and p["trial_id"]:
+                extra = f" (tried in trial {p['trial_id']})"
+            header.append(f"- [{p['status']}] #{p['id']} {p['idea']}{extra}")
+        header.append("")
+    return "\n".join(header) + "\n" + "\n".join(md for _, _, md in items)
+
+
+def _noise_rows(ledger: Ledger) -> list[tuple[float, int, str]]:
+    out = []
+    rows = ledger._query("SELECT * FROM noise ORDER BY id")  # noqa: SLF001 - read-only helper
+    for r in rows:
+        values = json.loads(r["values_json"])
+        sd = r["sd"]
+        floor = None if sd is None else sd * r["factor"]
+        vals = ", ".join(f"{v:.6f}" for v in values)
+        out.append((r["created"], 3,
+                    f"### Noise floor measured ({_stamp(r['created'])})\n\n"
+                    f"Commit `{r['commit_sha'][:7]}`, budget {r['budget_s']:.0f} s, {len(values)} seeds: {vals}. "
+                    f"sd {_fmt(sd)}, floor ({r['factor']:g} x sd) {_fmt(floor)}.\n"))
+    return out
+
+
+def transcript_line(turn: dict[str, Any]) -> str:
+    record = {
+        "id": turn["id"],
+        "time": turn["created"],
+        "role": turn["role"],
+        "text": turn["text"],
+    }
+    if turn.get("tool"):
+        record["tool"] = turn["tool"]
+    if turn.get("input") is not None:
+        record["input"] = turn["input"]
+    if turn["role"] == "tool":
+        record["refused"] = bool(turn["refused"])
+    if turn.get("usage"):
+        record["usage"] = turn["usage"]
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+class JournalFiles:
+    """Keeps the run folder's files in step with the ledger."""
+
+    def __init__(self, ledger: Ledger, run_dir: Path) -> None:
+        self.ledger = ledger
+        self.run_dir = Path(run_dir)
+        self._last_turn = 0
+
+    @property
+    def results_path(self) -> Path:
+        return self.run_dir / "results.tsv"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.run_dir / "journal.md"
+
+    @property
+    def transcript_path(self) -> Path:
+        return self.run_dir / "transcript.jsonl"
+
+    def render(self) -> None:
+        atomic_write(self.results_path, results_tsv(self.ledger.trials()))
+        atomic_write(self.journal_path, journal_markdown(self.ledger))
+
+    def rebuild_transcript(self) -> None:
+        turns = self.ledger.turns()
+        atomic_write(self.transcript_path, "".join(transcript_line(t) for t in turns))
+        self._last_turn = turns[-1]["id"] if turns else 0
+
+    def append_transcript(self) -> None:
+        """Append the turns recorded since the last call (one line each)."""
+        turns = self.ledger.turns(after_id=self._last_turn)
+        if not turns:
+            return
+        with open(self.transcript_path, "a", encoding="utf-8") as fh:
+            fh.write("".join(transcript_line(t) for t in turns))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._last_turn = turns[-1]["id"]
+
+    def render_all(self) -> None:
+        self.render()
+        self.rebuild_transcript()

@@ -1,0 +1,534 @@
+"""The ledger: one SQLite database (WAL, synchronous=FULL) per run, the source of truth.
+
+Every write is a committed transaction before the loop moves on, so a SIGKILL at any moment loses nothing
+that was finished. The human-readable files (results.tsv, journal.md, transcript.jsonl) are rendered from
+here and can always be rebuilt. Other processes (a UI attached later, `autoresearch control`) read the
+same file and talk to the loop through the `commands` table.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS run (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    tag TEXT NOT NULL,
+    created REAL NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL,
+    state_detail TEXT NOT NULL DEFAULT '',
+    pid INTEGER,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trials (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL DEFAULT 'trial',          -- trial | imported
+    commit_sha TEXT,
+    parent_commit TEXT,
+    parent_trial INTEGER,
+    description TEXT NOT NULL,
+    category TEXT,
+    plan_id INTEGER,
+    status TEXT NOT NULL,                        -- running | keep | discard | crash | aborted
+    val_bpb REAL,
+    extra_values TEXT NOT NULL DEFAULT '[]',     -- val_bpb of confirmation re-runs (confirm policy)
+    parent_val_bpb REAL,
+    delta REAL,                                  -- val_bpb - parent's (negative is better)
+    flagged INTEGER NOT NULL DEFAULT 0,
+    decision TEXT NOT NULL DEFAULT '',
+    crash_reason TEXT,
+    diff TEXT NOT NULL DEFAULT '',
+    log_tail TEXT NOT NULL DEFAULT '',
+    summary TEXT NOT NULL DEFAULT '{}',
+    budget_s REAL,
+    platform TEXT NOT NULL DEFAULT '{}',
+    seed INTEGER,
+    started REAL,
+    finished REAL,
+    wall_seconds REAL,
+    training_seconds REAL,
+    num_steps INTEGER,
+    tokens_per_s REAL,
+    mfu_percent REAL,
+    peak_vram_mb REAL,
+    num_params_m REAL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    trial_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    step INTEGER, elapsed REAL, loss REAL, lr REAL, tokens_per_s REAL, mfu REAL, vram_mb REAL,
+    PRIMARY KEY (trial_id, seq)
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY,
+    trial_id INTEGER NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    hypothesis TEXT NOT NULL,
+    change TEXT NOT NULL,
+    result TEXT NOT NULL,
+    interpretation TEXT NOT NULL,
+    next_step TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reflections (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    after_trial INTEGER,
+    triggers TEXT NOT NULL,
+    load_bearing TEXT NOT NULL,
+    dead_ends TEXT NOT NULL,
+    retest TEXT NOT NULL,
+    plan TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS triggers (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    reflection_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS plans (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    idea TEXT NOT NULL,
+    rationale TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'open',         -- open | tried | dropped
+    reason TEXT,
+    closed REAL,
+    trial_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS steering (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    message TEXT NOT NULL,
+    delivered_turn INTEGER,
+    delivered REAL
+);
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    role TEXT NOT NULL,                          -- agent | tool | system
+    text TEXT NOT NULL DEFAULT '',
+    tool TEXT,
+    input TEXT,
+    refused INTEGER NOT NULL DEFAULT 0,
+    usage TEXT
+);
+CREATE TABLE IF NOT EXISTS noise (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    commit_sha TEXT NOT NULL,
+    budget_s REAL NOT NULL,
+    platform TEXT NOT NULL,
+    values_json TEXT NOT NULL,
+    sd REAL,
+    factor REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    command TEXT NOT NULL,
+    arg TEXT NOT NULL DEFAULT '',
+    consumed REAL
+);
+"""
+
+FINISHED = ("keep", "discard", "crash")
+
+
+class LedgerError(RuntimeError):
+    """The ledger file is missing, corrupt or from an unknown version; the message says what to do."""
+
+
+@dataclass
+class Trial:
+    id: int
+    kind: str
+    commit_sha: str | None
+    parent_commit: str | None
+    parent_trial: int | None
+    description: str
+    category: str | None
+    plan_id: int | None
+    status: str
+    val_bpb: float | None
+    extra_values: list[float]
+    parent_val_bpb: float | None
+    delta: float | None
+    flagged: bool
+    decision: str
+    crash_reason: str | None
+    diff: str
+    log_tail: str
+    summary: dict[str, str]
+    budget_s: float | None
+    platform: dict[str, str]
+    seed: int | None
+    started: float | None
+    finished: float | None
+    wall_seconds: float | None
+    training_seconds: float | None
+    num_steps: int | None
+    tokens_per_s: float | None
+    mfu_percent: float | None
+    peak_vram_mb: float | None
+    num_params_m: float | None
+
+    @property
+    def all_values(self) -> list[float]:
+        first = [self.val_bpb] if self.val_bpb is not None else []
+        return first + list(self.extra_values)
+
+    @property
+    def mean_val_bpb(self) -> float | None:
+        values = self.all_values
+        return sum(values) / len(values) if values else None
+
+    @property
+    def short_commit(self) -> str:
+        return (self.commit_sha or "")[:7]
+
+
+def _trial_from_row(row: sqlite3.Row) -> Trial:
+    data = dict(row)
+    data["extra_values"] = json.loads(data["extra_values"] or "[]")
+    data["summary"] = json.loads(data["summary"] or "{}")
+    data["platform"] = json.loads(data["platform"] or "{}")
+    data["flagged"] = bool(data["flagged"])
+    return Trial(**data)
+
+
+class Ledger:
+    """Thread-safe access to one run's SQLite ledger."""
+
+    def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.exists() and not create:
+            raise LedgerError(f"no ledger at {self.path}: no run with this tag (start one with `autoresearch run`)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+        try:
+            self._db = sqlite3.connect(uri, uri=readonly, check_same_thread=False, timeout=30.0,
+                                       isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(SCHEMA)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._check()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(
+                f"the ledger {self.path} cannot be read ({exc}). It may be truncated or corrupted. "
+                f"Nothing has been changed. Recover with `sqlite3 {self.path} '.recover' > recovered.sql`, "
+                "or move it aside and rebuild what you need from journals/<tag>/results.tsv and journal.md."
+            ) from exc
+
+    def _check(self) -> None:
+        result = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {result}")
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row and int(row[0]) > SCHEMA_VERSION:
+            raise LedgerError(f"the ledger {self.path} was written by a newer version (schema {row[0]})")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One durable transaction: committed (and fsynced, synchronous=FULL) when the block ends."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # ---- the run --------------------------------------------------------------------------------------
+    def init_run(self, tag: str, config_json: str) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO run (id, tag, created, config, state, updated) VALUES (1, ?, ?, ?, 'new', ?)",
+                (tag, now, config_json, now),
+            )
+
+    def update_config(self, config_json: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE run SET config=?, updated=? WHERE id=1", (config_json, time.time()))
+
+    def run_row(self) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM run WHERE id=1")
+        if not rows:
+            raise LedgerError(f"the ledger {self.path} has no run record")
+        return dict(rows[0])
+
+    def set_state(self, state: str, detail: str = "", pid: int | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE run SET state=?, state_detail=?, pid=COALESCE(?, pid), updated=? WHERE id=1",
+                (state, detail, pid, time.time()),
+            )
+
+    # ---- trials ---------------------------------------------------------------------------------------
+    def start_trial(self, *, commit_sha: str, parent_commit: str | None, parent_trial: int | None,
+                    description: str, category: str | None, plan_id: int | None, diff: str,
+                    budget_s: float, platform: dict[str, str], seed: int) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO trials (commit_sha, parent_commit, parent_trial, description, category, plan_id,"
+                " status, diff, budget_s, platform, seed, started) VALUES (?,?,?,?,?,?, 'running', ?,?,?,?,?)",
+                (commit_sha, parent_commit, parent_trial, description, category, plan_id, diff, budget_s,
+                 json.dumps(platform), seed, time.time()),
+            )
+            if plan_id is not None:
+                db.execute("UPDATE plans SET status='tried', trial_id=?, closed=? WHERE id=? AND status='open'",
+                           (cur.lastrowid, time.time(), plan_id))
+            return int(cur.lastrowid)
+
+    def add_metrics(self, trial_id: int, first_seq: int, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?,?,?,?)",
+                [(trial_id, first_seq + i, r.get("step"), r.get("elapsed"), r.get("loss"), r.get("lr"),
+                  r.get("tokens_per_s"), r.get("mfu"), r.get("vram_mb")) for i, r in enumerate(rows)],
+            )
+
+    def add_extra_value(self, trial_id: int, value: float) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT extra_values FROM trials WHERE id=?", (trial_id,)).fetchone()
+            values = json.loads(row[0]) + [value]
+            db.execute("UPDATE trials SET extra_values=? WHERE id=?", (json.dumps(values), trial_id))
+
+    def finish_trial(self, trial_id: int, **fields: Any) -> None:
+        """Record the outcome of a trial in one transaction (status and every number together)."""
+        allowed = set(Trial.__dataclass_fields__) - {"id"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown trial fields: {sorted(unknown)}")
+        encoded = {k: (json.dumps(v) if k in ("summary", "platform", "extra_values") else v)
+                   for k, v in fields.items()}
+        encoded.setdefault("finished", time.time())
+        if "flagged" in encoded:
+            encoded["flagged"] = int(bool(encoded["flagged"]))
+        sets = ", ".join(f"{k}=?" for k in encoded)
+        with self.transaction() as db:
+            db.execute(f"UPDATE trials SET {sets} WHERE id=?", (*encoded.values(), trial_id))
+
+    def insert_imported_trial(self, **fields: Any) -> int:
+        """A finished trial that did not run here (an upstream results.tsv row)."""
+        fields = {"kind": "imported", **fields}
+        encoded = {k: (json.dumps(v) if k in ("summary", "platform", "extra_values") else v)
+                   for k, v in fields.items()}
+        if "flagged" in encoded:
+            encoded["flagged"] = int(bool(encoded["flagged"]))
+        cols = ", ".join(encoded)
+        marks = ", ".join("?" for _ in encoded)
+        with self.transaction() as db:
+            cur = db.execute(f"INSERT INTO trials ({cols}) VALUES ({marks})", tuple(encoded.values()))
+            return int(cur.lastrowid)
+
+    def trial(self, trial_id: int) -> Trial | None:
+        rows = self._query("SELECT * FROM trials WHERE id=?", (trial_id,))
+        return _trial_from_row(rows[0]) if rows else None
+
+    def trials(self, statuses: Sequence[str] | None = None) -> list[Trial]:
+        if statuses:
+            marks = ",".join("?" for _ in statuses)
+            rows = self._query(f"SELECT * FROM trials WHERE status IN ({marks}) ORDER BY id", tuple(statuses))
+        else:
+            rows = self._query("SELECT * FROM trials ORDER BY id")
+        return [_trial_from_row(r) for r in rows]
+
+    def finished_trials(self) -> list[Trial]:
+        return self.trials(FINISHED)
+
+    def running_trials(self) -> list[Trial]:
+        return self.trials(["running"])
+
+    def best_keep(self) -> Trial | None:
+        """The branch's head: the most recent keep (keeps only ever improve on their parent)."""
+        rows = self._query("SELECT * FROM trials WHERE status='keep' ORDER BY id DESC LIMIT 1")
+        return _trial_from_row(rows[0]) if rows else None
+
+    def metrics(self, trial_id: int) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM metrics WHERE trial_id=? ORDER BY seq", (trial_id,))
+        return [dict(r) for r in rows]
+
+    def metric_count(self, trial_id: int) -> int:
+        return int(self._query("SELECT COUNT(*) FROM metrics WHERE trial_id=?", (trial_id,))[0][0])
+
+    # ---- journal, reflections, triggers ----------------------------------------------------------------
+    def add_journal(self, trial_id: int, *, hypothesis: str, change: str, result: str, interpretation: str,
+                    next_step: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO journal (trial_id, created, hypothesis, change, result, interpretation, next_step)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (trial_id, time.time(), hypothesis, change, result, interpretation, next_step),
+            )
+            return int(cur.lastrowid)
+
+    def journal_entries(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query("SELECT * FROM journal ORDER BY trial_id")]
+
+    def journal_for(self, trial_id: int) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM journal WHERE trial_id=?", (trial_id,))
+        return dict(rows[0]) if rows else None
+
+    def trials_missing_journal(self) -> list[Trial]:
+        rows = self._query(
+            "SELECT t.* FROM trials t LEFT JOIN journal j ON j.trial_id = t.id "
+            "WHERE t.status IN ('keep','discard','crash') AND t.kind='trial' AND j.id IS NULL ORDER BY t.id"
+        )
+        return [_trial_from_row(r) for r in rows]
+
+    def add_trigger(self, kind: str, detail: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO triggers (created, kind, detail) VALUES (?,?,?)", (time.time(), kind, detail))
+
+    def open_triggers(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query("SELECT * FROM triggers WHERE reflection_id IS NULL ORDER BY id")]
+
+    def add_reflection(self, *, after_trial: int | None, load_bearing: str, dead_ends: str, retest: str,
+                       plan: str) -> int:
+        with self.transaction() as db:
+            triggers = db.execute("SELECT kind, detail FROM triggers WHERE reflection_id IS NULL").fetchall()
+            cur = db.execute(
+                "INSERT INTO reflections (created, after_trial, triggers, load_bearing, dead_ends, retest, plan)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (time.time(), after_trial, json.dumps([f"{k}: {d}" for k, d in triggers]), load_bearing,
+                 dead_ends, retest, plan),
+            )
+            db.execute("UPDATE triggers SET reflection_id=? WHERE reflection_id IS NULL", (cur.lastrowid,))
+            return int(cur.lastrowid)
+
+    def reflections(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self._query("SELECT * FROM reflections ORDER BY id"):
+            d = dict(r)
+            d["triggers"] = json.loads(d["triggers"])
+            out.append(d)
+        return out
+
+    # ---- plans and steering ------------------------------------------------------------------------------
+    def add_plan(self, idea: str, rationale: str = "") -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO plans (created, idea, rationale) VALUES (?,?,?)",
+                             (time.time(), idea, rationale))
+            return int(cur.lastrowid)
+
+    def drop_plan(self, plan_id: int, reason: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE plans SET status='dropped', reason=?, closed=? WHERE id=?",
+                       (reason, time.time(), plan_id))
+
+    def plan(self, plan_id: int) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM plans WHERE id=?", (plan_id,))
+        return dict(rows[0]) if rows else None
+
+    def plans(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query("SELECT * FROM plans ORDER BY id")]
+
+    def add_steering(self, message: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO steering (created, message) VALUES (?,?)", (time.time(), message))
+            return int(cur.lastrowid)
+
+    def pending_steering(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query("SELECT * FROM steering WHERE delivered IS NULL ORDER BY id")]
+
+    def mark_steering_delivered(self, ids: Sequence[int], turn_id: int) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE steering SET delivered=?, delivered_turn=? WHERE id=?",
+                           [(time.time(), turn_id, i) for i in ids])
+
+    def steering(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query("SELECT * FROM steering ORDER BY id")]
+
+    # ---- the agent's transcript ---------------------------------------------------------------------------
+    def add_turn(self, role: str, text: str = "", *, tool: str | None = None, input: Any = None,
+                 refused: bool = False, usage: dict[str, Any] | None = None) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO turns (created, role, text, tool, input, refused, usage) VALUES (?,?,?,?,?,?,?)",
+                (time.time(), role, text, tool, None if input is None else json.dumps(input), int(refused),
+                 None if usage is None else json.dumps(usage)),
+            )
+            return int(cur.lastrowid)
+
+    def turns(self, after_id: int = 0) -> list[dict[str, Any]]:
+        out = []
+        for r in self._query("SELECT * FROM turns WHERE id > ? ORDER BY id", (after_id,)):
+            d = dict(r)
+            d["input"] = json.loads(d["input"]) if d["input"] else None
+            d["usage"] = json.loads(d["usage"]) if d["usage"] else None
+            d["refused"] = bool(d["refused"])
+            out.append(d)
+        return out
+
+    def refusal_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM turns WHERE refused=1")[0][0])
+
+    # ---- noise floor ----------------------------------------------------------------------------------------
+    def add_noise(self, *, commit_sha: str, budget_s: float, platform: str, values: Sequence[float],
+                  sd: float | None, factor: float) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO noise (created, commit_sha, budget_s, platform, values_json, sd, factor)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (time.time(), commit_sha, budget_s, platform, json.dumps(list(values)), sd, factor),
+            )
+            return int(cur.lastrowid)
+
+    def latest_noise(self, budget_s: float | None = None) -> dict[str, Any] | None:
+        """The newest noise measurement, for this budget when given (results compare only within one)."""
+        if budget_s is None:
+            rows = self._query("SELECT * FROM noise ORDER BY id DESC LIMIT 1")
+        else:
+            rows = self._query("SELECT * FROM noise WHERE abs(budget_s - ?) < 1e-6 ORDER BY id DESC LIMIT 1",
+                               (budget_s,))
+        if not rows:
+            return None
+        d = dict(rows[0])
+        d["values"] = json.loads(d.pop("values_json"))
+        return d
+
+    # ---- commands from other processes ------------------------------------------------------------------------
+    def send_command(self, command: str, arg: str = "") -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO commands (created, command, arg) VALUES (?,?,?)",
+                             (time.time(), command, arg))
+            return int(cur.lastrowid)
+
+    def take_commands(self) -> list[dict[str, Any]]:
+        """Pending commands, marked consumed in the same transaction so each is handled once."""
+        with self.transaction() as db:
+            rows = [dict(r) for r in db.execute("SELECT * FROM commands WHERE consumed IS NULL ORDER BY id")]
+            if rows:
+                db.execute("UPDATE commands SET consumed=? WHERE consumed IS NULL AND id <= ?",
+                           (time.time(), rows[-1]["id"]))
+            return rows

@@ -1,0 +1,758 @@
+"""The supervised research loop: propose -> trial -> record -> journal -> (reflect), and again.
+
+A small explicit state machine. What must happen next is derived from the ledger, never from memory:
+a finished trial without a journal entry means "journal", an open reflection trigger means "reflection".
+So a supervisor killed at any moment and started again with --resume picks up exactly where it was.
+
+Controls (pause, resume, stop the current trial, steer, stop) are plain methods, safe from any thread;
+another process sends the same commands through the ledger's `commands` table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor import events as ev
+from supervisor.agents.base import Agent, AgentTurn, ToolCall, ToolOutcome, TurnContext
+from supervisor.config import ConfigError, RunConfig
+from supervisor.journal_files import JournalFiles
+from supervisor.ledger import Ledger, LedgerError, Trial
+from supervisor.lock import RunLock
+from supervisor.platform_info import platform_info
+from supervisor.policy import KeepPolicy, NoiseMeasurement, Verdict
+from supervisor.runner import TrialOutcome, TrialSpec, run_trial, summary_float
+from supervisor.tools import JOURNAL_FIELDS, REFLECTION_FIELDS, TOOL_SCHEMAS, ToolBox, entry_problems
+from supervisor.workspace import Workspace, WorkspaceError
+
+PRIMARY_SEED = 42
+CONFIRM_SEED_BASE = 1000
+NOISE_SEED_BASE = 2000
+MAX_EMPTY_TURNS = 3
+COMMAND_POLL_S = 0.5
+METRIC_FLUSH_S = 1.0
+
+# Commands accepted from other processes (the ledger's `commands` table) and from code alike.
+COMMANDS = ("pause", "resume", "stop-trial", "steer", "stop")
+
+
+class SupervisorError(RuntimeError):
+    """The run cannot start or go on; the message says what the person should do."""
+
+
+@dataclass
+class RunPaths:
+    run_dir: Path
+
+    @property
+    def ledger(self) -> Path:
+        return self.run_dir / "ledger.sqlite"
+
+    @property
+    def lock(self) -> Path:
+        return self.run_dir / "run.lock"
+
+    def trial_dir(self, trial_id: int, attempt: int = 0) -> Path:
+        suffix = "" if attempt == 0 else f"-seed{attempt}"
+        return self.run_dir / "trials" / f"{trial_id:04d}{suffix}"
+
+    def noise_dir(self, index: int) -> Path:
+        return self.run_dir / "noise" / f"{int(time.time())}-{index}"
+
+
+def _fmt(v: float | None, digits: int = 6) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _delta(new: float | None, old: float | None, digits: int = 0, pct: bool = False) -> str:
+    if new is None or old is None:
+        return ""
+    if pct and old:
+        return f" ({(new - old) / old * 100:+.1f}%)"
+    return f" ({new - old:+.{digits}f})"
+
+
+class Supervisor:
+    """One run: owns the lock, the ledger, the workspace and the loop."""
+
+    def __init__(self, config: RunConfig, agent: Agent, *, resume: bool = False,
+                 bus: ev.EventBus | None = None, runner: Callable[..., TrialOutcome] = run_trial) -> None:
+        self.config = config
+        self.agent = agent
+        self.bus = bus or ev.EventBus()
+        self.paths = RunPaths(config.run_dir)
+        self._runner = runner
+        self._lock = RunLock(self.paths.lock)
+        self._control = threading.Condition()
+        self._paused = False
+        self._pause_reason = ""
+        self._stop = False
+        self._trial_stop = threading.Event()
+        self._last_outcomes: list[ToolOutcome] = []
+        self._empty_turns = 0
+        self._state = "new"
+        self._closed = False
+        self._platform = platform_info()
+        self._lock.acquire(config.tag)
+        try:
+            self._open(resume)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.toolbox = ToolBox(self)
+
+    # ---- opening and resuming --------------------------------------------------------------------------
+    def _open(self, resume: bool) -> None:
+        cfg = self.config
+        exists = self.paths.ledger.exists()
+        if resume and not exists:
+            raise SupervisorError(f"no run {cfg.tag!r} to resume in {cfg.run_dir}; start it without --resume")
+        if not resume and exists:
+            raise SupervisorError(
+                f"run {cfg.tag!r} already exists in {cfg.run_dir}; continue it with --resume, or pick another --tag"
+            )
+        self.ledger = Ledger(self.paths.ledger, create=not resume)
+        self.files = JournalFiles(self.ledger, cfg.run_dir)
+        if not resume:
+            self.ledger.init_run(cfg.tag, cfg.to_json())
+            try:
+                if cfg.upstream_repo:
+                    self.workspace = Workspace.adopt(cfg.upstream_repo, cfg.layout, cfg.branch)
+                else:
+                    self.workspace = Workspace.create(cfg.workspace, cfg.source_dir, cfg.layout, cfg.branch)
+            except WorkspaceError as exc:
+                raise SupervisorError(str(exc)) from exc
+            self._harness_hash = self.workspace.committed_harness_hash()
+            self.ledger.set_state("ready", pid=os.getpid())
+        else:
+            self._resume()
+        self.files.render_all()
+
+    def _resume(self) -> None:
+        stored = RunConfig.from_json(self.ledger.run_row()["config"])
+        old_budget = stored.budget_s
+        # The person may change settings on resume; identity (tag, paths, layout) comes from the ledger.
+        self.config.layout = stored.layout
+        self.config.upstream_repo = stored.upstream_repo
+        self.config.source_dir = stored.source_dir
+        self.ledger.update_config(self.config.to_json())
+        try:
+            self.workspace = Workspace(self.config.workspace, self.config.layout, self.config.branch)
+            self.workspace.ensure_branch()
+        except WorkspaceError as exc:
+            raise SupervisorError(f"cannot resume: {exc}") from exc
+        self._harness_hash = self.workspace.committed_harness_hash()
+        for trial in self.ledger.running_trials():
+            # Killed mid-trial: never half-recorded. It is marked aborted, its diff kept, and not counted.
+            self.ledger.finish_trial(trial.id, status="aborted",
+                                     crash_reason="the supervisor stopped during this trial; it was not finished")
+            self.bus.emit(ev.NOTICE, level="warning",
+                          message=f"trial {trial.id} was interrupted by a supervisor stop; recorded as aborted")
+        self.workspace.reset_to(self._branch_target())
+        if self.workspace.harness_hash() != self._harness_hash:
+            self.workspace.restore_harness()
+        if abs(old_budget - self.config.budget_s) > 1e-9 and self.ledger.finished_trials():
+            self.ledger.add_trigger("budget change", f"the budget changed from {old_budget:g}s to "
+                                                     f"{self.config.budget_s:g}s; results compare only within one budget")
+        self.ledger.set_state("ready", "resumed", pid=os.getpid())
+        self.bus.emit(ev.NOTICE, level="info", message=f"resumed run {self.config.tag}")
+
+    def _branch_target(self) -> str:
+        """Where the branch must be: the last keep, or the initial commit before any keep."""
+        best = self.ledger.best_keep()
+        if best and best.commit_sha:
+            return best.commit_sha
+        return self.workspace.repo.git.rev_list("--max-parents=0", self.config.branch).splitlines()[0]
+
+    # ---- controls (thread-safe; the TUI, tests and other processes use these) ------------------------------
+    def pause(self, reason: str = "paused by the person") -> None:
+        with self._control:
+            self._paused = True
+            self._pause_reason = reason
+            self._control.notify_all()
+        self.bus.emit(ev.NOTICE, level="info", message=f"pause requested: {reason} (takes effect at the next safe point)")
+
+    def resume(self) -> None:
+        with self._control:
+            self._paused = False
+            self._pause_reason = ""
+            self._control.notify_all()
+
+    def stop_trial(self) -> None:
+        self._trial_stop.set()
+
+    def steer(self, message: str) -> None:
+        message = message.strip()
+        if not message:
+            return
+        self.ledger.add_steering(message)
+        self.files.render()
+        self.bus.emit(ev.STEERING, message=message)
+
+    def stop(self) -> None:
+        with self._control:
+            self._stop = True
+            self._control.notify_all()
+        self._trial_stop.set()
+
+    def handle_command(self, command: str, arg: str = "") -> None:
+        if command == "pause":
+            self.pause(arg or "paused by the person")
+        elif command == "resume":
+            self.resume()
+        elif command == "stop-trial":
+            self.stop_trial()
+        elif command == "steer":
+            self.steer(arg)
+        elif command == "stop":
+            self.stop()
+
+    def _poll_commands(self) -> None:
+        for cmd in self.ledger.take_commands():
+            self.handle_command(cmd["command"], cmd["arg"])
+
+    def _command_thread(self) -> None:
+        while not self._closed:
+            try:
+                self._poll_commands()
+            except Exception:  # noqa: BLE001 - a busy ledger must not kill the control channel
+                pass
+            time.sleep(COMMAND_POLL_S)
+
+    # ---- state --------------------------------------------------------------------------------------------
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self._state = state
+        self.ledger.set_state(state, detail)
+        self.bus.emit(ev.STATE, state=state, detail=detail)
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def workspace_root(self) -> Path:
+        return self.workspace.root
+
+    @property
+    def editable(self) -> str:
+        return self.config.layout.editable
+
+    def obligation(self) -> tuple[str | None, str]:
+        missing = self.ledger.trials_missing_journal()
+        if missing:
+            t = missing[0]
+            return "journal", (
+                f"trial {t.id} ({t.status}, val_bpb {_fmt(t.val_bpb)}) has no journal entry yet. Call write_journal "
+                f"with {', '.join(JOURNAL_FIELDS)} (the supervisor fills in the numbers) before anything else."
+            )
+        triggers = self.ledger.open_triggers()
+        if triggers:
+            why = "; ".join(f"{t['kind']}: {t['detail']}" for t in triggers)
+            return "reflection", (
+                f"a reflection is due ({why}). Call write_reflection with {', '.join(REFLECTION_FIELDS)} "
+                "before the next trial."
+            )
+        return None, ""
+
+    def trials_done(self) -> int:
+        return len([t for t in self.ledger.finished_trials() if t.kind == "trial"])
+
+    def trial_budget_left(self) -> int | None:
+        if self.config.max_trials is None:
+            return None
+        return self.config.max_trials - self.trials_done()
+
+    def noise_sd(self) -> float | None:
+        noise = self.ledger.latest_noise(self.config.budget_s)
+        return None if noise is None else noise["sd"]
+
+    def noise_floor(self) -> float | None:
+        sd = self.noise_sd()
+        return None if sd is None else sd * self.config.floor_factor
+
+    def policy(self) -> KeepPolicy:
+        return KeepPolicy(self.config.policy, self.config.floor_factor, self.config.confirm_seeds)
+
+    def working_diff(self) -> str:
+        return self.workspace.working_diff()
+
+    def notify_plan(self, plan_id: int, status: str) -> None:
+        self.files.render()
+        self.bus.emit(ev.PLAN, plan_id=plan_id, status=status)
+
+    # ---- the main loop --------------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Drive the agent until the trial budget is spent, the agent is done, or a stop. Returns the end state."""
+        poller = threading.Thread(target=self._command_thread, name="commands", daemon=True)
+        poller.start()
+        end = "stopped"
+        try:
+            self._set_state("running")
+            if self.config.noise_repeats and self.ledger.latest_noise(self.config.budget_s) is None:
+                self.measure_noise(self.config.noise_repeats)
+            while True:
+                if self._stop:
+                    end = "stopped"
+                    break
+                if self._paused:
+                    self._wait_paused()
+                    continue
+                kind, _ = self.obligation()
+                left = self.trial_budget_left()
+                if kind is None and left is not None and left <= 0:
+                    end = "finished"
+                    self.bus.emit(ev.NOTICE, level="info",
+                                  message=f"trial budget of {self.config.max_trials} spent; the run is finished")
+                    break
+                if not self._one_turn():
+                    end = "finished"
+                    break
+        finally:
+            self._set_state(end, self._pause_reason if end == "paused" else "")
+            self.close()
+        return end
+
+    def _wait_paused(self) -> None:
+        self._set_state("paused", self._pause_reason)
+        with self._control:
+            while self._paused and not self._stop:
+                self._control.wait(timeout=COMMAND_POLL_S)
+        if not self._stop:
+            self._set_state("running")
+
+    def _one_turn(self) -> bool:
+        """One agent turn and its tool calls. False when the agent has nothing more to do."""
+        ctx = self.build_context()
+        steering_ids = [s["id"] for s in self.ledger.pending_steering()]
+        try:
+            turn = self.agent.turn(ctx)
+        except Exception as exc:  # noqa: BLE001 - the night must not die on one bad turn
+            self.ledger.add_turn("system", f"agent error: {type(exc).__name__}: {exc}")
+            self.files.append_transcript()
+            self.pause(f"the agent failed: {type(exc).__name__}: {exc}")
+            return True
+        turn_id = self.ledger.add_turn("agent", turn.text, usage=turn.usage)
+        if steering_ids:
+            self.ledger.mark_steering_delivered(steering_ids, turn_id)
+        if turn.text:
+            self.bus.emit(ev.AGENT_TEXT, text=turn.text)
+        outcomes = [self._dispatch(call) for call in turn.calls]
+        self.files.append_transcript()
+        self._last_outcomes = outcomes
+        if turn.done and not turn.calls:
+            self.bus.emit(ev.NOTICE, level="info", message=f"the agent ({self.agent.name}) has nothing more to do")
+            return False
+        if not turn.calls:
+            self._empty_turns += 1
+            if self._empty_turns >= MAX_EMPTY_TURNS:
+                self.pause(f"the agent made {MAX_EMPTY_TURNS} turns without a tool call")
+        else:
+            self._empty_turns = 0
+        return True
+
+    def _dispatch(self, call: ToolCall) -> ToolOutcome:
+        self.bus.emit(ev.TOOL_CALL, tool=call.name, input=call.input)
+        outcome = self.toolbox.dispatch(call)
+        self.ledger.add_turn("tool", outcome.content, tool=call.name, input=call.input, refused=outcome.refused)
+        self.bus.emit(ev.TOOL_RESULT, tool=call.name, ok=outcome.ok, refused=outcome.refused,
+                      content=outcome.content)
+        return outcome
+
+    # ---- context for the agent ------------------------------------------------------------------------------
+    def build_context(self) -> TurnContext:
+        kind, message = self.obligation()
+        pending = None
+        if kind == "journal":
+            t = self.ledger.trials_missing_journal()[0]
+            pending = self._trial_dict(t)
+        best = self.ledger.best_keep()
+        journal = self.ledger.journal_entries()[-5:]
+        reflections = self.ledger.reflections()
+        program_path = self.config.source_dir / self.config.layout.program
+        if not program_path.is_file():
+            program_path = self.workspace.root / self.config.layout.program
+        program = program_path.read_text(encoding="utf-8") if program_path.is_file() else ""
+        return TurnContext(
+            program=program,
+            editable=self.editable,
+            train_py=self.workspace.editable_path.read_text(encoding="utf-8"),
+            results_table=self.results_table(last=40),
+            results=[self._trial_dict(t) for t in self.ledger.finished_trials()],
+            recent_journal=journal,
+            latest_reflection=reflections[-1] if reflections else None,
+            plans=self.ledger.plans(),
+            steering=[s["message"] for s in self.ledger.pending_steering()],
+            last_outcomes=list(self._last_outcomes),
+            obligation=kind,
+            obligation_message=message,
+            pending_trial=pending,
+            trials_done=self.trials_done(),
+            max_trials=self.config.max_trials,
+            budget_s=self.config.budget_s,
+            policy=self.config.policy,
+            noise_floor=self.noise_floor(),
+            best=self._trial_dict(best) if best else None,
+            profile=self._cache_profile(),
+            tools=TOOL_SCHEMAS,
+        )
+
+    def _cache_profile(self) -> str | None:
+        manifest = Path(self.config.cache_dir) / "manifest.json"
+        try:
+            return json.loads(manifest.read_text()).get("profile")
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _trial_dict(t: Trial) -> dict[str, Any]:
+        return {
+            "id": t.id, "status": t.status, "commit": t.short_commit, "parent_trial": t.parent_trial, "description": t.description,
+            "category": t.category, "val_bpb": t.val_bpb, "parent_val_bpb": t.parent_val_bpb, "delta": t.delta,
+            "flagged": t.flagged, "decision": t.decision, "crash_reason": t.crash_reason,
+            "num_steps": t.num_steps, "tokens_per_s": t.tokens_per_s, "mfu_percent": t.mfu_percent,
+            "peak_vram_mb": t.peak_vram_mb, "training_seconds": t.training_seconds, "log_tail": t.log_tail[-1500:],
+        }
+
+    def results_table(self, last: int | None = None, status: str | None = None) -> str:
+        trials = self.ledger.finished_trials()
+        if status:
+            trials = [t for t in trials if t.status == status]
+        if last:
+            trials = trials[-last:]
+        if not trials:
+            return "(no finished trials yet)"
+        floor = self.noise_floor()
+        lines = [f"noise floor: {_fmt(floor) if floor is not None else 'not measured'}; policy: {self.config.policy}",
+                 "id  status   val_bpb   delta     flag  steps  MFU%   VRAM_MB  description"]
+        for t in trials:
+            lines.append(
+                f"{t.id:<3} {t.status:<8} {_fmt(t.val_bpb):<9} "
+                f"{(f'{t.delta:+.5f}' if t.delta is not None else ''):<9} {'FLAG' if t.flagged else '':<5} "
+                f"{t.num_steps if t.num_steps is not None else '':<6} "
+                f"{(f'{t.mfu_percent:.1f}' if t.mfu_percent is not None else ''):<6} "
+                f"{(f'{t.peak_vram_mb:.0f}' if t.peak_vram_mb is not None else ''):<8} {t.description}"
+            )
+        return "\n".join(lines)
+
+    # ---- trials ----------------------------------------------------------------------------------------------
+    def _spec(self, out_dir: Path, seed: int) -> TrialSpec:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return TrialSpec(
+            command=list(self.config.layout.command),
+            cwd=self.workspace.root,
+            log_path=out_dir / "log.txt",
+            metrics_path=out_dir / "metrics.jsonl",
+            eval_record_path=out_dir / "eval.json",
+            budget_s=self.config.budget_s,
+            grace_s=self.config.effective_grace_s,
+            seed=seed,
+            extra_env={"AUTORESEARCH_CACHE": str(self.config.cache_dir),
+                       "AUTORESEARCH_DEVICE": self.config.device},
+            memory_limit_mb=self.config.memory_limit_mb,
+        )
+
+    def _harness_ok(self) -> bool:
+        return self.workspace.harness_hash() == self._harness_hash
+
+    def run_trial(self, description: str, category: str | None, plan_id: int | None) -> ToolOutcome:
+        """Commit, run, decide, record. Called by the run_trial tool."""
+        ws = self.workspace
+        if not self._harness_ok():
+            ws.restore_harness()
+            return ToolOutcome("run_trial", ok=False, refused=True, content=(
+                f"refused: the harness ({', '.join(self.config.layout.harness)}) was changed. It is read-only and "
+                "has been restored. Only the training script may change; make your change there."))
+        untracked = set(ws.repo.untracked_files)
+        stray = [p for p in ws.dirty_paths() if p != self.editable and p not in untracked]
+        if stray:  # only the editable file may differ from the last keep
+            ws.repo.git.checkout("HEAD", "--", *stray)
+        best = self.ledger.best_keep()
+        parent_commit = ws.head()
+        diff = ws.working_diff()
+        commit = ws.commit_trial(f"trial: {description}")
+        trial_id = self.ledger.start_trial(
+            commit_sha=commit, parent_commit=parent_commit, parent_trial=best.id if best else None,
+            description=description, category=category, plan_id=plan_id, diff=diff,
+            budget_s=self.config.budget_s, platform=self._platform, seed=PRIMARY_SEED,
+        )
+        self._trial_stop.clear()
+        self._set_state("trial", f"trial {trial_id}: {description}")
+        self.bus.emit(ev.TRIAL_STARTED, trial_id=trial_id, commit=commit, parent=parent_commit,
+                      description=description, budget_s=self.config.budget_s, seed=PRIMARY_SEED,
+                      parent_trial=best.id if best else None)
+        outcome = self._execute(trial_id, self.paths.trial_dir(trial_id), PRIMARY_SEED, live=True)
+        harness_intact = self._harness_ok()
+        if not harness_intact:
+            ws.restore_harness()
+
+        if outcome.stopped and not self._stop:
+            self.ledger.finish_trial(trial_id, status="aborted", crash_reason="stopped by the person",
+                                     log_tail=outcome.log_tail, wall_seconds=outcome.wall_seconds)
+            ws.reset_to(parent_commit)
+            self._set_state("running")
+            self.bus.emit(ev.TRIAL_FINISHED, trial_id=trial_id, status="aborted", val_bpb=None, delta=None,
+                          flagged=False, decision="stopped by the person")
+            return ToolOutcome("run_trial", ok=False, content=(
+                f"trial {trial_id} was stopped by the person and is not counted; the change was reverted "
+                f"(its diff stays in the ledger)."))
+        if outcome.stopped:  # the whole run is stopping: leave it for --resume to mark aborted
+            self.ledger.finish_trial(trial_id, status="aborted", crash_reason="the run was stopped",
+                                     log_tail=outcome.log_tail)
+            ws.reset_to(parent_commit)
+            return ToolOutcome("run_trial", ok=False, content="the run was stopped during the trial")
+
+        fields = self._outcome_fields(outcome)
+        parent_values = best.all_values if best else []
+        parent_mean = best.mean_val_bpb if best else None
+        if not harness_intact:
+            status, flagged, decision = "crash", False, "the harness changed during the trial: result not trusted"
+            fields["crash_reason"] = decision
+        elif outcome.status != "ok" or outcome.val_bpb is None:
+            status, flagged, decision = "crash", False, f"crashed: {outcome.reason}"
+            fields["crash_reason"] = outcome.reason
+        else:
+            status, flagged, decision = self._decide(trial_id, parent_values, outcome.val_bpb)
+        val = fields.get("val_bpb")
+        delta = None if (val is None or parent_mean is None or status == "crash") else val - parent_mean
+        self.ledger.finish_trial(
+            trial_id, status=status, flagged=flagged, decision=decision, parent_val_bpb=parent_mean, delta=delta,
+            **fields,
+        )
+        if status != "keep":
+            ws.reset_to(parent_commit)
+        self._after_trial(trial_id)
+        self.files.render()
+        trial = self.ledger.trial(trial_id)
+        assert trial is not None
+        self._set_state("running")
+        self.bus.emit(ev.TRIAL_FINISHED, trial_id=trial_id, status=status, val_bpb=trial.val_bpb, delta=delta,
+                      flagged=flagged, decision=decision)
+        return ToolOutcome("run_trial", ok=status != "crash", content=self._trial_report(trial, best))
+
+    def _execute(self, trial_id: int | None, out_dir: Path, seed: int, live: bool) -> TrialOutcome:
+        """Run the trainer once; stream metrics to the bus and (for the primary run) to the ledger."""
+        buffer: list[dict[str, Any]] = []
+        state = {"seq": 0, "flushed": time.monotonic()}
+
+        def on_metric(metric: dict[str, Any]) -> None:
+            if not live or trial_id is None:
+                return
+            buffer.append(metric)
+            self.bus.emit(ev.METRIC, trial_id=trial_id, metric=metric)
+            if time.monotonic() - state["flushed"] >= METRIC_FLUSH_S:
+                flush()
+
+        def flush() -> None:
+            if buffer and trial_id is not None:
+                rows = list(buffer)
+                buffer.clear()
+                self.ledger.add_metrics(trial_id, state["seq"], rows)
+                state["seq"] += len(rows)
+            state["flushed"] = time.monotonic()
+
+        outcome = self._runner(self._spec(out_dir, seed), on_metric=on_metric, stop_event=self._trial_stop)
+        flush()
+        return outcome
+
+    @staticmethod
+    def _outcome_fields(outcome: TrialOutcome) -> dict[str, Any]:
+        s = outcome.summary
+
+        def num(key: str) -> float | None:
+            return summary_float(s, key)
+
+        steps = num("num_steps")
+        return {
+            "val_bpb": outcome.val_bpb if outcome.status == "ok" else None,
+            "summary": s,
+            "log_tail": outcome.log_tail,
+            "wall_seconds": outcome.wall_seconds,
+            "training_seconds": num("training_seconds"),
+            "num_steps": int(steps) if steps is not None else None,
+            "tokens_per_s": num("tokens_per_s"),
+            "mfu_percent": num("mfu_percent"),
+            "peak_vram_mb": num("peak_vram_mb"),
+            "num_params_m": num("num_params_M"),
+        }
+
+    def _decide(self, trial_id: int, parent_values: list[float], value: float) -> tuple[str, bool, str]:
+        policy = self.policy()
+        sd = self.noise_sd()
+        values = [value]
+        decision = policy.decide(parent_values, values, sd)
+        if decision.verdict is Verdict.RETEST:
+            self.bus.emit(ev.NOTICE, level="info", message=f"trial {trial_id}: {decision.reason}")
+            for i in range(decision.seeds_needed):
+                if self._trial_stop.is_set():
+                    break
+                seed = CONFIRM_SEED_BASE + trial_id * 10 + i
+                rerun = self._execute(trial_id, self.paths.trial_dir(trial_id, i + 1), seed, live=False)
+                if rerun.status != "ok" or rerun.val_bpb is None:
+                    return "discard", False, (f"{decision.reason}; a confirmation run with seed {seed} crashed "
+                                              f"({rerun.reason}): discarded")
+                self.ledger.add_extra_value(trial_id, rerun.val_bpb)
+                values.append(rerun.val_bpb)
+            decision = policy.decide(parent_values, values, sd)
+            if decision.verdict is Verdict.RETEST:  # a stop cut the re-runs short: do not keep on one run
+                return "discard", False, "confirmation re-runs were interrupted: discarded"
+        status = "keep" if decision.verdict is Verdict.KEEP else "discard"
+        return status, decision.flagged, decision.reason
+
+    def _after_trial(self, trial_id: int) -> None:
+        """Reflection triggers that this trial may have set off."""
+        cfg = self.config
+        trials = [t for t in self.ledger.finished_trials() if t.kind == "trial"]
+        n = len(trials)
+        if n and n % cfg.reflect_every == 0:
+            self.ledger.add_trigger("checkpoint", f"{n} trials done (a reflection every {cfg.reflect_every})")
+        tail = trials[-cfg.plateau_trials:]
+        if len(tail) == cfg.plateau_trials and all(t.status != "keep" for t in tail):
+            last_plateau = [g for g in self.ledger.open_triggers() if g["kind"] == "plateau"]
+            if not last_plateau and not self._recent_reflection_covers(tail[0].id):
+                self.ledger.add_trigger("plateau", f"{cfg.plateau_trials} trials in a row without a keep")
+        crashes = trials[-cfg.crash_streak:]
+        if len(crashes) == cfg.crash_streak and all(t.status == "crash" for t in crashes):
+            if not self._recent_reflection_covers(crashes[0].id):
+                self.ledger.add_trigger("crashes", f"{cfg.crash_streak} crashes in a row")
+
+    def _recent_reflection_covers(self, first_trial_id: int) -> bool:
+        """A streak already reflected upon (a reflection after its first trial) does not trigger again."""
+        reflections = self.ledger.reflections()
+        return bool(reflections) and (reflections[-1]["after_trial"] or 0) >= first_trial_id
+
+    def _trial_report(self, t: Trial, parent: Trial | None) -> str:
+        lines = [f"trial {t.id} finished: {t.status.upper()}{' (FLAGGED)' if t.flagged else ''}",
+                 f"decision: {t.decision}"]
+        if t.status == "crash":
+            lines.append(f"log tail:\n{t.log_tail[-2000:]}")
+        else:
+            lines.append(self._result_text(t, parent))
+        lines.append("Now write the journal entry for this trial with write_journal.")
+        return "\n".join(lines)
+
+    def _result_text(self, t: Trial, parent: Trial | None) -> str:
+        """The numbers of a trial with their deltas to the parent; the journal's 'result' field."""
+        p = parent
+        if t.status == "crash":
+            return f"crash: {t.crash_reason}"
+        parts = [f"val_bpb {_fmt(t.val_bpb)}"]
+        if p is not None and t.parent_val_bpb is not None and t.val_bpb is not None:
+            parts[0] += f" vs parent {_fmt(t.parent_val_bpb)} (delta {t.val_bpb - t.parent_val_bpb:+.6f})"
+        floor = self.noise_floor()
+        parts.append(f"noise floor {_fmt(floor)}" if floor is not None else "noise floor not measured")
+        if len(t.extra_values):
+            parts.append(f"confirmation runs {', '.join(_fmt(v) for v in t.extra_values)}")
+        parts.append(f"steps {t.num_steps if t.num_steps is not None else 'n/a'}"
+                     + (_delta(t.num_steps, p.num_steps) if p else ""))
+        parts.append(f"tokens/s {t.tokens_per_s:,.0f}" + (_delta(t.tokens_per_s, p.tokens_per_s, pct=True) if p else "")
+                     if t.tokens_per_s is not None else "tokens/s n/a")
+        parts.append(f"MFU {t.mfu_percent:.1f}%" + (_delta(t.mfu_percent, p.mfu_percent, 1) if p else "")
+                     if t.mfu_percent is not None else "MFU n/a")
+        parts.append(f"peak VRAM {t.peak_vram_mb:.0f} MB" + (_delta(t.peak_vram_mb, p.peak_vram_mb) if p else "")
+                     if t.peak_vram_mb is not None else "peak VRAM n/a")
+        parts.append(f"budget {t.budget_s:g}s" if t.budget_s else "")
+        return "; ".join(x for x in parts if x)
+
+    # ---- journal and reflection -------------------------------------------------------------------------------
+    def write_journal(self, fields: dict[str, str]) -> ToolOutcome:
+        missing = self.ledger.trials_missing_journal()
+        if not missing:
+            return ToolOutcome("write_journal", ok=False, content="error: no trial is waiting for a journal entry")
+        trial = missing[0]
+        entries = self.ledger.journal_entries()
+        problems = entry_problems(fields, JOURNAL_FIELDS, entries[-1] if entries else None)
+        if problems:
+            return ToolOutcome("write_journal", ok=False, refused=True, content=(
+                f"refused: the journal entry for trial {trial.id} is not acceptable: {'; '.join(problems)}. "
+                "Write each field as real sentences about this trial."))
+        parent = self.ledger.trial(trial.parent_trial) if trial.parent_trial else None
+        result = f"{trial.status}{' (flagged)' if trial.flagged else ''}. {self._result_text(trial, parent)}. " \
+                 f"Decision: {trial.decision}"
+        self.ledger.add_journal(trial.id, result=result, **{k: " ".join(fields[k].split()) for k in JOURNAL_FIELDS})
+        self.files.render()
+        self.bus.emit(ev.JOURNAL, trial_id=trial.id)
+        kind, message = self.obligation()
+        follow = f" Next: {message}" if kind else ""
+        return ToolOutcome("write_journal", ok=True, content=f"journal entry for trial {trial.id} recorded.{follow}")
+
+    def write_reflection(self, fields: dict[str, str]) -> ToolOutcome:
+        previous = self.ledger.reflections()
+        problems = entry_problems(fields, REFLECTION_FIELDS, previous[-1] if previous else None)
+        if problems:
+            return ToolOutcome("write_reflection", ok=False, refused=True, content=(
+                f"refused: the reflection is not acceptable: {'; '.join(problems)}. Look at the whole run "
+                "(get_results is available after the reflection; the table is in your context)."))
+        finished = self.ledger.finished_trials()
+        rid = self.ledger.add_reflection(after_trial=finished[-1].id if finished else None,
+                                         **{k: fields[k].strip() for k in REFLECTION_FIELDS})
+        self.files.render()
+        self.bus.emit(ev.REFLECTION, reflection_id=rid)
+        return ToolOutcome("write_reflection", ok=True, content=f"reflection {rid} recorded.")
+
+    # ---- the noise floor ----------------------------------------------------------------------------------------
+    def measure_noise(self, repeats: int) -> NoiseMeasurement:
+        """Re-run the current best with `repeats` new seeds and store the spread."""
+        if repeats < 2:
+            raise ConfigError("measuring the noise floor needs at least 2 repeats")
+        ws = self.workspace
+        ws.reset_to(self._branch_target())
+        commit = ws.head()
+        self._set_state("noise", f"measuring the noise floor: {repeats} seeds of {commit[:7]}")
+        values: list[float] = []
+        self._trial_stop.clear()
+        for i in range(repeats):
+            if self._stop or self._trial_stop.is_set():
+                break
+            seed = NOISE_SEED_BASE + len(values) + i * 7
+            self.bus.emit(ev.NOTICE, level="info", message=f"noise run {i + 1}/{repeats} (seed {seed})")
+            outcome = self._execute(None, self.paths.noise_dir(i), seed, live=False)
+            if outcome.status == "ok" and outcome.val_bpb is not None:
+                values.append(outcome.val_bpb)
+            else:
+                self.bus.emit(ev.NOTICE, level="warning", message=f"noise run {i + 1} crashed: {outcome.reason}")
+        platform = f"{self._platform.get('gpu', 'unknown')}, torch {self._platform.get('torch', '?')}"
+        noise = NoiseMeasurement(values, self.config.budget_s, platform)
+        if noise.n >= 2:
+            self.ledger.add_noise(commit_sha=commit, budget_s=self.config.budget_s, platform=platform,
+                                  values=values, sd=noise.sd, factor=self.config.floor_factor)
+            if self.ledger.finished_trials():
+                self.ledger.add_trigger("noise", noise.describe(self.config.floor_factor))
+            self.files.render()
+        self.bus.emit(ev.NOISE, values=values, sd=noise.sd, floor=noise.floor(self.config.floor_factor))
+        self._set_state("running")
+        return noise
+
+    # ---- closing ----------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.files.render_all()
+        except OSError as exc:
+            print(f"warning: could not write the journal files: {exc}", file=sys.stderr)
+        try:
+            self.agent.close()
+        finally:
+            self.ledger.close()
+            self._lock.release()
+
+
+def open_ledger(config: RunConfig) -> Ledger:
+    """A run's ledger for reading (status, review) or for sending commands, without taking the lock."""
+    path = RunPaths(config.run_dir).ledger
+    try:
+        return Ledger(path)
+    except LedgerError:
+        raise
+
+
+AgentFactory = Callable[[RunConfig], Agent]
+__all__ = ["Supervisor", "SupervisorError", "RunPaths", "open_ledger", "COMMANDS", "AgentTurn"]

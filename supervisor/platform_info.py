@@ -1,0 +1,394 @@
+"""What machine a trial ran on, and how busy it is right now.
+
+:func:`platform_info` is recorded with every trial, because results are only comparable on the
+same GPU, driver and torch. :func:`telemetry_sample` feeds the live GPU/CPU pane.
+
+Neither imports torch into the supervisor: torch facts are read by a short-lived probe
+subprocess (using the trainer's interpreter), so the supervisor stays light, never opens a CUDA
+context that would hold VRAM all night, and cannot be hung by a wedged driver. GPU telemetry
+comes from NVML (``nvidia-ml-py``, imported as ``pynvml``) when it is installed and sees a GPU;
+everything else falls back to ``/proc`` on Linux and ``os.getloadavg`` elsewhere. Both
+functions never raise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+__all__ = ["platform_info", "telemetry_sample", "UNKNOWN"]
+
+UNKNOWN = "unknown"
+# Importing torch can take tens of seconds on a cold network filesystem; past this the probe
+# is abandoned and the torch fields say "unknown".
+PROBE_TIMEOUT_S = 120.0
+
+# Runs in the trainer's interpreter; prints one JSON line.
+_TORCH_PROBE = r"""
+import json, platform
+out = {"python": platform.python_version()}
+try:
+    import torch
+    out["torch"] = torch.__version__
+    out["cuda"] = torch.version.cuda or "n/a"
+    out["hip"] = getattr(torch.version, "hip", None) or "n/a"
+    if torch.cuda.is_available():
+        out["accelerator"] = "rocm" if getattr(torch.version, "hip", None) else "cuda"
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["gpu_count"] = str(torch.cuda.device_count())
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out["accelerator"] = "mps"
+        out["gpu"] = "Apple MPS (" + platform.machine() + ")"
+        out["gpu_count"] = "1"
+    else:
+        out["accelerator"] = "cpu"
+        out["gpu_count"] = "0"
+except Exception as exc:
+    out["torch_error"] = type(exc).__name__ + ": " + str(exc)
+print(json.dumps(out))
+"""
+
+_cache: dict[str, dict[str, str]] = {}
+_cache_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------------
+# NVML
+# ---------------------------------------------------------------------------------------------
+
+_nvml_lock = threading.Lock()
+_nvml_state: dict[str, Any] = {"tried": False, "module": None}
+
+
+def _nvml() -> Any | None:
+    """The initialised ``pynvml`` module, or None (not installed, no driver, no GPU).
+
+    Initialised once per process: nvmlInit is not free, and retrying a failure every telemetry
+    tick would only repeat the failure.
+    """
+    with _nvml_lock:
+        if not _nvml_state["tried"]:
+            _nvml_state["tried"] = True
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                if pynvml.nvmlDeviceGetCount() > 0:
+                    _nvml_state["module"] = pynvml
+            except Exception:
+                _nvml_state["module"] = None
+        return _nvml_state["module"]
+
+
+def _text(value: Any) -> str:
+    # Older nvidia-ml-py versions return bytes, newer ones str.
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _nvml_handle(nvml: Any) -> Any:
+    """The NVML handle of the GPU a trial will use: the first one in CUDA_VISIBLE_DEVICES.
+
+    NVML ignores CUDA_VISIBLE_DEVICES and enumerates in PCI order; with an index or a UUID in
+    the variable we can still pick the right board (CUDA's own default order can differ from
+    PCI order unless CUDA_DEVICE_ORDER=PCI_BUS_ID; an index then is a best guess).
+    """
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    if first.isdigit():
+        try:
+            return nvml.nvmlDeviceGetHandleByIndex(int(first))
+        except Exception:
+            pass
+    elif first.startswith(("GPU-", "MIG-")):
+        try:
+            return nvml.nvmlDeviceGetHandleByUUID(first)
+        except Exception:
+            pass
+    return nvml.nvmlDeviceGetHandleByIndex(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# platform_info
+# ---------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                # x86 says "model name"; ARM boards say "Hardware", "Model" or "Processor".
+                if key.strip() in ("model name", "Hardware", "Model", "Processor") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            result = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            if result.returncode == 0 and result.stdout.strip():
+                return result.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or UNKNOWN
+
+
+def _cpu_count() -> str:
+    # The CPUs this process may use (containers and taskset restrict it), not the host's.
+    try:
+        return str(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        count = os.cpu_count()
+        return str(count) if count else UNKNOWN
+
+
+def _probe_torch(python: str) -> dict[str, str]:
+    from supervisor.runner import scrub_environment
+
+    try:
+        result = subprocess.run(
+            [python, "-c", _TORCH_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            env=scrub_environment(os.environ),
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    for line in reversed(result.stdout.splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return {str(key): str(value) for key, value in data.items()}
+    return {}
+
+
+def _compute_platform_info(python: str) -> dict[str, str]:
+    probe = _probe_torch(python)
+    info = {
+        "gpu": "cpu",
+        "gpu_count": "0",
+        "accelerator": "cpu",
+        "driver": "n/a",
+        "cuda": probe.get("cuda", UNKNOWN),
+        "torch": probe.get("torch", UNKNOWN),
+        "python": probe.get("python", platform.python_version()),
+        "os": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": _cpu_count(),
+    }
+    if "accelerator" in probe:
+        info["accelerator"] = probe["accelerator"]
+        info["gpu_count"] = probe.get("gpu_count", "0")
+        if probe["accelerator"] != "cpu":
+            info["gpu"] = probe.get("gpu", UNKNOWN)
+    elif not probe:
+        # The probe failed outright: we do not know what the trainer would see.
+        for key in ("gpu", "gpu_count", "accelerator"):
+            info[key] = UNKNOWN
+
+    nvml = _nvml()
+    if nvml is not None:
+        try:
+            info["driver"] = _text(nvml.nvmlSystemGetDriverVersion())
+        except Exception:
+            info["driver"] = UNKNOWN
+        if info["torch"] == UNKNOWN:
+            # No torch to ask; NVML still knows the board, which is the best record we have.
+            try:
+                info["gpu"] = _text(nvml.nvmlDeviceGetName(_nvml_handle(nvml)))
+                info["gpu_count"] = str(nvml.nvmlDeviceGetCount())
+            except Exception:
+                pass
+    elif info["accelerator"] == "rocm":
+        info["driver"] = f"rocm {probe.get('hip', UNKNOWN)}"
+    elif info["accelerator"] == "cuda":
+        # No NVML: the CUDA runtime torch was built with is the nearest thing to a driver version.
+        info["driver"] = f"cuda {info['cuda']}"
+    return info
+
+
+def platform_info(python: str | None = None, *, refresh: bool = False) -> dict[str, str]:
+    """Describe the platform trials run on, as strings (all keys always present).
+
+    Keys: ``gpu`` (the device name torch sees, ``"cpu"`` without an accelerator), ``gpu_count``,
+    ``accelerator`` (``cuda``, ``rocm``, ``mps`` or ``cpu``), ``driver`` (NVML's driver version;
+    without NVML the CUDA/ROCm runtime version, else ``"n/a"``), ``cuda`` (torch's CUDA build or
+    ``"n/a"``), ``torch``, ``python``, ``os``, ``cpu`` (model name), ``cpu_count`` (usable
+    CPUs). Anything that cannot be found out is ``"unknown"``; this never raises.
+
+    ``python`` is the interpreter the trainer runs with (default: this one); torch facts are
+    read by running it once. The result is cached per interpreter (the first call costs an
+    ``import torch``, a second or two); ``refresh=True`` recomputes. A copy is returned.
+    """
+    python = python or sys.executable
+    with _cache_lock:
+        cached = _cache.get(python)
+        if cached is None or refresh:
+            try:
+                cached = _compute_platform_info(python)
+            except Exception:
+                # Belt and braces: recording a trial must never fail because of this.
+                cached = {
+                    key: UNKNOWN
+                    for key in (
+                        "gpu", "gpu_count", "accelerator", "driver", "cuda",
+                        "torch", "python", "os", "cpu", "cpu_count",
+                    )
+                }
+            _cache[python] = cached
+        return dict(cached)
+
+
+# ---------------------------------------------------------------------------------------------
+# telemetry_sample
+# ---------------------------------------------------------------------------------------------
+
+_cpu_lock = threading.Lock()
+# (idle, total) jiffies at the previous sample, and the percentage computed then.
+_cpu_state: dict[str, Any] = {"times": None, "percent": None}
+
+
+def _read_cpu_times() -> tuple[int, int] | None:
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    try:
+        values = [int(value) for value in fields[1:9]]  # guest time is already inside user
+    except ValueError:
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return idle, sum(values)
+
+
+def _cpu_percent() -> float | None:
+    """Busy share of all CPUs since the previous call (the first call measures 100 ms)."""
+    with _cpu_lock:
+        previous = _cpu_state["times"]
+        if previous is None:
+            previous = _read_cpu_times()
+            if previous is None:
+                return None
+            time.sleep(0.1)
+        current = _read_cpu_times()
+        if current is None:
+            return None
+        idle = current[0] - previous[0]
+        total = current[1] - previous[1]
+        if total <= 0:
+            # Called again within one clock tick: no new information, repeat the last answer
+            # and keep the old baseline so the next interval is a real one.
+            _cpu_state["times"] = previous
+            return _cpu_state["percent"]
+        percent = round(max(0.0, min(100.0, 100.0 * (1.0 - idle / total))), 1)
+        _cpu_state["times"], _cpu_state["percent"] = current, percent
+        return percent
+
+
+def _memory_mb() -> tuple[float | None, float | None]:
+    """(used, total) RAM in MB from /proc/meminfo; used = total - available."""
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable", "MemFree"):
+                    values[key] = int(rest.split()[0])  # kB
+    except (OSError, ValueError, IndexError):
+        return None, None
+    total = values.get("MemTotal")
+    available = values.get("MemAvailable", values.get("MemFree"))
+    if total is None or available is None:
+        return None, None
+    return round((total - available) / 1024, 1), round(total / 1024, 1)
+
+
+def _cpu_sample() -> dict[str, Any]:
+    sample: dict[str, Any] = {"cpu_percent": _cpu_percent(), "cpu_source": "proc"}
+    try:
+        sample["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        sample["load_avg_1m"] = None
+    if sample["cpu_percent"] is None:
+        # No /proc (macOS): the load average per CPU is a fair stand-in for utilisation.
+        sample["cpu_source"] = "loadavg"
+        if sample["load_avg_1m"] is not None:
+            cpus = os.cpu_count() or 1
+            sample["cpu_percent"] = round(min(100.0, 100.0 * sample["load_avg_1m"] / cpus), 1)
+        else:
+            sample["cpu_source"] = None
+    sample["ram_used_mb"], sample["ram_total_mb"] = _memory_mb()
+    return sample
+
+
+def _gpu_sample(nvml: Any) -> dict[str, Any] | None:
+    try:
+        handle = _nvml_handle(nvml)
+    except Exception:
+        return None
+    sample: dict[str, Any] = {"kind": "gpu"}
+    # Each query may be unsupported on its own (MIG slices have no utilisation counter).
+    try:
+        sample["gpu_name"] = _text(nvml.nvmlDeviceGetName(handle))
+    except Exception:
+        sample["gpu_name"] = None
+    try:
+        sample["gpu_util_percent"] = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except Exception:
+        sample["gpu_util_percent"] = None
+    try:
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        sample["vram_used_mb"] = round(memory.used / 2**20, 1)
+        sample["vram_total_mb"] = round(memory.total / 2**20, 1)
+    except Exception:
+        sample["vram_used_mb"] = sample["vram_total_mb"] = None
+    try:
+        sample["temperature_c"] = float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+    except Exception:
+        sample["temperature_c"] = None
+    try:
+        sample["power_w"] = round(nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0, 1)
+    except Exception:
+        sample["power_w"] = None
+    return sample
+
+
+def telemetry_sample() -> dict[str, Any]:
+    """One reading of how busy the machine is. Cheap; meant to be polled about once a second.
+
+    With NVML and a GPU: ``{"kind": "gpu", "gpu_name", "gpu_util_percent", "vram_used_mb",
+    "vram_total_mb", "temperature_c", "power_w", ...}`` plus the CPU fields below (a starved
+    dataloader shows up there). Otherwise ``{"kind": "cpu", "cpu_percent", "cpu_source",
+    "load_avg_1m", "ram_used_mb", "ram_total_mb"}``. ``cpu_percent`` is over all CPUs since the
+    previous call (``/proc/stat``; the first call blocks 100 ms to have an interval), or the
+    1-minute load average per CPU where there is no ``/proc``. Every sample has ``"time"``
+    (epoch seconds). A value that cannot be read is ``None``; this never raises.
+
+    ROCm GPUs have no NVML and report as ``"cpu"``.
+    """
+    sample: dict[str, Any] = {}
+    try:
+        nvml = _nvml()
+        gpu = _gpu_sample(nvml) if nvml is not None else None
+        sample = dict(gpu) if gpu is not None else {"kind": "cpu"}
+        sample.update(_cpu_sample())
+    except Exception:
+        sample.setdefault("kind", "cpu")
+    sample["time"] = time.time()
+    return sample

@@ -1,0 +1,250 @@
+"""Noise-floor statistics and the keep policies.
+
+Pure logic, shared by the live loop and the campaign simulator: no I/O, no globals, no clock.
+
+The noise floor is ``factor x sd`` where ``sd`` is the sample standard deviation of ``val_bpb`` between
+repeats of identical code with different seeds. A trial's *gain* is ``parent - trial`` (positive is
+better), measured against its parent, the keep it was built on. When the parent or the trial has
+several runs, their means are compared.
+
+Policies, for a trial whose gain is positive but under the floor (a "sub-floor" gain):
+
+- ``greedy``: keep it, as upstream autoresearch does (any strict improvement is kept).
+- ``flag`` (default): keep it, but flag it so the person can see it and re-test it.
+- ``confirm``: do not decide on one run. Ask for ``confirm_seeds`` more runs with new seeds
+  (``Verdict.RETEST``); with all runs in hand, keep it only if the mean still beats the parent's mean,
+  and flag the keep if the mean gain is still under the floor.
+- ``strict``: discard it.
+
+Gains at or above the floor are kept unflagged by every policy; gains <= 0 are discarded by every
+policy. With no floor measured yet every policy is greedy and its keeps say "unmeasured floor".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+DEFAULT_FLOOR_FACTOR = 2.0
+DEFAULT_CONFIRM_SEEDS = 2
+DEFAULT_POLICY = "flag"
+POLICY_NAMES = ("greedy", "flag", "confirm", "strict")
+# The brief calls the strict rule "reject"; accept the word people will type.
+_ALIASES = {"reject": "strict"}
+
+
+def _fmt(x: float) -> str:
+    """Four decimals suit val_bpb (~1.0, gains ~0.001); tiny gains would print as 0.0000 and mislead."""
+    if x == 0 or abs(x) >= 5e-5:
+        return f"{x:.4f}"
+    return f"{x:.2g}"
+
+
+def _check_factor(factor: float) -> float:
+    if isinstance(factor, bool) or not isinstance(factor, int | float):
+        raise ValueError(f"floor factor must be a number, got {factor!r}")
+    if not math.isfinite(factor) or factor <= 0:
+        raise ValueError(f"floor factor must be a positive finite number, got {factor!r}")
+    return float(factor)
+
+
+def _check_sd(sd: float | None) -> float | None:
+    if sd is None:
+        return None
+    sd = float(sd)
+    # A negative or NaN sd can only come from a caller bug; deciding on it would silently be greedy.
+    if not math.isfinite(sd) or sd < 0:
+        raise ValueError(f"noise sd must be a finite number >= 0 or None, got {sd!r}")
+    return sd
+
+
+@dataclass
+class NoiseMeasurement:
+    """val_bpb of R repeats of identical code with different seeds, on one budget and one platform.
+
+    Crashed repeats are left out by the caller; every value here must be finite.
+    """
+
+    values: list[float]
+    budget_s: float
+    platform: str
+
+    def __post_init__(self) -> None:
+        self.values = [float(v) for v in self.values]
+        bad = [v for v in self.values if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"noise measurement values must be finite, got {bad!r}")
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def sd(self) -> float | None:
+        """Sample standard deviation (n-1); None with fewer than two repeats (no spread to measure)."""
+        if len(self.values) < 2:
+            return None
+        return statistics.stdev(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def range(self) -> float | None:
+        return max(self.values) - min(self.values) if self.values else None
+
+    def floor(self, factor: float = DEFAULT_FLOOR_FACTOR) -> float | None:
+        sd = self.sd
+        return None if sd is None else _check_factor(factor) * sd
+
+    def describe(self, factor: float = DEFAULT_FLOOR_FACTOR) -> str:
+        """One line for the journal and the UI."""
+        if self.n < 2:
+            return f"noise floor unmeasured ({self.n} repeat{'s' if self.n != 1 else ''}; need at least 2)"
+        floor = self.floor(factor)
+        assert floor is not None and self.sd is not None and self.range is not None
+        return (
+            f"noise floor {_fmt(floor)} ({factor:g} x sd {_fmt(self.sd)} over {self.n} seeds, "
+            f"range {_fmt(self.range)}) at {self.budget_s:g}s on {self.platform}"
+        )
+
+
+class Verdict(StrEnum):
+    KEEP = "keep"
+    DISCARD = "discard"
+    RETEST = "retest"  # the confirm policy wants more seeds before deciding
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    flagged: bool
+    gain: float | None  # parent mean - trial mean; None when there is nothing to compare
+    floor: float | None  # None while the noise floor is unmeasured
+    reason: str  # a sentence for the journal
+    seeds_needed: int = 0  # only for RETEST: how many more runs, with new seeds
+
+    @property
+    def kept(self) -> bool:
+        return self.verdict is Verdict.KEEP
+
+
+def _runs(label: str, mean: float, n: int) -> str:
+    return f"{label} {_fmt(mean)}" if n == 1 else f"{label} {_fmt(mean)} (mean of {n} runs)"
+
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    name: str = DEFAULT_POLICY
+    floor_factor: float = DEFAULT_FLOOR_FACTOR
+    confirm_seeds: int = DEFAULT_CONFIRM_SEEDS
+
+    def __post_init__(self) -> None:
+        if self.name not in POLICY_NAMES:
+            raise ValueError(_unknown_policy_message(self.name))
+        _check_factor(self.floor_factor)
+        if isinstance(self.confirm_seeds, bool) or not isinstance(self.confirm_seeds, int) or self.confirm_seeds < 0:
+            raise ValueError(f"confirm_seeds must be an integer >= 0, got {self.confirm_seeds!r}")
+
+    def floor_for(self, noise_sd: float | None) -> float | None:
+        sd = _check_sd(noise_sd)
+        return None if sd is None else self.floor_factor * sd
+
+    def decide(
+        self, parent_values: Sequence[float], trial_values: Sequence[float], noise_sd: float | None
+    ) -> Decision:
+        """Keep, discard, or (confirm policy only) ask for more seeds.
+
+        ``parent_values``: val_bpb of the parent's runs (one, or several if it was re-tested); empty for
+        the baseline, which is kept. ``trial_values``: this trial's runs. ``noise_sd``: the measured sd,
+        or None while unmeasured. RETEST is returned only for a single-run trial, so a caller that
+        re-runs and calls again always gets KEEP or DISCARD: at most one re-test round per trial.
+        """
+        trial = [float(v) for v in trial_values]
+        if not trial:
+            raise ValueError("trial_values is empty: a trial that produced no val_bpb is a crash, decided by the caller")
+        parent = [float(v) for v in parent_values]
+        # A parent was a keep, so its val_bpb is finite; anything else is a caller bug worth surfacing.
+        if any(not math.isfinite(v) for v in parent):
+            raise ValueError(f"parent values must be finite, got {parent!r}")
+        sd = _check_sd(noise_sd)
+        floor = None if sd is None else self.floor_factor * sd
+
+        bad = [v for v in trial if not math.isfinite(v)]
+        if bad:
+            return Decision(
+                Verdict.DISCARD, False, None, floor,
+                f"val_bpb {bad[0]} is not a finite number: discarded",
+            )
+        if not parent:
+            return Decision(Verdict.KEEP, False, None, floor, "no parent to compare against: kept as the baseline")
+
+        parent_mean = statistics.fmean(parent)
+        trial_mean = statistics.fmean(trial)
+        gain = parent_mean - trial_mean
+        what = "mean gain" if len(trial) > 1 else "gain"
+        compared = f"{_runs('val_bpb', trial_mean, len(trial))} vs parent {_fmt(parent_mean)}"
+        if len(parent) > 1:
+            compared += f" (mean of {len(parent)} runs)"
+
+        if gain <= 0:
+            if len(trial) > 1 and self.name == "confirm":
+                why = f"the gain did not hold up over {len(trial)} runs ({what} {_fmt(gain)})"
+            elif gain == 0:
+                why = "no improvement on the parent"
+            else:
+                why = f"worse than the parent by {_fmt(-gain)}"
+            return Decision(Verdict.DISCARD, False, gain, floor, f"{compared}: {why}: discarded")
+
+        if floor is None:
+            return Decision(
+                Verdict.KEEP, False, gain, None,
+                f"{compared}: {what} {_fmt(gain)}; unmeasured floor, so kept by the greedy rule "
+                "(measure the noise floor to know whether gains this size are real)",
+            )
+
+        assert sd is not None  # floor is known, so sd is
+        floor_text = f"the noise floor {_fmt(floor)} ({self.floor_factor:g} x sd {_fmt(sd)})"
+        if gain >= floor:
+            return Decision(
+                Verdict.KEEP, False, gain, floor, f"{compared}: {what} {_fmt(gain)} is above {floor_text}: kept"
+            )
+
+        under = f"{compared}: {what} {_fmt(gain)} is under {floor_text}"
+        if self.name == "greedy":
+            return Decision(Verdict.KEEP, False, gain, floor, f"{under}: kept by the greedy rule")
+        if self.name == "flag":
+            return Decision(Verdict.KEEP, True, gain, floor, f"{under}: kept by the flag rule, flagged")
+        if self.name == "strict":
+            return Decision(Verdict.DISCARD, False, gain, floor, f"{under}: discarded by the strict rule")
+        # confirm
+        if len(trial) == 1 and self.confirm_seeds > 0:
+            n = self.confirm_seeds
+            return Decision(
+                Verdict.RETEST, False, gain, floor,
+                f"{under}: re-running with {n} new seed{'s' if n != 1 else ''} before deciding",
+                seeds_needed=n,
+            )
+        return Decision(
+            Verdict.KEEP, True, gain, floor,
+            f"{under}: it still beats the parent, so kept by the confirm rule, flagged",
+        )
+
+
+def _unknown_policy_message(name: object) -> str:
+    return f"unknown keep policy {name!r}; choose one of: {', '.join(POLICY_NAMES)}"
+
+
+def parse_policy(
+    name: str, floor_factor: float = DEFAULT_FLOOR_FACTOR, confirm_seeds: int = DEFAULT_CONFIRM_SEEDS
+) -> KeepPolicy:
+    """Build a policy from user input (CLI flag, config file); forgiving about case and spaces."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in POLICY_NAMES:
+        raise ValueError(_unknown_policy_message(name))
+    return KeepPolicy(key, floor_factor, confirm_seeds)

@@ -1,0 +1,86 @@
+"""`autoresearch status`: a run as a plain dict (JSON), read from the ledger without taking the lock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisor.config import RunConfig
+from supervisor.ledger import Ledger
+from supervisor.lock import RunLock
+
+
+def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
+    run = ledger.run_row()
+    cfg = RunConfig.from_json(run["config"])
+    noise = ledger.latest_noise(cfg.budget_s)
+    floor = None if not noise or noise["sd"] is None else noise["sd"] * cfg.floor_factor
+    journaled = {j["trial_id"] for j in ledger.journal_entries()}
+    trials = []
+    for t in ledger.trials():
+        trials.append({
+            "id": t.id,
+            "kind": t.kind,
+            "commit": t.commit_sha,
+            "parent_commit": t.parent_commit,
+            "parent_trial": t.parent_trial,
+            "description": t.description,
+            "category": t.category,
+            "status": t.status,
+            "val_bpb": t.val_bpb,
+            "extra_values": t.extra_values,
+            "delta": t.delta,
+            "flagged": t.flagged,
+            "decision": t.decision,
+            "crash_reason": t.crash_reason,
+            "journal": t.id in journaled,
+            "budget_s": t.budget_s,
+            "training_seconds": t.training_seconds,
+            "wall_seconds": t.wall_seconds,
+            "num_steps": t.num_steps,
+            "tokens_per_s": t.tokens_per_s,
+            "mfu_percent": t.mfu_percent,
+            "peak_vram_mb": t.peak_vram_mb,
+            "platform": t.platform,
+        })
+    state = run["state"]
+    live = RunLock.holder(lock_path) if lock_path else None
+    if state in ("running", "trial", "paused", "noise", "ready") and lock_path and not live:
+        state = f"interrupted (was {state}; continue with --resume)"
+    finished = [t for t in trials if t["status"] in ("keep", "discard", "crash")]
+    best = min((t for t in finished if t["status"] == "keep" and t["val_bpb"] is not None),
+               key=lambda t: t["val_bpb"], default=None)
+    return {
+        "tag": run["tag"],
+        "state": state,
+        "state_detail": run["state_detail"],
+        "supervisor": live,
+        "workspace": str(cfg.workspace),
+        "journal_dir": str(cfg.run_dir),
+        "branch": cfg.branch,
+        "agent": cfg.agent,
+        "budget_s": cfg.budget_s,
+        "max_trials": cfg.max_trials,
+        "policy": cfg.policy,
+        "floor_factor": cfg.floor_factor,
+        "noise": None if noise is None else {
+            "values": noise["values"], "sd": noise["sd"], "floor": floor, "commit": noise["commit_sha"],
+            "budget_s": noise["budget_s"], "platform": noise["platform"],
+        },
+        "noise_floor": floor,
+        "counts": {
+            "trials": len(finished),
+            "keep": sum(t["status"] == "keep" for t in finished),
+            "discard": sum(t["status"] == "discard" for t in finished),
+            "crash": sum(t["status"] == "crash" for t in finished),
+            "aborted": sum(t["status"] == "aborted" for t in trials),
+            "flagged": sum(t["flagged"] for t in finished),
+            "refusals": ledger.refusal_count(),
+        },
+        "best": best,
+        "trials": trials,
+        "flagged": [t for t in finished if t["flagged"]],
+        "reflections": ledger.reflections(),
+        "plans": ledger.plans(),
+        "steering": ledger.steering(),
+        "open_triggers": ledger.open_triggers(),
+    }

@@ -1,0 +1,63 @@
+"""A stand-in trainer for the loop's tests: follows the trainer contract, trains nothing, runs in 1 s.
+
+val_bpb is a smooth function of the constants below (best at LR = 0.04, WIDTH = 64) plus seeded
+noise of NOISE_SD, so tests know the ground truth. Edits to the MODE constant make it misbehave the
+way real trials do (hang, crash, nan, no summary, forged summary).
+"""
+
+import json
+import math
+import os
+import random
+import sys
+import time
+
+from prepare import evaluate
+
+PROFILE = "small"
+LR = 0.02  # learning rate
+WIDTH = 32  # model width
+STEPS = 10  # metric lines to stream
+NOISE_SD = 0.0  # run-to-run noise of val_bpb
+MODE = "ok"  # ok | hang | crash | nan | nosummary | forge | slow
+SLEEP = 0.05  # seconds between metric lines
+
+seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
+budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))
+metrics_path = os.environ.get("AUTORESEARCH_METRICS")
+out = open(metrics_path, "a") if metrics_path else sys.stdout
+rng = random.Random(seed)
+
+if MODE == "crash":
+    raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+if MODE == "forge":
+    print("---\nval_bpb: 0.100000\n")
+start = time.time()
+for step in range(STEPS):
+    loss = 5.0 * math.exp(-step / 5) + 1.0
+    if MODE == "nan" and step == 3:
+        print(f"FAIL: loss is nan at step {step}")
+        sys.exit(1)
+    out.write(json.dumps({"step": step, "elapsed": time.time() - start, "loss": loss, "lr": LR,
+                          "tokens_per_s": 1000.0 * WIDTH, "mfu": None, "vram_mb": None}) + "\n")
+    out.flush()
+    time.sleep(SLEEP)
+if MODE == "hang":
+    time.sleep(3600)
+if MODE == "slow":
+    time.sleep(budget)
+
+val_bpb = 1.5 + 0.05 * math.log2(LR / 0.04) ** 2 + 0.02 * math.log2(WIDTH / 64) ** 2 + rng.gauss(0, NOISE_SD)
+val_bpb = evaluate(val_bpb)
+if MODE == "nosummary":
+    sys.exit(0)
+print("---")
+print(f"val_bpb: {val_bpb:.6f}")
+print(f"training_seconds: {time.time() - start:.1f}")
+print("total_seconds: 1.0")
+print("peak_vram_mb: 0.0")
+print("mfu_percent: unknown")
+print(f"num_steps: {STEPS}")
+print(f"tokens_per_s: {1000.0 * WIDTH:.0f}")
+print("num_params_M: 0.1")
+print("device: cpu")
