@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -110,7 +111,7 @@ def _git_message(raw: str) -> str:
 def _missing_message(root: Path, candidate: Path, raw: str) -> str:
     files = _list_files(root)
     rel = candidate.relative_to(root).as_posix()
-    guesses = difflib.get_close_matches(rel, files, n=3, cutoff=0.5)
+    guesses = difflib.get_close_matches(rel, files, n=3, cutoff=0.8)
     by_name = [f for f in files if PurePosixPath(f).name == PurePosixPath(rel).name and f not in guesses]
     guesses = (by_name + guesses)[:3]
     if guesses:
@@ -238,22 +239,50 @@ def _whitespace_hint(file_lines: list[str], search_lines: list[str]) -> str | No
     )
 
 
+def _trigrams(line: str) -> Counter[str]:
+    # Indentation is left out: whitespace mistakes are caught separately, and runs of spaces would
+    # otherwise dominate the counts.
+    padded = f" {line.strip()} "
+    return Counter(padded[i : i + 3] for i in range(len(padded) - 2))
+
+
 def _nearest_window(file_lines: list[str], search_lines: list[str]) -> tuple[int, float]:
-    """The start of the window of len(search_lines) file lines most similar to the search text."""
+    """(start, similarity 0..1) of the window of len(search_lines) file lines closest to the search.
+
+    Scored on character trigrams, slid incrementally over the file: SequenceMatcher on every window
+    takes minutes on a long search, this takes milliseconds. The score averages recall (how much of the
+    search is in the window, so a one-line fragment finds its line) and Dice (penalising windows full of
+    unrelated text).
+    """
     k = max(1, len(search_lines))
-    target = "\n".join(search_lines)
-    sm = difflib.SequenceMatcher(None, autojunk=False)
-    sm.set_seq2(target)  # seq2 is the side SequenceMatcher caches, so it is the constant one
+    target: Counter[str] = Counter()
+    for line in search_lines:
+        target.update(_trigrams(line))
+    t_size = sum(target.values())
+    if t_size == 0:
+        return 0, 0.0
+    grams = [_trigrams(line) for line in file_lines]
+    window: Counter[str] = Counter()
+    inter = w_size = 0
+
+    def shift(counts: Counter[str], sign: int) -> None:
+        nonlocal inter, w_size
+        for gram, c in counts.items():
+            before = min(window[gram], target[gram])
+            window[gram] += sign * c
+            inter += min(window[gram], target[gram]) - before
+            w_size += sign * c
+
     best, best_i = -1.0, 0
-    for i in range(max(1, len(file_lines) - k + 1)):
-        sm.set_seq1("\n".join(file_lines[i : i + k]))
-        # The cheap upper bounds skip most windows once a decent match is known.
-        if sm.real_quick_ratio() <= best or sm.quick_ratio() <= best:
-            continue
-        ratio = sm.ratio()
-        if ratio > best:
-            best, best_i = ratio, i
-    return best_i, max(best, 0.0)
+    for j, counts in enumerate(grams):
+        shift(counts, 1)
+        if j >= k:
+            shift(grams[j - k], -1)
+        if j >= k - 1 or j == len(grams) - 1:
+            score = (inter / t_size + 2 * inter / (t_size + w_size)) / 2
+            if score > best:
+                best, best_i = score, max(0, j - k + 1)
+    return best_i, best
 
 
 def _not_found_message(text: str, search: str) -> str:

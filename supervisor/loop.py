@@ -707,10 +707,12 @@ class Supervisor:
         self._set_state("noise", f"measuring the noise floor: {repeats} seeds of {commit[:7]}")
         values: list[float] = []
         self._trial_stop.clear()
+        # New seeds for every measurement, so re-measuring the same commit is a new sample.
+        previous = len(self.ledger._query("SELECT id FROM noise"))  # noqa: SLF001
         for i in range(repeats):
             if self._stop or self._trial_stop.is_set():
                 break
-            seed = NOISE_SEED_BASE + len(values) + i * 7
+            seed = NOISE_SEED_BASE + 100 * previous + i
             self.bus.emit(ev.NOTICE, level="info", message=f"noise run {i + 1}/{repeats} (seed {seed})")
             outcome = self._execute(None, self.paths.noise_dir(i), seed, live=False)
             if outcome.status == "ok" and outcome.val_bpb is not None:
@@ -719,7 +721,10 @@ class Supervisor:
                 self.bus.emit(ev.NOTICE, level="warning", message=f"noise run {i + 1} crashed: {outcome.reason}")
         platform = f"{self._platform.get('gpu', 'unknown')}, torch {self._platform.get('torch', '?')}"
         noise = NoiseMeasurement(values, self.config.budget_s, platform)
-        if noise.n >= 2:
+        interrupted = self._stop or self._trial_stop.is_set()
+        if interrupted:
+            self.bus.emit(ev.NOTICE, level="warning", message="noise measurement interrupted: nothing stored")
+        elif noise.n >= 2:
             self.ledger.add_noise(commit_sha=commit, budget_s=self.config.budget_s, platform=platform,
                                   values=values, sd=noise.sd, factor=self.config.floor_factor)
             if self.ledger.finished_trials():

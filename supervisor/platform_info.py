@@ -25,6 +25,8 @@ from typing import Any
 __all__ = ["platform_info", "telemetry_sample", "UNKNOWN"]
 
 UNKNOWN = "unknown"
+# Every platform_info() result has exactly these keys.
+_KEYS = ("gpu", "gpu_count", "accelerator", "driver", "cuda", "torch", "python", "os", "cpu", "cpu_count")
 # Importing torch can take tens of seconds on a cold network filesystem; past this the probe
 # is abandoned and the torch fields say "unknown".
 PROBE_TIMEOUT_S = 120.0
@@ -241,13 +243,7 @@ def platform_info(python: str | None = None, *, refresh: bool = False) -> dict[s
                 cached = _compute_platform_info(python)
             except Exception:
                 # Belt and braces: recording a trial must never fail because of this.
-                cached = {
-                    key: UNKNOWN
-                    for key in (
-                        "gpu", "gpu_count", "accelerator", "driver", "cuda",
-                        "torch", "python", "os", "cpu", "cpu_count",
-                    )
-                }
+                cached = dict.fromkeys(_KEYS, UNKNOWN)
             _cache[python] = cached
         return dict(cached)
 

@@ -526,7 +526,7 @@ class _ProcessSweeper:
         """
         self.snapshot()
         for _ in range(2):  # a second pass catches what forked while the first one ran
-            pass
+            self.signal_group(signal.SIGKILL)
             table = _proc_stat_table()
             if table is None:
                 return

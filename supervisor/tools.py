@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from supervisor.agents.base import ToolCall, ToolOutcome
-from supervisor.edits import EditError, apply_edit, read_file, resolve_in_workspace
+from supervisor.edits import EditError, edit_file, read_file
 from supervisor.ledger import Ledger
 
 CATEGORIES = (
@@ -209,7 +209,7 @@ def entry_problems(fields: dict[str, str], names: tuple[str, ...],
         elif len(re.findall(r"[A-Za-z0-9][\w.+-]*", text)) < MIN_FIELD_WORDS:
             problems.append(f"{name} is too short to say anything (write at least one real sentence)")
     norm = [" ".join(str(fields.get(n) or "").lower().split()) for n in names]
-    if len(set(norm)) == 1 and norm[0]:
+    if len(names) > 1 and len(set(norm)) == 1 and norm[0]:
         problems.append("all fields are the same text")
     if previous and not problems:
         repeated = [n for n in names if norm[names.index(n)] and
@@ -264,7 +264,7 @@ class ToolBox:
     # ---- handlers --------------------------------------------------------------------------------------
     def _read_file(self, args: dict[str, Any]) -> ToolOutcome:
         text = read_file(self.host.workspace_root, self._path(args["path"]), args.get("start_line"),
-                         args.get("end_line"))
+                         args.get("end_line"), editable=self.host.editable)
         return ToolOutcome("read_file", ok=True, content=text)
 
     def _path(self, path: str) -> str:
@@ -275,23 +275,10 @@ class ToolBox:
         return path
 
     def _edit_file(self, args: dict[str, Any]) -> ToolOutcome:
-        root = self.host.workspace_root
-        path = resolve_in_workspace(root, self._path(args["path"]))
-        editable = (root / self.host.editable).resolve()
-        if path != editable:
-            raise EditError(
-                f"only {self.host.editable} may be edited. {args['path']} is "
-                + ("the read-only harness: the supervisor verifies it is unchanged before every trial. "
-                   if "prepare" in args["path"] else "outside what the research may change. ")
-                + f"Make your change in {self.host.editable} instead."
-            )
-        old = path.read_text(encoding="utf-8")
-        new = apply_edit(old, args["search"], args["replace"])
-        path.write_text(new, encoding="utf-8")
-        diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
-                                            fromfile=f"a/{self.host.editable}", tofile=f"b/{self.host.editable}",
-                                            n=1))
-        return ToolOutcome("edit_file", ok=True, content=f"edited {self.host.editable}:\n{diff}")
+        result = edit_file(self.host.workspace_root, self._path(args["path"]), args["search"], args["replace"],
+                           editable=self.host.editable)
+        return ToolOutcome("edit_file", ok=True, content=f"edited {self.host.editable} "
+                                                          f"(lines {result.start_line}-{result.end_line}):\n{result.diff}")
 
     def _run_trial(self, args: dict[str, Any]) -> ToolOutcome:
         description = " ".join(args["description"].split())

@@ -510,8 +510,11 @@ def test_trial_environment_has_no_secrets_and_has_the_contract(
         body,
         budget_s=7.0,
         seed=123,
-        extra_env={"AUTORESEARCH_CACHE": str(tmp_path / "cache"), "AUTORESEARCH_DEVICE": "cpu",
-                   "LEAKED_API_KEY": "oops"},
+        extra_env={
+            "AUTORESEARCH_CACHE": str(tmp_path / "cache"),
+            "AUTORESEARCH_DEVICE": "cpu",
+            "LEAKED_API_KEY": "oops",
+        },
     )
     outcome = run_trial(spec)
     assert outcome.status == "ok", outcome.reason
@@ -611,7 +614,7 @@ def test_parse_summary_edge_cases() -> None:
             "peak_vram_mb: unknown",
             "empty:",
             "not a summary line",
-            'Traceback (most recent call last):',
+            "Traceback (most recent call last):",
             '  File "train.py", line 3, in <module>',
             "num_steps: 10",
             "num_steps: 12",

@@ -25,8 +25,8 @@ The cache (`AUTORESEARCH_CACHE`, default `~/.cache/autoresearch`) holds:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
+import http.client
 import json
 import math
 import os
@@ -469,9 +469,9 @@ def _embedded_documents(max_mb: float) -> Iterator[tuple[str, str]]:
     """(name, text) of Python standard library sources: a corpus every machine with Python has.
 
     Files are visited in an order fixed by a hash of their path relative to the stdlib folder (so
-    a size cap takes a spread of modules, not the first letters of the alphabet), until max_mb.
-    site-packages (not the stdlib), caches and the generated codec tables are skipped, as are the
-    few files that are not UTF-8 text.
+    a size cap takes a spread of modules, not the first letters of the alphabet); a file that
+    would take the total past max_mb is skipped. So are site-packages (not the stdlib), caches,
+    the generated codec tables and the few files that are not UTF-8 text.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
     skip_dirs = {"site-packages", "dist-packages", "__pycache__", "encodings"}
@@ -483,8 +483,8 @@ def _embedded_documents(max_mb: float) -> Iterator[tuple[str, str]]:
     rels.sort(key=lambda r: hashlib.sha256(f"order:{r}".encode()).hexdigest())
     budget = int(max_mb * 1e6)
     for rel in rels:
-        if budget <= 0:
-            break
+        if (root / rel).stat().st_size > budget:
+            continue  # does not fit in what is left of the cap; a smaller file may
         raw = (root / rel).read_bytes()
         if b"\0" in raw:
             continue
@@ -562,48 +562,68 @@ def _parquet_documents(pq, path: Path, rel: str) -> Iterator[tuple[str, str]]:
                 yield f"{rel}:{row}", text
 
 
-def _write_shards(data: Path, prefix: str, docs: list[str]) -> list[str]:
-    """Write documents into parquet shards of about SHARD_BYTES of text; returns cache-relative names."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _ShardWriter:
+    """Writes documents into parquet shards (column `text`) of about SHARD_BYTES of text each,
+    streaming, so a large local folder never has to fit in memory."""
 
-    names, shard, size = [], [], 0
+    def __init__(self, data: Path, prefix: str):
+        self.data, self.prefix = data, prefix
+        self.names: list[str] = []
+        self.docs: list[str] = []
+        self.size = 0
+        self.count = 0
 
-    def flush() -> None:
-        path = data / f"{prefix}_{len(names):05d}.parquet"
+    def add(self, doc: str) -> None:
+        self.docs.append(doc)
+        self.size += len(doc)
+        self.count += 1
+        if self.size >= SHARD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.data / f"{self.prefix}_{len(self.names):05d}.parquet"
         tmp = _tmp_path(path)
-        pq.write_table(pa.table({"text": pa.array(shard, type=pa.string())}), tmp, row_group_size=1024)
+        pq.write_table(pa.table({"text": pa.array(self.docs, type=pa.string())}), tmp, row_group_size=1024)
         os.replace(tmp, path)
-        names.append(f"data/{path.name}")
+        self.names.append(f"data/{path.name}")
+        self.docs, self.size = [], 0
 
-    for doc in docs:
-        shard.append(doc)
-        size += len(doc)
-        if size >= SHARD_BYTES:
-            flush()
-            shard, size = [], 0
-    if shard or not names:
-        flush()
-    return names
+    def close(self) -> list[str]:
+        if self.docs:
+            self.flush()
+        return self.names
 
 
 def _build_text_from_documents(cache: Path, documents: Iterator[tuple[str, str]]) -> dict:
-    """Split (name, text) documents into train/val by a hash of the name and write the shards."""
-    train, val = [], []
-    for name, text in documents:
-        (val if _is_val(name) else train).append(text)
-    if len(train) + len(val) < 2:
-        raise PrepareError("the source has fewer than 2 non-empty documents: nothing to train and validate on")
-    if not val:
-        val.append(train.pop())
-    if not train:
-        train.append(val.pop())
+    """Split (name, text) documents into train/val by a hash of the name and write the shards.
+    Both splits get at least one document (the last train document moves if val is empty)."""
     data = cache / "data"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
-    nbytes = sum(len(t.encode("utf-8")) for t in train + val)
-    _log(f"corpus: {len(train)} train and {len(val)} validation documents, {nbytes / 1e6:.1f} MB")
-    return {"train_shards": _write_shards(data, "train", train), "val_shards": _write_shards(data, "val", val)}
+    train, val = _ShardWriter(data, "train"), _ShardWriter(data, "val")
+    held: str | None = None  # the latest train document, written late in case val needs it
+    nbytes = 0
+    for name, text in documents:
+        nbytes += len(text.encode("utf-8"))
+        if _is_val(name):
+            val.add(text)
+        else:
+            if held is not None:
+                train.add(held)
+            held = text
+    if held is not None:
+        (val if val.count == 0 else train).add(held)
+    if train.count == 0 or val.count == 0:
+        raise PrepareError(
+            f"need documents in both splits, got {train.count} train and {val.count} validation documents "
+            f"(a document is validation when a hash of its name falls in {VAL_BUCKETS}/256 of the range): "
+            f"add more documents"
+        )
+    _log(f"corpus: {train.count} train and {val.count} validation documents, {nbytes / 1e6:.1f} MB")
+    return {"train_shards": train.close(), "val_shards": val.close()}
 
 
 # --- download over HTTPS, resumable ---
@@ -654,7 +674,8 @@ def download_file(
             total, sha = _download_attempt(url, part, timeout)
             have = part.stat().st_size
             if total is not None and have != total:
-                raise DownloadError(f"size mismatch for {url}: expected {total} bytes, got {have}")
+                part.unlink()
+                raise DownloadError(f"size mismatch for {url}: the server announced {total} bytes and sent {have}")
             sha = expected_sha256 or sha
             if sha and _sha256_file(part) != sha.lower():
                 part.unlink()
@@ -669,23 +690,21 @@ def download_file(
             last_error = f"HTTP {exc.code} {exc.reason}"
         except _ShortRead as exc:
             last_error = str(exc)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # timeouts, resets, bad replies
             last_error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
         if attempt < retries:
             _log(f"download of {url} failed ({last_error}); retry {attempt}/{retries - 1} in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, 60.0)
-    raise DownloadError(f"could not download {url} after {retries} attempts: {last_error}")
+    raise DownloadError(f"could not download {url} after {retries} attempt(s): {last_error}")
 
 
 class _ShortRead(Exception):
-    pass
+    """The transfer stopped before the announced size: worth a retry that resumes."""
 
 
 def _download_attempt(url: str, part: Path, timeout: float) -> tuple[int | None, str | None]:
     """One request, appending to `part`. Returns (total size if announced, sha256 if announced)."""
-    import http.client
-
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "autoresearch-prepare/1"}
     if have:
@@ -700,7 +719,7 @@ def _download_attempt(url: str, part: Path, timeout: float) -> tuple[int | None,
             if total == have:
                 return total, _sha_from_etag(exc.headers.get("X-Linked-Etag") or redirects.linked_etag)
             part.unlink()
-            raise _ShortRead(f"server refused to resume at byte {have}; starting over") from exc
+            raise _ShortRead(f"the server refused to resume at byte {have}; starting over") from exc
         raise
     with resp:
         sha = _sha_from_etag(resp.headers.get("X-Linked-Etag") or redirects.linked_etag)
@@ -710,22 +729,19 @@ def _download_attempt(url: str, part: Path, timeout: float) -> tuple[int | None,
             total = _total_from_content_range(resp.headers.get("Content-Range"))
             if start != have:
                 part.unlink()
-                raise _ShortRead(f"server resumed at byte {start}, not {have}; starting over")
+                raise _ShortRead(f"the server resumed at byte {start}, not {have}; starting over")
             mode = "ab"
         else:  # 200: the whole file (the server ignored or did not get a Range header)
             have, mode = 0, "wb"
             total = int(length) if length and length.isdigit() else None
         with _Progress(f"download {Path(part.name).stem}", total, bytes_=True) as bar, open(part, mode) as f:
             bar.update(have)
-            try:
-                while block := resp.read(1 << 20):
-                    f.write(block)
-                    bar.advance(len(block))
-            except (http.client.IncompleteRead, ConnectionError, TimeoutError) as exc:
-                f.flush()
-                raise _ShortRead(
-                    f"connection ended early at {part.stat().st_size} of {total if total is not None else '?'} bytes"
-                ) from exc
+            while block := resp.read(1 << 20):  # b"" at the end, or when the connection drops
+                f.write(block)
+                bar.advance(len(block))
+    size = part.stat().st_size
+    if total is not None and size < total:
+        raise _ShortRead(f"size mismatch: received {size} of the {total} bytes the server announced")
     return total, sha
 
 
@@ -890,12 +906,15 @@ def _run_stage(cache: Path, name: str, params: dict, build: Callable[[], dict]) 
     files are intact. `build` returns {"files": [names], ...extra}; the record keeps sizes and sha256s."""
     record_path = cache / f".stage-{name}.json"
     record = _read_json(record_path)
-    if record and record.get("params") == params and not _file_problems(cache, record.get("files", {})):
-        _log(f"{name}: up to date, kept")
-        return record
     if record:
-        problems = _file_problems(cache, record.get("files", {}))
-        why = "; ".join(problems) if record.get("params") == params else "its inputs changed"
+        if record.get("params") != params:
+            why = "its inputs changed"
+        else:
+            problems = _file_problems(cache, record.get("files", {}))
+            if not problems:
+                _log(f"{name}: up to date, kept")
+                return record
+            why = "; ".join(problems)
         _log(f"{name}: rebuilding ({why})")
     record_path.unlink(missing_ok=True)
     result = build()

@@ -19,7 +19,7 @@ LR = 0.02  # learning rate
 WIDTH = 32  # model width
 STEPS = 10  # metric lines to stream
 NOISE_SD = 0.0  # run-to-run noise of val_bpb
-MODE = "ok"  # ok | hang | crash | nan | nosummary | forge | slow
+MODE = "ok"  # ok | hang | crash | nan | nosummary | forge | slow | tamper
 SLEEP = 0.05  # seconds between metric lines
 
 seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
@@ -27,6 +27,12 @@ budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))
 metrics_path = os.environ.get("AUTORESEARCH_METRICS")
 out = open(metrics_path, "a") if metrics_path else sys.stdout
 rng = random.Random(seed)
+if metrics_path:  # let tests see exactly what environment a trial gets
+    with open(metrics_path + ".env.json", "w") as fh:
+        json.dump(dict(os.environ), fh)
+if MODE == "tamper":
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "prepare.py"), "a") as fh:
+        fh.write("\n# the trial rewrote the harness\n")
 
 if MODE == "crash":
     raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
