@@ -73,6 +73,8 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
         layout = Layout.upstream(args.train_command) if args.upstream else Layout()
         config = RunConfig(tag=args.tag, journals_root=journals,
                            upstream_repo=Path(args.upstream).resolve() if args.upstream else None, layout=layout)
+        if args.trainer_dir:
+            config.source_dir = Path(args.trainer_dir).resolve()
     if args.cache:
         config.cache_dir = Path(args.cache)
     for option, field_name in RUN_OPTIONS.items():
@@ -306,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit-mb", type=int, help="cap a trial's virtual memory (CPU trials)")
     p.add_argument("--upstream", metavar="REPO", help="drive an existing upstream autoresearch checkout")
     p.add_argument("--train-command", default="uv run train.py", help="with --upstream: how a trial runs")
+    p.add_argument("--trainer-dir", help="copy trainer/ and program.md from this folder (default: this project)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the whole loop on the embedded corpus: no API key, no GPU, no network")

@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS trials (
     tokens_per_s REAL,
     mfu_percent REAL,
     peak_vram_mb REAL,
-    num_params_m REAL
+    num_params_m REAL,
+    pid INTEGER                                  -- the trial's process group while it runs
 );
 CREATE TABLE IF NOT EXISTS metrics (
     trial_id INTEGER NOT NULL,
@@ -184,6 +185,7 @@ class Trial:
     mfu_percent: float | None
     peak_vram_mb: float | None
     num_params_m: float | None
+    pid: int | None = None
 
     @property
     def all_values(self) -> list[float]:
@@ -316,6 +318,10 @@ class Ledger:
                 [(trial_id, first_seq + i, r.get("step"), r.get("elapsed"), r.get("loss"), r.get("lr"),
                   r.get("tokens_per_s"), r.get("mfu"), r.get("vram_mb")) for i, r in enumerate(rows)],
             )
+
+    def set_trial_pid(self, trial_id: int, pid: int | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE trials SET pid=? WHERE id=?", (pid, trial_id))
 
     def add_extra_value(self, trial_id: int, value: float) -> None:
         with self.transaction() as db:

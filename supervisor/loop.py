@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -151,6 +152,8 @@ class Supervisor:
         self._harness_hash = self.workspace.committed_harness_hash()
         for trial in self.ledger.running_trials():
             # Killed mid-trial: never half-recorded. It is marked aborted, its diff kept, and not counted.
+            if trial.pid:
+                kill_orphan_trial(trial.pid, self.config.layout.command)
             self.ledger.finish_trial(trial.id, status="aborted",
                                      crash_reason="the supervisor stopped during this trial; it was not finished")
             self.bus.emit(ev.NOTICE, level="warning",
@@ -557,7 +560,12 @@ class Supervisor:
                 state["seq"] += len(rows)
             state["flushed"] = time.monotonic()
 
-        outcome = self._runner(self._spec(out_dir, seed), on_metric=on_metric, stop_event=self._trial_stop)
+        def on_start(pid: int) -> None:
+            if trial_id is not None and live:
+                self.ledger.set_trial_pid(trial_id, pid)
+
+        outcome = self._runner(self._spec(out_dir, seed), on_metric=on_metric, stop_event=self._trial_stop,
+                               on_start=on_start)
         flush()
         return outcome
 
@@ -748,6 +756,25 @@ class Supervisor:
         finally:
             self.ledger.close()
             self._lock.release()
+
+
+def kill_orphan_trial(pid: int, command: list[str]) -> bool:
+    """Kill the process group of a trial left running by a supervisor that died (SIGKILL, power cut).
+
+    Only if that process still looks like our trial (its command line holds the trial's command), so a
+    recycled pid is never hit.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    if not command or command[-1] not in cmdline:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def open_ledger(config: RunConfig) -> Ledger:

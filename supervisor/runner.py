@@ -613,8 +613,12 @@ def run_trial(
     spec: TrialSpec,
     on_metric: Callable[[dict], None] | None = None,
     stop_event: threading.Event | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> TrialOutcome:
     """Run one trial to completion (or deadline, or stop) and return its outcome.
+
+    ``on_start`` gets the trial's pid (also its process-group id) as soon as it runs, so a caller
+    can record it durably and kill an orphaned trial after its own crash.
 
     Blocks the calling thread. ``on_metric`` is called in that thread, in file order, for every
     metrics record as it appears (about 10 Hz). Setting ``stop_event`` from another thread kills
@@ -660,6 +664,11 @@ def run_trial(
         outcome.log_tail = message
         return outcome
 
+    if on_start is not None:
+        try:
+            on_start(proc.pid)
+        except Exception:  # noqa: BLE001 - bookkeeping must never leave a trial unsupervised
+            log.exception("on_start callback failed")
     sweeper = _ProcessSweeper(proc.pid)
     tail = _MetricsTail(spec.metrics_path)
     metrics: list[dict] = []

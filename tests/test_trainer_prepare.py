@@ -239,6 +239,7 @@ class ShardServer:
         self.cut_once: set[str] = set()  # send half the body, then close (once per name)
         self.lie_length: set[str] = set()  # announce 100 more bytes than there are
         self.etags: dict[str, str] = {}  # X-Linked-Etag header to send
+        self.redirect_etags: dict[str, str] = {}  # redirect "r/NAME" to "NAME", with this X-Linked-Etag
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -251,6 +252,13 @@ class ShardServer:
                 name = self.path.lstrip("/")
                 rng = self.headers.get("Range")
                 server.requests.append((name, rng))
+                if name.startswith("r/") and name[2:] in server.redirect_etags:
+                    self.send_response(302)
+                    self.send_header("Location", "/" + name[2:])
+                    self.send_header("X-Linked-Etag", f'"{server.redirect_etags[name[2:]]}"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 data = server.files.get(name)
                 if data is None:
                     self.send_response(404)
@@ -377,6 +385,14 @@ def test_download_checksum_mismatch_and_http_errors(shard_server, tmp_path):
     with pytest.raises(prepare.DownloadError, match="sha256 mismatch"):
         prepare.download_file(shard_server.url_template.format(index=0), tmp_path / "a.parquet")
     assert not (tmp_path / "a.parquet").exists() and not (tmp_path / "a.parquet.part").exists()
+    # a checksum announced on a redirect (as Hugging Face does for large files) is checked too
+    base = shard_server.url_template.rsplit("/", 1)[0]
+    good = hashlib.sha256(shard_server.files["shard_00001.parquet"]).hexdigest()
+    shard_server.redirect_etags = {"shard_00001.parquet": good, "shard_00002.parquet": "f" * 64}
+    prepare.download_file(f"{base}/r/shard_00001.parquet", tmp_path / "r1.parquet")
+    assert (tmp_path / "r1.parquet").read_bytes() == shard_server.files["shard_00001.parquet"]
+    with pytest.raises(prepare.DownloadError, match="sha256 mismatch"):
+        prepare.download_file(f"{base}/r/shard_00002.parquet", tmp_path / "r2.parquet")
     n = len(shard_server.requests)
     with pytest.raises(prepare.DownloadError, match="HTTP 404"):
         prepare.download_file(shard_server.url_template.format(index=7), tmp_path / "b.parquet")

@@ -25,6 +25,7 @@ The cache (`AUTORESEARCH_CACHE`, default `~/.cache/autoresearch`) holds:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -838,6 +839,8 @@ def _train_tokenizer(cache: Path, train_shards: list[str], vocab_size: int) -> l
     )
     _log(f"training a byte-level BPE tokenizer (vocab {vocab_size})")
     tok.train_from_iterator(texts(), trainer)
+    if tok.token_to_id(BOS_TOKEN) != 0:
+        raise PrepareError(f"expected {BOS_TOKEN} to be token 0, got {tok.token_to_id(BOS_TOKEN)}")
     if tok.get_vocab_size() > 2**16:
         raise PrepareError(f"vocab size {tok.get_vocab_size()} does not fit the uint16 token files")
     path = cache / "tokenizer.json"
@@ -937,6 +940,8 @@ def detect_profile() -> str:
 
 def _source_spec(source: str, max_mb: float | None, num_shards: int | None) -> dict:
     """What to build the text from, normalised so that two equal requests compare equal."""
+    if source == "download":
+        source = DEFAULT_URL_TEMPLATE
     if source == "embedded":
         mb = EMBEDDED_MAX_MB if max_mb is None else max_mb
         return {"kind": "embedded", "max_mb": float(mb)}
@@ -969,6 +974,32 @@ def prepare(
     """
     cache = (Path(cache) if cache is not None else cache_dir()).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(cache):
+        return _prepare_locked(source, profile, cache, max_mb, num_shards)
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: Path) -> Iterator[None]:
+    """One prepare at a time per cache (a second one waits), where the OS has flock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    with open(cache / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log(f"another prepare is working on {cache}; waiting for it to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare_locked(source: str | None, profile: str, cache: Path, max_mb: float | None,
+                    num_shards: int | None) -> dict:
     if max_mb is not None and max_mb <= 0:
         raise PrepareError(f"--max-mb must be positive, got {max_mb}")
     if num_shards is not None and num_shards < 1:
@@ -1049,6 +1080,9 @@ def prepare(
     if eval_tokens < sizes["EVAL_TOKENS"]:
         _log(f"note: the validation split is small; evaluating on {eval_tokens:,} tokens, "
              f"not {sizes['EVAL_TOKENS']:,}")
+    if profile == "full" and spec["kind"] == "embedded":
+        _log("note: the embedded corpus is small for the full profile: a GPU trial will see it many times "
+             "over; `--source download` gives real web text")
     vocab_size = int(np.load(cache / "token_bytes.npy").shape[0])
     source_info = dict(spec)
     if spec["kind"] == "embedded":
@@ -1115,8 +1149,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--source", default=None,
                    help="'embedded' (Python stdlib sources, no network; the default for a new cache), a local "
-                        "folder of .txt/.jsonl/.parquet files, or an https URL template with {index} "
-                        f"(e.g. {DEFAULT_URL_TEMPLATE}); default: the existing cache's source")
+                        "folder of .txt/.jsonl/.parquet files, an https URL template with {index}, or "
+                        f"'download' for {DEFAULT_URL_TEMPLATE}; default: the existing cache's source")
     p.add_argument("--num-shards", type=int, default=None,
                    help=f"shards to download, the last one for validation (default {DEFAULT_NUM_SHARDS})")
     p.add_argument("--profile", choices=["auto", "full", "small"], default="auto",
