@@ -413,11 +413,14 @@ def fail(message):
 def main():
     try:
         budget = time_budget()
+        raw_seed = os.environ.get("AUTORESEARCH_SEED", "").strip() or "42"
+        if not raw_seed.lstrip("-").isdigit():
+            raise ValueError(f"AUTORESEARCH_SEED must be an integer, got {raw_seed!r}")
+        seed = int(raw_seed)
         prepare.load_manifest()
         device, kind, device_name, autocast, precision, use_compile, compile_why = setup_device()
     except (ValueError, prepare.PrepareError) as exc:
         fail(str(exc))
-    seed = int(os.environ.get("AUTORESEARCH_SEED", "42") or 42)
     torch.manual_seed(seed)
 
     seq_len = MAX_SEQ_LEN
@@ -447,7 +450,7 @@ def main():
     loader = make_dataloader("train", DEVICE_BATCH_SIZE, seq_len, device, seed=seed)
 
     def run_step():
-        """Forward/backward over grad_accum micro-batches, then the optimizer step. Returns the mean loss."""
+        """Forward and backward over grad_accum micro-batches (gradients add up); returns the mean loss."""
         total = torch.zeros((), device=device)
         for _ in range(grad_accum):
             x, y = next(loader)
@@ -550,4 +553,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except torch.cuda.OutOfMemoryError as exc:
+        fail(f"out of GPU memory ({str(exc).splitlines()[0]}); try a smaller DEVICE_BATCH_SIZE")
