@@ -200,7 +200,7 @@ def test_trial_learns_streams_metrics_and_respects_the_budget(trainer_env, tmp_p
     untrained_bpb = float(s0["val_bpb"])
     assert 2.5 < untrained_bpb < 5  # about log2(vocab) bits per token over ~3.5 bytes per token
 
-    budget = 8
+    budget = 10
     metrics, record = tmp_path / "metrics.jsonl", tmp_path / "eval.json"
     env = dict(trainer_env, AUTORESEARCH_TIME_BUDGET=str(budget), AUTORESEARCH_METRICS=str(metrics),
                AUTORESEARCH_EVAL_RECORD=str(record), AUTORESEARCH_SEED="7")

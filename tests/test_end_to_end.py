@@ -1,0 +1,46 @@
+"""The real thing on the CPU: `autoresearch demo` with the real trainer, then status, noise and resume."""
+
+from __future__ import annotations
+
+import json
+
+import git
+
+from supervisor.ledger import Ledger
+from tests.loop_support import cli
+
+
+def test_demo_runs_three_real_trials_end_to_end(tmp_path, prepared_cache):
+    journals = tmp_path / "journals"
+    common = ["--journals", str(journals), "--cache", str(prepared_cache)]
+    demo = cli("demo", "--headless", "--tag", "e2e", "--budget", "3", "--max-trials", "3", "--device", "cpu",
+               *common, timeout=600)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    run_dir = journals / "e2e"
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    trials = ledger.finished_trials()
+    assert len(trials) == 3
+    baseline = trials[0]
+    assert baseline.status == "keep" and baseline.description.startswith("baseline")
+    assert 1.0 < baseline.val_bpb < 9.0  # a real, finite bits-per-byte from the harness's own record
+    assert baseline.num_steps and baseline.num_steps > 1 and baseline.training_seconds >= 2.5
+    assert baseline.summary.get("device") == "cpu"
+    assert ledger.metric_count(baseline.id) >= baseline.num_steps - 1  # the live curve was stored
+    assert trials[1].description.startswith("offline: ") and trials[1].diff.startswith("diff --git")
+    assert len(ledger.journal_entries()) == 3
+    head = git.Repo(run_dir / "workspace").head.commit.hexsha
+    assert head == ledger.best_keep().commit_sha
+    rows = (run_dir / "results.tsv").read_text().splitlines()
+    assert len(rows) == 4 and rows[1].split("\t")[3] == "keep"
+    ledger.close()
+
+    status = json.loads(cli("status", "--tag", "e2e", "--json", *common).stdout)
+    assert status["state"] == "finished" and status["counts"]["trials"] == 3
+    assert status["trials"][0]["platform"]["torch"].startswith("2.")
+
+    noise = cli("noise", "--tag", "e2e", "--repeats", "2", *common, timeout=600)
+    assert noise.returncode == 0, noise.stderr[-3000:]
+    assert "noise floor" in noise.stdout
+    status = json.loads(cli("status", "--tag", "e2e", "--json", *common).stdout)
+    assert status["noise"]["sd"] is not None and len(status["noise"]["values"]) == 2
+    assert status["open_triggers"] and status["open_triggers"][0]["kind"] == "noise"
