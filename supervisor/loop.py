@@ -620,20 +620,13 @@ class Supervisor:
         n = len(trials)
         if n and n % cfg.reflect_every == 0:
             self.ledger.add_trigger("checkpoint", f"{n} trials done (a reflection every {cfg.reflect_every})")
-        tail = trials[-cfg.plateau_trials:]
-        if len(tail) == cfg.plateau_trials and all(t.status != "keep" for t in tail):
-            last_plateau = [g for g in self.ledger.open_triggers() if g["kind"] == "plateau"]
-            if not last_plateau and not self._recent_reflection_covers(tail[0].id):
-                self.ledger.add_trigger("plateau", f"{cfg.plateau_trials} trials in a row without a keep")
-        crashes = trials[-cfg.crash_streak:]
-        if len(crashes) == cfg.crash_streak and all(t.status == "crash" for t in crashes):
-            if not self._recent_reflection_covers(crashes[0].id):
-                self.ledger.add_trigger("crashes", f"{cfg.crash_streak} crashes in a row")
-
-    def _recent_reflection_covers(self, first_trial_id: int) -> bool:
-        """A streak already reflected upon (a reflection after its first trial) does not trigger again."""
-        reflections = self.ledger.reflections()
-        return bool(reflections) and (reflections[-1]["after_trial"] or 0) >= first_trial_id
+        # A streak triggers when it reaches K, 2K, ...: once per K trials, whatever came between.
+        no_keep = _streak(trials, lambda t: t.status != "keep")
+        if no_keep and no_keep % cfg.plateau_trials == 0:
+            self.ledger.add_trigger("plateau", f"{no_keep} trials in a row without a keep")
+        crashes = _streak(trials, lambda t: t.status == "crash")
+        if crashes and crashes % cfg.crash_streak == 0:
+            self.ledger.add_trigger("crashes", f"{crashes} crashes in a row")
 
     def _trial_report(self, t: Trial, parent: Trial | None) -> str:
         lines = [f"trial {t.id} finished: {t.status.upper()}{' (FLAGGED)' if t.flagged else ''}",
@@ -756,6 +749,16 @@ class Supervisor:
         finally:
             self.ledger.close()
             self._lock.release()
+
+
+def _streak(trials: list[Trial], predicate: Callable[[Trial], bool]) -> int:
+    """How many of the last trials in a row satisfy `predicate`."""
+    n = 0
+    for t in reversed(trials):
+        if not predicate(t):
+            break
+        n += 1
+    return n
 
 
 def kill_orphan_trial(pid: int, command: list[str]) -> bool:

@@ -437,3 +437,36 @@ def test_status_json_fields(tmp_path):
     assert t["parent_commit"] == status["trials"][0]["commit"]
     assert status["state"] == "finished" and status["counts"]["refusals"] == 0
     assert os.path.isdir(status["workspace"])
+
+
+def test_crash_streak_and_plateau_trigger_reflections(tmp_path):
+    seen = []
+
+    def agent(ctx, n):
+        seen.append((ctx.obligation, ctx.obligation_message))
+        if ctx.obligation == "journal":
+            return [journal(n)]
+        if ctx.obligation == "reflection":
+            return [reflection(n)]
+        if ctx.trials_done == 0:
+            return [edit('MODE = "ok"', 'MODE = "crash"'), trial("crash 1")]
+        if ctx.trials_done in (1, 2):
+            return [trial(f"crash {ctx.trials_done + 1}")]  # the crash is reverted: re-break it
+        if ctx.trials_done < 6:
+            return [trial(f"same code again {ctx.trials_done}")]  # ties with the baseline: discards
+        return None
+
+    def breaking_agent(ctx, n):
+        if ctx.obligation is None and 1 <= ctx.trials_done <= 2:
+            return [edit('MODE = "ok"', 'MODE = "crash"'), trial(f"crash {ctx.trials_done + 1}")]
+        return agent(ctx, n)
+
+    config = fake_config(tmp_path, reflect_every=100, plateau_trials=2)
+    Supervisor(config, CallbackAgent(breaking_agent)).run()
+    from supervisor.ledger import Ledger
+
+    ledger = Ledger(config.run_dir / "ledger.sqlite")
+    triggers = [t for r in ledger.reflections() for t in r["triggers"]]
+    assert any(t.startswith("crashes: 3 crashes in a row") for t in triggers)
+    assert any(t.startswith("plateau: 2 trials in a row without a keep") for t in triggers)
+    assert [t.status for t in ledger.finished_trials()][:3] == ["crash", "crash", "crash"]
