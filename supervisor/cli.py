@@ -6,6 +6,7 @@ Every error a person can cause ends in one clear line on stderr and a non-zero e
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
@@ -15,19 +16,24 @@ from pathlib import Path
 
 from supervisor.config import (
     POLICY_NAMES,
-    ConfigError,
     Layout,
     RunConfig,
     default_cache_dir,
     default_journals_root,
 )
+from supervisor.errors import UserError
 
 EXIT_ERROR = 1
 AGENT_CHOICES = "offline | script:FILE"
 
 
-class CliError(RuntimeError):
-    pass
+class CliError(UserError):
+    """A wrong command line; the message says what to type instead."""
+
+
+# Commands that live in their own modules: each module has `register(subparsers)`, which adds its
+# parsers and sets `func`. Keeps this file thin as features arrive.
+COMMAND_MODULES: list[str] = []
 
 
 # ---- helpers --------------------------------------------------------------------------------------------
@@ -337,20 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", help="pause | resume | stop-trial | stop | steer")
     p.add_argument("message", nargs="*", help="the steering message")
     p.set_defaults(func=cmd_control)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from supervisor.ledger import LedgerError
-    from supervisor.lock import RunLocked
-    from supervisor.loop import SupervisorError
-    from supervisor.workspace import WorkspaceError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, SupervisorError, LedgerError, RunLocked, WorkspaceError) as exc:
+    except UserError as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -15,13 +15,15 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from supervisor.errors import UserError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 POLICY_NAMES = ("greedy", "flag", "confirm", "strict")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting the person gave is wrong; the message says how to fix it."""
 
 

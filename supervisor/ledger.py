@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supervisor.errors import UserError
+
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -148,7 +150,7 @@ CREATE TABLE IF NOT EXISTS commands (
 FINISHED = ("keep", "discard", "crash")
 
 
-class LedgerError(RuntimeError):
+class LedgerError(UserError, RuntimeError):
     """The ledger file is missing, corrupt or from an unknown version; the message says what to do."""
 
 

@@ -7,8 +7,10 @@ import os
 import time
 from pathlib import Path
 
+from supervisor.errors import UserError
 
-class RunLocked(RuntimeError):
+
+class RunLocked(UserError, RuntimeError):
     """Another live process supervises this run."""
 
 

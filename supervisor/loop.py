@@ -24,6 +24,7 @@ from typing import Any
 from supervisor import events as ev
 from supervisor.agents.base import Agent, AgentTurn, ToolCall, ToolOutcome, TurnContext
 from supervisor.config import ConfigError, RunConfig
+from supervisor.errors import UserError
 from supervisor.journal_files import JournalFiles
 from supervisor.ledger import Ledger, LedgerError, Trial
 from supervisor.lock import RunLock
@@ -44,7 +45,7 @@ METRIC_FLUSH_S = 1.0
 COMMANDS = ("pause", "resume", "stop-trial", "steer", "stop")
 
 
-class SupervisorError(RuntimeError):
+class SupervisorError(UserError, RuntimeError):
     """The run cannot start or go on; the message says what the person should do."""
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import git
 
 from supervisor.config import Layout
+from supervisor.errors import UserError
 
 IGNORED = "__pycache__/\n*.pyc\n.venv/\n"
 AUTHOR = "autoresearch-supervisor"
 AUTHOR_EMAIL = "supervisor@autoresearch.local"
 
 
-class WorkspaceError(RuntimeError):
+class WorkspaceError(UserError, RuntimeError):
     """The workspace is not in a state the supervisor can work from; the message says why."""
 
 

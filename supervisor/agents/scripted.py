@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 
 from supervisor.agents.base import AgentTurn, ToolCall, TurnContext
+from supervisor.errors import UserError
 
 
-class ScriptError(ValueError):
+class ScriptError(UserError, ValueError):
     """The script file cannot be read; the message names the line."""
 
 
