@@ -46,19 +46,11 @@ def matmul_ceiling(size: int = 8192, iters: int = 50, dtype_name: str = "bfloat1
 
 
 def datasheet_peak(device_name: str) -> float | None:
-    """The peak train.py uses for MFU (its PEAK_BF16_FLOPS table), read without running train.py."""
-    import ast
-    import re
+    """The peak MFU is measured against: the harness's table (trainer/prepare.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "trainer"))
+    from prepare import peak_flops
 
-    source = (Path(__file__).resolve().parent.parent / "trainer" / "train.py").read_text()
-    table = source[source.index("PEAK_BF16_FLOPS = ["):]
-    table = table[len("PEAK_BF16_FLOPS = "):table.index("]\n") + 1]
-    entries = ast.literal_eval(re.sub(r"#.*", "", table))
-    words = set(re.split(r"[^a-z0-9]+", device_name.lower()))
-    for key, flops in entries:
-        if set(key.split()) <= words:
-            return flops
-    return None
+    return peak_flops(device_name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ class CliError(UserError):
 
 # Commands that live in their own modules: each module has `register(subparsers)`, which adds its
 # parsers and sets `func`. Keeps this file thin as features arrive.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["supervisor.doctor"]
 
 
 # ---- helpers --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import http.client
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -148,6 +149,48 @@ def time_budget() -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"AUTORESEARCH_TIME_BUDGET must be a number of seconds >= 0, got {raw!r}")
     return value
+
+
+# MFU is measured against this table. It lives in the harness so that every trial (and the
+# supervisor's `doctor`) uses the same reference and an edit to train.py cannot inflate MFU.
+# Dense (no sparsity) bf16 tensor-core peak FLOP/s per device as torch sees it, from vendor
+# datasheets (GeForce cards: with fp32 accumulation, as used in training). Matched in order: every
+# word of the key must be a word of the lower-cased device name, so specific keys come first. An
+# unknown GPU (or a CPU) gets no MFU rather than a guess.
+PEAK_BF16_FLOPS = [
+    ("gh200", 989e12),
+    ("h200 nvl", 835e12),
+    ("h200", 989e12),
+    ("h100 nvl", 835e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),  # SXM
+    ("h800", 989e12),
+    ("b200", 2250e12),
+    ("b100", 1750e12),
+    ("a100", 312e12),
+    ("a800", 312e12),
+    ("a10g", 70e12),
+    ("a10", 125e12),
+    ("l40s", 362e12),
+    ("l40", 181e12),
+    ("l4", 121e12),
+    ("rtx 5090", 209.5e12),
+    ("rtx 4090", 165.2e12),
+    ("rtx 3090", 71e12),
+    ("mi325x", 1307e12),
+    ("mi300x", 1307e12),
+    ("mi250x", 191.5e12),  # per GCD: torch sees each of the two dies as one device
+    ("mi250", 181e12),  # per GCD
+]
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Datasheet dense bf16 peak FLOP/s of a device, or None when unknown (no MFU rather than a guess)."""
+    words = set(re.split(r"[^a-z0-9]+", device_name.lower()))
+    for key, flops in PEAK_BF16_FLOPS:
+        if set(key.split()) <= words:
+            return flops
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

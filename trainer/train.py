@@ -17,7 +17,6 @@ starting with `FAIL:` and exits with status 1.
 import json
 import math
 import os
-import re
 import sys
 import time
 from contextlib import nullcontext
@@ -30,7 +29,15 @@ import prepare  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from prepare import MAX_SEQ_LEN, PROFILE, VOCAB_SIZE, evaluate_bpb, make_dataloader, time_budget  # noqa: E402
+from prepare import (  # noqa: E402
+    MAX_SEQ_LEN,
+    PROFILE,
+    VOCAB_SIZE,
+    evaluate_bpb,
+    make_dataloader,
+    peak_flops,
+    time_budget,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Hyperparameters. One per line, `NAME = literal  # comment`; the sizes depend on the cache's
@@ -303,47 +310,8 @@ def lr_multiplier(progress):
 
 
 # ---------------------------------------------------------------------------------------------
-# Device, precision, compile, and the peak FLOP/s that MFU is measured against.
+# Device, precision and compile (the peak FLOP/s that MFU is measured against is the harness's).
 # ---------------------------------------------------------------------------------------------
-
-# Dense (no sparsity) bf16 tensor-core peak FLOP/s per device as torch sees it, from vendor
-# datasheets (GeForce cards: with fp32 accumulation, as used in training). Matched in order: every
-# word of the key must be a word of the lower-cased device name, so specific keys come first. An
-# unknown GPU (or a CPU) gets no MFU rather than a guess.
-PEAK_BF16_FLOPS = [
-    ("gh200", 989e12),
-    ("h200 nvl", 835e12),
-    ("h200", 989e12),
-    ("h100 nvl", 835e12),
-    ("h100 pcie", 756e12),
-    ("h100", 989e12),  # SXM
-    ("h800", 989e12),
-    ("b200", 2250e12),
-    ("b100", 1750e12),
-    ("a100", 312e12),
-    ("a800", 312e12),
-    ("a10g", 70e12),
-    ("a10", 125e12),
-    ("l40s", 362e12),
-    ("l40", 181e12),
-    ("l4", 121e12),
-    ("rtx 5090", 209.5e12),
-    ("rtx 4090", 165.2e12),
-    ("rtx 3090", 71e12),
-    ("mi325x", 1307e12),
-    ("mi300x", 1307e12),
-    ("mi250x", 191.5e12),  # per GCD: torch sees each of the two dies as one device
-    ("mi250", 181e12),  # per GCD
-]
-
-
-def peak_flops(device_name):
-    words = set(re.split(r"[^a-z0-9]+", device_name.lower()))
-    for key, flops in PEAK_BF16_FLOPS:
-        if set(key.split()) <= words:
-            return flops
-    return None
-
 
 def setup_device():
     """(device, autocast context, description, compile on?, why not) from AUTORESEARCH_DEVICE."""
