@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS trials (
     mfu_percent REAL,
     peak_vram_mb REAL,
     num_params_m REAL,
-    pid INTEGER                                  -- the trial's process group while it runs
+    pid INTEGER,                                 -- the trial's process group while it runs
+    suspicions TEXT NOT NULL DEFAULT '[]'         -- reward-hacking findings for the person (guards.py)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     trial_id INTEGER NOT NULL,
@@ -148,6 +149,7 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 
 FINISHED = ("keep", "discard", "crash")
+JSON_FIELDS = ("summary", "platform", "extra_values", "suspicions")
 
 
 class LedgerError(UserError, RuntimeError):
@@ -188,6 +190,7 @@ class Trial:
     peak_vram_mb: float | None
     num_params_m: float | None
     pid: int | None = None
+    suspicions: list[str] = field(default_factory=list)
 
     @property
     def all_values(self) -> list[float]:
@@ -209,6 +212,7 @@ def _trial_from_row(row: sqlite3.Row) -> Trial:
     data["extra_values"] = json.loads(data["extra_values"] or "[]")
     data["summary"] = json.loads(data["summary"] or "{}")
     data["platform"] = json.loads(data["platform"] or "{}")
+    data["suspicions"] = json.loads(data.get("suspicions") or "[]")
     data["flagged"] = bool(data["flagged"])
     return Trial(**data)
 
@@ -268,6 +272,15 @@ class Ledger:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    # ---- small facts about the run (key -> JSON) -----------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return json.loads(rows[0][0]) if rows else default
 
     # ---- the run --------------------------------------------------------------------------------------
     def init_run(self, tag: str, config_json: str) -> None:
@@ -337,7 +350,7 @@ class Ledger:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown trial fields: {sorted(unknown)}")
-        encoded = {k: (json.dumps(v) if k in ("summary", "platform", "extra_values") else v)
+        encoded = {k: (json.dumps(v) if k in JSON_FIELDS else v)
                    for k, v in fields.items()}
         encoded.setdefault("finished", time.time())
         if "flagged" in encoded:
@@ -349,7 +362,7 @@ class Ledger:
     def insert_imported_trial(self, **fields: Any) -> int:
         """A finished trial that did not run here (an upstream results.tsv row)."""
         fields = {"kind": "imported", **fields}
-        encoded = {k: (json.dumps(v) if k in ("summary", "platform", "extra_values") else v)
+        encoded = {k: (json.dumps(v) if k in JSON_FIELDS else v)
                    for k, v in fields.items()}
         if "flagged" in encoded:
             encoded["flagged"] = int(bool(encoded["flagged"]))
@@ -382,8 +395,9 @@ class Ledger:
         rows = self._query("SELECT * FROM trials WHERE status='keep' ORDER BY id DESC LIMIT 1")
         return _trial_from_row(rows[0]) if rows else None
 
-    def metrics(self, trial_id: int) -> list[dict[str, Any]]:
-        rows = self._query("SELECT * FROM metrics WHERE trial_id=? ORDER BY seq", (trial_id,))
+    def metrics(self, trial_id: int, after_seq: int = -1) -> list[dict[str, Any]]:
+        """A trial's metric rows in order; `after_seq` reads only the rows a watcher has not seen yet."""
+        rows = self._query("SELECT * FROM metrics WHERE trial_id=? AND seq>? ORDER BY seq", (trial_id, after_seq))
         return [dict(r) for r in rows]
 
     def metric_count(self, trial_id: int) -> int:

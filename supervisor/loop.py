@@ -25,6 +25,7 @@ from supervisor import events as ev
 from supervisor.agents.base import Agent, AgentTurn, ToolCall, ToolOutcome, TurnContext
 from supervisor.config import ConfigError, RunConfig
 from supervisor.errors import UserError
+from supervisor.guards import eval_fingerprint, fingerprint_changes, scan_diff
 from supervisor.journal_files import JournalFiles
 from supervisor.ledger import Ledger, LedgerError, Trial
 from supervisor.lock import RunLock
@@ -132,6 +133,7 @@ class Supervisor:
             except WorkspaceError as exc:
                 raise SupervisorError(str(exc)) from exc
             self._harness_hash = self.workspace.committed_harness_hash()
+            self.ledger.set_meta("eval_fingerprint", eval_fingerprint(cfg.cache_dir))
             self.ledger.set_state("ready", pid=os.getpid())
         else:
             self._resume()
@@ -462,6 +464,11 @@ class Supervisor:
             memory_limit_mb=self.config.memory_limit_mb,
         )
 
+    def _eval_data_changed(self) -> list[str]:
+        """Evaluation inputs in the cache that differ from their fingerprint at the start of the run."""
+        expected = self.ledger.get_meta("eval_fingerprint")
+        return fingerprint_changes(expected, self.config.cache_dir) if expected else []
+
     def _harness_ok(self) -> bool:
         return self.workspace.harness_hash() == self._harness_hash
 
@@ -473,6 +480,12 @@ class Supervisor:
             return ToolOutcome("run_trial", ok=False, refused=True, content=(
                 f"refused: the harness ({', '.join(self.config.layout.harness)}) was changed. It is read-only and "
                 "has been restored. Only the training script may change; make your change there."))
+        changed = self._eval_data_changed()
+        if changed:
+            return ToolOutcome("run_trial", ok=False, refused=True, content=(
+                f"refused: the validation data changed since the run began ({', '.join(changed)} in "
+                f"{self.config.cache_dir}). The person must look at this; no trial runs until the cache is "
+                "restored (`autoresearch prepare` repairs it)."))
         untracked = set(ws.repo.untracked_files)
         stray = [p for p in ws.dirty_paths() if p != self.editable and p not in untracked]
         if stray:  # only the editable file may differ from the last keep
@@ -495,6 +508,12 @@ class Supervisor:
         harness_intact = self._harness_ok()
         if not harness_intact:
             ws.restore_harness()
+        eval_changed = self._eval_data_changed()
+        suspicions = scan_diff(diff)
+        if not harness_intact:
+            suspicions.append("harness: the trial changed the read-only harness while it ran")
+        if eval_changed:
+            suspicions.append(f"validation data: the trial changed {', '.join(eval_changed)} while it ran")
 
         if outcome.stopped and not self._stop:
             self.ledger.finish_trial(trial_id, status="aborted", crash_reason="stopped by the person",
@@ -515,8 +534,9 @@ class Supervisor:
         fields = self._outcome_fields(outcome)
         parent_values = best.all_values if best else []
         parent_mean = best.mean_val_bpb if best else None
-        if not harness_intact:
-            status, flagged, decision = "crash", False, "the harness changed during the trial: result not trusted"
+        if not harness_intact or eval_changed:
+            what = "the harness" if not harness_intact else "the validation data"
+            status, flagged, decision = "crash", False, f"{what} changed during the trial: result not trusted"
             fields["crash_reason"] = decision
         elif outcome.status != "ok" or outcome.val_bpb is None:
             status, flagged, decision = "crash", False, f"crashed: {outcome.reason}"
@@ -527,7 +547,7 @@ class Supervisor:
         delta = None if (val is None or parent_mean is None or status == "crash") else val - parent_mean
         self.ledger.finish_trial(
             trial_id, status=status, flagged=flagged, decision=decision, parent_val_bpb=parent_mean, delta=delta,
-            **fields,
+            suspicions=suspicions, **fields,
         )
         if status != "keep":
             ws.reset_to(parent_commit)

@@ -41,6 +41,7 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
             "mfu_percent": t.mfu_percent,
             "peak_vram_mb": t.peak_vram_mb,
             "platform": t.platform,
+            "suspicious": t.suspicions,
         })
     state = run["state"]
     live = RunLock.holder(lock_path) if lock_path else None
@@ -74,11 +75,14 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
             "crash": sum(t["status"] == "crash" for t in finished),
             "aborted": sum(t["status"] == "aborted" for t in trials),
             "flagged": sum(t["flagged"] for t in finished),
+            "suspicious": sum(bool(t["suspicious"]) for t in trials),
             "refusals": ledger.refusal_count(),
         },
         "best": best,
         "trials": trials,
         "flagged": [t for t in finished if t["flagged"]],
+        "suspicious": [{"id": t["id"], "description": t["description"], "findings": t["suspicious"]}
+                       for t in trials if t["suspicious"]],
         "reflections": ledger.reflections(),
         "plans": ledger.plans(),
         "steering": ledger.steering(),

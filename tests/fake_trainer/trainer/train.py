@@ -19,7 +19,7 @@ LR = 0.02  # learning rate
 WIDTH = 32  # model width
 STEPS = 10  # metric lines to stream
 NOISE_SD = 0.0  # run-to-run noise of val_bpb
-MODE = "ok"  # ok | hang | crash | nan | nosummary | forge | slow | tamper
+MODE = "ok"  # ok | hang | crash | nan | nosummary | forge | slow | tamper | tamperval
 SLEEP = 0.05  # seconds between metric lines
 
 seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
@@ -30,6 +30,9 @@ rng = random.Random(seed)
 if metrics_path:  # let tests see exactly what environment a trial gets
     with open(metrics_path + ".env.json", "w") as fh:
         json.dump(dict(os.environ), fh)
+if MODE == "tamperval":
+    with open(os.path.join(os.environ["AUTORESEARCH_CACHE"], "val.bin"), "ab") as fh:
+        fh.write(b"easy tokens")
 if MODE == "tamper":
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "prepare.py"), "a") as fh:
         fh.write("\n# the trial rewrote the harness\n")
