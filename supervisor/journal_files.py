@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from supervisor.failpoints import failpoint
 from supervisor.ledger import Ledger, Trial
 
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
@@ -61,6 +62,43 @@ def trial_heading(t: Trial) -> str:
     return f"Trial {t.id} · {t.status}{flag} · `{t.short_commit}` · {t.description}"
 
 
+def journal_entry_markdown(t: Trial, j: dict[str, Any]) -> str:
+    """One journal entry as markdown (journal.md and the terminal UI show the same text)."""
+    return "\n".join([
+        f"## {trial_heading(t)}",
+        f"*{_stamp(j['created'])}*",
+        "",
+        f"**Hypothesis.** {j['hypothesis']}",
+        "",
+        f"**Change.** {j['change']}",
+        "",
+        f"**Result.** {j['result']}",
+        "",
+        f"**Interpretation.** {j['interpretation']}",
+        "",
+        f"**Next.** {j['next_step']}",
+        "",
+    ])
+
+
+def reflection_markdown(r: dict[str, Any]) -> str:
+    """One reflection as markdown (journal.md and the terminal UI show the same text)."""
+    triggers = "; ".join(r["triggers"]) or "requested"
+    return "\n".join([
+        f"## Reflection {r['id']} (after trial {r['after_trial']})",
+        f"*{_stamp(r['created'])} · triggered by: {triggers}*",
+        "",
+        f"**What is load-bearing.** {r['load_bearing']}",
+        "",
+        f"**Dead ends.** {r['dead_ends']}",
+        "",
+        f"**Re-test under current conditions.** {r['retest']}",
+        "",
+        f"**Updated plan.** {r['plan']}",
+        "",
+    ])
+
+
 def journal_markdown(ledger: Ledger) -> str:
     run = ledger.run_row()
     trials = {t.id: t for t in ledger.trials()}
@@ -69,38 +107,9 @@ def journal_markdown(ledger: Ledger) -> str:
         t = trials.get(j["trial_id"])
         if t is None:
             continue
-        body = [
-            f"## {trial_heading(t)}",
-            f"*{_stamp(j['created'])}*",
-            "",
-            f"**Hypothesis.** {j['hypothesis']}",
-            "",
-            f"**Change.** {j['change']}",
-            "",
-            f"**Result.** {j['result']}",
-            "",
-            f"**Interpretation.** {j['interpretation']}",
-            "",
-            f"**Next.** {j['next_step']}",
-            "",
-        ]
-        items.append((j["created"], 1, "\n".join(body)))
+        items.append((j["created"], 1, journal_entry_markdown(t, j)))
     for r in ledger.reflections():
-        triggers = "; ".join(r["triggers"]) or "requested"
-        body = [
-            f"## Reflection {r['id']} (after trial {r['after_trial']})",
-            f"*{_stamp(r['created'])} · triggered by: {triggers}*",
-            "",
-            f"**What is load-bearing.** {r['load_bearing']}",
-            "",
-            f"**Dead ends.** {r['dead_ends']}",
-            "",
-            f"**Re-test under current conditions.** {r['retest']}",
-            "",
-            f"**Updated plan.** {r['plan']}",
-            "",
-        ]
-        items.append((r["created"], 2, "\n".join(body)))
+        items.append((r["created"], 2, reflection_markdown(r)))
     for s in ledger.steering():
         items.append((s["created"], 0, f"> **Steering from the person** ({_stamp(s['created'])}): {s['message']}\n"))
     for n in _noise_rows(ledger):
@@ -179,6 +188,7 @@ class JournalFiles:
 
     def render(self) -> None:
         atomic_write(self.results_path, results_tsv(self.ledger.trials()))
+        failpoint("files_half_written")
         atomic_write(self.journal_path, journal_markdown(self.ledger))
 
     def rebuild_transcript(self) -> None:

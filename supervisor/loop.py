@@ -22,9 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import events as ev
-from supervisor.agents.base import Agent, AgentTurn, ToolCall, ToolOutcome, TurnContext
+from supervisor.agents.base import (
+    Agent,
+    AgentAuthError,
+    AgentConfigError,
+    AgentRequestError,
+    AgentTurn,
+    AgentUnavailable,
+    ToolCall,
+    ToolOutcome,
+    TurnContext,
+)
+from supervisor.agents.pricing import PRICES_AS_OF, UsageTotals
 from supervisor.config import ConfigError, RunConfig
 from supervisor.errors import UserError
+from supervisor.failpoints import failpoint
 from supervisor.guards import eval_fingerprint, fingerprint_changes, scan_diff
 from supervisor.journal_files import JournalFiles
 from supervisor.ledger import Ledger, LedgerError, Trial
@@ -32,13 +44,24 @@ from supervisor.lock import RunLock
 from supervisor.platform_info import platform_info
 from supervisor.policy import KeepPolicy, NoiseMeasurement, Verdict
 from supervisor.runner import TrialOutcome, TrialSpec, run_trial, summary_float
-from supervisor.tools import JOURNAL_FIELDS, REFLECTION_FIELDS, TOOL_SCHEMAS, ToolBox, entry_problems
+from supervisor.tools import (
+    JOURNAL_FIELDS,
+    REFLECTION_FIELDS,
+    TOOL_NAMES,
+    TOOL_SCHEMAS,
+    ToolBox,
+    entry_problems,
+    validate_input,
+)
 from supervisor.workspace import Workspace, WorkspaceError
 
 PRIMARY_SEED = 42
 CONFIRM_SEED_BASE = 1000
 NOISE_SEED_BASE = 2000
 MAX_EMPTY_TURNS = 3
+MAX_MALFORMED_TURNS = 3     # replies with unreadable tool calls in a row before a paid agent is paused
+OUTAGE_BACKOFF_S = 2.0      # first wait after the SDK's own retries gave up; doubles up to the max
+OUTAGE_BACKOFF_MAX_S = 60.0
 COMMAND_POLL_S = 0.5
 METRIC_FLUSH_S = 1.0
 
@@ -100,6 +123,11 @@ class Supervisor:
         self._trial_stop = threading.Event()
         self._last_outcomes: list[ToolOutcome] = []
         self._empty_turns = 0
+        self._malformed_turns = 0
+        self._outage_since: float | None = None  # monotonic time of the first failure of the current outage
+        self._outage_attempts = 0
+        self._outage_paused = False  # paused by an outage: a probe may resume the run
+        self._end_detail = ""
         self._state = "new"
         self._closed = False
         self._platform = platform_info()
@@ -110,6 +138,9 @@ class Supervisor:
             self._lock.release()
             raise
         self.toolbox = ToolBox(self)
+        self.spend = self._spend_so_far()
+        if hasattr(agent, "on_text"):  # a streaming agent: the UI shows its words as they come
+            agent.on_text = lambda text: self.bus.emit(ev.AGENT_DELTA, text=text)
 
     # ---- opening and resuming --------------------------------------------------------------------------
     def _open(self, resume: bool) -> None:
@@ -182,6 +213,7 @@ class Supervisor:
         with self._control:
             self._paused = True
             self._pause_reason = reason
+            self._outage_paused = False  # whoever pauses now decides; a probe must not undo it
             self._control.notify_all()
         self.bus.emit(ev.NOTICE, level="info", message=f"pause requested: {reason} (takes effect at the next safe point)")
 
@@ -301,6 +333,7 @@ class Supervisor:
         end = "stopped"
         try:
             self._set_state("running")
+            self._check_cost_limit_is_enforceable()
             if self.config.noise_repeats and self.ledger.latest_noise(self.config.budget_s) is None:
                 self.measure_noise(self.config.noise_repeats)
             while True:
@@ -310,6 +343,9 @@ class Supervisor:
                 if self._paused:
                     self._wait_paused()
                     continue
+                if self._cost_limit_reached():
+                    end = "stopped"
+                    break
                 kind, _ = self.obligation()
                 left = self.trial_budget_left()
                 if kind is None and left is not None and left <= 0:
@@ -321,15 +357,23 @@ class Supervisor:
                     end = "finished"
                     break
         finally:
-            self._set_state(end, self._pause_reason if end == "paused" else "")
+            self._set_state(end, self._pause_reason if end == "paused" else self._end_detail)
             self.close()
         return end
 
     def _wait_paused(self) -> None:
         self._set_state("paused", self._pause_reason)
-        with self._control:
-            while self._paused and not self._stop:
+        next_probe = time.monotonic() + self.config.probe_every_s
+        while True:
+            with self._control:
+                if not self._paused or self._stop:
+                    break
                 self._control.wait(timeout=COMMAND_POLL_S)
+            if self._outage_paused and time.monotonic() >= next_probe:
+                self._probe_api()
+                next_probe = time.monotonic() + self.config.probe_every_s
+        self._outage_paused = False
+        self._outage_since = None  # a resume starts a fresh outage window
         if not self._stop:
             self._set_state("running")
 
@@ -339,12 +383,26 @@ class Supervisor:
         steering_ids = [s["id"] for s in self.ledger.pending_steering()]
         try:
             turn = self.agent.turn(ctx)
+        except (AgentAuthError, AgentConfigError) as exc:
+            self._agent_fatal(exc)
+            raise
+        except AgentUnavailable as exc:
+            self._api_unavailable(exc)
+            return True
+        except AgentRequestError as exc:
+            self.ledger.add_turn("system", f"agent error: {exc}")
+            self.files.append_transcript()
+            self.pause(f"{exc}; fix the cause, then resume")
+            return True
         except Exception as exc:  # noqa: BLE001 - the night must not die on one bad turn
             self.ledger.add_turn("system", f"agent error: {type(exc).__name__}: {exc}")
             self.files.append_transcript()
             self.pause(f"the agent failed: {type(exc).__name__}: {exc}")
             return True
+        self._api_answered()
         turn_id = self.ledger.add_turn("agent", turn.text, usage=turn.usage)
+        self._record_usage(turn.usage)
+        failpoint("turn_recorded")
         if steering_ids:
             self.ledger.mark_steering_delivered(steering_ids, turn_id)
         if turn.text:
@@ -352,6 +410,8 @@ class Supervisor:
         outcomes = [self._dispatch(call) for call in turn.calls]
         self.files.append_transcript()
         self._last_outcomes = outcomes
+        if turn.usage is not None:  # a paid model: garbage in a loop burns money
+            self._count_malformed([p for p in map(self._malformed, turn.calls) if p])
         if turn.done and not turn.calls:
             self.bus.emit(ev.NOTICE, level="info", message=f"the agent ({self.agent.name}) has nothing more to do")
             return False
@@ -365,11 +425,136 @@ class Supervisor:
 
     def _dispatch(self, call: ToolCall) -> ToolOutcome:
         self.bus.emit(ev.TOOL_CALL, tool=call.name, input=call.input)
-        outcome = self.toolbox.dispatch(call)
+        if call.problem:  # the model's call could not be read: it gets the reason, nothing runs
+            outcome = ToolOutcome(call.name, ok=False, content=f"error: {call.name}: {call.problem}", call_id=call.id)
+        else:
+            outcome = self.toolbox.dispatch(call)
         self.ledger.add_turn("tool", outcome.content, tool=call.name, input=call.input, refused=outcome.refused)
         self.bus.emit(ev.TOOL_RESULT, tool=call.name, ok=outcome.ok, refused=outcome.refused,
                       content=outcome.content)
         return outcome
+
+    # ---- the agent's API: outages, fatal errors, malformed replies, cost ---------------------------------------
+    def _api_unavailable(self, exc: AgentUnavailable) -> None:
+        """The API failed even after the SDK's retries: wait longer and try again; pause after an outage."""
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since, self._outage_attempts = now, 0
+            self.ledger.add_turn("system", f"API unavailable: {exc}")
+            self.files.append_transcript()
+        self._outage_attempts += 1
+        elapsed = now - self._outage_since
+        window = self.config.outage_s
+        if elapsed >= window:
+            self.ledger.add_turn("system", f"API outage for {_duration(elapsed)}: the run pauses ({exc})")
+            self.files.append_transcript()
+            self.pause(f"API outage: {exc}. No answer for {_duration(elapsed)}; the run resumes by itself when "
+                       f"the API answers again (checked every {_duration(self.config.probe_every_s)}), or with "
+                       "`control resume`")
+            self._outage_paused = True
+            return
+        wait = min(max(exc.retry_after or 0.0, OUTAGE_BACKOFF_S * 2 ** (self._outage_attempts - 1)),
+                   OUTAGE_BACKOFF_MAX_S, window - elapsed)
+        self.bus.emit(ev.NOTICE, level="warning", message=(
+            f"{exc}; trying again in {wait:.0f} s (the run pauses after {_duration(window)} without an answer)"))
+        self._set_state("running", f"waiting for the API: {exc}")
+        self._sleep(wait)
+
+    def _api_answered(self) -> None:
+        if self._outage_since is None:
+            return
+        message = f"the API answers again after {_duration(time.monotonic() - self._outage_since)}"
+        self._outage_since = None
+        self.ledger.add_turn("system", message)
+        self.bus.emit(ev.NOTICE, level="info", message=message)
+        self._set_state("running")
+
+    def _probe_api(self) -> None:
+        """While paused by an outage: one cheap request; resume the run if the API answers."""
+        probe = getattr(self.agent, "probe", None)
+        if probe is None:
+            return
+        try:
+            usage = probe()
+        except AgentUnavailable:
+            return
+        except (AgentAuthError, AgentConfigError) as exc:
+            self.pause(f"the API answers again but refuses the run: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed probe only means: not yet
+            self.bus.emit(ev.NOTICE, level="warning", message=f"API probe failed: {type(exc).__name__}: {exc}")
+            return
+        self.ledger.add_turn("system", "API probe answered: the outage is over, resuming", usage=usage)
+        self.files.append_transcript()
+        self._record_usage(usage)
+        self.bus.emit(ev.NOTICE, level="info", message="the API answers again: resuming the run")
+        self.resume()
+
+    def _agent_fatal(self, exc: Exception) -> None:
+        """A key or setting the person must fix: record it, say it, and let the run stop."""
+        self._end_detail = str(exc)
+        self.ledger.add_turn("system", f"agent error: {exc}")
+        self.files.append_transcript()
+        self.bus.emit(ev.NOTICE, level="error", message=str(exc))
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait, but wake at once for a stop or a pause."""
+        deadline = time.monotonic() + seconds
+        with self._control:
+            while not self._stop and not self._paused:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._control.wait(timeout=min(left, COMMAND_POLL_S))
+
+    @staticmethod
+    def _malformed(call: ToolCall) -> str | None:
+        if call.problem:
+            return f"{call.name}: {call.problem}"
+        if call.name not in TOOL_NAMES:
+            return f"unknown tool {call.name!r}"
+        return validate_input(call.name, call.input)
+
+    def _count_malformed(self, problems: list[str]) -> None:
+        if not problems:
+            self._malformed_turns = 0
+            return
+        self._malformed_turns += 1
+        if self._malformed_turns >= MAX_MALFORMED_TURNS:
+            self._malformed_turns = 0
+            last = problems[0] if len(problems[0]) <= 200 else problems[0][:197] + "..."
+            self.pause(f"the agent sent {MAX_MALFORMED_TURNS} malformed replies in a row (last: {last}); paused "
+                       "rather than paying for more: check the model (--model), then resume")
+
+    def _spend_so_far(self) -> UsageTotals:
+        totals = UsageTotals()
+        for turn in self.ledger.turns():
+            totals.add(turn.get("usage"))
+        return totals
+
+    def _record_usage(self, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        self.spend.add(usage)
+        self.bus.emit(ev.USAGE, usage=usage, totals=self.spend.as_dict())
+
+    def _check_cost_limit_is_enforceable(self) -> None:
+        if self.config.max_cost is not None and not getattr(self.agent, "prices_known", True):
+            model = getattr(self.agent, "model", self.config.model)
+            raise SupervisorError(
+                f"--max-cost needs the price of model {model!r}, which is not in the price table (as of "
+                f"{PRICES_AS_OF}): give it with --price IN,OUT in dollars per million tokens, e.g. --price 3,15")
+
+    def _cost_limit_reached(self) -> bool:
+        limit = self.config.max_cost
+        if limit is None or self.spend.cost_usd < limit:
+            return False
+        self._end_detail = (f"the cost limit is reached: ${self.spend.cost_usd:.2f} spent of --max-cost "
+                            f"${limit:.2f}; continue with --resume and a higher --max-cost")
+        self.ledger.add_turn("system", self._end_detail)
+        self.files.append_transcript()
+        self.bus.emit(ev.NOTICE, level="warning", message=self._end_detail)
+        return True
 
     # ---- context for the agent ------------------------------------------------------------------------------
     def build_context(self) -> TurnContext:
@@ -493,12 +678,15 @@ class Supervisor:
         best = self.ledger.best_keep()
         parent_commit = ws.head()
         diff = ws.working_diff()
+        failpoint("before_commit")
         commit = ws.commit_trial(f"trial: {description}")
+        failpoint("after_commit")
         trial_id = self.ledger.start_trial(
             commit_sha=commit, parent_commit=parent_commit, parent_trial=best.id if best else None,
             description=description, category=category, plan_id=plan_id, diff=diff,
             budget_s=self.config.budget_s, platform=self._platform, seed=PRIMARY_SEED,
         )
+        failpoint("trial_started")
         self._trial_stop.clear()
         self._set_state("trial", f"trial {trial_id}: {description}")
         self.bus.emit(ev.TRIAL_STARTED, trial_id=trial_id, commit=commit, parent=parent_commit,
@@ -549,8 +737,10 @@ class Supervisor:
             trial_id, status=status, flagged=flagged, decision=decision, parent_val_bpb=parent_mean, delta=delta,
             suspicions=suspicions, **fields,
         )
+        failpoint("trial_recorded")
         if status != "keep":
             ws.reset_to(parent_commit)
+        failpoint("branch_reset")
         self._after_trial(trial_id)
         self.files.render()
         trial = self.ledger.trial(trial_id)
@@ -579,6 +769,7 @@ class Supervisor:
                 buffer.clear()
                 self.ledger.add_metrics(trial_id, state["seq"], rows)
                 state["seq"] += len(rows)
+                failpoint("metrics_flushed")
             state["flushed"] = time.monotonic()
 
         def on_start(pid: int) -> None:
@@ -698,6 +889,7 @@ class Supervisor:
         result = f"{trial.status}{' (flagged)' if trial.flagged else ''}. {self._result_text(trial, parent)}. " \
                  f"Decision: {trial.decision}"
         self.ledger.add_journal(trial.id, result=result, **{k: " ".join(fields[k].split()) for k in JOURNAL_FIELDS})
+        failpoint("journal_recorded")
         self.files.render()
         self.bus.emit(ev.JOURNAL, trial_id=trial.id)
         kind, message = self.obligation()
@@ -714,6 +906,7 @@ class Supervisor:
         finished = self.ledger.finished_trials()
         rid = self.ledger.add_reflection(after_trial=finished[-1].id if finished else None,
                                          **{k: fields[k].strip() for k in REFLECTION_FIELDS})
+        failpoint("reflection_recorded")
         self.files.render()
         self.bus.emit(ev.REFLECTION, reflection_id=rid)
         return ToolOutcome("write_reflection", ok=True, content=f"reflection {rid} recorded.")
@@ -770,6 +963,14 @@ class Supervisor:
         finally:
             self.ledger.close()
             self._lock.release()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _streak(trials: list[Trial], predicate: Callable[[Trial], bool]) -> int:
