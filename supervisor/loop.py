@@ -10,9 +10,12 @@ another process sends the same commands through the ledger's `commands` table.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -356,8 +359,15 @@ class Supervisor:
                 if not self._one_turn():
                     end = "finished"
                     break
+        except (OSError, sqlite3.Error) as exc:
+            # Storage failed (a full disk, a dying drive). Every finished trial is already durable; stop
+            # cleanly and say how to go on, rather than run trials whose results cannot be recorded.
+            raise SupervisorError(storage_failure_message(exc, self.config.run_dir)) from exc
         finally:
-            self._set_state(end, self._pause_reason if end == "paused" else self._end_detail)
+            try:
+                self._set_state(end, self._pause_reason if end == "paused" else self._end_detail)
+            except (OSError, sqlite3.Error):
+                pass  # the same storage failure; the message above says what to do
             self.close()
         return end
 
@@ -971,6 +981,18 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def storage_failure_message(exc: BaseException, run_dir: Path) -> str:
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    full = full or "full" in str(exc).lower()
+    try:
+        free = f"{shutil.disk_usage(run_dir).free / 2**30:.1f} GiB free there now"
+    except OSError:
+        free = "free space unknown"
+    what = "the disk is full" if full else f"writing the run's files failed ({exc}; {free})"
+    return (f"{what}; the run stopped. Every finished trial and journal entry is safe in {run_dir}. "
+            f"Free some space, then continue with `autoresearch run --resume --tag {run_dir.name}`.")
 
 
 def _streak(trials: list[Trial], predicate: Callable[[Trial], bool]) -> int:
