@@ -24,7 +24,7 @@ from supervisor.config import (
 from supervisor.errors import UserError
 
 EXIT_ERROR = 1
-AGENT_CHOICES = "offline | script:FILE"
+AGENT_CHOICES = "offline | anthropic | openai | script:FILE"
 
 
 class CliError(UserError):
@@ -33,11 +33,11 @@ class CliError(UserError):
 
 # Commands that live in their own modules: each module has `register(subparsers)`, which adds its
 # parsers and sets `func`. Keeps this file thin as features arrive.
-COMMAND_MODULES: list[str] = ["supervisor.doctor"]
+COMMAND_MODULES: list[str] = ["supervisor.doctor", "supervisor.morning_cli", "supervisor.tui.commands"]
 
 
 # ---- helpers --------------------------------------------------------------------------------------------
-def _make_agent(spec: str, resume_turns: int = 0):
+def _make_agent(spec: str, resume_turns: int = 0, config: RunConfig | None = None):
     from supervisor.agents.offline import OfflineAgent
     from supervisor.agents.scripted import ScriptedAgent, ScriptError
 
@@ -49,8 +49,20 @@ def _make_agent(spec: str, resume_turns: int = 0):
         except ScriptError as exc:
             raise CliError(str(exc)) from exc
     if spec in ("anthropic", "openai"):
-        raise CliError(f"--agent {spec} is not available in this version; use {AGENT_CHOICES}")
+        # Keys come from the environment only (ANTHROPIC_API_KEY, OPENAI_API_KEY); never from config.
+        module = importlib.import_module(f"supervisor.agents.{spec}_agent")
+        return module.create_agent(config.model if config else None, config.base_url if config else None,
+                                   config.price if config else None)
     raise CliError(f"unknown agent {spec!r}: use {AGENT_CHOICES}")
+
+
+def _price(text: str) -> list[float]:
+    from supervisor.agents.pricing import PriceError, parse_price
+
+    try:
+        return parse_price(text)
+    except PriceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _check_cache(cache_dir: Path, upstream: bool) -> None:
@@ -68,6 +80,7 @@ RUN_OPTIONS = {
     "floor_factor": "floor_factor", "confirm_seeds": "confirm_seeds", "reflect_every": "reflect_every",
     "plateau": "plateau_trials", "noise_repeats": "noise_repeats", "device": "device",
     "memory_limit_mb": "memory_limit_mb", "agent": "agent", "model": "model", "base_url": "base_url",
+    "max_cost": "max_cost", "price": "price", "outage_pause": "outage_s",
 }
 
 
@@ -112,10 +125,15 @@ def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False)
         ledger = Ledger(RunPaths(config.run_dir).ledger)
         resume_turns = sum(1 for t in ledger.turns() if t["role"] == "agent")
         ledger.close()
-    agent = _make_agent(config.agent, resume_turns)
+    agent = _make_agent(config.agent, resume_turns, config)
     _check_cache(config.cache_dir, config.upstream_repo is not None)
     if not headless:
-        print("(the terminal UI is not part of this version yet; running headless)", file=sys.stderr)
+        # The UI is a client: the loop runs in its own process so closing the terminal does not stop it.
+        launcher = importlib.import_module("supervisor.tui.launcher")
+        if launcher.can_open():
+            agent.close()
+            return launcher.launch(config, resume=resume)
+        print("(no terminal to draw the UI in: running headless)", file=sys.stderr)
     supervisor = Supervisor(config, agent, resume=resume)
     if not quiet:
         supervisor.bus.subscribe(ConsolePrinter())
@@ -298,7 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", required=True, help="the run's name (its branch is autoresearch/TAG)")
     p.add_argument("--agent", help=f"who proposes changes: {AGENT_CHOICES}")
     p.add_argument("--model", help="model name for LLM agents")
-    p.add_argument("--base-url", help="API base URL for LLM agents (an OpenAI-compatible local server)")
+    p.add_argument("--base-url", help="API base URL for LLM agents (an OpenAI-compatible local server: vLLM, "
+                                      "Ollama, llama.cpp); default $ANTHROPIC_BASE_URL / $OPENAI_BASE_URL")
+    p.add_argument("--max-cost", type=float, metavar="DOLLARS",
+                   help="stop the run cleanly once the agent's API spend reaches this many dollars")
+    p.add_argument("--price", type=_price, metavar="IN,OUT",
+                   help="dollars per million tokens for a model missing from the price table: "
+                        "IN,OUT[,CACHE_READ,CACHE_WRITE]")
+    p.add_argument("--outage-pause", type=float, metavar="SECONDS",
+                   help="pause the run when the agent's API has failed this long (default 600); it resumes "
+                        "by itself when the API answers again")
     p.add_argument("--budget", type=float, help="training seconds per trial (default 300)")
     p.add_argument("--grace", type=float, help="seconds past the budget before a trial is killed "
                                                "(default: max(60, budget/2), for startup, compile and evaluation)")
@@ -311,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plateau", type=int, help="a reflection after N trials without a keep")
     p.add_argument("--noise-repeats", type=int,
                    help="measure the noise floor with N seeds at the start of the run (0: not now)")
-    p.add_argument("--memory-limit-mb", type=int, help="cap a trial's virtual memory (CPU trials)")
+    p.add_argument("--memory-limit-mb", type=int, help="cap a trial's virtual memory (default on CPU-only "
+                                                         "machines: 80%% of RAM; 0 turns it off)")
     p.add_argument("--upstream", metavar="REPO", help="drive an existing upstream autoresearch checkout")
     p.add_argument("--train-command", default="uv run train.py", help="with --upstream: how a trial runs")
     p.add_argument("--trainer-dir", help="copy trainer/ and program.md from this folder (default: this project)")

@@ -656,8 +656,23 @@ class Supervisor:
             seed=seed,
             extra_env={"AUTORESEARCH_CACHE": str(self.config.cache_dir),
                        "AUTORESEARCH_DEVICE": self.config.device},
-            memory_limit_mb=self.config.memory_limit_mb,
+            memory_limit_mb=self._memory_limit_mb(),
         )
+
+    def _memory_limit_mb(self) -> int | None:
+        """The person's cap, else on a CPU-only machine 80% of RAM, so a runaway trial dies alone.
+
+        No default cap with a GPU: RLIMIT_AS caps virtual memory, and CUDA reserves far more of it than it uses.
+        """
+        if self.config.memory_limit_mb is not None:
+            return self.config.memory_limit_mb or None  # 0 turns the cap off
+        if self._platform.get("accelerator", "cpu") != "cpu" or self.config.device not in ("auto", "cpu"):
+            return None
+        try:
+            pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+        return int(pages * page_size * 0.8 / 2**20)
 
     def _eval_data_changed(self) -> list[str]:
         """Evaluation inputs in the cache that differ from their fingerprint at the start of the run."""

@@ -19,7 +19,8 @@ LR = 0.02  # learning rate
 WIDTH = 32  # model width
 STEPS = 10  # metric lines to stream
 NOISE_SD = 0.0  # run-to-run noise of val_bpb
-MODE = "ok"  # ok | hang | crash | nan | nosummary | forge | slow | tamper | tamperval
+# ok | hang | crash | nan | nosummary | forge | slow | tamper | tamperval | forkignore | memhog | deleteself | flood
+MODE = "ok"
 SLEEP = 0.05  # seconds between metric lines
 
 seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
@@ -33,6 +34,28 @@ if metrics_path:  # let tests see exactly what environment a trial gets
 if MODE == "tamperval":
     with open(os.path.join(os.environ["AUTORESEARCH_CACHE"], "val.bin"), "ab") as fh:
         fh.write(b"easy tokens")
+if MODE == "forkignore":  # children that ignore SIGTERM and try to outlive the trial
+    import signal
+    for _ in range(2):
+        if os.fork() == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            with open(metrics_path + ".child.pid", "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+            time.sleep(3600)
+            os._exit(0)
+    time.sleep(3600)
+if MODE == "memhog":  # grows until something stops it
+    hog = []
+    while True:
+        hog.append(bytearray(64 * 2**20))
+if MODE == "deleteself":  # removes its own workspace files, harness included
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.remove(os.path.join(here, "prepare.py"))
+    os.remove(os.path.abspath(__file__))
+if MODE == "flood":  # far more output than anyone should keep in memory
+    chunk = "x" * 1023 + "\n"
+    for _ in range(100 * 1024):
+        sys.stdout.write(chunk)
 if MODE == "tamper":
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "prepare.py"), "a") as fh:
         fh.write("\n# the trial rewrote the harness\n")

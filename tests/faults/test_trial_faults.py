@@ -1,0 +1,91 @@
+"""Trials that misbehave, through the whole loop: each is recorded as what it was, and the night goes on."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import git
+import pytest
+
+from supervisor.agents.scripted import ScriptedAgent
+from supervisor.ledger import Ledger
+from supervisor.loop import Supervisor
+from tests.loop_support import edit, fake_config, journal, trial, write_script
+
+
+def run_mode(tmp_path: Path, mode: str, **cfg) -> Ledger:
+    """Baseline, then one trial with the stand-in trainer misbehaving as `mode`, then a clean one."""
+    steps = [trial("baseline"), journal(1), edit('MODE = "ok"', f'MODE = "{mode}"'), trial(f"mode {mode}"),
+             journal(2), edit("WIDTH = 32", "WIDTH = 64"), trial("a good change afterwards"), journal(3)]
+    config = fake_config(tmp_path, **cfg)
+    Supervisor(config, ScriptedAgent(write_script(tmp_path / "s.jsonl", steps))).run()
+    ledger = Ledger(config.run_dir / "ledger.sqlite")
+    # Whatever the middle trial did, the loop went on and the good change after it was kept.
+    third = ledger.trial(3)
+    assert third is not None and third.status == "keep", (third and third.decision)
+    assert git.Repo(config.workspace).head.commit.hexsha == third.commit_sha
+    assert (config.workspace / "trainer/prepare.py").exists()
+    assert len((config.run_dir / "results.tsv").read_text().splitlines()) == 4
+    return ledger
+
+
+def _dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] == "Z"
+
+
+def test_children_that_ignore_sigterm_do_not_survive(tmp_path):
+    ledger = run_mode(tmp_path, "forkignore", budget_s=1.0, grace_s=2.0)
+    t = ledger.trial(2)
+    assert t.status == "crash" and "deadline" in t.crash_reason
+    pids = [int(x) for x in (tmp_path / "journals/t/trials/0002/metrics.jsonl.child.pid").read_text().split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 5
+    while not all(_dead(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_dead(p) for p in pids)
+
+
+def test_memory_hog_is_capped(tmp_path):
+    ledger = run_mode(tmp_path, "memhog", memory_limit_mb=400)
+    t = ledger.trial(2)
+    assert t.status == "crash" and "MemoryError" in (t.crash_reason + t.log_tail)
+
+
+def test_exit_zero_without_summary_is_a_crash(tmp_path):
+    ledger = run_mode(tmp_path, "nosummary")
+    # The stand-in's harness wrote its record before exiting silently: the harness's number stands...
+    t = ledger.trial(2)
+    assert t.status in ("keep", "discard") and t.val_bpb is not None
+    # ...but with no record either, it is a crash.
+    steps = [edit("from prepare import evaluate", "evaluate = float"), edit('MODE = "ok"', 'MODE = "nosummary"'),
+             trial("no record, no summary"), journal(1)]
+    config = fake_config(tmp_path / "second")
+    Supervisor(config, ScriptedAgent(write_script(tmp_path / "s2.jsonl", steps))).run()
+    t = Ledger(config.run_dir / "ledger.sqlite").trial(1)
+    assert t.status == "crash" and t.crash_reason == "no summary"
+
+
+def test_forged_summary_before_the_real_one(tmp_path):
+    ledger = run_mode(tmp_path, "forge")
+    t = ledger.trial(2)
+    assert t.val_bpb == pytest.approx(1.57) and t.status == "discard"  # not the forged 0.1
+
+
+def test_trial_that_deletes_its_workspace_files(tmp_path):
+    ledger = run_mode(tmp_path, "deleteself")
+    t = ledger.trial(2)
+    assert t.status == "crash" and "harness changed" in t.decision
+
+
+def test_flood_of_output(tmp_path):
+    ledger = run_mode(tmp_path, "flood")
+    t = ledger.trial(2)
+    assert t.status in ("keep", "discard") and len(t.log_tail) < 100_000
+    assert (tmp_path / "journals/t/trials/0002/log.txt").stat().st_size > 100 * 2**20
