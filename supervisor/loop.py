@@ -417,7 +417,12 @@ class Supervisor:
             self.ledger.mark_steering_delivered(steering_ids, turn_id)
         if turn.text:
             self.bus.emit(ev.AGENT_TEXT, text=turn.text)
-        outcomes = [self._dispatch(call) for call in turn.calls]
+        outcomes: list[ToolOutcome] = []
+        for call in turn.calls:
+            failed = next((o for o in outcomes if not o.ok), None)
+            # The rest of a reply was planned on the failed call working: a run_trial after a failed
+            # edit would spend a whole trial on code the description does not match.
+            outcomes.append(self._dispatch(call) if failed is None else self._skip(call, failed))
         self.files.append_transcript()
         self._last_outcomes = outcomes
         if turn.usage is not None:  # a paid model: garbage in a loop burns money
@@ -443,6 +448,13 @@ class Supervisor:
         self.bus.emit(ev.TOOL_RESULT, tool=call.name, ok=outcome.ok, refused=outcome.refused,
                       content=outcome.content)
         return outcome
+
+    def _skip(self, call: ToolCall, failed: ToolOutcome) -> ToolOutcome:
+        content = (f"not run: the earlier {failed.tool} call in this reply did not succeed, and this call may "
+                   "depend on it. Deal with that first, then send this call again if it still makes sense.")
+        self.ledger.add_turn("tool", content, tool=call.name, input=call.input)
+        self.bus.emit(ev.TOOL_RESULT, tool=call.name, ok=False, refused=False, content=content)
+        return ToolOutcome(call.name, ok=False, content=content, call_id=call.id)
 
     # ---- the agent's API: outages, fatal errors, malformed replies, cost ---------------------------------------
     def _api_unavailable(self, exc: AgentUnavailable) -> None:
@@ -655,7 +667,11 @@ class Supervisor:
             grace_s=self.config.effective_grace_s,
             seed=seed,
             extra_env={"AUTORESEARCH_CACHE": str(self.config.cache_dir),
-                       "AUTORESEARCH_DEVICE": self.config.device},
+                       "AUTORESEARCH_DEVICE": self.config.device,
+                       # A compile cache of the run's own (surviving reboots, unlike /tmp): a trial whose
+                       # graphs did not change loads its kernels instead of recompiling them.
+                       "TORCHINDUCTOR_CACHE_DIR": str(self.config.run_dir / "compile-cache" / "inductor"),
+                       "TRITON_CACHE_DIR": str(self.config.run_dir / "compile-cache" / "triton")},
             memory_limit_mb=self._memory_limit_mb(),
         )
 
