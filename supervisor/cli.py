@@ -218,9 +218,15 @@ def _load_config(args: argparse.Namespace) -> RunConfig:
 
     ledger = Ledger(ledger_path)
     try:
-        config = RunConfig.from_json(ledger.run_row()["config"])
+        row = ledger.run_row()
+        config = RunConfig.from_json(row["config"])
     finally:
         ledger.close()
+    if row["state"] == "imported":
+        # The same message as the loop's own check, before an agent is even made.
+        raise CliError(f"run {args.tag!r} was imported from an upstream results.tsv: it has no workspace to "
+                       "continue. Its graveyard, report and status work as for any run; start a new run with "
+                       "another --tag (or --upstream REPO to drive that checkout).")
     config.journals_root = journals
     return config
 

@@ -141,10 +141,13 @@ def _noise_rows(ledger: Ledger) -> list[tuple[float, int, str]]:
         sd = r["sd"]
         floor = None if sd is None else sd * r["factor"]
         vals = ", ".join(f"{v:.6f}" for v in values)
-        out.append((r["created"], 3,
-                    f"### Noise floor measured ({_stamp(r['created'])})\n\n"
-                    f"Commit `{r['commit_sha'][:7]}`, budget {r['budget_s']:.0f} s, {len(values)} seeds: {vals}. "
-                    f"sd {_fmt(sd)}, floor ({r['factor']:g} x sd) {_fmt(floor)}.\n"))
+        if values:
+            what = (f"### Noise floor measured ({_stamp(r['created'])})\n\n"
+                    f"Commit `{r['commit_sha'][:7]}`, budget {r['budget_s']:.0f} s, {len(values)} seeds: {vals}. ")
+        else:  # an sd given by the person (`import --noise-sd`), with no seeds behind it here
+            what = (f"### Noise floor given ({_stamp(r['created'])})\n\n"
+                    f"Budget {r['budget_s']:.0f} s, {r['platform']}: not measured in this run. ")
+        out.append((r["created"], 3, what + f"sd {_fmt(sd)}, floor ({r['factor']:g} x sd) {_fmt(floor)}.\n"))
     return out
 
 

@@ -361,16 +361,23 @@ class Ledger:
 
     def insert_imported_trial(self, **fields: Any) -> int:
         """A finished trial that did not run here (an upstream results.tsv row)."""
-        fields = {"kind": "imported", **fields}
-        encoded = {k: (json.dumps(v) if k in JSON_FIELDS else v)
-                   for k, v in fields.items()}
-        if "flagged" in encoded:
-            encoded["flagged"] = int(bool(encoded["flagged"]))
-        cols = ", ".join(encoded)
-        marks = ", ".join("?" for _ in encoded)
+        return self.insert_imported_trials([fields])[0]
+
+    def insert_imported_trials(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Several imported trials in one transaction (all or none), in order; their ids."""
+        ids = []
         with self.transaction() as db:
-            cur = db.execute(f"INSERT INTO trials ({cols}) VALUES ({marks})", tuple(encoded.values()))
-            return int(cur.lastrowid)
+            for row in rows:
+                fields = {"kind": "imported", **row}
+                encoded = {k: (json.dumps(v) if k in JSON_FIELDS else v)
+                           for k, v in fields.items()}
+                if "flagged" in encoded:
+                    encoded["flagged"] = int(bool(encoded["flagged"]))
+                cols = ", ".join(encoded)
+                marks = ", ".join("?" for _ in encoded)
+                cur = db.execute(f"INSERT INTO trials ({cols}) VALUES ({marks})", tuple(encoded.values()))
+                ids.append(int(cur.lastrowid))
+        return ids
 
     def trial(self, trial_id: int) -> Trial | None:
         rows = self._query("SELECT * FROM trials WHERE id=?", (trial_id,))

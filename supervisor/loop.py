@@ -88,6 +88,11 @@ class RunPaths:
     def lock(self) -> Path:
         return self.run_dir / "run.lock"
 
+    @property
+    def live_reply(self) -> Path:
+        """The agent's reply while it streams in (a UI in another process tails it); empty between turns."""
+        return self.run_dir / "agent_reply.live"
+
     def trial_dir(self, trial_id: int, attempt: int = 0) -> Path:
         suffix = "" if attempt == 0 else f"-seed{attempt}"
         return self.run_dir / "trials" / f"{trial_id:04d}{suffix}"
@@ -143,7 +148,7 @@ class Supervisor:
         self.toolbox = ToolBox(self)
         self.spend = self._spend_so_far()
         if hasattr(agent, "on_text"):  # a streaming agent: the UI shows its words as they come
-            agent.on_text = lambda text: self.bus.emit(ev.AGENT_DELTA, text=text)
+            agent.on_text = self._reply_piece
 
     # ---- opening and resuming --------------------------------------------------------------------------
     def _open(self, resume: bool) -> None:
@@ -174,7 +179,13 @@ class Supervisor:
         self.files.render_all()
 
     def _resume(self) -> None:
-        stored = RunConfig.from_json(self.ledger.run_row()["config"])
+        row = self.ledger.run_row()
+        if row["state"] == "imported":
+            raise SupervisorError(
+                f"run {self.config.tag!r} was imported from an upstream results.tsv: it has no workspace to "
+                "continue. Its graveyard, report and status work as for any run; start a new run with "
+                "another --tag (or --upstream REPO to drive that checkout).")
+        stored = RunConfig.from_json(row["config"])
         old_budget = stored.budget_s
         # The person may change settings on resume; identity (tag, paths, layout) comes from the ledger.
         self.config.layout = stored.layout
@@ -391,6 +402,7 @@ class Supervisor:
         """One agent turn and its tool calls. False when the agent has nothing more to do."""
         ctx = self.build_context()
         steering_ids = [s["id"] for s in self.ledger.pending_steering()]
+        self._clear_live_reply()
         try:
             turn = self.agent.turn(ctx)
         except (AgentAuthError, AgentConfigError) as exc:
@@ -411,6 +423,7 @@ class Supervisor:
             return True
         self._api_answered()
         turn_id = self.ledger.add_turn("agent", turn.text, usage=turn.usage)
+        self._clear_live_reply()  # the reply is in the ledger now
         self._record_usage(turn.usage)
         failpoint("turn_recorded")
         if steering_ids:
@@ -457,6 +470,21 @@ class Supervisor:
         return ToolOutcome(call.name, ok=False, content=content, call_id=call.id)
 
     # ---- the agent's API: outages, fatal errors, malformed replies, cost ---------------------------------------
+    def _reply_piece(self, text: str) -> None:
+        """A piece of the reply as it streams in: on the bus for this process, in a file for a UI in another."""
+        try:
+            with open(self.paths.live_reply, "a", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError:
+            pass  # a live preview is a nicety; the reply itself is recorded in the ledger
+        self.bus.emit(ev.AGENT_DELTA, text=text)
+
+    def _clear_live_reply(self) -> None:
+        try:
+            self.paths.live_reply.unlink(missing_ok=True)
+        except OSError:
+            pass
+
     def _api_unavailable(self, exc: AgentUnavailable) -> None:
         """The API failed even after the SDK's retries: wait longer and try again; pause after an outage."""
         now = time.monotonic()

@@ -224,7 +224,10 @@ def test_trial_learns_streams_metrics_and_respects_the_budget(trainer_env, tmp_p
     assert set(SUMMARY_KEYS) <= set(s), s
     val_bpb = float(s["val_bpb"])
     assert math.isfinite(val_bpb) and val_bpb < untrained_bpb - 0.5, (untrained_bpb, val_bpb)
-    assert budget <= float(s["training_seconds"]) <= budget + 3
+    # The budget is checked after each step, so it may overrun by one step (long on a loaded machine).
+    elapsed = [json.loads(ln)["elapsed"] for ln in metrics.read_text().splitlines()]
+    longest_step = max((b - a for a, b in zip(elapsed, elapsed[1:], strict=False)), default=0.0)
+    assert budget <= float(s["training_seconds"]) <= budget + max(3.0, 1.5 * longest_step)
     assert float(s["total_seconds"]) >= float(s["training_seconds"]) + float(s["compile_seconds"])
     assert s["device"] == "cpu" and s["compiled"] == "false"
     assert s["mfu_percent"] == "unknown" and s["peak_vram_mb"] == "unknown"

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from supervisor.agents.base import AgentTurn, ToolCall, TurnContext
+from supervisor.categories import category_for_constant
 
 DESCRIPTION = re.compile(r"^offline: (?P<name>[A-Z][A-Z0-9_]*) (?P<old>\S+) -> (?P<new>\S+)$")
 ASSIGNMENT = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)(?P<eq>\s*=\s*)(?P<value>[^#\n]+?)(?P<rest>\s*(#.*)?)$")
@@ -256,19 +257,4 @@ def _as_float(text: str) -> float:
 
 
 def _category(name: str) -> str:
-    n = name.upper()
-    table: list[tuple[tuple[str, ...], str]] = [
-        (("WARMUP", "WARMDOWN", "FINAL_LR", "SCHEDULE"), "schedule"),
-        (("LR", "LEARNING_RATE"), "learning_rate"),
-        (("MOMENTUM", "BETA", "MUON", "ADAM", "EPS", "NS_STEPS"), "optimizer"),
-        (("WINDOW", "HEAD", "ROPE", "ATTN"), "attention"),
-        (("BATCH", "TOKENS"), "batch_size"),
-        (("DECAY", "DROPOUT", "CLIP", "SOFTCAP"), "regularisation"),
-        (("INIT", "STD"), "initialisation"),
-        (("DEPTH", "DIM", "LAYER", "MLP", "RATIO", "VOCAB"), "architecture"),
-    ]
-    for keys, category in table:
-        if any(k in n for k in keys):
-            return category
-    return "other"
-
+    return category_for_constant(name) or "other"

@@ -1,0 +1,148 @@
+"""The morning-after commands: `export graveyard`, `report`, and `import` of an upstream results.tsv.
+
+Thin, like the rest of the CLI: parse, call the domain (graveyard, report, importer), print where the
+files went. Errors a person can fix are UserErrors and end in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from supervisor.config import default_journals_root, validate_tag
+from supervisor.errors import UserError
+
+
+class MorningError(UserError):
+    """A wrong argument to export, report or import; the message says what to type instead."""
+
+
+def _journals(args: argparse.Namespace) -> Path:
+    return Path(args.journals) if args.journals else default_journals_root()
+
+
+def _open_run(args: argparse.Namespace):
+    """The run's ledger, read without taking its lock (a run may be going on)."""
+    from supervisor.ledger import Ledger
+
+    validate_tag(args.tag)
+    journals = _journals(args)
+    path = journals / args.tag / "ledger.sqlite"
+    if not path.exists():
+        raise MorningError(f"no run {args.tag!r} in {journals} (list them with `ls {journals}`; "
+                           "pass --journals DIR if it lives elsewhere)")
+    return Ledger(path)
+
+
+def cmd_export_graveyard(args: argparse.Namespace) -> int:
+    from supervisor.graveyard import RunView, graveyard_markdown, write_graveyard
+
+    ledger = _open_run(args)
+    try:
+        if args.output == "-":
+            sys.stdout.write(graveyard_markdown(RunView.from_ledger(ledger), diff_lines=args.diff_lines))
+            return 0
+        out = Path(args.output) if args.output else _journals(args) / args.tag / "graveyard.md"
+        if out.is_dir():
+            out = out / "graveyard.md"
+        write_graveyard(ledger, out, diff_lines=args.diff_lines)
+    finally:
+        ledger.close()
+    print(f"graveyard written to {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from supervisor.report import write_report
+
+    ledger = _open_run(args)
+    try:
+        out = Path(args.output) if args.output else _journals(args) / args.tag / "report"
+        if out.exists() and not out.is_dir():
+            raise MorningError(f"-o {out} is a file; the report needs a folder (it writes report.md and charts/)")
+        written = write_report(ledger, out, png=not args.no_png)
+    finally:
+        ledger.close()
+    print(f"report written to {written.markdown} ({len(written.charts)} charts in {written.charts_dir})")
+    return 0
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from exc
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from supervisor.importer import import_results
+
+    result = import_results(
+        Path(args.results), args.tag, journals_root=_journals(args), noise_sd=args.noise_sd,
+        noise_values=args.noise_values, floor_factor=args.floor_factor, budget_s=args.budget,
+        repo=Path(args.repo) if args.repo else None,
+    )
+    for line in result.summary_lines():
+        print(line)
+    parsed = result.parsed
+    for note in parsed.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if parsed.unreadable:
+        print(f"{len(parsed.unreadable)} line(s) could not be read and were left out:", file=sys.stderr)
+        for bad in parsed.unreadable:
+            print(f"  {bad}", file=sys.stderr)
+    if result.missing_commits:
+        print(f"{len(result.missing_commits)} commit(s) not found in {args.repo}:", file=sys.stderr)
+        for missing in result.missing_commits:
+            print(f"  {missing}", file=sys.stderr)
+    lenient = [r for r in parsed.rows if r.notes]
+    if lenient and args.verbose:
+        print("read with care:", file=sys.stderr)
+        for row in lenient:
+            print(f"  line {row.line}: {'; '.join(row.notes)}", file=sys.stderr)
+    elif lenient:
+        print(f"{len(lenient)} line(s) were read with care (no commit, 0.000000 values, ...); "
+              "--verbose lists them", file=sys.stderr)
+    where = f" --journals {args.journals}" if args.journals else ""
+    print("next:")
+    for command in ("status --json", "export graveyard", "report"):
+        print(f"  autoresearch {command} --tag {args.tag}{where}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `export graveyard`, `report` and `import` to the `autoresearch` command."""
+    journals_help = "folder holding the runs' journals (default: ./journals of the project)"
+
+    p = subparsers.add_parser("export", help="export part of a run to share (export graveyard)")
+    what = p.add_subparsers(dest="what", required=True, metavar="graveyard")
+    g = what.add_parser("graveyard", help="markdown of every discarded and crashed trial, grouped by what was tried")
+    g.add_argument("--tag", required=True, help="the run")
+    g.add_argument("--journals", help=journals_help)
+    g.add_argument("-o", "--output", help="the markdown file (default journals/TAG/graveyard.md; - for stdout)")
+    g.add_argument("--diff-lines", type=int, default=40, help="lines of each diff to show (default 40)")
+    g.set_defaults(func=cmd_export_graveyard)
+
+    p = subparsers.add_parser("report", help="a markdown report of a run with charts (SVG and PNG)")
+    p.add_argument("--tag", required=True, help="the run")
+    p.add_argument("--journals", help=journals_help)
+    p.add_argument("-o", "--output", help="the folder to write (default journals/TAG/report/)")
+    p.add_argument("--no-png", action="store_true", help="SVG charts only")
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser("import", help="bring in a run made with upstream autoresearch (its results.tsv)")
+    p.add_argument("results", metavar="RESULTS_TSV", help="the upstream results.tsv")
+    p.add_argument("--tag", required=True, help="name of the new run (journals/TAG/)")
+    p.add_argument("--journals", help=journals_help)
+    p.add_argument("--repo", metavar="PATH", help="the upstream git repository, to recover each commit's diff")
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("--noise-sd", type=float,
+                       help="sd of val_bpb between seeds of identical code; keeps under factor x sd are flagged")
+    noise.add_argument("--noise-values", type=_float_list, metavar="V1,V2,...",
+                       help="val_bpb of repeats of identical code with different seeds (the sd is computed)")
+    p.add_argument("--floor-factor", type=float, default=2.0, help="noise floor = factor x sd (default 2)")
+    p.add_argument("--budget", type=float, default=300.0,
+                   help="the training budget the run used, in seconds (default 300, upstream's)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every line read with care")
+    p.set_defaults(func=cmd_import)
