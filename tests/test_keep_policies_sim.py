@@ -1,0 +1,243 @@
+"""The keep-policy campaign simulator (benchmarks/keep_policies.py) on tiny configurations.
+
+What these prove: every keep/discard/retest comes from supervisor.policy.KeepPolicy.decide (nothing is
+re-implemented), the floor comes from NoiseMeasurement, the budget accounting is exact (the floor's repeats and the
+confirmation re-runs count against it, a re-test cut short by the budget is discarded), and the ground truth is
+scored right (no noise: no false keeps, no missed gains, the best possible result).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from supervisor import policy as policy_module
+from supervisor.policy import KeepPolicy, NoiseMeasurement, Verdict
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "keep_policies.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("keep_policies_bench", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+kp = _load()
+SCENARIO = kp.Scenario()
+
+
+def stream(campaign: int = 0, length: int = 60):
+    return kp.ProposalStream.draw(7, campaign, SCENARIO, length)
+
+
+def hand_stream(first: list[float], reruns: list[list[float]], floor: list[float], kinds=None):
+    """A stream with chosen noise: every proposal a no-op unless kinds says otherwise."""
+    n = len(first)
+    return kp.ProposalStream(kinds=kinds or [kp.NEUTRAL] * n, units=[1.0] * n, first_noise=first,
+                             rerun_noise=[r + [0.0] * (kp.MAX_RERUNS - len(r)) for r in reruns],
+                             floor_noise=floor + [0.0] * (kp.MAX_NOISE_REPEATS - len(floor)), baseline_noise=0.0)
+
+
+class Spy:
+    """Wraps the real KeepPolicy.decide and records every call and its verdict."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[str, list[float], list[float], float | None, Verdict]] = []
+        real = KeepPolicy.decide
+
+        def decide(policy, parent, trial, sd):
+            d = real(policy, parent, trial, sd)
+            self.calls.append((policy.name, list(parent), list(trial), sd, d.verdict))
+            return d
+
+        monkeypatch.setattr(policy_module.KeepPolicy, "decide", decide)
+
+
+def test_defaults_are_the_policy_modules_own():
+    assert kp.Setup("confirm").keep_policy() == KeepPolicy("confirm")
+    assert kp.Setup("flag").keep_policy() == KeepPolicy("flag")
+
+
+@pytest.mark.parametrize("name", kp.POLICIES)
+def test_every_decision_goes_through_keep_policy_decide(monkeypatch, name):
+    spy = Spy(monkeypatch)
+    setup = kp.Setup(name)
+    r = kp.run_campaign(stream(), SCENARIO, setup, 0.002, 40)
+    # the baseline, one call per proposal, and a second call after each re-test the budget let finish
+    assert sum(c[4] is Verdict.RETEST for c in spy.calls) == r.retests
+    second_calls = sum(len(c[2]) > 1 for c in spy.calls)
+    assert r.retests - second_calls in (0, 1)  # only the last proposal can be cut short by the budget
+    assert len(spy.calls) == 1 + r.proposals + second_calls
+    assert all(c[0] == name for c in spy.calls)
+    if name == "confirm":
+        assert r.retests > 0 and r.reruns > 0
+    if name == "greedy":
+        assert all(c[3] is None for c in spy.calls)  # upstream never measures a floor
+    else:
+        assert len({c[3] for c in spy.calls}) == 1 and spy.calls[0][3] is not None
+    # every re-test is answered with exactly confirm_seeds new runs of the same trial (or the budget ran out)
+    for i, call in enumerate(spy.calls):
+        if call[4] is Verdict.RETEST and i + 1 < len(spy.calls):
+            nxt = spy.calls[i + 1]
+            if len(nxt[2]) > 1:
+                assert nxt[2][0] == call[2][0] and len(nxt[2]) == 1 + setup.confirm_seeds
+    assert r.keeps == sum(1 for c in spy.calls[1:] if c[4] is Verdict.KEEP)
+
+
+def test_the_verdicts_are_the_policys_not_the_simulators(monkeypatch):
+    """Swap the policy's decision for 'keep everything': the simulator must follow it blindly."""
+
+    def keep_all(policy, parent, trial, sd):
+        return policy_module.Decision(Verdict.KEEP, False, None, None, "kept by the test")
+
+    monkeypatch.setattr(policy_module.KeepPolicy, "decide", keep_all)
+    r = kp.run_campaign(stream(), SCENARIO, kp.Setup("strict"), 0.01, 30)
+    assert r.keeps == r.proposals == 30 - 1 - kp.DEFAULT_NOISE_REPEATS
+
+
+def test_the_floor_is_noise_measurements_sd_over_the_repeats():
+    s = stream()
+    sigma = 0.003
+    r = kp.run_campaign(s, SCENARIO, kp.Setup("strict", floor_factor=2.5, noise_repeats=5), sigma, 30)
+    values = [SCENARIO.start_bpb + sigma * z for z in s.floor_noise[:5]]
+    assert r.floor == pytest.approx(2.5 * NoiseMeasurement(values, 300, "x").sd)
+    assert r.floor == pytest.approx(2.5 * statistics.stdev(values))
+
+
+@pytest.mark.parametrize("name", kp.POLICIES)
+@pytest.mark.parametrize("budget", [8, 25, 60])
+def test_budget_accounting(name, budget):
+    setup = kp.Setup(name)
+    for sigma in (0.0, 0.001, 0.01):
+        r = kp.run_campaign(stream(3, budget), SCENARIO, setup, sigma, budget)
+        floor_runs = 0 if name == "greedy" else kp.DEFAULT_NOISE_REPEATS
+        assert r.noise_runs == floor_runs
+        assert r.runs == budget == floor_runs + 1 + r.proposals + r.reruns
+        if name != "confirm":
+            assert r.reruns == 0 and r.retests == 0
+        assert r.keeps <= r.proposals and r.false_keeps <= r.keeps
+        assert r.gains_missed <= r.gains_seen
+
+
+def test_confirm_re_runs_cost_proposals():
+    greedy = kp.run_campaign(stream(1), SCENARIO, kp.Setup("greedy"), 0.002, 60)
+    confirm = kp.run_campaign(stream(1), SCENARIO, kp.Setup("confirm"), 0.002, 60)
+    assert confirm.reruns > 0
+    assert confirm.proposals == greedy.proposals - kp.DEFAULT_NOISE_REPEATS - confirm.reruns
+
+
+def test_confirm_by_hand():
+    """sigma 0.001; floor repeats -1, 0, +1 sd -> sd 0.001, floor 0.002 (factor 2).
+
+    The one proposal is a no-op whose first run lands 0.0005 under the parent: a sub-floor gain, so confirm
+    re-tests it with 2 seeds; both re-runs land 0.001 under: mean gain 0.00083 > 0, kept and flagged. It is a
+    false keep: its true effect is zero."""
+    s = hand_stream(first=[-0.5], reruns=[[-1.0, -1.0]], floor=[-1.0, 0.0, 1.0])
+    setup = kp.Setup("confirm", floor_factor=2.0, confirm_seeds=2, noise_repeats=3)
+    r = kp.run_campaign(s, SCENARIO, setup, 0.001, 3 + 1 + 3)
+    assert r.floor == pytest.approx(0.002)
+    assert (r.proposals, r.retests, r.reruns, r.keeps, r.false_keeps, r.flagged, r.flagged_false) == (1, 1, 2, 1, 1, 1, 1)
+    assert r.final_bpb == SCENARIO.start_bpb  # a no-op kept: the truth did not move
+    assert r.believed_bpb == pytest.approx(1.0 - 0.001 * 2.5 / 3)  # but the campaign thinks it did
+
+
+def test_confirm_cut_short_by_the_budget_is_discarded():
+    s = hand_stream(first=[-0.5], reruns=[[-1.0, -1.0]], floor=[-1.0, 0.0, 1.0])
+    r = kp.run_campaign(s, SCENARIO, kp.Setup("confirm"), 0.001, 3 + 1 + 2)  # room for one re-run of two
+    assert (r.proposals, r.retests, r.reruns, r.keeps, r.runs) == (1, 1, 1, 0, 6)
+
+
+def test_strict_and_greedy_by_hand():
+    # a real gain of 0.003 x 1.0 (headroom all left) seen through +0.5 sd of noise: observed gain 0.0025
+    s = hand_stream(first=[0.5], reruns=[[]], floor=[-1.0, 0.0, 1.0], kinds=[kp.GAIN])
+    assert kp.run_campaign(s, SCENARIO, kp.Setup("strict", floor_factor=3.0), 0.001, 5).keeps == 0  # under 0.003
+    strict = kp.run_campaign(s, SCENARIO, kp.Setup("strict", floor_factor=2.0), 0.001, 5)
+    assert strict.keeps == 1 and strict.final_bpb == pytest.approx(1.0 - 0.003)
+    greedy = kp.run_campaign(s, SCENARIO, kp.Setup("greedy"), 0.001, 2)
+    assert greedy.keeps == 1 and greedy.gains_missed == 0
+
+
+@pytest.mark.parametrize("name", kp.POLICIES)
+def test_zero_noise_has_no_false_keeps_and_misses_nothing(name):
+    for k in range(4):
+        s = stream(k, 80)
+        r = kp.run_campaign(s, SCENARIO, kp.Setup(name), 0.0, 80)
+        assert r.false_keeps == 0 and r.gains_missed == 0 and r.reruns == 0 and r.flagged == 0
+        assert r.floor in (None, 0.0)
+        assert r.gains_seen > 0 and r.keeps == r.gains_seen
+        # the same proposals judged perfectly; policies that paid for a floor saw fewer of them
+        best = kp.best_possible(s, SCENARIO, 80)
+        shorter = kp.best_possible(s, SCENARIO, 80 - r.noise_runs)
+        assert r.final_bpb == shorter.final_bpb
+        assert r.final_bpb >= best.final_bpb
+
+
+def test_streams_are_shared_and_extend_without_reshuffling():
+    short, long = stream(5, 30), stream(5, 90)
+    assert long.kinds[:30] == short.kinds and long.units[:30] == short.units
+    assert long.first_noise[:30] == short.first_noise and long.rerun_noise[:30] == short.rerun_noise
+    assert long.floor_noise == short.floor_noise and long.baseline_noise == short.baseline_noise
+    assert stream(6, 30).first_noise != short.first_noise
+
+
+def test_gains_shrink_as_the_campaign_improves():
+    assert SCENARIO.effect(kp.GAIN, 1.0, SCENARIO.start_bpb) == pytest.approx(-SCENARIO.gain_mean)
+    halfway = SCENARIO.start_bpb - SCENARIO.headroom / 2
+    assert SCENARIO.effect(kp.GAIN, 1.0, halfway) == pytest.approx(-SCENARIO.gain_mean / 2)
+    assert SCENARIO.effect(kp.HARMFUL, 1.0, halfway) == pytest.approx(SCENARIO.harm_mean)
+    assert SCENARIO.effect(kp.NEUTRAL, 3.0, halfway) == 0.0
+
+
+def test_grid_summary_against_the_best_possible():
+    rows = kp.run_grid(kp.main_setups(), [0.0, 0.005], [20], SCENARIO, campaigns=4, seed=1, jobs=1)
+    by = {(r.policy, r.sigma): r for r in rows}
+    assert by["greedy", 0.0].gap == 0.0 and by["greedy", 0.0].captured == pytest.approx(1.0)
+    assert by["greedy", 0.0].false_keep_share == 0.0 and by["greedy", 0.0].overstatement == 0.0
+    for r in rows:
+        assert r.gap >= 0 or r.sigma > 0
+        assert r.noise_share == (0.0 if r.policy == "greedy" else kp.DEFAULT_NOISE_REPEATS / 20)
+        assert 0.0 <= r.false_keep_share <= 1.0 or r.keeps == 0
+    assert by["confirm", 0.005].rerun_share > 0
+
+
+def test_command_line_quick_run_is_deterministic_across_workers(tmp_path, capsys):
+    args = ["--quick", "--campaigns", "3", "--no-sweep", "--budgets", "20,40"]
+    assert kp.main([*args, "--jobs", "1", "--json", str(tmp_path / "one.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.001 | 20 | confirm |" in out and "| 0.005 | 40 | strict |" in out
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args, "--jobs", "2", "--json", str(tmp_path / "two.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    one = json.loads((tmp_path / "one.json").read_text())["rows"]
+    two = json.loads((tmp_path / "two.json").read_text())["rows"]
+    assert one == two and len(one) == 4 * 2 * 2
+
+
+def test_command_line_refuses_bad_input(capsys):
+    for bad, message in ((["--budgets", "4"], "at least"), (["--noise", "abc"], "numbers"),
+                         (["--campaigns", "1"], "at least 2"), (["--chart", "x.pdf"], ".png or .svg")):
+        with pytest.raises(SystemExit) as err:
+            kp.main(bad)
+        assert err.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_chart(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = kp.run_grid(kp.main_setups() + [kp.Setup("confirm", 2.0, 1)], [0.001, 0.005], [20, 40], SCENARIO,
+                       campaigns=2, seed=1, jobs=1)
+    path = tmp_path / "chart.png"
+    kp.make_chart([r for r in rows if r.label != "confirm (x2, 1 seed, R=3)"], rows, path, [20, 40],
+                  [(20, 0.001), (40, 0.005)])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
