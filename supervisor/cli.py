@@ -24,6 +24,8 @@ from supervisor.config import (
 from supervisor.errors import UserError
 
 EXIT_ERROR = 1
+DEFAULT_NOISE_REPEATS = 3  # seeds of the starting code measured before a run's first trial
+DEMO_NOISE_REPEATS = 2
 AGENT_CHOICES = "offline | anthropic | openai | script:FILE"
 
 
@@ -96,6 +98,9 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
             config.source_dir = Path(args.trainer_dir).resolve()
     if args.cache:
         config.cache_dir = Path(args.cache)
+    if not args.resume and args.noise_repeats is None:
+        # A night starts by measuring its noise floor: without one every policy is greedy.
+        config.noise_repeats = DEFAULT_NOISE_REPEATS
     for option, field_name in RUN_OPTIONS.items():
         value = getattr(args, option)
         if value is not None:
@@ -177,6 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         max_trials=args.max_trials,
         reflect_every=max(2, min(10, args.max_trials // 2)),
+        noise_repeats=args.noise_repeats,
         agent="offline",
         device=args.device,
     )
@@ -343,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reflect-every", type=int, help="a reflection every N trials (default 10)")
     p.add_argument("--plateau", type=int, help="a reflection after N trials without a keep")
     p.add_argument("--noise-repeats", type=int,
-                   help="measure the noise floor with N seeds at the start of the run (0: not now)")
+                   help=f"measure the noise floor with N seeds before the first trial (default "
+                        f"{DEFAULT_NOISE_REPEATS}; 0: not now, `autoresearch noise` later)")
     p.add_argument("--memory-limit-mb", type=int, help="cap a trial's virtual memory (default on CPU-only "
                                                          "machines: 80%% of RAM; 0 turns it off)")
     p.add_argument("--upstream", metavar="REPO", help="drive an existing upstream autoresearch checkout")
@@ -356,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="run name (default demo-DATE-TIME)")
     p.add_argument("--budget", type=float, default=20.0, help="training seconds per trial (default 20)")
     p.add_argument("--max-trials", type=int, default=6, help="trials to run (default 6)")
+    p.add_argument("--noise-repeats", type=int, default=DEMO_NOISE_REPEATS,
+                   help=f"seeds measuring the noise floor first (default {DEMO_NOISE_REPEATS}; 0: skip)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("noise", help="measure the noise floor: re-run the current best with new seeds")

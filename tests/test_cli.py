@@ -47,6 +47,23 @@ def test_run_and_status_json(tmp_path):
     assert "3 trials" in text.stdout
 
 
+def test_noise_command_and_default_noise_measurement(tmp_path):
+    source, common = _setup(tmp_path)
+    train = source / "trainer/train.py"
+    train.write_text(train.read_text().replace("NOISE_SD = 0.0", "NOISE_SD = 0.01"))
+    assert cli(*_run_args(source, common, "n", "--max-trials", "1")).returncode == 0
+    first = json.loads(cli("status", "--tag", "n", "--json", *common).stdout)["noise"]
+    assert len(first["values"]) == 3  # a run measures its floor first by default
+    measured = cli("noise", "--tag", "n", "--repeats", "4", *common)
+    assert measured.returncode == 0, measured.stderr
+    assert "noise floor" in measured.stdout and "over 4 seeds" in measured.stdout
+    status = json.loads(cli("status", "--tag", "n", "--json", *common).stdout)
+    assert len(status["noise"]["values"]) == 4 and status["noise"]["values"] != first["values"][:4]
+    assert status["open_triggers"][0]["kind"] == "noise"  # a new floor asks for a reflection
+    too_few = cli("noise", "--tag", "n", "--repeats", "1", *common)
+    assert too_few.returncode == 1 and "at least 2" in too_few.stderr
+
+
 def test_clear_errors(tmp_path):
     source, common = _setup(tmp_path)
     no_cache = cli("run", "--headless", "--tag", "x", "--trainer-dir", str(source), "--journals",

@@ -37,10 +37,7 @@ def test_demo_runs_three_real_trials_end_to_end(tmp_path, prepared_cache):
     status = json.loads(cli("status", "--tag", "e2e", "--json", *common).stdout)
     assert status["state"] == "finished" and status["counts"]["trials"] == 3
     assert status["trials"][0]["platform"]["torch"].startswith("2.")
-
-    noise = cli("noise", "--tag", "e2e", "--repeats", "2", *common, timeout=600)
-    assert noise.returncode == 0, noise.stderr[-3000:]
-    assert "noise floor" in noise.stdout
-    status = json.loads(cli("status", "--tag", "e2e", "--json", *common).stdout)
-    assert status["noise"]["sd"] is not None and len(status["noise"]["values"]) == 2
-    assert status["open_triggers"] and status["open_triggers"][0]["kind"] == "noise"
+    # The demo measured the noise floor (2 seeds of the starting code) before its first trial.
+    noise = status["noise"]
+    assert len(noise["values"]) == 2 and noise["sd"] is not None and noise["floor"] == 2 * noise["sd"]
+    assert all(abs(v - baseline.val_bpb) < 0.5 for v in noise["values"])
