@@ -261,6 +261,13 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{'not measured' if status['noise_floor'] is None else format(status['noise_floor'], '.6f')}")
     if best:
         print(f"best: trial {best['id']} val_bpb {best['val_bpb']:.6f} · {best['description']}")
+    cost = status.get("cost") or {}
+    if cost.get("turns"):
+        limit = f" of {cost['max_cost']:.2f} allowed" if cost.get("max_cost") else ""
+        spent = ("tokens only (no price known)" if cost.get("cost_usd") is None
+                 else f"${cost['cost_usd']:.2f}{limit}")
+        print(f"agent: {cost.get('turns', 0)} turns · {cost.get('tokens_in', 0):,} tokens in, "
+              f"{cost.get('tokens_out', 0):,} out · {spent}")
     for t in status["trials"][-15:]:
         val = "" if t["val_bpb"] is None else f"{t['val_bpb']:.6f}"
         print(f"  {t['id']:>4} {t['status']:<8} {val:<9} {'⚑' if t['flagged'] else ' '} {t['description']}")

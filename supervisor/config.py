@@ -46,6 +46,19 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+def check_base_url(url: str) -> None:
+    """A base URL is stored with the run; credentials in it would be written to disk, so refuse them."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--base-url must be an http(s) URL such as http://localhost:8000/v1, got {url!r}")
+    secret_query = [k for k in parse_qs(parts.query) if re.search(r"key|token|secret|auth|pass", k, re.I)]
+    if parts.username or parts.password or secret_query:
+        raise ConfigError("--base-url must not carry credentials (they would be stored with the run): "
+                          "put the key in OPENAI_API_KEY or ANTHROPIC_API_KEY instead")
+
+
 @dataclass
 class Layout:
     """What the agent may edit, what must never change, and how a trial is started.
@@ -84,6 +97,10 @@ class RunConfig:
     agent: str = "offline"
     model: str | None = None
     base_url: str | None = None
+    max_cost: float | None = None      # dollars; the run stops cleanly once the agent's API spend reaches it
+    price: list[float] | None = None   # $ per million tokens IN,OUT[,CACHE_READ,CACHE_WRITE] for an unlisted model
+    outage_s: float = 600.0            # API failing this long (after retries) pauses the run
+    probe_every_s: float = 60.0        # while paused by an outage, how often a cheap request checks the API
     source_dir: Path = PROJECT_ROOT  # where trainer/ and program.md are copied from
     upstream_repo: Path | None = None  # drive an existing upstream checkout instead of our trainer
     layout: Layout = field(default_factory=Layout)
@@ -100,6 +117,19 @@ class RunConfig:
             raise ConfigError("--reflect-every must be at least 1")
         if self.floor_factor <= 0:
             raise ConfigError("--floor-factor must be positive")
+        if self.base_url:
+            check_base_url(self.base_url)
+        if self.max_cost is not None and not self.max_cost > 0:
+            raise ConfigError(f"--max-cost must be a positive number of dollars, got {self.max_cost}")
+        if not self.outage_s >= 0 or not self.probe_every_s > 0:
+            raise ConfigError("--outage-pause must be a number of seconds >= 0")
+        if self.price is not None:
+            from supervisor.agents.pricing import PriceError, price_from_values
+
+            try:
+                price_from_values(self.price)
+            except PriceError as exc:
+                raise ConfigError(f"--price: {exc}") from None
 
     @property
     def run_dir(self) -> Path:

@@ -15,6 +15,8 @@ from typing import Any
 # Event kinds. One place, so the UI and the loop agree on the spelling.
 STATE = "state"                  # state, detail
 AGENT_TEXT = "agent_text"        # text
+AGENT_DELTA = "agent_delta"      # text: a piece of the agent's reply as it streams in (AGENT_TEXT follows)
+USAGE = "usage"                  # usage (this turn's tokens and cost), totals (the run's so far)
 TOOL_CALL = "tool_call"          # tool, input
 TOOL_RESULT = "tool_result"      # tool, ok, refused, content
 TRIAL_STARTED = "trial_started"  # trial_id, commit, parent, description, budget_s, seed

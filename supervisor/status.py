@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
+from supervisor.agents.pricing import UsageTotals
 from supervisor.config import RunConfig
 from supervisor.ledger import Ledger
 from supervisor.lock import RunLock
@@ -14,7 +16,9 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
     cfg = RunConfig.from_json(run["config"])
     noise = ledger.latest_noise(cfg.budget_s)
     floor = None if not noise or noise["sd"] is None else noise["sd"] * cfg.floor_factor
-    journaled = {j["trial_id"] for j in ledger.journal_entries()}
+    journal = ledger.journal_entries()
+    journaled = {j["trial_id"] for j in journal}
+    usage = usage_by_trial(ledger.turns(), journal)
     trials = []
     for t in ledger.trials():
         trials.append({
@@ -42,6 +46,7 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
             "peak_vram_mb": t.peak_vram_mb,
             "platform": t.platform,
             "suspicious": t.suspicions,
+            "usage": usage["by_trial"][t.id].as_dict() if t.id in usage["by_trial"] else None,
         })
     state = run["state"]
     live = RunLock.holder(lock_path) if lock_path else None
@@ -87,4 +92,32 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
         "plans": ledger.plans(),
         "steering": ledger.steering(),
         "open_triggers": ledger.open_triggers(),
+        "cost": {**usage["total"].as_dict(), "max_cost": cfg.max_cost, "models": usage["models"],
+                 "since_last_journal": usage["pending"].as_dict()},
     }
+
+
+def usage_by_trial(turns: list[dict[str, Any]], journal: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agent's tokens and dollars: in all, per trial, and since the last journal entry.
+
+    A trial's share is its whole cycle: the turns after the previous journal entry (reading, editing,
+    reflecting, running) up to and including the turn that wrote its own journal entry.
+    """
+    ends = sorted((j["created"], j["trial_id"]) for j in journal)
+    times = [e[0] for e in ends]
+    total, pending = UsageTotals(), UsageTotals()
+    by_trial: dict[int, UsageTotals] = {}
+    models: list[str] = []
+    for turn in turns:
+        if not turn.get("usage"):
+            continue
+        total.add(turn["usage"])
+        model = turn["usage"].get("model")
+        if model and model not in models:
+            models.append(model)
+        i = bisect.bisect_left(times, turn["created"])
+        if i < len(ends):
+            by_trial.setdefault(ends[i][1], UsageTotals()).add(turn["usage"])
+        else:
+            pending.add(turn["usage"])
+    return {"total": total, "by_trial": by_trial, "pending": pending, "models": models}

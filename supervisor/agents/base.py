@@ -5,8 +5,11 @@ Agents only turn model output into tool calls; they never touch git, the ledger 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from supervisor.errors import UserError
 
 
 @dataclass
@@ -14,6 +17,9 @@ class ToolCall:
     name: str
     input: dict[str, Any]
     id: str | None = None
+    # Set when the model's call could not be read (invalid JSON, not an object, cut off): the loop answers
+    # it with this error instead of running it, so the model can fix the call on its next turn.
+    problem: str | None = None
 
 
 @dataclass
@@ -63,8 +69,47 @@ class TurnContext:
 
 
 class Agent(Protocol):
+    """What the loop drives. Optional extras an agent may have (the loop looks for them with getattr):
+
+    - `on_text: Callable[[str], None] | None`, an attribute the loop sets: called with each piece of the
+      reply's text as it streams in, so a UI can show the agent's words as they come;
+    - `probe() -> dict | None`: a cheap request that raises AgentUnavailable while the API is still down,
+      and returns the usage it cost (or None) once it answers; the loop uses it to end an outage pause.
+    """
+
     name: str
 
     def turn(self, ctx: TurnContext) -> AgentTurn: ...
 
     def close(self) -> None: ...
+
+
+TextListener = Callable[[str], None]
+
+
+# ---- what can go wrong with a model API --------------------------------------------------------------
+class AgentError(RuntimeError):
+    """An agent could not produce a turn. The subclasses say what the loop should do about it."""
+
+
+class AgentUnavailable(AgentError):
+    """The API did not answer usefully even after the SDK's own retries: rate limited, overloaded, a server
+    error, a timeout or a dropped connection. The loop waits and tries again, and pauses after an outage."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class AgentRequestError(AgentError):
+    """The API refused this request for a reason retrying will not fix (too long, quota exhausted, bad
+    parameter). The loop pauses and says why; the person fixes it and resumes."""
+
+
+class AgentAuthError(UserError, AgentError):
+    """The API key is missing or was rejected. The run stops; the message names the variable to set."""
+
+
+class AgentConfigError(UserError, AgentError):
+    """The agent's settings are wrong (unknown model, wrong base URL). The run stops; the message says how."""

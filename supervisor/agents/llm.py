@@ -1,0 +1,517 @@
+"""The agent-side loop shared by every language-model provider.
+
+Each turn is built fresh from the durable state in the TurnContext, never from an ever-growing chat, so a
+night of a hundred trials costs about as much per turn as the first hour, and a restarted supervisor
+loses nothing. A turn's prompt has four parts, ordered so the provider's prompt cache sees a stable prefix:
+
+1. the system prompt and the tool schemas (never change), then program.md (changes when the person edits
+   it): the cached prefix;
+2. the training script as it is now (changes only when an edit is made or kept);
+3. the previous reply with the results of its tool calls (one turn back only; that is how the model sees
+   what its calls did), in the protocol's tool-call form where replaying it is safe (OpenAI), as text where
+   it is not (Anthropic, whose thinking blocks are bound to the exact conversation that produced them);
+4. the state of the run: a compact results table (every keep and the last trials), the last journal
+   entries, the latest reflection, the plan queue, the person's messages, and what must happen now.
+
+The provider adapters (anthropic_agent.py, openai_agent.py) only translate a `Prompt` into their wire
+format and a response back into a `ModelReply`. Everything else lives here: reading tool calls, turning
+unreadable ones into errors the model can fix, counting tokens and dollars, and sorting API failures
+into the typed errors of supervisor.agents.base.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from supervisor.agents.base import (
+    AgentAuthError,
+    AgentConfigError,
+    AgentError,
+    AgentRequestError,
+    AgentTurn,
+    AgentUnavailable,
+    TextListener,
+    ToolCall,
+    ToolOutcome,
+    TurnContext,
+)
+from supervisor.agents.pricing import Price
+
+SYSTEM_PROMPT = """\
+You are the research agent of an autoresearch run. You lower val_bpb (bits per byte on held-out text; lower \
+is better) of a small GPT trained for a fixed wall-clock budget, by editing one file: the training script. \
+A supervisor runs every trial, keeps or reverts your change by its own noise-aware policy, and keeps the \
+lab journal that the person who owns this machine reads in the morning.
+
+How your turns work:
+- You have no memory between turns except what is shown to you. Every turn is rebuilt from the run's \
+durable record: the research program, the training script as it is now, a compact results table, your \
+latest journal entries, the latest reflection, the plan queue, messages from the person, and your previous \
+reply with the results of its tool calls. Write down what you want to remember: in journal entries, \
+reflections and the plan queue.
+- Act only through the tools. One reply may call several tools; they run in the order given, and when \
+one fails or is refused, the ones after it in that reply are not run.
+- A cycle: optionally read a file, edit the training script with edit_file, run_trial with a one-line \
+description (edit and run may go in the same reply), then write_journal for that trial. After a trial the \
+supervisor accepts nothing but write_journal; when a reflection is due, nothing but write_reflection.
+- edit_file is an exact search-and-replace: copy the search text character for character from the \
+training script shown to you, with enough lines to be unique.
+- One idea per trial, so each result means something. On a fixed budget, speed is quality: watch tokens/s \
+and MFU, not only val_bpb. A gain smaller than the noise floor is probably luck.
+- Messages from the person take precedence over your own plan.
+- Tool errors and refusals come back as text that says how to fix the call: read them and fix it.
+- Keep the text of a reply short (what you do and why, in a sentence or two); reasoning that matters \
+belongs in the journal.
+"""
+
+PROGRAM_INTRO = "# The research program (program.md, written by the person; re-read at every turn)\n\n"
+PREVIOUS_NOTE = ("Your previous reply follows, with the results of its tool calls; after them comes the "
+                 "current state of the run.")
+MAX_RESULT_CHARS = 6000
+RESULT_ROWS_RECENT = 15
+FIELD_CHARS = 400
+REFLECTION_FIELD_CHARS = 1200
+PLANS_SHOWN = 5
+CRASH_TAIL_CHARS = 1500
+PLACEHOLDER_KEY = "not-needed"  # what the SDKs get for a local server that wants no key; never a secret
+
+
+# ---- the provider-neutral request and reply ------------------------------------------------------------
+@dataclass
+class PriorTurn:
+    """The previous reply and what each of its calls got: replayed as tool calls, or shown as text."""
+
+    text: str
+    calls: list[ToolCall]
+    results: list[ToolOutcome]
+
+
+@dataclass
+class Prompt:
+    system: str
+    program: str
+    tools: list[dict[str, Any]]
+    code: str
+    state: str
+    previous: PriorTurn | None = None
+
+    @property
+    def program_block(self) -> str:
+        return PROGRAM_INTRO + (self.program.strip() or "(program.md is empty)")
+
+    def sections(self) -> dict[str, str]:
+        """The prompt's text by part, for measuring its size."""
+        previous = ""
+        if self.previous:
+            previous = self.previous.text + "".join(
+                json.dumps(c.input) + r.content for c, r in zip(self.previous.calls, self.previous.results,
+                                                                strict=False))
+        return {
+            "system": self.system,
+            "tools": json.dumps(self.tools),
+            "program": self.program_block,
+            "code": self.code,
+            "previous": previous,
+            "state": self.state,
+        }
+
+
+@dataclass
+class ModelCall:
+    """One tool call as the model sent it. `arguments` is None when they could not be read."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] | None
+    raw: str = ""
+    problem: str | None = None
+
+
+@dataclass
+class ModelReply:
+    text: str
+    calls: list[ModelCall]
+    stop_reason: str | None  # end_turn | tool_use | max_tokens | another provider reason
+    usage: dict[str, Any] = field(default_factory=dict)  # normalised token counts (see pricing.py)
+    model: str | None = None
+
+
+class ProviderAdapter(Protocol):
+    """Translates a Prompt to one provider's wire format and its response back. Nothing else."""
+
+    provider: str        # "anthropic" | "openai": the --agent name
+    label: str           # how messages name it: "Anthropic", "OpenAI", "the OpenAI-compatible server at URL"
+    model: str
+
+    def complete(self, prompt: Prompt, on_text: TextListener | None) -> ModelReply: ...
+
+    def probe(self) -> dict[str, Any] | None: ...
+
+    def close(self) -> None: ...
+
+
+# ---- reading tool calls --------------------------------------------------------------------------------
+def read_arguments(raw: Any, *, cut_off: bool = False, max_tokens: int | None = None
+                   ) -> tuple[dict[str, Any] | None, str | None]:
+    """A tool call's arguments as a dict, or None and a problem the model can act on."""
+    if isinstance(raw, dict):
+        return raw, None
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}, None
+    if not isinstance(raw, str):
+        return None, f"the arguments must be a JSON object, got {type(raw).__name__}"
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        if cut_off:
+            return None, (f"your reply was cut off at the output limit ({max_tokens} tokens) in the middle of "
+                          "this call, so its arguments are incomplete JSON. Make the call shorter (a smaller "
+                          "search text, one call per reply) and send it again.")
+        snippet = raw if len(raw) <= 160 else raw[:160] + "..."
+        return None, (f"the arguments are not valid JSON ({exc.msg} at character {exc.pos}): {snippet!r}. "
+                      "Send them again as one JSON object.")
+    if not isinstance(value, dict):
+        return None, f"the arguments must be a JSON object with named fields, got a JSON {type(value).__name__}"
+    return value, None
+
+
+# ---- building a turn -----------------------------------------------------------------------------------
+def build_prompt(ctx: TurnContext, previous: PriorTurn | None = None) -> Prompt:
+    """A turn's whole prompt, from durable state only (and the previous reply, when it is known)."""
+    return Prompt(
+        system=SYSTEM_PROMPT,
+        program=ctx.program,
+        tools=ctx.tools,
+        code=render_code(ctx),
+        state=render_state(ctx, previous),
+        previous=previous,
+    )
+
+
+def render_code(ctx: TurnContext) -> str:
+    return (f"The training script `{ctx.editable}` as it is now (the only file you may edit; copy edit_file's "
+            f"search text from here exactly):\n\n```python\n{ctx.train_py.rstrip()}\n```")
+
+
+def tool_result_text(call: ToolCall, outcome: ToolOutcome, editable: str) -> str:
+    """What the model sees of one result: long results are cut, and a whole-script read is not repeated."""
+    content = outcome.content
+    if call.name == "read_file" and outcome.ok and _is_editable(call.input.get("path"), editable) \
+            and call.input.get("start_line") is None and call.input.get("end_line") is None:
+        return f"(the whole of {editable} is shown above as it is now)"
+    if len(content) > MAX_RESULT_CHARS:
+        left = len(content) - MAX_RESULT_CHARS
+        content = content[:MAX_RESULT_CHARS] + f"\n... [{left} more characters not shown; read a line range]"
+    return content
+
+
+def _is_editable(path: Any, editable: str) -> bool:
+    if not isinstance(path, str):
+        return False
+    p = path.strip().removeprefix("./")
+    return p == editable or p == editable.rsplit("/", 1)[-1]
+
+
+def render_state(ctx: TurnContext, previous: PriorTurn | None = None) -> str:
+    parts = [_run_header(ctx)]
+    if ctx.steering:
+        parts.append("## Messages from the person (they take precedence over your plan)\n"
+                     + "\n".join(f"- {m}" for m in ctx.steering))
+    parts.append(compact_results(ctx.results))
+    if ctx.recent_journal:
+        parts.append(_journal(ctx.recent_journal))
+    if ctx.latest_reflection:
+        parts.append(_reflection(ctx.latest_reflection))
+    parts.append(_plans(ctx.plans))
+    if ctx.last_outcomes and previous is None:
+        parts.append(_outcomes(ctx.last_outcomes))
+    parts.append(_task(ctx, previous))
+    return "\n\n".join(p for p in parts if p)
+
+
+def _fmt(value: float | None, digits: int = 6) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _cut(text: Any, limit: int) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _run_header(ctx: TurnContext) -> str:
+    done = f"{ctx.trials_done} trials done" + (f" of {ctx.max_trials}" if ctx.max_trials else "")
+    floor = (f"noise floor {ctx.noise_floor:.6f} (a smaller gain is probably luck)" if ctx.noise_floor is not None
+             else "noise floor not measured yet")
+    lines = [f"## The run\n{done}; {ctx.budget_s:g} s of training per trial; keep policy {ctx.policy}; {floor}"
+             + (f"; data profile {ctx.profile}" if ctx.profile else "") + "."]
+    if ctx.best:
+        b = ctx.best
+        lines.append(f"Best so far: trial {b['id']}, val_bpb {_fmt(b.get('val_bpb'))}: {_cut(b.get('description'), 120)}")
+    return "\n".join(lines)
+
+
+def compact_results(results: list[dict[str, Any]], recent: int = RESULT_ROWS_RECENT) -> str:
+    """Every keep (the lineage of the current script) and the last `recent` trials, one line each."""
+    if not results:
+        return "## Results\n(no finished trials yet)"
+    shown = [r for i, r in enumerate(results) if r["status"] == "keep" or i >= len(results) - recent]
+    counts = {s: sum(r["status"] == s for r in results) for s in ("keep", "discard", "crash")}
+    flagged = sum(bool(r.get("flagged")) for r in results)
+    head = (f"## Results ({len(results)} trials: {counts['keep']} keep, {counts['discard']} discard, "
+            f"{counts['crash']} crash, {flagged} flagged under the noise floor"
+            + (f"; shown: every keep and the last {recent}" if len(shown) < len(results) else "") + ")")
+    lines = [head, "id   status  val_bpb   delta     tok/s    MFU%  category        description"]
+    for r in shown:
+        status = r["status"] + ("*" if r.get("flagged") else "")
+        delta = f"{r['delta']:+.5f}" if r.get("delta") is not None else ""
+        tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") is not None else ""
+        mfu = f"{r['mfu_percent']:.1f}" if r.get("mfu_percent") is not None else ""
+        desc = _cut(r.get("description"), 90)
+        if r["status"] == "crash" and r.get("crash_reason"):
+            desc += f" [crash: {_cut(r['crash_reason'], 70)}]"
+        lines.append(f"{r['id']:<4} {status:<7} {_fmt(r.get('val_bpb')):<9} {delta:<9} {tps:<8} {mfu:<5} "
+                     f"{(r.get('category') or ''):<15} {desc}")
+    if flagged:
+        lines.append("(* flagged: kept, but the gain is under the noise floor)")
+    return "\n".join(lines)
+
+
+def _journal(entries: list[dict[str, Any]]) -> str:
+    out = [f"## Your last {len(entries)} journal entries"]
+    for e in entries:
+        out.append(f"Trial {e['trial_id']}:\n"
+                   f"  hypothesis: {_cut(e.get('hypothesis'), FIELD_CHARS)}\n"
+                   f"  change: {_cut(e.get('change'), FIELD_CHARS)}\n"
+                   f"  result: {_cut(e.get('result'), FIELD_CHARS)}\n"
+                   f"  interpretation: {_cut(e.get('interpretation'), FIELD_CHARS)}\n"
+                   f"  next step: {_cut(e.get('next_step'), FIELD_CHARS)}")
+    return "\n".join(out)
+
+
+def _reflection(r: dict[str, Any]) -> str:
+    triggers = "; ".join(r.get("triggers") or [])
+    return (f"## The latest reflection (after trial {r.get('after_trial')}"
+            + (f"; {triggers}" if triggers else "") + ")\n"
+            f"load-bearing: {_cut(r.get('load_bearing'), REFLECTION_FIELD_CHARS)}\n"
+            f"dead ends: {_cut(r.get('dead_ends'), REFLECTION_FIELD_CHARS)}\n"
+            f"re-test: {_cut(r.get('retest'), REFLECTION_FIELD_CHARS)}\n"
+            f"plan: {_cut(r.get('plan'), REFLECTION_FIELD_CHARS)}")
+
+
+def _plans(plans: list[dict[str, Any]]) -> str:
+    open_ = [p for p in plans if p["status"] == "open"]
+    tried = [p for p in plans if p["status"] == "tried"][-PLANS_SHOWN:]
+    dropped = [p for p in plans if p["status"] == "dropped"][-PLANS_SHOWN:]
+    lines = ["## Plan queue"]
+    if not plans:
+        lines.append("(empty: add ideas with plan_add, especially ambitious ones, so they are not forgotten)")
+    for p in open_:
+        why = f" (why: {_cut(p.get('rationale'), 200)})" if p.get("rationale") else ""
+        lines.append(f"open #{p['id']}: {_cut(p['idea'], 200)}{why}")
+    for p in tried:
+        lines.append(f"tried #{p['id']}: {_cut(p['idea'], 120)}" + (f" (trial {p['trial_id']})" if p.get("trial_id")
+                                                                    else ""))
+    for p in dropped:
+        lines.append(f"dropped #{p['id']}: {_cut(p['idea'], 120)}; because {_cut(p.get('reason'), 200)}")
+    return "\n".join(lines)
+
+
+def render_previous(prior: PriorTurn) -> str:
+    """The previous reply and what each of its calls returned, as text (for a protocol that cannot replay it)."""
+    lines = ["## Your previous reply", prior.text or "(no text)"]
+    if prior.calls:
+        lines.append("Its tool calls, in order, and what each returned:")
+    for i, (call, outcome) in enumerate(zip(prior.calls, prior.results, strict=False), start=1):
+        mark = "REFUSED" if outcome.refused else ("ok" if outcome.ok else "ERROR")
+        lines.append(f"{i}. {call.name} {_cut(json.dumps(call.input, ensure_ascii=False), 600)} -> {mark}:\n"
+                     f"{outcome.content}")
+    return "\n".join(lines)
+
+
+def _outcomes(outcomes: list[ToolOutcome]) -> str:
+    lines = ["## Results of your previous tool calls"]
+    for o in outcomes:
+        mark = "REFUSED" if o.refused else ("ok" if o.ok else "ERROR")
+        content = o.content if len(o.content) <= MAX_RESULT_CHARS else o.content[:MAX_RESULT_CHARS] + " ..."
+        lines.append(f"{o.tool} [{mark}]: {content}")
+    return "\n".join(lines)
+
+
+def _pending(t: dict[str, Any]) -> str:
+    parts = [f"Trial {t['id']} just finished: {str(t.get('status', '')).upper()}"
+             + (" (flagged: under the noise floor)" if t.get("flagged") else "")
+             + f". {t.get('description', '')}"]
+    if t.get("val_bpb") is not None:
+        vs = (f" vs parent {_fmt(t.get('parent_val_bpb'))} (delta {t['delta']:+.6f})"
+              if t.get("delta") is not None else "")
+        parts.append(f"val_bpb {_fmt(t['val_bpb'])}{vs}")
+    if t.get("decision"):
+        parts.append(f"decision: {t['decision']}")
+    numbers = []
+    for key, label, digits in (("num_steps", "steps", 0), ("tokens_per_s", "tokens/s", 0),
+                               ("mfu_percent", "MFU %", 1), ("peak_vram_mb", "peak VRAM MB", 0),
+                               ("training_seconds", "training s", 1)):
+        if t.get(key) is not None:
+            numbers.append(f"{label} {t[key]:.{digits}f}")
+    if numbers:
+        parts.append("; ".join(numbers))
+    if t.get("status") == "crash":
+        parts.append(f"crash: {t.get('crash_reason') or 'see the log'}\nlog tail:\n"
+                     f"{(t.get('log_tail') or '')[-CRASH_TAIL_CHARS:]}")
+    return "\n".join(parts)
+
+
+def _task(ctx: TurnContext, previous: PriorTurn | None) -> str:
+    lines = ["## What to do now"]
+    if previous is not None and not previous.calls:
+        lines.append("Your previous reply called no tool: act through the tools.")
+    if ctx.obligation == "journal":
+        if ctx.pending_trial:
+            lines.append(_pending(ctx.pending_trial))
+        lines.append(ctx.obligation_message)
+    elif ctx.obligation == "reflection":
+        lines.append(ctx.obligation_message)
+        lines.append("Step back from single trials: use the whole results table, the journal and the plan queue.")
+    elif not ctx.results:
+        lines.append("No trial has run yet. Run the unmodified training script first as the baseline "
+                     "(run_trial with a description such as 'baseline'), so later changes have a reference.")
+    else:
+        left = (f" {ctx.max_trials - ctx.trials_done} trials are left in this run." if ctx.max_trials else "")
+        lines.append("Propose the next experiment: one idea, edit the training script with edit_file, then "
+                     "run_trial with a one-line description (both may go in one reply). Put ideas you cannot "
+                     f"try now in the plan queue with plan_add.{left}")
+    refused = [o for o in ctx.last_outcomes if o.refused]
+    if refused:
+        lines.append(f"Your last refused call ({refused[-1].tool}) was told: {_cut(refused[-1].content, 500)}")
+    return "\n".join(lines)
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token for English and Python; the API reports the exact count."""
+    return (len(text) + 3) // 4
+
+
+# ---- failures of the API, sorted ------------------------------------------------------------------------
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Remove secrets (and any 8+ character stretch of one) from a message that may be written to disk."""
+    for secret in secrets:
+        if not secret or secret == PLACEHOLDER_KEY:
+            continue
+        text = text.replace(secret, "[redacted]")
+        if len(secret) >= 16:  # an error that echoes part of the key, e.g. "sk-abc...xyz"
+            for size in (12, 8):
+                for i in range(0, len(secret) - size + 1):
+                    piece = secret[i:i + size]
+                    if piece in text:
+                        text = text.replace(piece, "[redacted]")
+    return text
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The server's requested wait (retry-after-ms or retry-after seconds), if any."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / scale)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def status_error(label: str, key_variable: str, status: int, detail: str, *, retry_after: float | None = None,
+                 code: str | None = None) -> AgentError:
+    """The typed error for an HTTP status the SDK gave up on (after its own retries, for the retryable ones)."""
+    detail = _cut(detail, 300)
+    if status == 401:
+        return AgentAuthError(f"{label} rejected the API key (401: {detail}); set {key_variable} to a valid key "
+                              "and continue the run with --resume")
+    if status == 403:
+        return AgentAuthError(f"{label} refused access (403: {detail}); check that the key in {key_variable} "
+                              "may use this model, then continue with --resume")
+    if status == 404:
+        return AgentConfigError(f"{label} does not know this model or endpoint (404: {detail}); check --model "
+                                "and --base-url, then continue with --resume")
+    if code == "insufficient_quota":
+        return AgentRequestError(f"{label} says the account's quota is exhausted ({status}: {detail}); add "
+                                 "credit, then resume")
+    if status in (408, 409, 429) or status >= 500:
+        kind = {429: "rate limited", 529: "overloaded", 408: "request timeout", 409: "conflict"}.get(
+            status, "server error")
+        return AgentUnavailable(f"{label} {kind} ({status}: {detail})", retry_after=retry_after, status=status)
+    return AgentRequestError(f"{label} refused the request ({status}: {detail})")
+
+
+# ---- the agent -------------------------------------------------------------------------------------------
+class LLMAgent:
+    """An agent driven by a language model through a provider adapter."""
+
+    def __init__(self, adapter: ProviderAdapter, *, price: Price | None = None) -> None:
+        self.adapter = adapter
+        self.name = adapter.provider
+        self.price = price
+        self.on_text: TextListener | None = None
+        self._previous: tuple[str, list[ToolCall]] | None = None
+        self._turns = 0
+
+    @property
+    def model(self) -> str:
+        return self.adapter.model
+
+    @property
+    def prices_known(self) -> bool:
+        return self.price is not None
+
+    def turn(self, ctx: TurnContext) -> AgentTurn:
+        prompt = build_prompt(ctx, self._prior_turn(ctx))
+        started = time.monotonic()
+        reply = self.adapter.complete(prompt, self.on_text)
+        self._turns += 1
+        calls = [self._tool_call(c, i) for i, c in enumerate(reply.calls)]
+        usage = self.usage(reply.usage, model=reply.model, stop_reason=reply.stop_reason,
+                           seconds=time.monotonic() - started)
+        self._previous = (reply.text, calls)
+        return AgentTurn(text=reply.text.strip(), calls=calls, usage=usage)
+
+    def probe(self) -> dict[str, Any] | None:
+        usage = self.adapter.probe()
+        return self.usage(usage, probe=True) if usage else None
+
+    def close(self) -> None:
+        self.adapter.close()
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+    def usage(self, counts: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        usage = {"provider": self.adapter.provider, "model": extra.pop("model", None) or self.adapter.model,
+                 "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0, "cache_write_tokens": 0}
+        usage.update(counts)
+        usage["cost_usd"] = round(self.price.cost(usage), 6) if self.price else None
+        if "seconds" in extra:
+            extra["seconds"] = round(extra["seconds"], 3)
+        usage.update({k: v for k, v in extra.items() if v is not None})
+        return usage
+
+    def _tool_call(self, call: ModelCall, index: int) -> ToolCall:
+        call_id = call.id or f"call_{self._turns}_{index}"
+        return ToolCall(call.name, call.arguments if call.arguments is not None else {}, id=call_id,
+                        problem=call.problem)
+
+    def _prior_turn(self, ctx: TurnContext) -> PriorTurn | None:
+        """The previous reply paired with its results, when the loop ran exactly those calls."""
+        if self._previous is None:
+            return None
+        text, calls = self._previous
+        if [o.call_id for o in ctx.last_outcomes] != [c.id for c in calls]:
+            return None  # a restart or another agent in between: the state shows the results as text
+        if not text.strip() and not calls:
+            return None
+        results = [ToolOutcome(o.tool, o.ok, tool_result_text(c, o, ctx.editable), o.refused, o.call_id)
+                   for c, o in zip(calls, ctx.last_outcomes, strict=True)]
+        return PriorTurn(text.strip(), calls, results)
