@@ -1,0 +1,320 @@
+"""What the terminal UI costs: CPU while a trial streams metrics, and time to open `review` on a long night.
+
+    python benchmarks/ui_cost.py [--seconds 10] [--size 160x48] [--trials 1000] [--points 600] [--quick]
+
+Part 1, UI CPU. The real app (`autoresearch attach`) runs in a pseudo-terminal of the given size, as a person
+would run it, while another thread of this script plays the loop: it holds the run's lock and appends metric
+rows to the running trial's ledger once a second (the loop's flush interval), at a given number of training
+steps per second. The app's own CPU time (user + system, from /proc) over the window is reported as a share
+of one core. Rates: the real trainer's step rate on this machine (measured here by running
+trainer/train.py for 10 s on the CPU, unless --trainer-rate is given), 20 steps/s (a small model on a GPU)
+and 200 steps/s (a stress rate). Baselines measured in the same run: a bare Textual app (a Static and a
+Footer) in the same terminal, and our app on a run where nothing happens.
+
+Part 2, review. A synthetic night of --trials trials, each with a full metric curve of --points rows, a
+diff, a journal entry and turns, written through the Ledger API. Reported: opening the ledger and computing
+`run_status` (the data the screen needs; the baseline), the in-process time from creating the app to the
+experiments table holding every trial, a cold `autoresearch review` process until its first frame shows
+the run, and opening the journal browser and one trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pty
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from supervisor.ledger import Ledger  # noqa: E402
+from supervisor.lock import RunLock  # noqa: E402
+from supervisor.status import run_status  # noqa: E402
+from tests.tui_support import synthetic_ledger  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ANSI = re.compile(rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b[P\]X^_].*?(?:\x1b\\|\x07)|\x1b[@-_]", re.S)
+
+BARE_APP = """
+from textual.app import App
+from textual.widgets import Footer, Static
+class Bare(App):
+    BINDINGS = [("q", "quit", "Quit")]
+    def compose(self):
+        yield Static("a bare Textual app: the floor of any Textual UI")
+        yield Footer()
+Bare().run()
+"""
+
+
+# ---- a process in a pseudo-terminal ----------------------------------------------------------------------------
+class PtyProcess:
+    def __init__(self, cmd: list[str], cols: int, rows: int) -> None:
+        import fcntl
+        import termios
+
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor",
+               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+                                     start_new_session=True, cwd=ROOT)
+        os.close(slave)
+        self.master = master
+        self.output = bytearray()
+        self.lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self.lock:
+                self.output += data
+
+    def text(self) -> str:
+        with self.lock:
+            return ANSI.sub(b"", bytes(self.output)).decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> float:
+        """Seconds from the start until `pattern` (a regex over the text without escapes) was on screen."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            if regex.search(self.text()):
+                return time.perf_counter() - self.started
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited ({self.proc.returncode}):\n{self.text()[-2000:]}")
+            time.sleep(0.01)
+        raise TimeoutError(f"{pattern!r} never appeared")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        os.close(self.master)
+
+
+# ---- the loop's side: a run with a trial streaming metrics -----------------------------------------------------
+class StreamingTrial:
+    """Holds the run's lock and appends metric rows once a second, as the loop does for a running trial."""
+
+    def __init__(self, run_dir: Path, steps_per_s: float) -> None:
+        self.run_dir = run_dir
+        self.steps_per_s = steps_per_s
+        self.stop_event = threading.Event()
+        self.lock = RunLock(run_dir / "run.lock")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> StreamingTrial:
+        self.lock.acquire(self.run_dir.name)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join()
+        self.lock.release()
+
+    def _run(self) -> None:
+        ledger = Ledger(self.run_dir / "ledger.sqlite")
+        trial = ledger.running_trials()[-1]
+        seq = ledger.metric_count(trial.id)
+        step, elapsed, carry = seq, 0.0, 0.0
+        try:
+            while not self.stop_event.wait(1.0):
+                carry += self.steps_per_s
+                n, carry = int(carry), carry - int(carry)
+                rows = []
+                for _ in range(n):
+                    step += 1
+                    elapsed += 1.0 / max(self.steps_per_s, 1e-9)
+                    rows.append({"step": step, "elapsed": elapsed, "loss": 3.0 + 5.0 / (1 + step / 50), "lr": 0.02,
+                                 "tokens_per_s": 500_000.0, "mfu": 40.0, "vram_mb": 40_000.0})
+                ledger.add_metrics(trial.id, seq, rows)
+                seq += len(rows)
+        finally:
+            ledger.close()
+
+
+def measure_cpu(cmd: list[str], size: tuple[int, int], seconds: float, warmup: float,
+                ready_pattern: str, run: StreamingTrial | None = None) -> float:
+    """Share of one core used by the app over `seconds`, after it drew its first frame and `warmup` passed."""
+    app = PtyProcess(cmd, *size)
+    try:
+        app.wait_for(ready_pattern, timeout=120)
+        if run is not None:
+            run.__enter__()
+        try:
+            time.sleep(warmup)
+            before, start = app.cpu_seconds(), time.perf_counter()
+            time.sleep(seconds)
+            used, wall = app.cpu_seconds() - before, time.perf_counter() - start
+        finally:
+            if run is not None:
+                run.__exit__(None, None, None)
+        return 100.0 * used / wall
+    finally:
+        app.stop()
+
+
+def trainer_rate(cache: Path | None) -> float:
+    """Metric lines per second of the real trainer on this machine's CPU (10 s of training)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if cache is None:
+            cache = tmp / "cache"
+            subprocess.run([sys.executable, str(ROOT / "trainer/prepare.py"), "--source", "embedded", "--profile",
+                            "small", "--max-mb", "3", "--cache", str(cache)], check=True, capture_output=True)
+        metrics = tmp / "metrics.jsonl"
+        env = {**os.environ, "AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_TIME_BUDGET": "10",
+               "AUTORESEARCH_DEVICE": "cpu", "AUTORESEARCH_METRICS": str(metrics)}
+        subprocess.run([sys.executable, str(ROOT / "trainer/train.py")], env=env, check=True, capture_output=True)
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        return len(rows) / max(rows[-1]["elapsed"], 1e-9)
+
+
+# ---- part 2: review on a long night -------------------------------------------------------------------------------
+def review_timings(run_dir: Path, size: tuple[int, int]) -> dict[str, float]:
+    from supervisor.tui.app import SupervisorApp
+    from supervisor.tui.screens import JournalScreen, TrialScreen
+    from supervisor.tui.widgets import ExperimentsTable
+
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    ledger = Ledger(run_dir / "ledger.sqlite", readonly=True)
+    out["open ledger (integrity check)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    status = run_status(ledger, run_dir / "run.lock")
+    out["run_status (baseline: the data alone)"] = time.perf_counter() - start
+    n = len(status["trials"])
+
+    async def drive() -> None:
+        t0 = time.perf_counter()
+        app = SupervisorApp(ledger, run_dir, review=True)
+        async with app.run_test(size=size) as pilot:
+            while not (app.view.tag and app.screen.query(ExperimentsTable)
+                       and app.screen.query_one(ExperimentsTable).row_count == n):
+                await pilot.pause(0.01)
+            await pilot.pause()
+            out["review in-process: app created -> table holds every trial"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            await pilot.press("j")
+            while not (isinstance(app.screen, JournalScreen) and app.screen.items):
+                await pilot.pause(0.01)
+            await pilot.pause()
+            out["journal browser: key -> every entry listed"] = time.perf_counter() - t1
+            await pilot.press("escape")
+            await pilot.pause()
+            t2 = time.perf_counter()
+            app.open_trial(n // 2)
+            while not (isinstance(app.screen, TrialScreen) and app.screen.trial is not None):
+                await pilot.pause(0.01)
+            await pilot.pause()
+            out["trial screen: open -> diff, log, curve, journal shown"] = time.perf_counter() - t2
+
+    asyncio.run(drive())
+    ledger.close()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window per CPU row")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--size", default="160x48", help="terminal COLSxROWS (default 160x48)")
+    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--points", type=int, default=600, help="metric rows per trial (600: 300 s at 2 steps/s)")
+    parser.add_argument("--trainer-rate", type=float, help="steps/s of the real trainer (default: measure it)")
+    parser.add_argument("--cache", help="a prepared data cache for measuring the trainer's rate")
+    parser.add_argument("--quick", action="store_true", help="5 s windows, 200 trials: a smoke run")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.trials, args.warmup = 5.0, 200, 2.0
+    cols, rows = (int(x) for x in args.size.lower().split("x"))
+    size = (cols, rows)
+    results: dict[str, object] = {"size": args.size}
+    work = Path(tempfile.mkdtemp(prefix="ui-cost-"))
+    try:
+        rate = args.trainer_rate or trainer_rate(Path(args.cache) if args.cache else None)
+        results["trainer_steps_per_s"] = rate
+        journals = work / "journals"
+        live_dir = journals / "live"
+        synthetic_ledger(live_dir, trials=40, metric_points=args.points, running=True)
+        attach = [sys.executable, "-m", "supervisor.cli", "attach", "--tag", "live", "--journals", str(journals)]
+        bare = [sys.executable, "-c", BARE_APP]
+        cpu: list[tuple[str, float]] = []
+        cpu.append(("baseline: bare Textual app, idle", measure_cpu(bare, size, args.seconds, args.warmup, "bare")))
+        cpu.append(("our app, run not moving (no writes)",
+                    measure_cpu(attach, size, args.seconds, args.warmup, r"\d+/\d+ trials")))
+        for label, steps in ((f"streaming at the trainer's rate here ({rate:.1f} steps/s)", rate),
+                             ("streaming at 20 steps/s (small model on a GPU)", 20.0),
+                             ("streaming at 200 steps/s (stress)", 200.0)):
+            cpu.append((label, measure_cpu(attach, size, args.seconds, args.warmup, r"\d+/\d+ trials",
+                                           StreamingTrial(live_dir, steps))))
+        results["cpu_percent_of_one_core"] = dict(cpu)
+
+        big_dir = journals / "night"
+        t = time.perf_counter()
+        synthetic_ledger(big_dir, trials=args.trials, metric_points=args.points, running=False)
+        build = time.perf_counter() - t
+        ledger_mb = (big_dir / "ledger.sqlite").stat().st_size / 2**20
+        timings = review_timings(big_dir, size)
+        cold = PtyProcess([sys.executable, "-m", "supervisor.cli", "review", "--tag", "night", "--journals",
+                           str(journals)], *size)
+        try:
+            timings["review cold process: start -> first frame with the run"] = cold.wait_for(
+                rf"{args.trials}/\d+\s*trials", timeout=120)
+        finally:
+            cold.stop()
+        results["review"] = timings
+        results["ledger"] = {"trials": args.trials, "metric_rows": args.trials * args.points,
+                             "size_mb": round(ledger_mb, 1), "build_s": round(build, 1)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"UI CPU, terminal {args.size}, {args.seconds:g} s windows (share of one core; this machine has "
+          f"{os.cpu_count()} cores)\n")
+    print("| case | CPU % of one core |\n|---|---|")
+    for label, value in results["cpu_percent_of_one_core"].items():  # type: ignore[union-attr]
+        print(f"| {label} | {value:.1f} |")
+    led = results["ledger"]
+    print(f"\nreview on {led['trials']:,} trials, {led['metric_rows']:,} metric rows, ledger "  # type: ignore[index]
+          f"{led['size_mb']} MB (built in {led['build_s']} s)\n")  # type: ignore[index]
+    print("| step | seconds |\n|---|---|")
+    for label, value in results["review"].items():  # type: ignore[union-attr]
+        print(f"| {label} | {value:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""What the app shows, as plain objects, and how it gets them: no Textual in this module.
+
+`RunWatcher.poll()` reads a run's ledger incrementally (new turns, new metric rows, the run row) and
+recomputes the run's status (`supervisor.status.run_status`) only when something changed, so the app can
+poll every second without the cost growing with the length of the night. It returns a `RunView` snapshot
+and the names of the sections that changed, so the app redraws only those.
+
+`RunControl` sends the person's commands through the ledger's commands table, the path `autoresearch
+control` uses; the review mode has none, so it cannot send anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import UserError
+from supervisor.ledger import Ledger, Trial
+from supervisor.lock import RunLock
+from supervisor.status import run_status
+from supervisor.tui import format as fmt
+
+# Sections of a RunView; poll() says which changed.
+RUN = "run"                # state, detail, whether a supervisor is live
+STATUS = "status"          # trials, best, floor, flagged, counts, reflections, plans, steering
+TRIAL = "trial"            # the trial in focus (running, or the latest), with its diff
+METRICS = "metrics"        # the focus trial's metric rows
+REFERENCE = "reference"    # the curve the focus trial is compared with (its parent, the best keep)
+TRANSCRIPT = "transcript"  # new transcript items
+JOURNAL = "journal"        # the latest journal entry and reflection
+TELEMETRY = "telemetry"    # GPU or CPU/RAM reading
+
+LIVE_STATES = ("running", "trial", "paused", "noise", "ready")
+STATE_WORDS = {"running": "agent's turn", "trial": "training", "noise": "measuring the noise floor",
+               "ready": "starting"}
+TRANSCRIPT_LIMIT = 2000
+TELEMETRY_HISTORY = 120
+
+
+@dataclass(frozen=True)
+class TranscriptItem:
+    """One thing said or done in the run, as the transcript pane shows it."""
+
+    key: str            # unique: "turn:12", "steer:3", "steer:3:delivered"
+    time: float
+    kind: str           # agent | thinking | tool | refused | error | system | steering | delivered
+    title: str
+    body: str = ""
+    tool: str | None = None
+    input: Any = None
+
+
+def _tool_failed(text: str) -> bool:
+    head = text.lstrip()[:40].lower()
+    return head.startswith(("error", "refused"))
+
+
+def transcript_items_from_turn(turn: dict[str, Any]) -> list[TranscriptItem]:
+    role = turn["role"]
+    key = f"turn:{turn['id']}"
+    text = turn.get("text") or ""
+    if role == "tool":
+        kind = "refused" if turn.get("refused") else ("error" if _tool_failed(text) else "tool")
+        return [TranscriptItem(key, turn["created"], kind, turn.get("tool") or "tool", text, turn.get("tool"),
+                               turn.get("input"))]
+    if role == "agent":
+        if not text.strip():
+            return []
+        return [TranscriptItem(key, turn["created"], "agent", "agent", text)]
+    if role == "system":
+        return [TranscriptItem(key, turn["created"], "system", "supervisor", text)]
+    # Roles an agent adapter may add (e.g. "thinking"): shown as what they are, never dropped.
+    kind = "thinking" if "think" in role else "agent"
+    return [TranscriptItem(key, turn["created"], kind, role, text)] if text.strip() else []
+
+
+def tool_input_summary(tool: str | None, data: Any, limit: int = 160) -> str:
+    """One line saying what a tool call asked for (the full input is in the trial screen and transcript)."""
+    if not isinstance(data, dict):
+        return "" if data is None else fmt.one_line(json.dumps(data), limit)
+    if tool == "run_trial" and "description" in data:
+        return fmt.one_line(data["description"], limit)
+    if tool in ("edit_file", "read_file") and "path" in data:
+        return str(data["path"])
+    if tool == "write_journal" and "hypothesis" in data:
+        return fmt.one_line(data["hypothesis"], limit)
+    if tool == "write_reflection" and "load_bearing" in data:
+        return fmt.one_line(data["load_bearing"], limit)
+    parts = [f"{k}={fmt.one_line(json.dumps(v) if not isinstance(v, str) else v, 40)}" for k, v in data.items()]
+    return fmt.one_line(", ".join(parts), limit)
+
+
+def cost_text(status: dict[str, Any], turns_usage: dict[str, int]) -> str | None:
+    """The agent's spend and tokens, as the status reports them (LLM agents); None when there is none."""
+    cost = status.get("cost")
+    if isinstance(cost, dict):
+        if not cost.get("turns"):
+            return None  # no model has been called (the offline agent): nothing to show
+        tokens = f"{fmt.rate(cost.get('tokens_in') or 0)} in / {fmt.rate(cost.get('tokens_out') or 0)} out tokens"
+        usd = cost.get("cost_usd")
+        if usd is None and not cost.get("priced_cost_usd"):
+            return tokens  # the model's price is unknown
+        text = f"${usd:.2f}" if usd is not None else f"≥ ${cost['priced_cost_usd']:.2f} (some turns unpriced)"
+        if cost.get("max_cost"):
+            text += f" of ${float(cost['max_cost']):.2f}"
+        return f"{text} · {tokens}"
+    text = fmt.money(cost) or fmt.money(status.get("cost_usd"))
+    if text:
+        return text
+    tokens_in, tokens_out = turns_usage.get("in", 0), turns_usage.get("out", 0)
+    if tokens_in or tokens_out:
+        return f"{fmt.rate(tokens_in)} in / {fmt.rate(tokens_out)} out tokens"
+    return None
+
+
+def _usage_tokens(usage: Any) -> tuple[int, int]:
+    if not isinstance(usage, dict):
+        return 0, 0
+    tokens_in = usage.get("input_tokens", usage.get("prompt_tokens", 0))
+    tokens_out = usage.get("output_tokens", usage.get("completion_tokens", 0))
+    try:
+        return int(tokens_in or 0), int(tokens_out or 0)
+    except (TypeError, ValueError):
+        return 0, 0
+
+
+@dataclass(frozen=True)
+class BudgetProgress:
+    phase: str              # starting | training | evaluating
+    elapsed_s: float        # training seconds reported by the trainer
+    budget_s: float
+    wall_s: float           # since the trial started, start-up and evaluation included
+
+    @property
+    def fraction(self) -> float:
+        return max(0.0, min(1.0, self.elapsed_s / self.budget_s)) if self.budget_s else 0.0
+
+
+@dataclass
+class RunView:
+    """Everything the screens show, as of one poll. Plain data; the app never mutates it."""
+
+    tag: str = ""
+    run_dir: Path = Path(".")
+    state: str = "new"
+    detail: str = ""
+    live: bool = False                      # a supervisor process holds the run's lock now
+    supervisor: str | None = None           # who holds it
+    status: dict[str, Any] = field(default_factory=dict)
+    focus: Trial | None = None              # the running trial, else the latest one
+    focus_metrics: list[dict[str, Any]] = field(default_factory=list)
+    reference: Trial | None = None          # the focus trial's parent (the best keep it was built on)
+    reference_metrics: list[dict[str, Any]] = field(default_factory=list)
+    transcript: list[TranscriptItem] = field(default_factory=list)
+    new_transcript: list[TranscriptItem] = field(default_factory=list)  # items added by the last poll
+    latest_journal: dict[str, Any] | None = None
+    latest_journal_trial: Trial | None = None
+    latest_reflection: dict[str, Any] | None = None
+    telemetry: dict[str, Any] | None = None
+    telemetry_history: list[float] = field(default_factory=list)  # GPU (or CPU) utilisation, oldest first
+    cost: str | None = None
+    polled_at: float = 0.0
+    error: str | None = None
+
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        return self.status.get("trials", [])
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.status.get("best")
+
+    @property
+    def noise_floor(self) -> float | None:
+        return self.status.get("noise_floor")
+
+    @property
+    def running(self) -> bool:
+        return self.focus is not None and self.focus.status == "running"
+
+    @property
+    def state_label(self) -> str:
+        """The run's state in words a person reads at a glance."""
+        if self.state in LIVE_STATES and not self.live:
+            return "interrupted"
+        return STATE_WORDS.get(self.state, self.state)
+
+    def budget_progress(self, now: float | None = None) -> BudgetProgress | None:
+        trial = self.focus
+        if trial is None or trial.status != "running" or not trial.budget_s:
+            return None
+        now = time.time() if now is None else now
+        wall = max(0.0, now - (trial.started or now))
+        if not self.focus_metrics:
+            return BudgetProgress("starting", 0.0, trial.budget_s, wall)
+        elapsed = float(self.focus_metrics[-1].get("elapsed") or 0.0)
+        phase = "evaluating" if elapsed >= trial.budget_s - 0.5 else "training"
+        return BudgetProgress(phase, elapsed, trial.budget_s, wall)
+
+    def latest_metric(self) -> dict[str, Any] | None:
+        return self.focus_metrics[-1] if self.focus_metrics else None
+
+    def peak_vram_mb(self) -> float | None:
+        values = [m["vram_mb"] for m in self.focus_metrics if m.get("vram_mb") is not None]
+        if values:
+            return max(values)
+        return self.focus.peak_vram_mb if self.focus else None
+
+
+class RunWatcher:
+    """Reads one run's ledger incrementally. Use from one thread at a time (the app's poll worker)."""
+
+    def __init__(self, ledger: Ledger, run_dir: Path, *,
+                 telemetry: Callable[[], dict[str, Any]] | None = None, telemetry_every_s: float = 2.0,
+                 status_every_s: float = 15.0, transcript_limit: int = TRANSCRIPT_LIMIT) -> None:
+        self.ledger = ledger
+        self.run_dir = Path(run_dir)
+        self.lock_path = self.run_dir / "run.lock"
+        self.telemetry = telemetry
+        self.telemetry_every_s = telemetry_every_s
+        self.status_every_s = status_every_s
+        self.transcript_limit = transcript_limit
+        self.view = RunView(run_dir=self.run_dir)
+        self._run_updated: float | None = None
+        self._last_turn = 0
+        self._status_at = 0.0
+        self._telemetry_at = 0.0
+        self._metric_seq = -1
+        self._steering_seen: dict[int, bool] = {}   # steering id -> delivered
+        self._usage = {"in": 0, "out": 0}
+        self._force_status = True
+        self._steering_state: list[tuple[int, bool]] = []
+
+    def invalidate(self) -> None:
+        """Re-read the status on the next poll (after this app sent a command or a steering message)."""
+        self._force_status = True
+
+    def poll(self) -> tuple[RunView, frozenset[str]]:
+        changed: set[str] = set()
+        view = replace(self.view, new_transcript=[])
+        now = time.monotonic()
+
+        run = self.ledger.run_row()
+        holder = RunLock.holder(self.lock_path)
+        live = holder is not None
+        if (run["state"], run["state_detail"], live) != (view.state, view.detail, view.live) or not view.tag:
+            changed.add(RUN)
+        view.tag, view.state, view.detail, view.live, view.supervisor = (
+            run["tag"], run["state"], run["state_detail"], live, holder)
+
+        new_items: list[TranscriptItem] = []
+        turns = self.ledger.turns(after_id=self._last_turn)
+        for turn in turns:
+            new_items.extend(transcript_items_from_turn(turn))
+            tokens_in, tokens_out = _usage_tokens(turn.get("usage"))
+            self._usage["in"] += tokens_in
+            self._usage["out"] += tokens_out
+        if turns:
+            self._last_turn = turns[-1]["id"]
+
+        # Steering can arrive from another process (`control`, the loop taking this app's command) with no
+        # turn and no state change; the table is tiny, so it is compared on every poll.
+        steering = [(s["id"], s["delivered"] is not None) for s in self.ledger.steering()]
+        if (self._force_status or turns or run["updated"] != self._run_updated or RUN in changed
+                or steering != self._steering_state or now - self._status_at >= self.status_every_s):
+            self._steering_state = steering
+            self._force_status = False
+            self._run_updated = run["updated"]
+            self._status_at = now
+            status = run_status(self.ledger, self.lock_path)
+            if status != view.status:
+                changed.add(STATUS)
+                view.status = status
+                new_items.extend(self._steering_items(status.get("steering", [])))
+                self._refresh_journal(view, changed)
+            cost = cost_text(status, self._usage)
+            if cost != view.cost:
+                view.cost = cost
+                changed.add(STATUS)
+
+        if new_items:
+            new_items.sort(key=lambda item: item.time)
+            view.transcript = (view.transcript + new_items)[-self.transcript_limit:]
+            view.new_transcript = new_items
+            changed.add(TRANSCRIPT)
+
+        self._refresh_focus(view, changed)
+
+        if self.telemetry is not None and now - self._telemetry_at >= self.telemetry_every_s:
+            self._telemetry_at = now
+            sample = self.telemetry()
+            view.telemetry = sample
+            util = sample.get("gpu_util_percent") if sample.get("kind") == "gpu" else sample.get("cpu_percent")
+            if util is not None:
+                view.telemetry_history = (view.telemetry_history + [float(util)])[-TELEMETRY_HISTORY:]
+            changed.add(TELEMETRY)
+
+        view.polled_at = time.time()
+        self.view = view
+        return copy.copy(view), frozenset(changed)
+
+    # ---- parts of a poll ------------------------------------------------------------------------------
+    def _steering_items(self, steering: list[dict[str, Any]]) -> list[TranscriptItem]:
+        items = []
+        for s in steering:
+            delivered = s.get("delivered") is not None
+            seen = self._steering_seen.get(s["id"])
+            if seen is None:
+                items.append(TranscriptItem(f"steer:{s['id']}", s["created"], "steering", "you", s["message"]))
+            if delivered and not seen:
+                items.append(TranscriptItem(
+                    f"steer:{s['id']}:delivered", s["delivered"], "delivered", "delivered",
+                    f"steering message {s['id']} was given to the agent at turn {s.get('delivered_turn')}"))
+            self._steering_seen[s["id"]] = delivered
+        return items
+
+    def _refresh_journal(self, view: RunView, changed: set[str]) -> None:
+        journaled = [t["id"] for t in view.trials if t.get("journal")]
+        latest_id = journaled[-1] if journaled else None
+        current = view.latest_journal["trial_id"] if view.latest_journal else None
+        reflections = view.status.get("reflections") or []
+        reflection = reflections[-1] if reflections else None
+        if latest_id != current:
+            view.latest_journal = self.ledger.journal_for(latest_id) if latest_id is not None else None
+            view.latest_journal_trial = self.ledger.trial(latest_id) if latest_id is not None else None
+            changed.add(JOURNAL)
+        if (reflection or {}).get("id") != (view.latest_reflection or {}).get("id"):
+            view.latest_reflection = reflection
+            changed.add(JOURNAL)
+
+    def _refresh_focus(self, view: RunView, changed: set[str]) -> None:
+        trials = view.trials
+        running = [t for t in trials if t["status"] == "running"]
+        target = running[-1] if running else (trials[-1] if trials else None)
+        target_id = target["id"] if target else None
+        focus = view.focus
+        if target_id is None:
+            if focus is not None:
+                view.focus, view.focus_metrics, view.reference, view.reference_metrics = None, [], None, []
+                changed.update((TRIAL, METRICS, REFERENCE))
+            return
+        if focus is None or focus.id != target_id:
+            view.focus = self.ledger.trial(target_id)
+            view.focus_metrics = []
+            self._metric_seq = -1
+            changed.update((TRIAL, METRICS))
+        elif focus.status != target["status"]:
+            view.focus = self.ledger.trial(target_id)  # finished: its numbers and decision are in
+            changed.add(TRIAL)
+        if view.focus is None:
+            return
+        if view.focus.status == "running" or TRIAL in changed:
+            rows = self.ledger.metrics(view.focus.id, after_seq=self._metric_seq)
+            if rows:
+                self._metric_seq = rows[-1]["seq"]
+                view.focus_metrics = view.focus_metrics + rows
+                changed.add(METRICS)
+        parent_id = view.focus.parent_trial
+        if (view.reference.id if view.reference else None) != parent_id:
+            view.reference = self.ledger.trial(parent_id) if parent_id is not None else None
+            view.reference_metrics = self.ledger.metrics(parent_id) if parent_id is not None else []
+            changed.add(REFERENCE)
+
+
+class ControlError(UserError):
+    """A command the run cannot take now; the message says why."""
+
+
+class RunControl:
+    """Sends the person's commands to the loop through the ledger, like `autoresearch control`."""
+
+    def __init__(self, ledger: Ledger, run_dir: Path) -> None:
+        self.ledger = ledger
+        self.lock_path = Path(run_dir) / "run.lock"
+
+    def is_live(self) -> bool:
+        return RunLock.holder(self.lock_path) is not None
+
+    def send(self, command: str, arg: str = "") -> str:
+        """Send one command; returns what to tell the person. Raises ControlError when it cannot be sent."""
+        from supervisor.loop import COMMANDS
+
+        if command not in COMMANDS:
+            raise ControlError(f"unknown command {command!r}: use one of {', '.join(COMMANDS)}")
+        arg = arg.strip()
+        if command == "steer" and not arg:
+            raise ControlError("a steering message needs some text")
+        if not self.is_live():
+            if command == "steer":
+                # Nobody runs the loop: store it; the next --resume delivers it at the first turn.
+                self.ledger.add_steering(arg)
+                return "no supervisor is running this run: the message is stored and delivered on --resume"
+            # A stale pause or stop would fire the moment the run is resumed; refuse instead.
+            raise ControlError(f"no supervisor is running this run, so there is nothing to {command}")
+        self.ledger.send_command(command, arg)
+        return {
+            "pause": "pause sent: the loop pauses at its next safe point (after the current trial)",
+            "resume": "resume sent",
+            "stop-trial": "stop-trial sent: the current trial is stopped, recorded as aborted and reverted",
+            "steer": "steering message sent: the agent gets it at its next turn",
+            "stop": "stop sent: the run stops (the current trial is recorded as aborted)",
+        }[command]
