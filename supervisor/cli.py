@@ -288,9 +288,14 @@ def cmd_control(args: argparse.Namespace) -> int:
     message = " ".join(args.message).strip()
     if args.command == "steer" and not message:
         raise CliError("steer needs a message, e.g. autoresearch control --tag T steer \"try shorter windows\"")
+    live = RunLock.holder(paths.lock)
+    if not live and args.command != "steer":
+        # A pause or stop kept for later would fire on the next --resume and end it at once.
+        raise CliError(f"no supervisor is running {args.tag!r}: there is nothing to {args.command}. "
+                       f"Continue the run with `autoresearch run --resume --tag {args.tag}`.")
     ledger = Ledger(paths.ledger)
     try:
-        if args.command == "steer" and not RunLock.holder(paths.lock):
+        if not live:
             # Nobody is running the loop: store the message; the next --resume delivers it.
             ledger.add_steering(message)
             print("no supervisor is running this run; the message is stored and delivered on --resume")
@@ -298,10 +303,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         ledger.send_command(args.command, message)
     finally:
         ledger.close()
-    if not RunLock.holder(paths.lock):
-        print(f"note: no supervisor is running {args.tag!r}; the command waits for the next --resume")
-    else:
-        print(f"sent {args.command} to {args.tag}")
+    print(f"sent {args.command} to {args.tag}")
     return 0
 
 

@@ -212,6 +212,10 @@ class Supervisor:
         if abs(old_budget - self.config.budget_s) > 1e-9 and self.ledger.finished_trials():
             self.ledger.add_trigger("budget change", f"the budget changed from {old_budget:g}s to "
                                                      f"{self.config.budget_s:g}s; results compare only within one budget")
+        stale = self.ledger.take_commands()  # addressed to a supervisor that is gone; steering is kept apart
+        if stale:
+            self.bus.emit(ev.NOTICE, level="info", message=f"ignored {len(stale)} control command(s) sent while "
+                                                            "no supervisor was running")
         self.ledger.set_state("ready", "resumed", pid=os.getpid())
         self.bus.emit(ev.NOTICE, level="info", message=f"resumed run {self.config.tag}")
 

@@ -186,3 +186,5 @@ def test_control_when_nothing_runs_stores_steering(tmp_path):
     assert stored.returncode == 0 and "delivered on --resume" in stored.stdout
     empty = cli("control", "--tag", "m", "steer", *common)
     assert empty.returncode == 1 and "needs a message" in empty.stderr
+    stale = cli("control", "--tag", "m", "stop", *common)
+    assert stale.returncode == 1 and "no supervisor is running 'm'" in stale.stderr and "--resume" in stale.stderr

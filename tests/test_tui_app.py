@@ -361,3 +361,26 @@ async def test_synthetic_night_with_a_running_trial(tmp_path):
         table = screen.query_one(ExperimentsTable)
         assert table.row_count == 61
         assert table.selected_trial_id() == 61  # the newest trial is followed
+
+
+async def test_streaming_reply_shows_while_the_agent_writes(tmp_path):
+    """The loop writes a model's reply to agent_reply.live as it streams; the app shows it until the turn lands."""
+    from supervisor.tui.widgets import LiveReply
+
+    run_dir = tmp_path / "journals" / "stream"
+    synthetic_ledger(run_dir, trials=3, running=True)
+    lock = RunLock(run_dir / "run.lock")
+    lock.acquire("stream")  # a live supervisor (the streaming file means nothing without one)
+    try:
+        app = make_app(run_dir)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.view.tag == "stream")
+            live = app.screen.query_one(LiveReply)
+            assert not live.display
+            (run_dir / "agent_reply.live").write_text("I will try a longer warmdown because the loss")
+            await until(pilot, lambda: live.display, what="the streaming reply")
+            assert "longer warmdown" in str(live.render())
+            (run_dir / "agent_reply.live").unlink()  # the turn was recorded
+            await until(pilot, lambda: not live.display, what="the reply to be cleared")
+    finally:
+        lock.release()

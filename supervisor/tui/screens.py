@@ -38,6 +38,7 @@ from supervisor.tui.widgets import (
     FlaggedTable,
     HintLine,
     JournalPane,
+    LiveReply,
     LossChart,
     StatusBar,
     TelemetryPane,
@@ -139,6 +140,7 @@ class LiveScreen(RunScreen):
         super().__init__()
         self._wide: bool | None = None
         self._transcript: TranscriptView | None = None
+        self._live_reply: LiveReply | None = None
         self._switching = False
 
     def compose(self) -> ComposeResult:
@@ -191,10 +193,15 @@ class LiveScreen(RunScreen):
             tabs = self.query_one(TabbedContent)
             if self._transcript is not None:
                 await self._transcript.remove()
+            if self._live_reply is not None:
+                await self._live_reply.remove()
             self._transcript = TranscriptView(id="transcript")
+            self._live_reply = LiveReply(id="live-reply")
             target = self.query_one("#side" if wide else "#agent-slot")
             await target.mount(self._transcript)
+            await target.mount(self._live_reply)
             self._transcript.set_items(self.app.view.transcript)
+            self._live_reply.show(self.app.view.live_reply)
             if wide:
                 if tabs.active == "agent":
                     tabs.active = "experiments"
@@ -229,6 +236,8 @@ class LiveScreen(RunScreen):
             self.query_one(JournalPane).show(view)
         if st.TRANSCRIPT in changed and self._transcript is not None:
             self._transcript.append(view.new_transcript)
+        if st.LIVE_REPLY in changed and self._live_reply is not None:
+            self._live_reply.show(view.live_reply)
 
     # ---- controls -------------------------------------------------------------------------------------------
     def action_pause(self) -> None:

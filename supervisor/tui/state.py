@@ -32,6 +32,8 @@ TRIAL = "trial"            # the trial in focus (running, or the latest), with i
 METRICS = "metrics"        # the focus trial's metric rows
 REFERENCE = "reference"    # the curve the focus trial is compared with (its parent, the best keep)
 TRANSCRIPT = "transcript"  # new transcript items
+LIVE_REPLY = "live_reply"  # the agent's reply as it streams (the loop's agent_reply.live file)
+LIVE_REPLY_CHARS = 2000  # the end of a long reply is what is being written now
 JOURNAL = "journal"        # the latest journal entry and reflection
 TELEMETRY = "telemetry"    # GPU or CPU/RAM reading
 
@@ -164,6 +166,7 @@ class RunView:
     telemetry: dict[str, Any] | None = None
     telemetry_history: list[float] = field(default_factory=list)  # GPU (or CPU) utilisation, oldest first
     cost: str | None = None
+    live_reply: str = ""                    # what the agent is writing right now, before its turn is recorded
     polled_at: float = 0.0
     error: str | None = None
 
@@ -240,6 +243,19 @@ class RunWatcher:
         """Re-read the status on the next poll (after this app sent a command or a steering message)."""
         self._force_status = True
 
+    def _read_live_reply(self) -> str:
+        """The streaming reply the loop writes while a model answers (removed once the turn is recorded)."""
+        path = self.run_dir / "agent_reply.live"
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, 2)
+                size = fh.tell()
+                fh.seek(max(0, size - 4 * LIVE_REPLY_CHARS))
+                text = fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        return text[-LIVE_REPLY_CHARS:].strip()
+
     def poll(self) -> tuple[RunView, frozenset[str]]:
         changed: set[str] = set()
         view = replace(self.view, new_transcript=[])
@@ -282,6 +298,11 @@ class RunWatcher:
             if cost != view.cost:
                 view.cost = cost
                 changed.add(STATUS)
+
+        live_reply = self._read_live_reply() if live else ""
+        if live_reply != view.live_reply:
+            view.live_reply = live_reply
+            changed.add(LIVE_REPLY)
 
         if new_items:
             new_items.sort(key=lambda item: item.time)

@@ -421,6 +421,18 @@ class TranscriptView(ThemedMixin, RichLog):
         self.call_after_refresh(self.scroll_end, animate=False)
 
 
+class LiveReply(Static):
+    """The agent's reply while it streams; hidden between turns (then the transcript has it)."""
+
+    def show(self, text: str) -> None:
+        self.display = bool(text)
+        if text:
+            body = Text()
+            body.append("agent is writing… ", style="bold italic")
+            body.append(text.replace("\n", " ")[-600:], style="italic")
+            self.update(body)
+
+
 def render_item(item: TranscriptItem, c: dict[str, str]) -> Text:
     stamp = fmt.clock(item.time)
     text = Text()
