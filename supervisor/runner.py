@@ -211,6 +211,8 @@ class TrialSpec:
     memory_limit_mb: int | None = None
     # How long the trial gets to exit after SIGTERM before its group is SIGKILLed.
     term_timeout_s: float = 2.0
+    # A trial that writes more output than this is killed: a flood would otherwise fill the disk overnight.
+    max_log_mb: float | None = 1024.0
 
 
 @dataclass
@@ -609,6 +611,13 @@ def _crash(reason: str, wall: float, *, stopped: bool = False) -> TrialOutcome:
     )
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def run_trial(
     spec: TrialSpec,
     on_metric: Callable[[dict], None] | None = None,
@@ -672,7 +681,8 @@ def run_trial(
     sweeper = _ProcessSweeper(proc.pid)
     tail = _MetricsTail(spec.metrics_path)
     metrics: list[dict] = []
-    timed_out = stopped = False
+    timed_out = stopped = flooded = False
+    max_log_bytes = None if spec.max_log_mb is None else int(spec.max_log_mb * 2**20)
 
     def terminate() -> None:
         # SIGTERM first so a trainer can flush its log; the group is SIGKILLed by kill_all
@@ -690,6 +700,10 @@ def run_trial(
                 break
             if stop_event is not None and stop_event.is_set():
                 stopped = True
+                terminate()
+                break
+            if max_log_bytes is not None and _size(spec.log_path) > max_log_bytes:
+                flooded = True
                 terminate()
                 break
             if time.monotonic() >= deadline:
@@ -737,6 +751,8 @@ def run_trial(
 
     if stopped:
         reason = "stopped by the person"
+    elif flooded:
+        reason = f"killed: it wrote more than {spec.max_log_mb:g} MB of output (its log is kept)"
     elif timed_out:
         reason = (
             f"killed at deadline (budget {_format_seconds(spec.budget_s)}s"

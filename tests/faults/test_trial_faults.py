@@ -89,3 +89,25 @@ def test_flood_of_output(tmp_path):
     t = ledger.trial(2)
     assert t.status in ("keep", "discard") and len(t.log_tail) < 100_000
     assert (tmp_path / "journals/t/trials/0002/log.txt").stat().st_size > 100 * 2**20
+
+
+def test_output_flood_past_the_cap_is_killed(tmp_path):
+    """Gigabytes of output would fill the disk overnight: past the cap the trial is killed and says why."""
+    import shutil
+    import sys
+
+    from supervisor.runner import TrialSpec, run_trial
+    from tests.loop_support import FAKE_SOURCE
+
+    work = tmp_path / "ws"
+    shutil.copytree(FAKE_SOURCE, work)
+    train = work / "trainer/train.py"
+    train.write_text(train.read_text().replace('MODE = "ok"', 'MODE = "flood"').replace(
+        "range(100 * 1024)", "range(10**7)"))  # ~10 GB if nothing stopped it
+    out = tmp_path / "out"
+    spec = TrialSpec(command=[sys.executable, "trainer/train.py"], cwd=work, log_path=out / "log.txt",
+                     metrics_path=out / "metrics.jsonl", eval_record_path=out / "eval.json", budget_s=60,
+                     grace_s=60, max_log_mb=20)
+    outcome = run_trial(spec)
+    assert outcome.status == "crash" and "more than 20 MB of output" in outcome.reason
+    assert (out / "log.txt").stat().st_size < 400 * 2**20 and outcome.wall_seconds < 60
