@@ -207,6 +207,14 @@ class Trial:
         return (self.commit_sha or "")[:7]
 
 
+def _encode_trial_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Trial fields as SQLite columns: lists and dicts as JSON, the flag as 0/1."""
+    encoded = {k: (json.dumps(v) if k in JSON_FIELDS else v) for k, v in fields.items()}
+    if "flagged" in encoded:
+        encoded["flagged"] = int(bool(encoded["flagged"]))
+    return encoded
+
+
 def _trial_from_row(row: sqlite3.Row) -> Trial:
     data = dict(row)
     data["extra_values"] = json.loads(data["extra_values"] or "[]")
@@ -350,11 +358,8 @@ class Ledger:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown trial fields: {sorted(unknown)}")
-        encoded = {k: (json.dumps(v) if k in JSON_FIELDS else v)
-                   for k, v in fields.items()}
+        encoded = _encode_trial_fields(fields)
         encoded.setdefault("finished", time.time())
-        if "flagged" in encoded:
-            encoded["flagged"] = int(bool(encoded["flagged"]))
         sets = ", ".join(f"{k}=?" for k in encoded)
         with self.transaction() as db:
             db.execute(f"UPDATE trials SET {sets} WHERE id=?", (*encoded.values(), trial_id))
@@ -368,11 +373,7 @@ class Ledger:
         ids = []
         with self.transaction() as db:
             for row in rows:
-                fields = {"kind": "imported", **row}
-                encoded = {k: (json.dumps(v) if k in JSON_FIELDS else v)
-                           for k, v in fields.items()}
-                if "flagged" in encoded:
-                    encoded["flagged"] = int(bool(encoded["flagged"]))
+                encoded = _encode_trial_fields({"kind": "imported", **row})
                 cols = ", ".join(encoded)
                 marks = ", ".join("?" for _ in encoded)
                 cur = db.execute(f"INSERT INTO trials ({cols}) VALUES ({marks})", tuple(encoded.values()))

@@ -58,6 +58,16 @@ def reflection(n: int = 0) -> dict[str, Any]:
     }}
 
 
+def process_alive(pid: int, group: bool = False) -> bool:
+    """Whether a process (or its process group) still runs; a zombie awaiting its reaper counts as gone."""
+    try:
+        (os.killpg if group else os.kill)(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
 class Recorder:
     """Collects the bus's events for assertions."""
 

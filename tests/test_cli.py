@@ -14,7 +14,7 @@ from pathlib import Path
 import git
 
 from supervisor.ledger import Ledger
-from tests.loop_support import FAKE_SOURCE, PROJECT, cli, write_script
+from tests.loop_support import FAKE_SOURCE, PROJECT, cli, process_alive, write_script
 
 
 def _setup(tmp_path: Path, sleep: float = 0.05) -> tuple[Path, list[str]]:
@@ -96,15 +96,6 @@ def _wait(predicate, timeout=60.0):
     return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
-
-
 def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     return subprocess.Popen([sys.executable, "-m", "supervisor.cli", *args], env=env, cwd=PROJECT,
@@ -140,7 +131,7 @@ def test_sigkill_mid_trial_then_resume_loses_nothing(tmp_path):
 
     resumed = cli(*_run_args(source, common, "k", "--max-trials", "4", "--resume"))
     assert resumed.returncode == 0, resumed.stderr
-    assert not _alive(orphan), "the orphaned trial of the killed supervisor is still running"
+    assert not process_alive(orphan), "the orphaned trial of the killed supervisor is still running"
     ledger = Ledger(ledger_path)
     trials = ledger.trials()
     assert trials[1].status == "aborted" and "supervisor stopped" in trials[1].crash_reason

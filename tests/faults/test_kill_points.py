@@ -22,7 +22,7 @@ from supervisor.agents.offline import OfflineAgent
 from supervisor.ledger import Ledger
 from supervisor.loop import Supervisor
 from supervisor.platform_info import platform_info
-from tests.loop_support import fake_config
+from tests.loop_support import fake_config, process_alive
 
 MAX_TRIALS = 6
 HITS = range(1, 7)
@@ -86,12 +86,7 @@ def check_invariants(tmp_path: Path, source: Path) -> None:
         assert not repo.is_dirty(untracked_files=False)
         for t in trials:
             if t.pid:
-                try:
-                    os.killpg(t.pid, 0)
-                    stat = Path(f"/proc/{t.pid}/stat")
-                    alive = stat.exists() and stat.read_text().split()[2] != "Z"
-                except ProcessLookupError:
-                    alive = False
+                alive = process_alive(t.pid, group=True)
                 assert not alive, f"trial {t.id} (pid {t.pid}) outlived its supervisor"
         transcript = (config.run_dir / "transcript.jsonl").read_text().splitlines()
         assert len(transcript) == len(ledger.turns())

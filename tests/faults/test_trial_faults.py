@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from supervisor.agents.scripted import ScriptedAgent
 from supervisor.ledger import Ledger
 from supervisor.loop import Supervisor
-from tests.loop_support import edit, fake_config, journal, trial, write_script
+from tests.loop_support import edit, fake_config, journal, process_alive, trial, write_script
 
 
 def run_mode(tmp_path: Path, mode: str, **cfg) -> Ledger:
@@ -31,15 +30,6 @@ def run_mode(tmp_path: Path, mode: str, **cfg) -> Ledger:
     return ledger
 
 
-def _dead(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] == "Z"
-
-
 def test_children_that_ignore_sigterm_do_not_survive(tmp_path):
     ledger = run_mode(tmp_path, "forkignore", budget_s=1.0, grace_s=2.0)
     t = ledger.trial(2)
@@ -47,9 +37,9 @@ def test_children_that_ignore_sigterm_do_not_survive(tmp_path):
     pids = [int(x) for x in (tmp_path / "journals/t/trials/0002/metrics.jsonl.child.pid").read_text().split()]
     assert len(pids) == 2
     deadline = time.monotonic() + 5
-    while not all(_dead(p) for p in pids) and time.monotonic() < deadline:
+    while not all(not process_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert all(_dead(p) for p in pids)
+    assert all(not process_alive(p) for p in pids)
 
 
 def test_memory_hog_is_capped(tmp_path):
