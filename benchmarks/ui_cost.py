@@ -1,6 +1,8 @@
-"""What the terminal UI costs: CPU while a trial streams metrics, and time to open `review` on a long night.
+"""What the terminal UI costs: CPU while a trial streams metrics; on a long night, the time to open `review`,
+to scroll its table and to open a trial, and the memory of the review process.
 
-    python benchmarks/ui_cost.py [--seconds 10] [--size 160x48] [--trials 1000] [--points 600] [--quick]
+    python benchmarks/ui_cost.py [--seconds 10] [--size 160x48] [--trials 1000] [--points 600]
+                                 [--scroll-rounds 3] [--settle 5] [--quick] [--json]
 
 Part 1, UI CPU. The real app (`autoresearch attach`) runs in a pseudo-terminal of the given size, as a person
 would run it, while another thread of this script plays the loop: it holds the run's lock and appends metric
@@ -16,6 +18,18 @@ diff, a journal entry and turns, written through the Ledger API. Reported: openi
 `run_status` (the data the screen needs; the baseline), the in-process time from creating the app to the
 experiments table holding every trial, a cold `autoresearch review` process until its first frame shows
 the run, and opening the journal browser and one trial.
+
+Part 3, scrolling the experiments table of that night, in-process through Textual's pilot: jump to the first
+row (ctrl+home), page down to the last row, page back up, jump to the last row (ctrl+end; with a row cursor
+Textual binds `end` to scrolling to the rightmost column), --scroll-rounds times. Each keypress is timed from
+the press until `pilot.pause()` returns and the detail pane shows the highlighted trial: wall time (which
+includes the pilot's own idle-detection sleeps, about 3 x 20 ms) and this process's CPU time (all threads, so
+the detail pane's ledger read counts). Baseline in the same run: the same keys on a bare Textual `DataTable`
+of the same size holding the same rows and columns.
+
+Part 4, memory: resident memory (VmRSS, and the peak VmHWM, from /proc/PID/status) of the cold `autoresearch
+review` process of part 2 when its first frame shows, --settle seconds later, and after paging through the
+whole table in the terminal; baseline: the bare Textual app of part 1 in the same pseudo-terminal.
 """
 
 from __future__ import annotations
@@ -33,7 +47,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from statistics import mean
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,6 +59,10 @@ from supervisor.ledger import Ledger  # noqa: E402
 from supervisor.lock import RunLock  # noqa: E402
 from supervisor.status import run_status  # noqa: E402
 from tests.tui_support import synthetic_ledger  # noqa: E402
+
+if TYPE_CHECKING:
+    from textual.pilot import Pilot
+    from textual.widgets import DataTable
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ANSI = re.compile(rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b[P\]X^_].*?(?:\x1b\\|\x07)|\x1b[@-_]", re.S)
@@ -104,6 +125,20 @@ class PtyProcess:
                 raise RuntimeError(f"the app exited ({self.proc.returncode}):\n{self.text()[-2000:]}")
             time.sleep(0.01)
         raise TimeoutError(f"{pattern!r} never appeared")
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def forget_output(self) -> None:
+        """Drop what was drawn so far, so that `wait_for` sees only what is drawn from now on."""
+        with self.lock:
+            self.output.clear()
+
+    def memory_mb(self) -> dict[str, float]:
+        """Resident memory now (VmRSS) and its peak so far (VmHWM), in MiB."""
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+                      if ":" in line)
+        return {"rss": int(fields["VmRSS"].split()[0]) / 1024, "peak": int(fields["VmHWM"].split()[0]) / 1024}
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -243,6 +278,152 @@ def review_timings(run_dir: Path, size: tuple[int, int]) -> dict[str, float]:
     return out
 
 
+# ---- part 3: scrolling the experiments table ---------------------------------------------------------------------
+JUMP_TOP, PAGE_DOWN, PAGE_UP, JUMP_END = "ctrl+home", "pagedown", "pageup", "ctrl+end"
+SCROLL_CASES = {
+    JUMP_TOP: "ctrl+home: jump to the first row",
+    PAGE_DOWN: "pagedown: page by page to the last row",
+    PAGE_UP: "pageup: page by page back to the first row",
+    JUMP_END: "ctrl+end: jump to the last row",
+}
+Samples = dict[str, list[tuple[float, float]]]  # key -> (wall s, CPU s) of each press
+
+
+async def timed_press(pilot: Pilot, key: str, caught_up: Callable[[], bool]) -> tuple[float, float]:
+    """Wall and CPU seconds from pressing `key` until the screen has refreshed and `caught_up()` holds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    await pilot.press(key)
+    await pilot.pause()
+    deadline = time.monotonic() + 30
+    while not caught_up():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the screen never caught up after {key!r}")
+        await pilot.pause(0.002)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+async def scroll_through(pilot: Pilot, table: DataTable, rounds: int, caught_up: Callable[[], bool]) -> Samples:
+    """Jump to the top, page down to the last row, page back up, jump to the last row; `rounds` times."""
+    samples: Samples = {key: [] for key in SCROLL_CASES}
+    last = table.row_count - 1
+    table.move_cursor(row=last)  # both tables start where review opens: on the newest trial
+    await pilot.pause()
+    while not caught_up():
+        await pilot.pause(0.01)
+    for _round in range(rounds):
+        for key, target in ((JUMP_TOP, 0), (PAGE_DOWN, last), (PAGE_UP, 0), (JUMP_END, last)):
+            for _press in range(table.row_count + 1):  # a bound: a key that stopped moving the cursor ends the test
+                samples[key].append(await timed_press(pilot, key, caught_up))
+                if table.cursor_row == target or key in (JUMP_TOP, JUMP_END):
+                    break
+            if table.cursor_row != target:
+                raise RuntimeError(f"{key!r} left the cursor on row {table.cursor_row}, not {target}")
+    return samples
+
+
+def press_stats(samples: list[tuple[float, float]]) -> dict[str, float]:
+    walls, cpus = [w * 1000 for w, _ in samples], [c * 1000 for _, c in samples]
+    return {"presses": len(samples), "wall_mean_ms": mean(walls), "wall_max_ms": max(walls),
+            "cpu_mean_ms": mean(cpus), "cpu_max_ms": max(cpus)}
+
+
+def scroll_timings(run_dir: Path, size: tuple[int, int], rounds: int) -> dict[str, Any]:
+    """Per-keypress latency of scrolling review's experiments table, and of a bare DataTable with its rows."""
+    from textual.app import App, ComposeResult
+    from textual.widgets import DataTable
+
+    from supervisor.tui.app import SupervisorApp
+    from supervisor.tui.widgets import ExperimentsTable
+
+    ledger = Ledger(run_dir / "ledger.sqlite", readonly=True)
+    n = len(run_status(ledger, run_dir / "run.lock")["trials"])
+    ours: Samples = {}
+    bare: Samples = {}
+    shape: dict[str, Any] = {}
+
+    async def drive_ours() -> None:
+        app = SupervisorApp(ledger, run_dir, review=True)
+        async with app.run_test(size=size) as pilot:
+            while not (app.view.tag and app.screen.query(ExperimentsTable)
+                       and app.screen.query_one(ExperimentsTable).row_count == n):
+                await pilot.pause(0.01)
+            await pilot.pause()
+            screen = app.screen
+            table = screen.query_one(ExperimentsTable)
+            detail = screen.query_one("#detail")
+
+            def caught_up() -> bool:
+                # On a wide terminal every highlighted row loads its diff into the detail pane (in a thread);
+                # the keypress is done when that pane shows the highlighted trial.
+                if not screen.has_class("-wide"):
+                    return True
+                return str(detail.border_title or "").startswith(f"trial {table.selected_trial_id()} ")
+
+            ours.update(await scroll_through(pilot, table, rounds, caught_up))
+            # What the baseline needs to hold the same rows in a table of the same size.
+            shape["columns"] = [(str(c.key.value), c.width) for c in table.ordered_columns]
+            shape["rows"] = [(str(r.key.value), table.get_row(r.key)) for r in table.ordered_rows]
+            shape["size"] = table.outer_size
+            shape["page_rows"] = table.scrollable_content_region.height - table.header_height
+
+    class BareTable(App[None]):
+        def compose(self) -> ComposeResult:
+            table = DataTable(cursor_type="row", zebra_stripes=True)
+            table.styles.width, table.styles.height = shape["size"].width, shape["size"].height
+            yield table
+
+        def on_mount(self) -> None:
+            table = self.query_one(DataTable)
+            for name, width in shape["columns"]:
+                table.add_column(name, key=name, width=width)
+            for key, cells in shape["rows"]:
+                table.add_row(*cells, key=key)
+            table.focus()
+
+    async def drive_bare() -> None:
+        app = BareTable()
+        async with app.run_test(size=size) as pilot:
+            table = app.query_one(DataTable)
+            while table.row_count < n:
+                await pilot.pause(0.01)
+            await pilot.pause()
+            bare.update(await scroll_through(pilot, table, rounds, lambda: True))
+
+    asyncio.run(drive_ours())
+    ledger.close()
+    asyncio.run(drive_bare())
+    cases: dict[str, dict[str, dict[str, float]]] = {}
+    for key, label in SCROLL_CASES.items():
+        cases[label] = {"ours": press_stats(ours[key]), "bare": press_stats(bare[key])}
+    cases["all keypresses"] = {"ours": press_stats([x for v in ours.values() for x in v]),
+                               "bare": press_stats([x for v in bare.values() for x in v])}
+    return {"rows": n, "rounds": rounds, "table_size": f"{shape['size'].width}x{shape['size'].height}",
+            "page_rows": shape["page_rows"], "cases": cases}
+
+
+# ---- part 4: memory ------------------------------------------------------------------------------------------------
+PTY_KEYS = {JUMP_TOP: b"\x1b[1;5H", PAGE_DOWN: b"\x1b[6~"}  # what an xterm sends
+
+
+def page_through(app: PtyProcess, trials: int, page_rows: int) -> bool:
+    """In the terminal: jump to the first trial, then page down to the last. True if the last one was shown."""
+    app.forget_output()
+    app.send(PTY_KEYS[JUMP_TOP])
+    try:
+        app.wait_for(r"trial 1 · diff", timeout=30)
+    except TimeoutError:
+        return False  # a narrow terminal has no detail pane to tell where the cursor is
+    app.forget_output()
+    for _ in range(-(-trials // max(page_rows, 1)) + 1):
+        app.send(PTY_KEYS[PAGE_DOWN])
+        time.sleep(0.05)  # about a person holding the key down
+    try:
+        app.wait_for(rf"trial {trials} · diff", timeout=30)
+    except TimeoutError:
+        return False
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window per CPU row")
@@ -252,11 +433,13 @@ def main() -> int:
     parser.add_argument("--points", type=int, default=600, help="metric rows per trial (600: 300 s at 2 steps/s)")
     parser.add_argument("--trainer-rate", type=float, help="steps/s of the real trainer (default: measure it)")
     parser.add_argument("--cache", help="a prepared data cache for measuring the trainer's rate")
-    parser.add_argument("--quick", action="store_true", help="5 s windows, 200 trials: a smoke run")
+    parser.add_argument("--scroll-rounds", type=int, default=3, help="times the table is scrolled down and up")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds after the first frame to read memory")
+    parser.add_argument("--quick", action="store_true", help="5 s windows, 200 trials, one scroll: a smoke run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.trials, args.warmup = 5.0, 200, 2.0
+        args.seconds, args.trials, args.warmup, args.scroll_rounds, args.settle = 5.0, 200, 2.0, 1, 2.0
     cols, rows = (int(x) for x in args.size.lower().split("x"))
     size = (cols, rows)
     results: dict[str, object] = {"size": args.size}
@@ -286,14 +469,33 @@ def main() -> int:
         build = time.perf_counter() - t
         ledger_mb = (big_dir / "ledger.sqlite").stat().st_size / 2**20
         timings = review_timings(big_dir, size)
+        scroll = scroll_timings(big_dir, size, args.scroll_rounds)
+        memory: dict[str, dict[str, float]] = {}
         cold = PtyProcess([sys.executable, "-m", "supervisor.cli", "review", "--tag", "night", "--journals",
                            str(journals)], *size)
         try:
             timings["review cold process: start -> first frame with the run"] = cold.wait_for(
                 rf"{args.trials}/\d+\s*trials", timeout=120)
+            memory["review: first frame"] = cold.memory_mb()
+            time.sleep(args.settle)
+            memory[f"review: {args.settle:g} s later"] = cold.memory_mb()
+            paged = page_through(cold, args.trials, scroll["page_rows"])
+            time.sleep(1.0)
+            memory["review: after paging through every row" + ("" if paged else " (not confirmed)")] = (
+                cold.memory_mb())
         finally:
             cold.stop()
+        bare_app = PtyProcess(bare, *size)
+        try:
+            bare_app.wait_for("bare")
+            memory["baseline: bare Textual app, first frame"] = bare_app.memory_mb()
+            time.sleep(args.settle)
+            memory[f"baseline: bare Textual app, {args.settle:g} s later"] = bare_app.memory_mb()
+        finally:
+            bare_app.stop()
         results["review"] = timings
+        results["scroll"] = scroll
+        results["memory_mib"] = memory
         results["ledger"] = {"trials": args.trials, "metric_rows": args.trials * args.points,
                              "size_mb": round(ledger_mb, 1), "build_s": round(build, 1)}
     finally:
@@ -313,7 +515,32 @@ def main() -> int:
     print("| step | seconds |\n|---|---|")
     for label, value in results["review"].items():  # type: ignore[union-attr]
         print(f"| {label} | {value:.3f} |")
+    print_scroll(results["scroll"])  # type: ignore[arg-type]
+    print_memory(results["memory_mib"], led["size_mb"])  # type: ignore[arg-type, index]
     return 0
+
+
+def print_scroll(scroll: dict[str, Any]) -> None:
+    print(f"\nscrolling the experiments table ({scroll['rows']:,} rows, table {scroll['table_size']} cells, "
+          f"{scroll['page_rows']} rows a page, {scroll['rounds']} rounds): per keypress, ms, mean / worst; wall includes the pilot's idle waits, "
+          f"CPU is this process's (all threads)\n")
+    print("| keys | presses | wall: ours | wall: bare DataTable | CPU: ours | CPU: bare DataTable "
+          "| CPU ratio (means) |\n|---|---:|---:|---:|---:|---:|---:|")
+    for label, pair in scroll["cases"].items():
+        ours, bare = pair["ours"], pair["bare"]
+        presses = str(ours["presses"]) if ours["presses"] == bare["presses"] else f"{ours['presses']} / {bare['presses']}"
+        print(f"| {label} | {presses} | {ours['wall_mean_ms']:.1f} / {ours['wall_max_ms']:.1f} "
+              f"| {bare['wall_mean_ms']:.1f} / {bare['wall_max_ms']:.1f} "
+              f"| {ours['cpu_mean_ms']:.1f} / {ours['cpu_max_ms']:.1f} "
+              f"| {bare['cpu_mean_ms']:.1f} / {bare['cpu_max_ms']:.1f} "
+              f"| {ours['cpu_mean_ms'] / max(bare['cpu_mean_ms'], 1e-9):.1f} |")
+
+
+def print_memory(memory: dict[str, dict[str, float]], ledger_mb: float) -> None:
+    print(f"\nmemory of the review process (ledger {ledger_mb} MB) and of a bare Textual app, same terminal\n")
+    print("| process, moment | RSS MiB | peak RSS (VmHWM) MiB |\n|---|---:|---:|")
+    for label, value in memory.items():
+        print(f"| {label} | {value['rss']:.1f} | {value['peak']:.1f} |")
 
 
 if __name__ == "__main__":
