@@ -384,3 +384,35 @@ async def test_streaming_reply_shows_while_the_agent_writes(tmp_path):
             await until(pilot, lambda: not live.display, what="the reply to be cleared")
     finally:
         lock.release()
+
+
+async def test_table_home_end_jump_rows_and_end_follows_new_trials(tmp_path):
+    """home/end go to the first and last trial (not sideways), and end resumes following new trials."""
+    run_dir = tmp_path / "journals" / "big"
+    synthetic_ledger(run_dir, trials=60)
+    app = make_app(run_dir, review=True)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.view.tag == "big")
+        table = app.screen.query_one(ExperimentsTable)
+        table.focus()
+        await pilot.pause()
+        assert table.selected_trial_id() == 60
+        trials = list(table.trials)
+
+        def one_more() -> None:
+            newest = dict(trials[-1], id=trials[-1]["id"] + 1)
+            trials.append(newest)
+            table.show(list(trials))
+
+        for key in ("home", "end", "ctrl+home", "ctrl+end"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert table.selected_trial_id() == (1 if "home" in key else len(trials)), key
+        await pilot.press("up")  # the person looks at an older trial: a new one must not move the cursor
+        one_more()
+        await pilot.pause()
+        assert table.selected_trial_id() == len(trials) - 2
+        await pilot.press("end")
+        one_more()
+        await pilot.pause()
+        assert table.selected_trial_id() == len(trials) == 62

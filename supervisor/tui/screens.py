@@ -627,7 +627,8 @@ class HelpScreen(ModalScreen[None]):
         if self.review:
             lines += ["# Review", "", "Read-only: nothing here can change the run. The table lists every trial; "
                       "filter it (all, keeps, flagged, crashes, graveyard) and sort it (click a header or `v`). "
-                      "The right pane shows the highlighted trial's diff against its parent."]
+                      "The right pane shows the highlighted trial's diff against its parent. In the table, `home` and "
+                      "`end` go to the first and the last trial; on a live run `end` keeps the newest in view."]
         else:
             lines += [
                 "# Panes", "",
@@ -640,7 +641,8 @@ class HelpScreen(ModalScreen[None]):
                 "- **agent**: what the agent says and the tools it calls; refusals in red, your steering messages "
                 "and when they reached the agent.",
                 "- **tabs**: experiments table, the current trial's diff, flagged keeps with their gain against "
-                "the noise floor, and the latest journal entry and reflection.",
+                "the noise floor, and the latest journal entry and reflection. In the table, `home` and `end` go "
+                "to the first and the last trial, and `end` keeps the newest one in view as trials finish.",
                 "",
                 "The app is a client of the run: quitting it can leave the run going, and `autoresearch attach "
                 "--tag TAG` brings you back.",

@@ -12,6 +12,7 @@ from rich.style import Style
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import App
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
@@ -502,6 +503,11 @@ class ExperimentsTable(ThemedMixin, DataTable):
     COLUMNS = (("id", 4), ("status", 9), ("val_bpb", 8), ("delta", 8), ("steps", 5), ("MFU", 4),
                ("VRAM", 7), ("flag", 2), ("description", 24))
     MIN_DESCRIPTION = 24
+    # A row cursor makes DataTable's home/end scroll sideways; in a list of trials they mean first and last.
+    BINDINGS = [
+        Binding("home,ctrl+home", "first_row", "First trial", show=False),
+        Binding("end,ctrl+end", "last_row", "Last trial (follows new ones)", show=False),
+    ]
 
     class Open(Message):
         """The person asked to open a trial."""
@@ -657,8 +663,18 @@ class ExperimentsTable(ThemedMixin, DataTable):
             self.set_sort(name)
 
     def on_key(self, event: Any) -> None:
-        if event.key in ("up", "down", "pageup", "pagedown", "home", "end"):
-            self._follow = event.key == "end"
+        if event.key in ("up", "down", "pageup", "pagedown"):
+            self._follow = False
+
+    def action_first_row(self) -> None:
+        self._follow = False
+        if self.row_count:
+            self.move_cursor(row=0)
+
+    def action_last_row(self) -> None:
+        self._follow = True  # the newest trial stays in view as trials finish
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1)
 
 
 # ---- flagged keeps ----------------------------------------------------------------------------------------------
