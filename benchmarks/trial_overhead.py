@@ -1,18 +1,28 @@
-"""Per-trial overhead of the supervisor: wall time of a whole trial cycle minus training time, by part.
+"""Per-trial overhead of the supervisor: the wall time of a trial cycle outside training, by part, before
+and after the cuts.
 
-    python benchmarks/trial_overhead.py [--budget 10] [--trials 4] [--cache DIR] [--json]
+    python benchmarks/trial_overhead.py [--budget 10] [--trials 4] [--latency 3] [--cache DIR] [--json]
 
 Baseline, measured in the same run: `python trainer/train.py` started directly with the same budget and
 environment (no supervisor), so the table separates what the trainer itself costs outside its budget
-(interpreter and torch import, data load, compile, evaluation) from what the supervisor adds (commit, hash
-checks, ledger writes, decision, git reset, journal files, the journal turn).
+(interpreter and torch import, data load, compile, evaluation, interpreter teardown) from what the
+supervisor adds (commit, hash checks, ledger writes, decision, git reset, journal files).
 
-Parts of one supervised cycle, from the agent's run_trial call to its journal entry being recorded:
+Three supervised variants, each a real run of --trials trials with the offline agent slowed to --latency
+seconds per turn (a stand-in for the model's thinking time, which is what a warm start overlaps):
+  before      every trial starts a fresh interpreter, and the trainer lets Python tear torch down at exit
+              (a copy of trainer/ without the final os._exit)
+  fast exit   the trainer as shipped (os._exit once its summary is written), trials still start cold
+  after       as shipped: fast exit and warm start (the next trial's interpreter and imports start as
+              soon as a trial ends, while the agent writes; supervisor/warm_start.py)
+
+A cycle is the period from one run_trial call to the next. Its overhead is the cycle minus the agent's
+turns (model latency, excluded by the issue's definition) minus training; experiments per hour at a 300 s
+budget are 3600 / (300 + overhead). Parts of the cycle:
   before    run_trial call -> trial process started (harness hash, commit, ledger row)
-  process   the trainer subprocess, start to exit (startup + training + evaluation)
+  process   the trainer subprocess, hand-over to exit (startup + training + evaluation + teardown)
   after     process exit -> decision recorded (summary parse, policy, ledger, git reset, results.tsv)
-  journal   decision -> journal entry recorded (next agent turn, validation, ledger, journal.md)
-The offline agent answers instantly, so model latency is excluded by construction.
+  journal   decision -> journal entry recorded, minus the agent's turn (validation, ledger, journal.md)
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,6 +72,34 @@ def direct_trial(cache: Path, budget: float, workdir: Path) -> dict[str, float]:
             "compile": summary_float(summary, "compile_seconds") or 0.0}
 
 
+def trainer_without_fast_exit(dest: Path) -> Path:
+    """A copy of trainer/ and program.md whose train.py ends the old way, letting Python tear torch down."""
+    shutil.copytree(ROOT / "trainer", dest / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "program.md", dest / "program.md")
+    train = dest / "trainer" / "train.py"
+    source = train.read_text()
+    if "    os._exit(0)\n" not in source:
+        raise SystemExit("trainer/train.py no longer ends with os._exit(0): update this benchmark")
+    train.write_text(source.replace("    os._exit(0)\n", ""))
+    return dest
+
+
+class ThinkingAgent(OfflineAgent):
+    """The offline agent, taking `latency` seconds per turn as a model would; records when it was busy."""
+
+    def __init__(self, latency: float) -> None:
+        super().__init__()
+        self.latency = latency
+        self.busy: list[tuple[float, float]] = []
+
+    def turn(self, ctx):  # noqa: ANN001, ANN201 - the Agent protocol's signature
+        start = time.time()
+        time.sleep(self.latency)
+        result = super().turn(ctx)
+        self.busy.append((start, time.time()))
+        return result
+
+
 class Timeline:
     def __init__(self) -> None:
         self.events: list[ev.Event] = []
@@ -70,98 +109,117 @@ class Timeline:
             self.events.append(event)
 
 
-def supervised_cycles(cache: Path, budget: float, trials: int, root: Path) -> list[dict[str, float]]:
+def _busy_between(busy: list[tuple[float, float]], start: float, end: float) -> float:
+    return sum(max(0.0, min(b, end) - max(a, start)) for a, b in busy)
+
+
+def supervised_cycles(cache: Path, budget: float, trials: int, root: Path, *, latency: float, warm_start: bool,
+                      source_dir: Path = ROOT) -> list[dict[str, float]]:
     config = RunConfig(tag="bench", journals_root=root, cache_dir=cache, budget_s=budget, max_trials=trials,
-                       reflect_every=1000, plateau_trials=1000, device="cpu")
-    sup = Supervisor(config, OfflineAgent())
+                       reflect_every=1000, plateau_trials=1000, device="cpu", warm_start=warm_start,
+                       source_dir=source_dir)
+    agent = ThinkingAgent(latency)
+    sup = Supervisor(config, agent)
     timeline = Timeline()
     sup.bus.subscribe(timeline)
     sup.run()
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     trials_by_id = {t.id: t for t in ledger.finished_trials()}
-    cycles = []
-    call_time = None
-    current = None
+    ledger.close()
+    calls = [e.time for e in timeline.events if e.kind == ev.TOOL_CALL and e.data["tool"] == "run_trial"]
+    rows: list[dict[str, float]] = []
+    current: dict[str, float] = {}
     for e in timeline.events:
-        if e.kind == ev.TOOL_CALL and e.data["tool"] == "run_trial":
-            call_time = e.time
-        elif e.kind == ev.TRIAL_STARTED:
-            current = {"id": e.data["trial_id"], "call": call_time, "started": e.time}
+        if e.kind == ev.TRIAL_STARTED:
+            current = {"id": e.data["trial_id"], "call": max(c for c in calls if c <= e.time), "started": e.time}
         elif e.kind == ev.TRIAL_FINISHED and current:
             current["finished"] = e.time
         elif e.kind == ev.JOURNAL and current and e.data["trial_id"] == current["id"]:
-            t = trials_by_id[current["id"]]
+            t = trials_by_id[int(current["id"])]
+            later = [c for c in calls if c > e.time]
             process = t.wall_seconds or 0.0
-            cycle = e.time - current["call"]
-            cycles.append({
-                "cycle": cycle,
+            row = {
                 "before": current["started"] - current["call"],
                 "process": process,
                 "after": current["finished"] - current["started"] - process,
-                "journal": e.time - current["finished"],
+                "journal": e.time - current["finished"] - _busy_between(agent.busy, current["finished"], e.time),
                 "training": t.training_seconds or 0.0,
                 "compile": summary_float(t.summary, "compile_seconds") or 0.0,
-            })
-            current = None
-    ledger.close()
-    return cycles
+            }
+            if later:  # a whole cycle: this call to the next, the agent's thinking excluded
+                period = later[0] - current["call"]
+                row["agent"] = _busy_between(agent.busy, current["call"], later[0])
+                row["overhead"] = period - row["agent"] - row["training"]
+                rows.append(row)
+            current = {}
+    return rows
+
+
+VARIANTS = ("before", "fast exit", "after")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=float, default=10.0, help="training seconds per trial (default 10)")
-    p.add_argument("--trials", type=int, default=4, help="supervised trials and direct runs (default 4)")
+    p.add_argument("--trials", type=int, default=4, help="trials per variant and direct runs (default 4)")
+    p.add_argument("--latency", type=float, default=3.0, help="seconds the agent takes per turn (default 3)")
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     cache = args.cache or default_cache_dir()
     ensure_cache(cache)
+    variants: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         direct = [direct_trial(cache, args.budget, Path(tmp)) for _ in range(args.trials)]
-        cycles = supervised_cycles(cache, args.budget, args.trials, Path(tmp) / "journals")
+        old_trainer = trainer_without_fast_exit(Path(tmp) / "old-trainer")
+        settings = {"before": (False, old_trainer), "fast exit": (False, ROOT), "after": (True, ROOT)}
+        for name in VARIANTS:
+            warm, source = settings[name]
+            variants[name] = supervised_cycles(cache, args.budget, args.trials + 1, Path(tmp) / name.replace(" ", "-"),
+                                               latency=args.latency, warm_start=warm, source_dir=source)
 
     def mean(rows: list[dict[str, float]], key: str) -> float:
         return statistics.fmean(r[key] for r in rows)
 
     direct_overhead = mean(direct, "wall") - mean(direct, "training")
-    cycle_overhead = mean(cycles, "cycle") - mean(cycles, "training")
-    supervisor_only = mean(cycles, "before") + mean(cycles, "after") + mean(cycles, "journal") + (
-        mean(cycles, "process") - mean(direct, "wall"))
-    per_hour = 3600.0 / (300.0 + cycle_overhead)
-    results = {
-        "budget_s": args.budget, "trials": args.trials, "cpu_count": os.cpu_count(),
+    results: dict = {
+        "budget_s": args.budget, "trials": args.trials, "latency_s": args.latency, "cpu_count": os.cpu_count(),
         "direct": {"wall": mean(direct, "wall"), "training": mean(direct, "training"),
                    "compile": mean(direct, "compile"), "overhead": direct_overhead},
-        "supervised": {k: mean(cycles, k) for k in ("cycle", "before", "process", "after", "journal", "training",
-                                                    "compile")},
-        "cycle_overhead_s": cycle_overhead,
-        "supervisor_added_s": supervisor_only,
-        "ratio_cycle_to_direct_wall": mean(cycles, "cycle") / mean(direct, "wall"),
-        "experiments_per_hour_at_300s": per_hour,
+        "variants": {},
     }
+    for name, rows in variants.items():
+        parts = {k: mean(rows, k) for k in ("before", "process", "after", "journal", "training", "agent", "overhead")}
+        parts["supervisor"] = parts["before"] + parts["after"] + parts["journal"]
+        parts["experiments_per_hour_at_300s"] = 3600.0 / (300.0 + parts["overhead"])
+        parts["experiments_per_hour_at_300s_with_latency"] = 3600.0 / (300.0 + parts["overhead"] + parts["agent"])
+        results["variants"][name] = parts
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    s = results["supervised"]
-    print(f"per-trial overhead, budget {args.budget:g}s, {args.trials} trials, {os.cpu_count()} CPUs")
-    print(f"{'part':<44}{'seconds':>10}")
-    rows = [
-        ("direct: trainer wall (baseline)", results["direct"]["wall"]),
-        ("direct: of which training", results["direct"]["training"]),
-        ("direct: overhead (startup, data, eval)", direct_overhead),
-        ("supervised: whole cycle", s["cycle"]),
-        ("  before (hash, commit, ledger)", s["before"]),
-        ("  process (startup + training + eval)", s["process"]),
-        ("  after (parse, decide, ledger, git, tsv)", s["after"]),
-        ("  journal (agent turn, ledger, journal.md)", s["journal"]),
-        ("supervised: training", s["training"]),
-        ("supervised: cycle minus training", cycle_overhead),
-        ("supervisor's own addition vs direct", supervisor_only),
+
+    print(f"per-trial overhead, budget {args.budget:g} s, {args.trials} cycles per variant, agent "
+          f"{args.latency:g} s per turn, {os.cpu_count()} CPUs")
+    print(f"direct trainer (baseline): wall {mean(direct, 'wall'):.3f} s, training {mean(direct, 'training'):.3f} s, "
+          f"overhead {direct_overhead:.3f} s")
+    header = f"{'part (seconds)':<46}" + "".join(f"{name:>12}" for name in VARIANTS)
+    print(header)
+    labels = [
+        ("before: hash, commit, ledger row", "before"),
+        ("process: start, training, eval, exit", "process"),
+        ("after: parse, decide, ledger, git, tsv", "after"),
+        ("journal bookkeeping (agent excluded)", "journal"),
+        ("supervisor's own share (the three above)", "supervisor"),
+        ("training", "training"),
+        ("agent's turns (model latency)", "agent"),
+        ("overhead: cycle - agent - training", "overhead"),
+        ("experiments/hour at 300 s, latency excluded", "experiments_per_hour_at_300s"),
+        ("experiments/hour at 300 s, with this latency", "experiments_per_hour_at_300s_with_latency"),
     ]
-    for name, value in rows:
-        print(f"{name:<44}{value:>10.3f}")
-    print(f"{'ratio cycle / direct wall':<44}{results['ratio_cycle_to_direct_wall']:>10.3f}")
-    print(f"{'experiments per hour at 300 s budget':<44}{per_hour:>10.2f}")
+    for label, key in labels:
+        print(f"{label:<46}" + "".join(f"{results['variants'][name][key]:>12.3f}" for name in VARIANTS))
+    before, after = results["variants"]["before"]["overhead"], results["variants"]["after"]["overhead"]
+    print(f"{'overhead after / before':<46}{after / before:>12.3f}")
     return 0
 
 

@@ -82,7 +82,7 @@ RUN_OPTIONS = {
     "floor_factor": "floor_factor", "confirm_seeds": "confirm_seeds", "reflect_every": "reflect_every",
     "plateau": "plateau_trials", "noise_repeats": "noise_repeats", "device": "device",
     "memory_limit_mb": "memory_limit_mb", "agent": "agent", "model": "model", "base_url": "base_url",
-    "max_cost": "max_cost", "price": "price", "outage_pause": "outage_s",
+    "max_cost": "max_cost", "price": "price", "outage_pause": "outage_s", "warm_start": "warm_start",
 }
 
 
@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_NOISE_REPEATS}; 0: not now, `autoresearch noise` later)")
     p.add_argument("--memory-limit-mb", type=int, help="cap a trial's virtual memory (default on CPU-only "
                                                          "machines: 80%% of RAM; 0 turns it off)")
+    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="start the next trial's Python and its imports while the agent is still writing "
+                        "(default on; --no-warm-start starts every trial cold)")
     p.add_argument("--upstream", metavar="REPO", help="drive an existing upstream autoresearch checkout")
     p.add_argument("--train-command", default="uv run train.py", help="with --upstream: how a trial runs")
     p.add_argument("--trainer-dir", help="copy trainer/ and program.md from this folder (default: this project)")

@@ -56,6 +56,7 @@ from supervisor.tools import (
     entry_problems,
     validate_input,
 )
+from supervisor.warm_start import WarmStarter
 from supervisor.workspace import Workspace, WorkspaceError
 
 PRIMARY_SEED = 42
@@ -123,6 +124,7 @@ class Supervisor:
         self.bus = bus or ev.EventBus()
         self.paths = RunPaths(config.run_dir)
         self._runner = runner
+        self._warm = WarmStarter(self.paths.run_dir / "trials") if config.warm_start else None
         self._lock = RunLock(self.paths.lock)
         self._control = threading.Condition()
         self._paused = False
@@ -352,6 +354,7 @@ class Supervisor:
         try:
             self._set_state("running")
             self._check_cost_limit_is_enforceable()
+            self._warm_next_trial()
             if self.config.noise_repeats and self.ledger.latest_noise(self.config.budget_s) is None:
                 self.measure_noise(self.config.noise_repeats)
             while True:
@@ -687,8 +690,9 @@ class Supervisor:
         return "\n".join(lines)
 
     # ---- trials ----------------------------------------------------------------------------------------------
-    def _spec(self, out_dir: Path, seed: int) -> TrialSpec:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    def _spec(self, out_dir: Path, seed: int, create: bool = True) -> TrialSpec:
+        if create:
+            out_dir.mkdir(parents=True, exist_ok=True)
         return TrialSpec(
             command=list(self.config.layout.command),
             cwd=self.workspace.root,
@@ -850,9 +854,15 @@ class Supervisor:
                 self.ledger.set_trial_pid(trial_id, pid)
 
         outcome = self._runner(self._spec(out_dir, seed), on_metric=on_metric, stop_event=self._trial_stop,
-                               on_start=on_start)
+                               on_start=on_start, warm_start=self._warm)
         flush()
+        self._warm_next_trial()
         return outcome
+
+    def _warm_next_trial(self) -> None:
+        """Start the next trial's interpreter now, so its imports overlap the agent's turns, not training."""
+        if self._warm is not None and not self._stop:
+            self._warm.prepare(self._spec(self.paths.run_dir / "trials", PRIMARY_SEED, create=False))
 
     @staticmethod
     def _outcome_fields(outcome: TrialOutcome) -> dict[str, Any]:
@@ -1027,6 +1037,8 @@ class Supervisor:
         if self._closed:
             return
         self._closed = True
+        if self._warm is not None:
+            self._warm.discard()
         try:
             self.files.render_all()
         except OSError as exc:

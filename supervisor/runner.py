@@ -32,12 +32,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from supervisor.warm_start import WarmStarter
 
 __all__ = [
     "TrialSpec",
     "TrialOutcome",
     "run_trial",
+    "launch_command",
     "trial_environment",
     "scrub_environment",
     "is_secret_name",
@@ -238,6 +242,8 @@ class TrialOutcome:
     val_bpb_source: Literal["eval_record", "summary"] | None = None
     # The harness's JSON record when one was written and readable.
     eval_record: dict | None = None
+    # Whether it ran in an interpreter started ahead (supervisor/warm_start.py) rather than a fresh one.
+    started_warm: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +344,14 @@ def _exception_line(text: str) -> str | None:
                 if line.strip() and not line[:1].isspace():
                     return line.strip()[:300]
             return None
+    # A script that does not even compile gets no "Traceback" header, just the place and the error.
+    tail = [line for line in lines[-6:] if line.strip()]
+    if tail and _COMPILE_ERROR_RE.match(tail[-1]) and any(line.lstrip().startswith('File "') for line in tail):
+        return tail[-1].strip()[:300]
     return None
+
+
+_COMPILE_ERROR_RE = re.compile(r"^(SyntaxError|IndentationError|TabError): ")
 
 
 def _read_eval_record(path: Path) -> dict | None:
@@ -577,6 +590,14 @@ _RLIMIT_SHIM = (
 )
 
 
+def launch_command(command: list[str], memory_limit_mb: int | None) -> list[str]:
+    """The command line that starts ``command`` under the memory cap, if there is one."""
+    if memory_limit_mb is None:
+        return list(command)
+    limit_bytes = int(memory_limit_mb) * 1024 * 1024
+    return [sys.executable, "-I", "-c", _RLIMIT_SHIM, str(limit_bytes), *command]
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -623,11 +644,13 @@ def run_trial(
     on_metric: Callable[[dict], None] | None = None,
     stop_event: threading.Event | None = None,
     on_start: Callable[[int], None] | None = None,
+    warm_start: WarmStarter | None = None,
 ) -> TrialOutcome:
     """Run one trial to completion (or deadline, or stop) and return its outcome.
 
     ``on_start`` gets the trial's pid (also its process-group id) as soon as it runs, so a caller
-    can record it durably and kill an orphaned trial after its own crash.
+    can record it durably and kill an orphaned trial after its own crash. ``warm_start`` may hand over an
+    interpreter started ahead for this trial (:mod:`supervisor.warm_start`); without one the trial starts cold.
 
     Blocks the calling thread. ``on_metric`` is called in that thread, in file order, for every
     metrics record as it appears (about 10 Hz). Setting ``stop_event`` from another thread kills
@@ -643,26 +666,24 @@ def run_trial(
     if stop_event is not None and stop_event.is_set():
         return _crash("stopped by the person", 0.0, stopped=True)
 
-    command = list(spec.command)
-    if spec.memory_limit_mb is not None:
-        limit_bytes = int(spec.memory_limit_mb) * 1024 * 1024
-        command = [sys.executable, "-I", "-c", _RLIMIT_SHIM, str(limit_bytes), *command]
-
     env = trial_environment(spec)
     started = time.monotonic()
     deadline = started + spec.budget_s + spec.grace_s
+    proc = warm_start.launch(spec, env) if warm_start is not None else None
+    started_warm = proc is not None
     try:
-        with open(spec.log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                command,
-                cwd=spec.cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
+        if proc is None:
+            with open(spec.log_path, "wb") as log_file:
+                proc = subprocess.Popen(
+                    launch_command(spec.command, spec.memory_limit_mb),
+                    cwd=spec.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
     except OSError as exc:
         message = f"could not start: {exc}"
         try:
@@ -794,4 +815,5 @@ def run_trial(
         stopped=stopped,
         val_bpb_source=source if ok else None,
         eval_record=record,
+        started_warm=started_warm,
     )

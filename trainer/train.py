@@ -518,6 +518,10 @@ def main():
     print(f"compiled:         {str(use_compile).lower()}")
     print(f"tokens_per_s:     {fmt(tokens_per_s, '.0f')}")
     sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written and closed: skip the interpreter's teardown of torch's modules, which
+    # takes 0.3-0.7 s that every trial would otherwise spend after its result is known.
+    os._exit(0)
 
 
 if __name__ == "__main__":

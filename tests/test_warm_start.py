@@ -1,0 +1,250 @@
+"""Warm start: a trial run in an interpreter started ahead behaves exactly as a cold one, or starts cold."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from supervisor.runner import TrialSpec, run_trial
+from supervisor.warm_start import WarmStarter, is_python_script, modules_to_preload, writes_environment
+from tests.loop_support import PROJECT, CallbackAgent, edit, fake_config, journal, process_alive, trial
+
+pytestmark = pytest.mark.timeout(120)
+
+# Prints what a script can see of how it was started; everything but the first line must match cold vs warm.
+PROBE = """
+import sys
+preloaded = "decimal" in sys.modules   # before its own import: true only when started warm
+import decimal
+import json, os, resource
+print(json.dumps({
+    "preloaded": preloaded,
+    "name": __name__,
+    "file": __file__,
+    "argv": sys.argv,
+    "path0": sys.path[0],
+    "cwd": os.getcwd(),
+    "stdin": sys.stdin.read(),
+    "env": {k: v for k, v in os.environ.items() if k.startswith(("AUTORESEARCH_", "PROBE_"))},
+    "pythonunbuffered": os.environ.get("PYTHONUNBUFFERED"),
+    "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
+    "pgid_is_pid": os.getpgid(0) == os.getpid(),
+}), flush=True)
+print("---")
+print("val_bpb: 1.25")
+"""
+
+
+def write_trainer(root: Path, body: str) -> Path:
+    (root / "trainer").mkdir(parents=True, exist_ok=True)
+    script = root / "trainer" / "train.py"
+    script.write_text(textwrap.dedent(body), encoding="utf-8")
+    return script
+
+
+def spec_for(root: Path, out: str, seed: int = 42, **overrides) -> TrialSpec:
+    fields = dict(
+        command=[sys.executable, "trainer/train.py"], cwd=root, log_path=root / out / "log.txt",
+        metrics_path=root / out / "metrics.jsonl", eval_record_path=root / out / "eval.json", budget_s=5.0,
+        grace_s=10.0, seed=seed, extra_env={"PROBE_FIXED": "same"},
+    )
+    fields.update(overrides)
+    return TrialSpec(**fields)
+
+
+def probe_output(spec: TrialSpec) -> dict:
+    return json.loads(spec.log_path.read_text().splitlines()[0])
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if not process_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_which_commands_and_scripts_qualify(tmp_path: Path) -> None:
+    assert is_python_script([sys.executable, "trainer/train.py"])
+    assert is_python_script(["/usr/bin/python3.12", "train.py"])
+    assert not is_python_script(["uv", "run", "train.py"])
+    assert not is_python_script([sys.executable, "-u", "train.py"])
+    assert not is_python_script(["bash", "train.py"])
+    assert writes_environment('import os\nos.environ["CUDA_VISIBLE_DEVICES"] = "1"\n')
+    assert writes_environment("os.environ.setdefault('OMP_NUM_THREADS', '4')")
+    assert writes_environment("os.putenv('X', '1')")
+    assert not writes_environment('seed = os.environ.get("AUTORESEARCH_SEED")\nif os.environ["X"] == "1": pass')
+
+    script = write_trainer(tmp_path, """
+        from __future__ import annotations
+        import json, decimal.context as ctx
+        import torch
+        from torch.nn import functional as F
+        from prepare import MAX_SEQ_LEN
+        from . import sibling
+        import helpers
+        def late():
+            import fractions
+    """)
+    (tmp_path / "trainer" / "prepare.py").write_text("MAX_SEQ_LEN = 1\n")
+    (tmp_path / "trainer" / "helpers").mkdir()
+    # Local modules (the harness above all) are read at hand-over, never ahead; torch brings its lazy dynamo.
+    assert modules_to_preload(script) == ["json", "decimal.context", "torch", "torch._dynamo", "torch.nn"]
+    script.write_text("def broken(:\n")
+    assert modules_to_preload(script) == []
+
+
+@pytest.mark.parametrize("memory_limit_mb", [None, 4096])
+def test_a_warm_trial_sees_what_a_cold_one_sees(tmp_path: Path, memory_limit_mb: int | None) -> None:
+    write_trainer(tmp_path, PROBE)
+    cold_spec = spec_for(tmp_path, "cold", seed=7, memory_limit_mb=memory_limit_mb)
+    cold = run_trial(cold_spec)
+
+    warm = WarmStarter(tmp_path / "staging")
+    warm.prepare(spec_for(tmp_path, "ignored", seed=42, memory_limit_mb=memory_limit_mb))
+    waiting = warm.waiting_pid
+    assert waiting is not None
+    warm_spec = spec_for(tmp_path, "warm", seed=7, memory_limit_mb=memory_limit_mb)
+    started: list[int] = []
+    hot = run_trial(warm_spec, warm_start=warm, on_start=lambda pid: started.append(pid))
+    assert (cold.status, cold.started_warm, hot.status, hot.started_warm) == ("ok", False, "ok", True)
+    assert started == [waiting]  # the waiting process became the trial: its pid is what the ledger records
+    assert warm.waiting_pid is None  # handed over, not kept
+
+    seen_cold, seen_warm = probe_output(cold_spec), probe_output(warm_spec)
+    assert (seen_cold.pop("preloaded"), seen_warm.pop("preloaded")) == (False, True)
+    # Per-trial variables reach it at hand-over (seed 7, the warm trial's own paths), not the prepared ones.
+    assert seen_warm["env"]["AUTORESEARCH_SEED"] == "7"
+    assert seen_warm["env"]["AUTORESEARCH_METRICS"] == str(warm_spec.metrics_path)
+    seen_warm["env"]["AUTORESEARCH_METRICS"] = str(cold_spec.metrics_path)
+    seen_warm["env"]["AUTORESEARCH_EVAL_RECORD"] = str(cold_spec.eval_record_path)
+    assert seen_warm == seen_cold
+    assert seen_cold["name"] == "__main__" and seen_cold["stdin"] == "" and seen_cold["pgid_is_pid"]
+    if memory_limit_mb:
+        assert seen_cold["rlimit_as"] == memory_limit_mb * 2**20
+    assert not list((tmp_path / "staging").glob(".warm-*"))  # its staged log became the trial's
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("""
+        import json
+        def train():
+            raise RuntimeError("shapes do not match")
+        if __name__ == "__main__":
+            train()
+    """, "exit code 1: RuntimeError: shapes do not match"),
+    ("import json\ndef broken(:\n    pass\n", "exit code 1: SyntaxError: invalid syntax"),
+    ("import sys\nprint('FAIL: loss is nan at step 3')\nsys.exit(1)\n", "FAIL: loss is nan at step 3"),
+])
+def test_a_warm_trial_that_fails_reads_like_a_cold_one(tmp_path: Path, body: str, reason: str) -> None:
+    write_trainer(tmp_path, body)
+    cold_spec, warm_spec = spec_for(tmp_path, "cold"), spec_for(tmp_path, "warm")
+    cold = run_trial(cold_spec)
+    warm = WarmStarter(tmp_path / "staging")
+    warm.prepare(warm_spec)
+    hot = run_trial(warm_spec, warm_start=warm)
+    assert hot.started_warm and hot.status == cold.status == "crash"
+    assert (hot.reason, hot.exit_code) == (cold.reason, cold.exit_code)
+    assert reason in hot.reason
+    # The traceback starts at the script: no frames of the bootstrap or runpy.
+    assert warm_spec.log_path.read_text() == cold_spec.log_path.read_text()
+
+
+def test_a_script_that_writes_its_environment_starts_cold(tmp_path: Path) -> None:
+    write_trainer(tmp_path, 'import os\nos.environ["OMP_NUM_THREADS"] = "1"\n' + PROBE)
+    warm = WarmStarter(tmp_path / "staging")
+    warm.prepare(spec_for(tmp_path, "x"))
+    waiting = warm.waiting_pid
+    outcome = run_trial(spec_for(tmp_path, "t"), warm_start=warm)
+    assert outcome.status == "ok" and not outcome.started_warm
+    assert waiting is not None and wait_gone(waiting)  # the unfit interpreter was killed, not leaked
+    assert not list((tmp_path / "staging").glob(".warm-*"))
+
+
+def test_changed_settings_start_cold_and_a_dead_interpreter_is_not_used(tmp_path: Path) -> None:
+    write_trainer(tmp_path, PROBE)
+    warm = WarmStarter(tmp_path / "staging")
+    warm.prepare(spec_for(tmp_path, "x", extra_env={"PROBE_FIXED": "old"}))
+    first = warm.waiting_pid
+    outcome = run_trial(spec_for(tmp_path, "a"), warm_start=warm)
+    assert not outcome.started_warm and outcome.status == "ok" and first is not None and wait_gone(first)
+
+    warm.prepare(spec_for(tmp_path, "x"))
+    second = warm.waiting_pid
+    assert second is not None
+    os.killpg(second, signal.SIGKILL)
+    assert wait_gone(second)
+    outcome = run_trial(spec_for(tmp_path, "b"), warm_start=warm)
+    assert not outcome.started_warm and outcome.status == "ok"
+
+    warm.prepare(spec_for(tmp_path, "x"))
+    kept = warm.waiting_pid
+    warm.prepare(spec_for(tmp_path, "y", seed=3))  # only per-trial values differ: the same one is kept
+    assert warm.waiting_pid == kept
+    warm.discard()
+    assert kept is not None and wait_gone(kept)
+
+
+def test_commands_other_than_python_script_are_never_warmed(tmp_path: Path) -> None:
+    write_trainer(tmp_path, PROBE)
+    warm = WarmStarter(tmp_path / "staging")
+    warm.prepare(spec_for(tmp_path, "x", command=["/bin/sh", "-c", f"{sys.executable} trainer/train.py"]))
+    assert warm.waiting_pid is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_a_waiting_interpreter_dies_with_its_supervisor(tmp_path: Path) -> None:
+    write_trainer(tmp_path, PROBE)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from pathlib import Path
+            sys.path.insert(0, {str(PROJECT)!r})
+            from supervisor.warm_start import WarmStarter
+            from tests.test_warm_start import spec_for
+            warm = WarmStarter(Path({str(tmp_path)!r}) / "staging")
+            warm.prepare(spec_for(Path({str(tmp_path)!r}), "x"))
+            print(warm.waiting_pid, flush=True)
+            time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True, cwd=PROJECT)
+    assert holder.stdout is not None
+    waiting = int(holder.stdout.readline())
+    assert process_alive(waiting)
+    holder.kill()
+    holder.wait()
+    assert wait_gone(waiting, timeout=5)
+
+
+def test_the_loop_starts_trials_warm_and_no_warm_start_turns_it_off(tmp_path: Path) -> None:
+    from supervisor.loop import Supervisor
+
+    def agent_script(ctx, n):
+        turns = [[edit("LR = 0.02", "LR = 0.04"), trial("lr up")], [journal(1)],
+                 [edit("WIDTH = 32", "WIDTH = 64"), trial("wider")], [journal(2)]]
+        return turns[n - 1] if n <= len(turns) else None
+
+    for warm_start in (True, False):
+        seen: list[bool] = []
+
+        def spy(spec, seen=seen, **kwargs):
+            outcome = run_trial(spec, **kwargs)
+            seen.append(outcome.started_warm)
+            return outcome
+
+        config = fake_config(tmp_path, tag=f"w{int(warm_start)}", budget_s=2.0, noise_repeats=2,
+                             warm_start=warm_start)
+        sup = Supervisor(config, CallbackAgent(agent_script), runner=spy)
+        assert sup.run() == "finished"
+        # Two noise repeats, then two trials: the run's start prepares the first interpreter, and every run
+        # prepares the next one's.
+        assert seen == [warm_start] * 4
+        assert not list(config.run_dir.joinpath("trials").glob(".warm-*"))  # nothing left at the end
