@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,17 +61,27 @@ def edit_constant(source: str, name: str, value: str) -> str:
     return new
 
 
+def replace_once(source: str, old: str, new: str) -> str:
+    """`source` with the one occurrence of `old` replaced; an error if train.py no longer has exactly one."""
+    count = source.count(old)
+    if count != 1:
+        raise ValueError(f"train.py has {count} occurrences of {old.strip()[:60]!r}; update the benchmark's patch")
+    return source.replace(old, new)
+
+
 def run_trial(cache: Path, budget: float, device: str, seed: int = 42, overrides: dict[str, str] | None = None,
-              timeout: float | None = None) -> dict:
-    """Run train.py (a copy, when hyperparameters are overridden) and return its summary plus
-    'returncode', 'wall_seconds', 'metrics' (the parsed per-step lines) and 'log_tail'."""
+              timeout: float | None = None, patch: Callable[[str], str] | None = None) -> dict:
+    """Run train.py (a copy, when hyperparameters are overridden or `patch` rewrites its source) and return its
+    summary plus 'returncode', 'wall_seconds', 'metrics' (the parsed per-step lines) and 'log_tail'."""
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         tmp = Path(tmp)
         script = TRAINER_DIR / "train.py"
-        if overrides:
+        if overrides or patch:
             source = script.read_text()
-            for name, value in overrides.items():
+            for name, value in (overrides or {}).items():
                 source = edit_constant(source, name, value)
+            if patch is not None:
+                source = patch(source)
             (tmp / "prepare.py").write_text((TRAINER_DIR / "prepare.py").read_text())
             script = tmp / "train.py"
             script.write_text(source)
