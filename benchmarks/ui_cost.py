@@ -235,10 +235,19 @@ def trainer_rate(cache: Path | None) -> float:
 
 
 # ---- part 2: review on a long night -------------------------------------------------------------------------------
+async def table_filled(app: Any, pilot: Pilot, n: int) -> None:
+    """Wait until review's experiments table holds all `n` trials and the screen has settled."""
+    from supervisor.tui.widgets import ExperimentsTable
+
+    while not (app.view.tag and app.screen.query(ExperimentsTable)
+               and app.screen.query_one(ExperimentsTable).row_count == n):
+        await pilot.pause(0.01)
+    await pilot.pause()
+
+
 def review_timings(run_dir: Path, size: tuple[int, int]) -> dict[str, float]:
     from supervisor.tui.app import SupervisorApp
     from supervisor.tui.screens import JournalScreen, TrialScreen
-    from supervisor.tui.widgets import ExperimentsTable
 
     out: dict[str, float] = {}
     start = time.perf_counter()
@@ -253,10 +262,7 @@ def review_timings(run_dir: Path, size: tuple[int, int]) -> dict[str, float]:
         t0 = time.perf_counter()
         app = SupervisorApp(ledger, run_dir, review=True)
         async with app.run_test(size=size) as pilot:
-            while not (app.view.tag and app.screen.query(ExperimentsTable)
-                       and app.screen.query_one(ExperimentsTable).row_count == n):
-                await pilot.pause(0.01)
-            await pilot.pause()
+            await table_filled(app, pilot, n)
             out["review in-process: app created -> table holds every trial"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             await pilot.press("j")
@@ -344,10 +350,7 @@ def scroll_timings(run_dir: Path, size: tuple[int, int], rounds: int) -> dict[st
     async def drive_ours() -> None:
         app = SupervisorApp(ledger, run_dir, review=True)
         async with app.run_test(size=size) as pilot:
-            while not (app.view.tag and app.screen.query(ExperimentsTable)
-                       and app.screen.query_one(ExperimentsTable).row_count == n):
-                await pilot.pause(0.01)
-            await pilot.pause()
+            await table_filled(app, pilot, n)
             screen = app.screen
             table = screen.query_one(ExperimentsTable)
             detail = screen.query_one("#detail")
