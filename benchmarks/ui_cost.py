@@ -327,6 +327,31 @@ async def scroll_through(pilot: Pilot, table: DataTable, rounds: int, caught_up:
     return samples
 
 
+HOLD_RATE_HZ = 30.0  # a terminal's key autorepeat
+
+
+async def hold_pagedown(pilot: Pilot, table: DataTable, caught_up: Callable[[], bool]) -> dict[str, float]:
+    """pagedown from the first row to the last at the autorepeat rate, as a person holding the key down: CPU
+    per press, and the lag from the last press until the screen has caught up."""
+    table.move_cursor(row=0)
+    await pilot.pause()
+    while not caught_up():
+        await pilot.pause(0.01)
+    presses = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    while table.cursor_row < table.row_count - 1 and presses <= table.row_count:
+        table.action_page_down()  # what the key's binding runs; the pilot's own waits would cap the rate
+        presses += 1
+        await asyncio.sleep(1 / HOLD_RATE_HZ)
+    released = time.perf_counter()
+    while not caught_up():
+        await pilot.pause(0.002)
+    await pilot.pause()
+    end = time.perf_counter()
+    return {"presses": presses, "seconds": end - wall, "lag_ms": (end - released) * 1000,
+            "cpu_per_press_ms": (time.process_time() - cpu) / max(presses, 1) * 1000}
+
+
 def press_stats(samples: list[tuple[float, float]]) -> dict[str, float]:
     walls, cpus = [w * 1000 for w, _ in samples], [c * 1000 for _, c in samples]
     return {"presses": len(samples), "wall_mean_ms": mean(walls), "wall_max_ms": max(walls),
@@ -345,6 +370,7 @@ def scroll_timings(run_dir: Path, size: tuple[int, int], rounds: int) -> dict[st
     n = len(run_status(ledger, run_dir / "run.lock")["trials"])
     ours: Samples = {}
     bare: Samples = {}
+    held: dict[str, dict[str, float]] = {}
     shape: dict[str, Any] = {}
 
     async def drive_ours() -> None:
@@ -363,6 +389,7 @@ def scroll_timings(run_dir: Path, size: tuple[int, int], rounds: int) -> dict[st
                 return str(detail.border_title or "").startswith(f"trial {table.selected_trial_id()} ")
 
             ours.update(await scroll_through(pilot, table, rounds, caught_up))
+            held["ours"] = await hold_pagedown(pilot, table, caught_up)
             # What the baseline needs to hold the same rows in a table of the same size.
             shape["columns"] = [(str(c.key.value), c.width) for c in table.ordered_columns]
             shape["rows"] = [(str(r.key.value), table.get_row(r.key)) for r in table.ordered_rows]
@@ -391,6 +418,7 @@ def scroll_timings(run_dir: Path, size: tuple[int, int], rounds: int) -> dict[st
                 await pilot.pause(0.01)
             await pilot.pause()
             bare.update(await scroll_through(pilot, table, rounds, lambda: True))
+            held["bare"] = await hold_pagedown(pilot, table, lambda: True)
 
     asyncio.run(drive_ours())
     ledger.close()
@@ -401,7 +429,7 @@ def scroll_timings(run_dir: Path, size: tuple[int, int], rounds: int) -> dict[st
     cases["all keypresses"] = {"ours": press_stats([x for v in ours.values() for x in v]),
                                "bare": press_stats([x for v in bare.values() for x in v])}
     return {"rows": n, "rounds": rounds, "table_size": f"{shape['size'].width}x{shape['size'].height}",
-            "page_rows": shape["page_rows"], "cases": cases}
+            "page_rows": shape["page_rows"], "cases": cases, "held": held}
 
 
 # ---- part 4: memory ------------------------------------------------------------------------------------------------
@@ -537,6 +565,14 @@ def print_scroll(scroll: dict[str, Any]) -> None:
               f"| {ours['cpu_mean_ms']:.1f} / {ours['cpu_max_ms']:.1f} "
               f"| {bare['cpu_mean_ms']:.1f} / {bare['cpu_max_ms']:.1f} "
               f"| {ours['cpu_mean_ms'] / max(bare['cpu_mean_ms'], 1e-9):.1f} |")
+    held = scroll["held"]
+    print(f"\nholding pagedown from the first row to the last ({HOLD_RATE_HZ:g} presses/s, the key's action called "
+          f"directly): CPU per press, and the lag from the last press until the screen shows the last row\n")
+    print("| table | presses | seconds | lag after release, ms | CPU per press, ms |\n|---|---:|---:|---:|---:|")
+    for name, label in (("ours", "review's experiments table"), ("bare", "bare DataTable (baseline)")):
+        row = held[name]
+        print(f"| {label} | {row['presses']} | {row['seconds']:.2f} | {row['lag_ms']:.0f} | "
+              f"{row['cpu_per_press_ms']:.1f} |")
 
 
 def print_memory(memory: dict[str, dict[str, float]], ledger_mb: float) -> None:

@@ -416,3 +416,23 @@ async def test_table_home_end_jump_rows_and_end_follows_new_trials(tmp_path):
         one_more()
         await pilot.pause()
         assert table.selected_trial_id() == len(trials) == 62
+
+
+async def test_review_loads_the_detail_once_the_cursor_rests(tmp_path):
+    """A held key passes many rows: the detail pane reads and draws only the one the cursor stops on."""
+    run_dir = tmp_path / "journals" / "big"
+    synthetic_ledger(run_dir, trials=60)
+    app = make_app(run_dir, review=True)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.view.tag == "big")
+        screen = app.screen
+        table = screen.query_one(ExperimentsTable)
+        await until(pilot, lambda: screen._detail_id == 60, what="the newest trial's detail")  # noqa: SLF001
+        read: list[int] = []
+        original = app.ledger.trial
+        app.ledger.trial = lambda trial_id: read.append(trial_id) or original(trial_id)
+        for _ in range(10):  # back to back, as a held key delivers them: each move posts a RowHighlighted
+            table.action_cursor_up()
+        await until(pilot, lambda: screen._detail_id == 50, what="the detail of the row it rests on")  # noqa: SLF001
+        assert read == [50]
+        assert screen.query_one("#detail").border_title.startswith("trial 50 ")

@@ -268,6 +268,10 @@ class LiveScreen(RunScreen):
         super().action_tab(tab)
 
 
+# Longer than a key's autorepeat interval (~33 ms), short enough that one keypress feels immediate.
+DETAIL_DELAY_S = 0.05
+
+
 class ReviewScreen(RunScreen):
     """The morning after, or a look at a live run without touching it: read-only."""
 
@@ -284,6 +288,7 @@ class ReviewScreen(RunScreen):
     def __init__(self) -> None:
         super().__init__()
         self._detail_id: int | None = None
+        self._detail_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield StatusBar(review=True, id="status")
@@ -331,8 +336,14 @@ class ReviewScreen(RunScreen):
 
     @on(DataTable.RowHighlighted, "#experiments-table")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key.value is not None and self.has_class("-wide"):
-            self._load_detail(int(event.row_key.value))
+        if event.row_key.value is None or not self.has_class("-wide"):
+            return
+        # A held key moves the cursor ~30 times a second: load the detail once the cursor rests, not for
+        # every row it passes (that doubled the CPU of scrolling; benchmarks/ui_cost.py).
+        if self._detail_timer is not None:
+            self._detail_timer.stop()
+        trial_id = int(event.row_key.value)
+        self._detail_timer = self.set_timer(DETAIL_DELAY_S, lambda: self._load_detail(trial_id))
 
     @work(thread=True, exclusive=True, group="detail")
     def _load_detail(self, trial_id: int) -> None:
