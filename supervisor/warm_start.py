@@ -57,12 +57,13 @@ _WRITES_ENVIRONMENT = re.compile(
 _PYTHON_NAME = re.compile(r"^python[0-9.]*$")
 
 # Runs in the trial's interpreter, so it imports only the standard library. argv: parent pid, JSON list
-# of modules to import ahead. Then one JSON line on stdin: {"env", "argv", "script"}; EOF means discarded.
+# of modules to import ahead, the script as the command names it. Then one JSON line on stdin: {"env": the
+# trial's whole environment}; EOF means discarded.
 BOOTSTRAP = r"""
 import json, os, sys
 
 def _bootstrap():
-    parent, modules, script_dir = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+    parent, modules, argv0 = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
     libc = None
     if sys.platform.startswith("linux"):
         try:
@@ -73,7 +74,8 @@ def _bootstrap():
             libc = None
     if os.getppid() != parent:  # it died before the line above
         os._exit(0)
-    sys.path[0] = script_dir  # as `python script.py` has it, so names resolve as in a cold start
+    # As `python script.py` has them: sys.path[0] is the script's real folder, __file__ its absolute path.
+    sys.path[0] = os.path.dirname(os.path.realpath(argv0))
     for name in modules:
         try:
             __import__(name)
@@ -90,8 +92,8 @@ def _bootstrap():
     os.close(null)
     os.environ.clear()
     os.environ.update(go["env"])
-    script = go["script"]
-    sys.argv = go["argv"]
+    script = os.path.abspath(argv0)
+    sys.argv = [argv0]
 
     def trimmed_hook(kind, value, tb, default=sys.excepthook):
         # Show the traceback from the script down, as a cold start would print it.
@@ -189,7 +191,7 @@ class WarmStarter:
         script = Path(spec.cwd) / spec.command[1]
         env = _env_without_late(trial_environment(spec))
         command = [spec.command[0], "-c", BOOTSTRAP, str(os.getpid()), json.dumps(modules_to_preload(script)),
-                   str(script.resolve().parent)]
+                   spec.command[1]]
         try:
             self.staging_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.staging_dir / f".warm-{os.getpid()}-{id(self)}.log"
@@ -225,7 +227,7 @@ class WarmStarter:
         except OSError:
             self.discard()
             return None
-        go = {"env": env, "argv": [spec.command[1]], "script": str(script.resolve())}
+        go = {"env": env}
         try:
             assert proc.stdin is not None
             proc.stdin.write((json.dumps(go) + "\n").encode())

@@ -103,9 +103,12 @@ def test_which_commands_and_scripts_qualify(tmp_path: Path) -> None:
     assert modules_to_preload(script) == []
 
 
-@pytest.mark.parametrize("memory_limit_mb", [None, 4096])
-def test_a_warm_trial_sees_what_a_cold_one_sees(tmp_path: Path, memory_limit_mb: int | None) -> None:
-    write_trainer(tmp_path, PROBE)
+@pytest.mark.parametrize(("memory_limit_mb", "via_link"), [(None, False), (4096, False), (None, True)])
+def test_a_warm_trial_sees_what_a_cold_one_sees(tmp_path: Path, memory_limit_mb: int | None, via_link: bool) -> None:
+    write_trainer(tmp_path / "real", PROBE)
+    if via_link:  # a run folder reached through a symbolic link: __file__ and sys.path[0] differ as in Python
+        (tmp_path / "link").symlink_to(tmp_path / "real")
+    tmp_path = tmp_path / ("link" if via_link else "real")
     cold_spec = spec_for(tmp_path, "cold", seed=7, memory_limit_mb=memory_limit_mb)
     cold = run_trial(cold_spec)
 
