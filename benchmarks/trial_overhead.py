@@ -1,7 +1,7 @@
 """Per-trial overhead of the supervisor: the wall time of a trial cycle outside training, by part, before
 and after the cuts.
 
-    python benchmarks/trial_overhead.py [--budget 10] [--trials 4] [--latency 3] [--cache DIR] [--json]
+    python benchmarks/trial_overhead.py [--budget 10] [--trials 4] [--latency 3] [--compile] [--cache DIR] [--json]
 
 Baseline, measured in the same run: `python trainer/train.py` started directly with the same budget and
 environment (no supervisor), so the table separates what the trainer itself costs outside its budget
@@ -15,6 +15,10 @@ seconds per turn (a stand-in for the model's thinking time, which is what a warm
   fast exit   the trainer as shipped (os._exit once its summary is written), trials still start cold
   after       as shipped: fast exit and warm start (the next trial's interpreter and imports start as
               soon as a trial ends, while the agent writes; supervisor/warm_start.py)
+
+With --compile every variant's trainer has COMPILE = True (as on a GPU; the run's compile cache is warm
+after its first trial), and a fourth variant, the warm start without the compile-stack preload, measures
+that preload alone.
 
 A cycle is the period from one run_trial call to the next. Its overhead is the cycle minus the agent's
 turns (model latency, excluded by the issue's definition) minus training; experiments per hour at a 300 s
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -42,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from supervisor import events as ev  # noqa: E402
+from supervisor import loop as loop_module  # noqa: E402
 from supervisor.agents.offline import OfflineAgent  # noqa: E402
 from supervisor.config import RunConfig, default_cache_dir  # noqa: E402
 from supervisor.ledger import Ledger  # noqa: E402
@@ -57,14 +63,14 @@ def ensure_cache(cache: Path) -> None:
             raise SystemExit("prepare failed")
 
 
-def direct_trial(cache: Path, budget: float, workdir: Path) -> dict[str, float]:
+def direct_trial(cache: Path, budget: float, workdir: Path, source_dir: Path = ROOT) -> dict[str, float]:
     """The trainer with no supervisor: the baseline every supervised figure is compared to."""
     env = scrub_environment(os.environ)
     env.update({"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_TIME_BUDGET": str(budget),
                 "AUTORESEARCH_DEVICE": "cpu", "AUTORESEARCH_METRICS": str(workdir / "metrics.jsonl"),
                 "PYTHONUNBUFFERED": "1"})
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, str(ROOT / "trainer/train.py")], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, str(source_dir / "trainer/train.py")], env=env, capture_output=True,
                          text=True, check=True)
     wall = time.perf_counter() - start
     summary = parse_summary(out.stdout)
@@ -72,15 +78,22 @@ def direct_trial(cache: Path, budget: float, workdir: Path) -> dict[str, float]:
             "compile": summary_float(summary, "compile_seconds") or 0.0}
 
 
-def trainer_without_fast_exit(dest: Path) -> Path:
-    """A copy of trainer/ and program.md whose train.py ends the old way, letting Python tear torch down."""
+def trainer_copy(dest: Path, *, fast_exit: bool, compile_on: bool) -> Path:
+    """A copy of trainer/ and program.md: without the final os._exit (the old ending, letting Python tear
+    torch down) and/or with COMPILE = True."""
     shutil.copytree(ROOT / "trainer", dest / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "program.md", dest / "program.md")
     train = dest / "trainer" / "train.py"
     source = train.read_text()
-    if "    os._exit(0)\n" not in source:
-        raise SystemExit("trainer/train.py no longer ends with os._exit(0): update this benchmark")
-    train.write_text(source.replace("    os._exit(0)\n", ""))
+    if not fast_exit:
+        if "    os._exit(0)\n" not in source:
+            raise SystemExit("trainer/train.py no longer ends with os._exit(0): update this benchmark")
+        source = source.replace("    os._exit(0)\n", "")
+    if compile_on:
+        source, count = re.subn(r"^COMPILE = .*$", "COMPILE = True  # set by the benchmark", source, flags=re.M)
+        if count != 1:
+            raise SystemExit("trainer/train.py has no single COMPILE line: update this benchmark")
+    train.write_text(source)
     return dest
 
 
@@ -156,6 +169,8 @@ def supervised_cycles(cache: Path, budget: float, trials: int, root: Path, *, la
 
 
 VARIANTS = ("before", "fast exit", "after")
+# With --compile: the warm start as it was before it preloaded the compile stack, to measure that alone.
+COMPILE_VARIANTS = ("before", "fast exit", "warm, no compile preload", "after")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,20 +178,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=10.0, help="training seconds per trial (default 10)")
     p.add_argument("--trials", type=int, default=4, help="trials per variant and direct runs (default 4)")
     p.add_argument("--latency", type=float, default=3.0, help="seconds the agent takes per turn (default 3)")
+    p.add_argument("--compile", action="store_true",
+                   help="trials with COMPILE = True (its cache warm after the first), adding a variant without the "
+                        "compile-stack preload")
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    names = COMPILE_VARIANTS if args.compile else VARIANTS
     cache = args.cache or default_cache_dir()
     ensure_cache(cache)
     variants: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        direct = [direct_trial(cache, args.budget, Path(tmp)) for _ in range(args.trials)]
-        old_trainer = trainer_without_fast_exit(Path(tmp) / "old-trainer")
-        settings = {"before": (False, old_trainer), "fast exit": (False, ROOT), "after": (True, ROOT)}
-        for name in VARIANTS:
+        old = trainer_copy(Path(tmp) / "old-trainer", fast_exit=False, compile_on=args.compile)
+        new = trainer_copy(Path(tmp) / "new-trainer", fast_exit=True, compile_on=args.compile)
+        direct = [direct_trial(cache, args.budget, Path(tmp), new) for _ in range(args.trials)]
+        settings = {"before": (False, old), "fast exit": (False, new), "warm, no compile preload": (True, new),
+                    "after": (True, new)}
+        for index, name in enumerate(names):
             warm, source = settings[name]
-            variants[name] = supervised_cycles(cache, args.budget, args.trials + 1, Path(tmp) / name.replace(" ", "-"),
-                                               latency=args.latency, warm_start=warm, source_dir=source)
+            preload = loop_module.COMPILE_MODULES
+            if name == "warm, no compile preload":
+                loop_module.COMPILE_MODULES = ()
+            try:
+                variants[name] = supervised_cycles(cache, args.budget, args.trials + 1, Path(tmp) / f"v{index}",
+                                                   latency=args.latency, warm_start=warm, source_dir=source)
+            finally:
+                loop_module.COMPILE_MODULES = preload
 
     def mean(rows: list[dict[str, float]], key: str) -> float:
         return statistics.fmean(r[key] for r in rows)
@@ -199,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print(f"per-trial overhead, budget {args.budget:g} s, {args.trials} cycles per variant, agent "
-          f"{args.latency:g} s per turn, {os.cpu_count()} CPUs")
+          f"{args.latency:g} s per turn, compile {'on' if args.compile else 'off'}, {os.cpu_count()} CPUs")
     print(f"direct trainer (baseline): wall {mean(direct, 'wall'):.3f} s, training {mean(direct, 'training'):.3f} s, "
           f"overhead {direct_overhead:.3f} s")
-    header = f"{'part (seconds)':<46}" + "".join(f"{name:>12}" for name in VARIANTS)
+    width = max(12, *(len(name) + 2 for name in names))
+    header = f"{'part (seconds)':<46}" + "".join(f"{name:>{width}}" for name in names)
     print(header)
     labels = [
         ("before: hash, commit, ledger row", "before"),
@@ -217,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         ("experiments/hour at 300 s, with this latency", "experiments_per_hour_at_300s_with_latency"),
     ]
     for label, key in labels:
-        print(f"{label:<46}" + "".join(f"{results['variants'][name][key]:>12.3f}" for name in VARIANTS))
+        print(f"{label:<46}" + "".join(f"{results['variants'][name][key]:>{width}.3f}" for name in names))
     before, after = results["variants"]["before"]["overhead"], results["variants"]["after"]["overhead"]
-    print(f"{'overhead after / before':<46}{after / before:>12.3f}")
+    print(f"{'overhead after / before':<46}{after / before:>{width}.3f}")
     return 0
 
 

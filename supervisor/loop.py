@@ -56,7 +56,7 @@ from supervisor.tools import (
     entry_problems,
     validate_input,
 )
-from supervisor.warm_start import WarmStarter
+from supervisor.warm_start import COMPILE_MODULES, WarmStarter
 from supervisor.workspace import Workspace, WorkspaceError
 
 PRIMARY_SEED = 42
@@ -125,6 +125,7 @@ class Supervisor:
         self.paths = RunPaths(config.run_dir)
         self._runner = runner
         self._warm = WarmStarter(self.paths.run_dir / "trials") if config.warm_start else None
+        self._last_compiled = False  # whether the last trial compiled: its successor's warm start preloads inductor
         self._lock = RunLock(self.paths.lock)
         self._control = threading.Condition()
         self._paused = False
@@ -211,7 +212,10 @@ class Supervisor:
         self.workspace.reset_to(self._branch_target())
         if self.workspace.harness_hash() != self._harness_hash:
             self.workspace.restore_harness()
-        if abs(old_budget - self.config.budget_s) > 1e-9 and self.ledger.finished_trials():
+        finished = self.ledger.finished_trials()
+        if finished:
+            self._last_compiled = str(finished[-1].summary.get("compiled", "")).strip().lower() == "true"
+        if abs(old_budget - self.config.budget_s) > 1e-9 and finished:
             self.ledger.add_trigger("budget change", f"the budget changed from {old_budget:g}s to "
                                                      f"{self.config.budget_s:g}s; results compare only within one budget")
         stale = self.ledger.take_commands()  # addressed to a supervisor that is gone; steering is kept apart
@@ -856,13 +860,16 @@ class Supervisor:
         outcome = self._runner(self._spec(out_dir, seed), on_metric=on_metric, stop_event=self._trial_stop,
                                on_start=on_start, warm_start=self._warm)
         flush()
+        if "compiled" in outcome.summary:
+            self._last_compiled = outcome.summary["compiled"].strip().lower() == "true"
         self._warm_next_trial()
         return outcome
 
     def _warm_next_trial(self) -> None:
         """Start the next trial's interpreter now, so its imports overlap the agent's turns, not training."""
         if self._warm is not None and not self._stop:
-            self._warm.prepare(self._spec(self.paths.run_dir / "trials", PRIMARY_SEED, create=False))
+            self._warm.prepare(self._spec(self.paths.run_dir / "trials", PRIMARY_SEED, create=False),
+                               also=COMPILE_MODULES if self._last_compiled else ())
 
     @staticmethod
     def _outcome_fields(outcome: TrialOutcome) -> dict[str, Any]:

@@ -251,3 +251,49 @@ def test_the_loop_starts_trials_warm_and_no_warm_start_turns_it_off(tmp_path: Pa
         # prepares the next one's.
         assert seen == [warm_start] * 4
         assert not list(config.run_dir.joinpath("trials").glob(".warm-*"))  # nothing left at the end
+
+
+def test_compile_modules_are_preloaded_only_for_a_torch_script(tmp_path: Path) -> None:
+    """After a trial that compiled, the next interpreter also imports the compile stack, but only for torch."""
+    probe = 'import sys\nahead = "fractions" in sys.modules\nimport torch\nprint(ahead)\nprint("---")\nprint("val_bpb: 1")\n'
+    write_trainer(tmp_path, probe)
+    warm = WarmStarter(tmp_path / "staging")
+    warm.prepare(spec_for(tmp_path, "x"), also=("fractions",))
+    spec = spec_for(tmp_path, "a")
+    assert run_trial(spec, warm_start=warm).started_warm
+    assert spec.log_path.read_text().splitlines()[0] == "True"
+
+    write_trainer(tmp_path, probe.replace("import torch\n", ""))
+    warm.prepare(spec_for(tmp_path, "x"), also=("fractions",))
+    spec = spec_for(tmp_path, "b")
+    assert run_trial(spec, warm_start=warm).started_warm
+    assert spec.log_path.read_text().splitlines()[0] == "False"
+
+
+def test_the_loop_preloads_the_compile_stack_after_a_trial_that_compiled(tmp_path: Path) -> None:
+    from supervisor.loop import Supervisor
+    from supervisor.warm_start import COMPILE_MODULES
+
+    compiled = iter(["true", "false"])
+
+    def runner(spec, **kwargs):
+        outcome = run_trial(spec, **kwargs)
+        outcome.summary["compiled"] = next(compiled)  # as train.py reports it
+        return outcome
+
+    def agent_script(ctx, n):
+        turns = [[trial("baseline")], [journal(1)], [edit("LR = 0.02", "LR = 0.04"), trial("lr up")], [journal(2)]]
+        return turns[n - 1] if n <= len(turns) else None
+
+    sup = Supervisor(fake_config(tmp_path, budget_s=1.0), CallbackAgent(agent_script), runner=runner)
+    assert sup._warm is not None  # noqa: SLF001
+    asked: list[tuple[str, ...]] = []
+    original = sup._warm.prepare  # noqa: SLF001
+
+    def prepare(spec, also=()):
+        asked.append(also)
+        original(spec, also=also)
+
+    sup._warm.prepare = prepare  # noqa: SLF001
+    assert sup.run() == "finished"
+    assert asked == [(), COMPILE_MODULES, ()]  # run start, after the compiled trial, after the eager one
