@@ -6,10 +6,10 @@ imports torch._dynamo (1.2 s more). Those seconds are on the critical path of ev
 moves them off it: as soon as a trial ends, a Python process is started with the next trial's environment,
 working directory and limits, imports the third-party modules the training script imports, and then waits
 on its stdin. The agent's journal and edit turns take seconds to minutes, so by the time ``run_trial`` comes
-the imports are done; the supervisor renames the waiting process's log to the trial's, sends it the
-per-trial variables and the script path, and the process runs the script as a fresh ``__main__``, as
-``python script.py`` would. The script itself (and the harness it imports) is read only then, after the commit and
-the harness check.
+the imports are done; the supervisor renames the waiting process's log to the trial's, sends it the trial's
+environment (with the per-trial variables), and the process runs the script as a fresh ``__main__``, as
+``python script.py`` would. The script itself (and the harness it imports) is read only then, after the
+commit and the harness check. When the previous trial compiled, the compile stack is imported ahead too.
 
 A warm process is used only when nothing it did early can differ from a cold start:
 
