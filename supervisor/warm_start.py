@@ -176,9 +176,10 @@ class WarmStarter:
     def waiting_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    def _key_for(self, spec: TrialSpec) -> tuple:
-        env = _env_without_late(trial_environment(spec))
-        return (tuple(spec.command), str(spec.cwd), spec.memory_limit_mb, tuple(sorted(env.items())))
+    @staticmethod
+    def _key_for(spec: TrialSpec, stable_env: dict[str, str]) -> tuple:
+        """What a waiting interpreter must share with the trial it is handed: all but the per-trial values."""
+        return (tuple(spec.command), str(spec.cwd), spec.memory_limit_mb, tuple(sorted(stable_env.items())))
 
     def prepare(self, spec: TrialSpec, also: tuple[str, ...] = ()) -> None:
         """Start an interpreter for a trial like ``spec`` (its log and metrics paths do not matter yet),
@@ -188,12 +189,12 @@ class WarmStarter:
         """
         if not is_python_script(spec.command):
             return
-        key = (*self._key_for(spec), also)
+        env = _env_without_late(trial_environment(spec))
+        key = (*self._key_for(spec, env), also)
         if self._proc is not None and self._proc.poll() is None and key == self._key:
             return
         self.discard()
         script = Path(spec.cwd) / spec.command[1]
-        env = _env_without_late(trial_environment(spec))
         modules = modules_to_preload(script)
         if "torch" in modules:
             modules += [name for name in also if name not in modules]
@@ -223,7 +224,7 @@ class WarmStarter:
         if proc is None or staged is None or proc.poll() is not None:
             self.discard()
             return None
-        if self._key is None or self._key_for(spec) != self._key[:-1]:  # settings or environment changed since
+        if self._key is None or self._key_for(spec, _env_without_late(env)) != self._key[:-1]:  # changed since
             self.discard()
             return None
         script = Path(spec.cwd) / spec.command[1]
