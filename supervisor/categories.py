@@ -10,6 +10,7 @@ says whether it was the agent's or inferred, so a reader knows how far to trust 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from supervisor.tools import CATEGORIES
@@ -183,47 +184,66 @@ def _assigned_constants(lines: list[str]) -> list[str]:
     return names
 
 
+class _Scores:
+    """Evidence for each category: a summed weight, and the first thing that pointed to it."""
+
+    def __init__(self) -> None:
+        self.scores: dict[str, float] = {}
+        self.evidence: dict[str, str] = {}
+
+    def add(self, category: str, weight: float, why: str) -> None:
+        self.scores[category] = self.scores.get(category, 0.0) + weight
+        self.evidence.setdefault(category, why)
+
+    def winner(self) -> Category:
+        if not self.scores:
+            return Category("other", "inferred", "nothing in the description or diff named a known kind of change")
+        best = max(self.scores.values())
+        winner = next(c for c in _PRIORITY if self.scores.get(c) == best)
+        return Category(winner, "inferred", self.evidence[winner])
+
+
 def infer_category(description: str, diff: str = "") -> Category:
     """Infer what a trial tried from its one-line description and its diff."""
-    scores: dict[str, float] = {}
-    evidence: dict[str, str] = {}
-
-    def add(category: str, weight: float, why: str) -> None:
-        scores[category] = scores.get(category, 0.0) + weight
-        evidence.setdefault(category, why)
-
+    description = description or ""
     changed = _changed_lines(diff)
+    scores = _Scores()
     # Constants: in the description (the agent named what it changed) and assigned in the diff.
-    for name in _CONSTANT.findall(description or ""):
+    _score_constants(scores, _CONSTANT.findall(description), "in the description")
+    _score_constants(scores, dict.fromkeys(_assigned_constants(changed)), "in the diff")
+    _score_description_words(scores, description)
+    if changed:
+        _score_code_words(scores, "\n".join(changed))
+    return scores.winner()
+
+
+def _score_constants(scores: _Scores, names: Iterable[str], where: str) -> None:
+    for name in names:
         category = category_for_constant(name)
         if category:
-            add(category, 3.0, f"{name} in the description")
-    for name in dict.fromkeys(_assigned_constants(changed)):
-        category = category_for_constant(name)
-        if category:
-            add(category, 3.0, f"{name} in the diff")
-    first: tuple[int, str] | None = None
+            scores.add(category, 3.0, f"{name} {where}")
+
+
+def _score_description_words(scores: _Scores, description: str) -> None:
+    first: tuple[int, str] | None = None  # (position, category) of the earliest phrase
     for category, pattern in _PHRASE_PATTERNS.items():
-        found = list(pattern.finditer(description or ""))
+        found = list(pattern.finditer(description))
         if found:
-            add(category, 2.0 * len({m.group(0).lower() for m in found}), f"'{found[0].group(0)}' in the description")
+            scores.add(category, 2.0 * len({m.group(0).lower() for m in found}),
+                       f"'{found[0].group(0)}' in the description")
             if first is None or found[0].start() < first[0]:
                 first = (found[0].start(), category)
     if first is not None:
         # What a description names first is usually the change; later words are often its reason.
-        add(first[1], 0.5, "")
-    if changed:
-        code = "\n".join(changed)
-        for category, pattern in _PHRASE_PATTERNS.items():
-            hits = pattern.findall(code)
-            if hits:
-                # Code words are weak evidence: capped so a long diff cannot outvote the description.
-                add(category, min(1.5, 0.5 * len(set(h.lower() for h in hits))), f"'{hits[0]}' in the diff")
-    if not scores:
-        return Category("other", "inferred", "nothing in the description or diff named a known kind of change")
-    best = max(scores.values())
-    winner = next(c for c in _PRIORITY if scores.get(c) == best)
-    return Category(winner, "inferred", evidence[winner])
+        scores.add(first[1], 0.5, "")
+
+
+def _score_code_words(scores: _Scores, code: str) -> None:
+    for category, pattern in _PHRASE_PATTERNS.items():
+        hits = pattern.findall(code)
+        if hits:
+            # Code words are weak evidence: capped so a long diff cannot outvote the description.
+            scores.add(category, min(1.5, 0.5 * len(set(h.lower() for h in hits))), f"'{hits[0]}' in the diff")
 
 
 def trial_category(category: str | None, description: str, diff: str = "") -> Category:

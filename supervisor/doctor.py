@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.config import PROJECT_ROOT
+from supervisor.config import PROJECT_ROOT, absolute_path
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 MIN_FREE_GB = 5.0
@@ -315,8 +315,8 @@ def _cmd_doctor(args: Any) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("doctor", help="check this machine before a night: GPU, bf16, compile, attention, data")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    p.add_argument("--cache", help="prepared data cache (default: $AUTORESEARCH_CACHE or ~/.cache/autoresearch)")
-    p.add_argument("--journals", help="journals folder (for the disk-space check)")
+    p.add_argument("--cache", type=absolute_path, help="prepared data cache (default: $AUTORESEARCH_CACHE or ~/.cache/autoresearch)")
+    p.add_argument("--journals", type=absolute_path, help="journals folder (for the disk-space check)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile check (it takes seconds)")
     p.add_argument("--autotune", action="store_true", help="also time torch.compile(mode='max-autotune')")
     p.add_argument("--json", action="store_true")

@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 EDITABLE_PATH = "trainer/train.py"
@@ -80,25 +80,33 @@ def _lexical(workspace: Path, path: str, editable: str) -> tuple[Path, Path, str
             f"Give the path from the workspace root without '..', e.g. {editable}"
         )
     if p.is_absolute():
-        # The workspace may have been given through a symlinked path (e.g. /tmp on macOS): accept both.
-        for base in (Path(os.path.abspath(workspace)), root):
-            if p.is_relative_to(base):
-                p = p.relative_to(base)
-                break
-        else:
-            raise EditError(
-                f"'{raw}' is an absolute path outside the workspace; give a path relative to the "
-                f"workspace root instead, e.g. {editable}"
-            )
+        p = _inside_workspace(p, workspace, root, raw, editable)
+    p = _upstream_alias(p, root, editable)
+    if ".git" in p.parts:
+        raise EditError(_git_message(raw))
+    return root, root / p, raw
+
+
+def _inside_workspace(p: Path, workspace: Path, root: Path, raw: str, editable: str) -> Path:
+    """An absolute path made relative to the workspace, or EditError when it points outside."""
+    # The workspace may have been given through a symlinked path (e.g. /tmp on macOS): accept both.
+    for base in (Path(os.path.abspath(workspace)), root):
+        if p.is_relative_to(base):
+            return p.relative_to(base)
+    raise EditError(
+        f"'{raw}' is an absolute path outside the workspace; give a path relative to the "
+        f"workspace root instead, e.g. {editable}"
+    )
+
+
+def _upstream_alias(p: Path, root: Path, editable: str) -> Path:
     # A bare file name the model remembers from upstream autoresearch ("train.py", "prepare.py"):
     # look for it beside the editable file when it is not at the root.
     if len(p.parts) == 1 and not (root / p).exists():
         alias = Path(editable).parent / p
         if (root / alias).exists():
-            p = alias
-    if ".git" in p.parts:
-        raise EditError(_git_message(raw))
-    return root, root / p, raw
+            return alias
+    return p
 
 
 def _git_message(raw: str) -> str:
@@ -219,24 +227,35 @@ def _whitespace_hint(file_lines: list[str], search_lines: list[str]) -> str | No
     wanted = [_ws_norm(line) for line in _trim_blank(search_lines)]
     if not wanted:
         return None
-    normed = [_ws_norm(line) for line in file_lines]
-    k = len(wanted)
-    hits = [i for i in range(len(normed) - k + 1) if normed[i : i + k] == wanted]
-    if not hits and k == 1:
-        # A fragment of one line, e.g. "lr=0.04" for "lr = 0.04  # peak": match inside lines.
-        hits = [i for i, line in enumerate(normed) if wanted[0] in line]
+    hits = _whitespace_blind_hits(file_lines, wanted)
     if not hits:
         return None
     i = hits[0]
+    k = len(wanted)
     where = f"line {i + 1}" if k == 1 else f"lines {i + 1}-{i + k}"
     more = f" (and {len(hits) - 1} other place{'s' if len(hits) > 2 else ''})" if len(hits) > 1 else ""
-    tabs = any("\t" in line for line in file_lines[i : i + k]) != any("\t" in line for line in search_lines)
+    tabs = _has_tab(file_lines[i : i + k]) != _has_tab(search_lines)
     kind = "tabs versus spaces" if tabs else "indentation or spacing"
     return (
         f"the search text was not found exactly, but it matches {where}{more} if whitespace is ignored: "
         f"the {kind} differs. Copy the text exactly as it is in the file, with its indentation:\n"
         f"{_show(file_lines, i, k)}"
     )
+
+
+def _whitespace_blind_hits(file_lines: list[str], wanted: list[str]) -> list[int]:
+    """Where the whitespace-normalised ``wanted`` lines start in the file (0-based)."""
+    normed = [_ws_norm(line) for line in file_lines]
+    k = len(wanted)
+    hits = [i for i in range(len(normed) - k + 1) if normed[i : i + k] == wanted]
+    if not hits and k == 1:
+        # A fragment of one line, e.g. "lr=0.04" for "lr = 0.04  # peak": match inside lines.
+        hits = [i for i, line in enumerate(normed) if wanted[0] in line]
+    return hits
+
+
+def _has_tab(lines: list[str]) -> bool:
+    return any("\t" in line for line in lines)
 
 
 def _trigrams(line: str) -> Counter[str]:
@@ -290,9 +309,7 @@ def _not_found_message(text: str, search: str) -> str:
         return "the file is empty, so the search text cannot match. Read the file again before editing."
     file_lines = text.split("\n")
     search_lines = search.split("\n")
-    advice = "Copy the search text exactly from the file; read the file again if it may have changed."
-    nonblank = [line for line in search_lines if line.strip()]
-    if nonblank and all(_LINE_NUMBER_PREFIX.match(line) for line in nonblank):
+    if _has_line_numbers(search_lines):
         return (
             "the search text was not found: it seems to include the line numbers shown by read_file "
             "(the number and tab at the start of each line). Leave them out and copy only the code."
@@ -306,18 +323,29 @@ def _not_found_message(text: str, search: str) -> str:
     window = file_lines[i : i + k]
     where = f"line {i + 1}" if k == 1 else f"lines {i + 1}-{i + len(window)}"
     closeness = f"{ratio:.0%} similar" if ratio >= 0.5 else f"only {ratio:.0%} similar"
-    message = (
+    return (
         f"the search text was not found in the file. The closest text is at {where} ({closeness}):\n"
         f"{_show(file_lines, i, k)}\n"
+        f"{_first_difference(core, window, i)}"
+        "Copy the search text exactly from the file; read the file again if it may have changed."
     )
-    for j, (mine, theirs) in enumerate(zip(core, window, strict=False)):
+
+
+def _has_line_numbers(search_lines: list[str]) -> bool:
+    """Whether every non-blank line starts with a number and a tab, as read_file shows them."""
+    nonblank = [line for line in search_lines if line.strip()]
+    return bool(nonblank) and all(_LINE_NUMBER_PREFIX.match(line) for line in nonblank)
+
+
+def _first_difference(search_lines: list[str], window: list[str], start: int) -> str:
+    """The first line where the search differs from the file's window at ``start`` (0-based), or ""."""
+    for j, (mine, theirs) in enumerate(zip(search_lines, window, strict=False)):
         if mine != theirs:
-            message += (
-                f"First difference: line {i + j + 1} of the file is\n    {_cut(theirs)!r}\n"
+            return (
+                f"First difference: line {start + j + 1} of the file is\n    {_cut(theirs)!r}\n"
                 f"but your search text has\n    {_cut(mine)!r}\n"
             )
-            break
-    return message + advice
+    return ""
 
 
 def _apply(text: str, search: str, replace: str) -> tuple[str, int, str]:
@@ -417,58 +445,89 @@ def read_file(
     """
     root, real, _ = _resolve(workspace, path, editable)
     rel = real.relative_to(root).as_posix()
-    for name, value in (("start_line", start_line), ("end_line", end_line)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise EditError(f"{name} must be a line number >= 1 (lines are numbered from 1), got {value!r}")
-    if start_line is not None and end_line is not None and end_line < start_line:
-        raise EditError(f"end_line {end_line} is before start_line {start_line}; give start_line <= end_line")
-    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
-        raise ValueError(f"max_chars must be a positive integer, got {max_chars!r}")
-    first = start_line or 1
-    last_wanted = end_line
-
+    _check_read_arguments(start_line, end_line, max_chars)
     size = real.stat().st_size
-    count_all = size <= _COUNT_ALL_LINES_BELOW
-    out: list[str] = []
-    used, shown_last, total = 0, 0, 0
-    cut = stopped_early = False
+    lines = _NumberedLines(start_line or 1, end_line, max_chars, count_all=size <= _COUNT_ALL_LINES_BELOW)
     with open(real, "rb") as f:
         if b"\0" in f.read(8192):
             raise EditError(f"'{rel}' is a binary file ({size} bytes); only text files can be read.")
         f.seek(0)
         # Split on b"\n" only, the same line numbering apply_edit reports.
         for number, raw in enumerate(f, 1):
-            if cut or (last_wanted is not None and number > last_wanted):
-                if not count_all:
-                    stopped_early = True
-                    break
-                total = number  # keep counting so the note can say "of N"
-                continue
-            total = number
-            if number < first:
-                continue
-            line = raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r")
-            if len(line) > _MAX_LINE_CHARS:
-                line = line[:_MAX_LINE_CHARS] + f" ... [line cut: {len(line) - _MAX_LINE_CHARS} more chars]"
-            entry = f"{number:6d}\t{line}"
-            if out and used + len(entry) + 1 > max_chars:
-                cut = True
-                continue
-            out.append(entry[:max_chars])  # only a first line alone can be longer than max_chars
-            used += len(entry) + 1
-            shown_last = number
-    known = not stopped_early
-    if total == 0:
-        return f"[{rel} is empty]"
-    if first > total and known:
-        raise EditError(f"'{rel}' has {total} lines; start_line {first} is past the end.")
-    of = f" of {total}" if known else ""
-    text = "\n".join(out)
-    if cut:
-        return text + (
-            f"\n[truncated at {max_chars} characters: showing lines {first}-{shown_last}{of}. "
-            f"Call again with start_line={shown_last + 1} to read on.]"
-        )
-    if first > 1 or not known or shown_last < total:
-        return text + f"\n[lines {first}-{shown_last}{of}]"
-    return text
+            if not lines.take(number, raw):
+                break
+    return lines.render(rel)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_read_arguments(start_line: int | None, end_line: int | None, max_chars: int) -> None:
+    for name, value in (("start_line", start_line), ("end_line", end_line)):
+        if value is not None and not _is_positive_int(value):
+            raise EditError(f"{name} must be a line number >= 1 (lines are numbered from 1), got {value!r}")
+    if start_line is not None and end_line is not None and end_line < start_line:
+        raise EditError(f"end_line {end_line} is before start_line {start_line}; give start_line <= end_line")
+    if not _is_positive_int(max_chars):
+        raise ValueError(f"max_chars must be a positive integer, got {max_chars!r}")
+
+
+@dataclass
+class _NumberedLines:
+    """What read_file gathers line by line: the numbered lines that fit, and what it learns of the rest."""
+
+    first: int  # the first line wanted (1-based)
+    last_wanted: int | None
+    max_chars: int
+    count_all: bool  # keep counting past the range so the note can say "of N" (small files only)
+    entries: list[str] = field(default_factory=list)
+    used: int = 0  # characters in entries, newlines included
+    shown_last: int = 0
+    total: int = 0  # lines seen so far
+    cut: bool = False  # max_chars was reached
+    stopped_early: bool = False  # the total is unknown
+
+    def take(self, number: int, raw: bytes) -> bool:
+        """Take line ``number``; False once nothing more is to be learned from the file."""
+        if self.cut or (self.last_wanted is not None and number > self.last_wanted):
+            if not self.count_all:
+                self.stopped_early = True
+                return False
+            self.total = number  # keep counting so the note can say "of N"
+            return True
+        self.total = number
+        if number >= self.first:
+            self._add(number, raw)
+        return True
+
+    def _add(self, number: int, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r")
+        if len(line) > _MAX_LINE_CHARS:
+            line = line[:_MAX_LINE_CHARS] + f" ... [line cut: {len(line) - _MAX_LINE_CHARS} more chars]"
+        entry = f"{number:6d}\t{line}"
+        if self.entries and self.used + len(entry) + 1 > self.max_chars:
+            self.cut = True
+            return
+        self.entries.append(entry[: self.max_chars])  # only a first line alone can be longer than max_chars
+        self.used += len(entry) + 1
+        self.shown_last = number
+
+    def render(self, rel: str) -> str:
+        """The numbered lines and a note saying what was left out and how to read on."""
+        known = not self.stopped_early
+        first, shown_last, total = self.first, self.shown_last, self.total
+        if total == 0:
+            return f"[{rel} is empty]"
+        if first > total and known:
+            raise EditError(f"'{rel}' has {total} lines; start_line {first} is past the end.")
+        of = f" of {total}" if known else ""
+        text = "\n".join(self.entries)
+        if self.cut:
+            return text + (
+                f"\n[truncated at {self.max_chars} characters: showing lines {first}-{shown_last}{of}. "
+                f"Call again with start_line={shown_last + 1} to read on.]"
+            )
+        if first > 1 or not known or shown_last < total:
+            return text + f"\n[lines {first}-{shown_last}{of}]"
+        return text

@@ -170,24 +170,32 @@ class RunView:
         return entry["interpretation"] if entry else None
 
     def platform_line(self) -> str:
+        """The platform of the latest finished trial that recorded one, in a few words."""
         for t in reversed(self.finished):
             p = t.platform or {}
             if p.get("gpu") or p.get("torch"):
-                known = {k: v for k, v in p.items() if v and v not in ("n/a", "unknown", "?")}
-                gpu = known.get("gpu")
-                if gpu == "cpu" and known.get("cpu"):
-                    gpu = f"CPU ({known['cpu']}, {known.get('cpu_count', '?')} cores)"
-                return ", ".join(x for x in (gpu, known.get("driver") and f"driver {known['driver']}",
-                                             known.get("cuda") and f"CUDA {known['cuda']}",
-                                             known.get("torch") and f"torch {known['torch']}") if x)
+                return _platform_text(p)
             if p.get("source"):
                 return str(p["source"])
         return "unknown"
 
 
+# The parts of a platform line after the device, each shown only when it is known.
+_PLATFORM_PARTS = (("driver", "driver {}"), ("cuda", "CUDA {}"), ("torch", "torch {}"))
+
+
+def _platform_text(platform: dict[str, Any]) -> str:
+    known = {k: v for k, v in platform.items() if v and v not in ("n/a", "unknown", "?")}
+    gpu = known.get("gpu")
+    if gpu == "cpu" and known.get("cpu"):
+        gpu = f"CPU ({known['cpu']}, {known.get('cpu_count', '?')} cores)"
+    parts = [gpu] + [template.format(known[key]) for key, template in _PLATFORM_PARTS if key in known]
+    return ", ".join(x for x in parts if x)
+
+
 def _all_noise(ledger: Ledger) -> list[dict[str, Any]]:
     rows = []
-    for r in ledger._query("SELECT * FROM noise ORDER BY id"):  # noqa: SLF001 - read-only listing
+    for r in ledger._query("SELECT * FROM noise ORDER BY id"):  # read-only listing
         d = dict(r)
         d["values"] = json.loads(d.pop("values_json"))
         rows.append(d)
@@ -252,76 +260,109 @@ def _loss_stats(trials: Iterable[Trial]) -> tuple[float | None, float | None]:
 
 
 def _trial_section(view: RunView, t: Trial, diff_lines: int, log_lines: int) -> str:
-    cat = view.category(t)
-    parent = view.trial(t.parent_trial)
-    floor = view.floor_for(t)
     head = f"#### Trial {t.id} · {t.status}" + (f" · `{t.short_commit}`" if t.commit_sha else "") + \
            f" · {md_text(t.description)}"
     lines = [f'<a id="trial-{t.id}"></a>', "", head, ""]
-    if t.status == "crash":
-        reason = t.crash_reason or t.decision or "no reason recorded"
-        lines.append(f"- **Crashed:** {md_text(reason)}")
-        if t.val_bpb is not None:
-            lines.append(f"- **val_bpb** {fmt_val(t.val_bpb)} (not trusted: the trial was recorded as a crash)")
-    elif t.val_bpb is None:
-        lines.append("- **val_bpb** not recorded" + (f": {md_text(t.decision)}" if t.decision else ""))
-    else:
-        against = "no parent to compare against"
-        if t.parent_val_bpb is not None:
-            who = f"trial {parent.id}" if parent else "its parent"
-            against = (f"vs parent {fmt_val(t.parent_val_bpb)} ({who}): **Δ {fmt_change(t.delta)}** "
-                       f"({'worse' if (t.delta or 0) > 0 else 'better' if (t.delta or 0) < 0 else 'no change'}; "
-                       f"{versus_floor(t.delta, floor)})")
-        lines.append(f"- **val_bpb** {fmt_val(t.val_bpb)} {against}")
-        if t.extra_values:
-            lines.append(f"- **Confirmation runs:** {', '.join(fmt_val(v) for v in t.extra_values)}")
+    lines += _result_lines(view, t)
     if t.decision and t.status != "crash":
         lines.append(f"- **Decision:** {md_text(t.decision)}")
-    interpretation = view.interpretation(t)
-    if interpretation:
-        lines.append(f"- **Interpretation** (the agent's journal): {md_text(interpretation)}")
-    elif t.kind == "imported" and t.summary.get("interpretation"):
-        lines.append(f"- **Interpretation** (the results.tsv's column): {md_text(t.summary['interpretation'])}")
-    elif t.kind == "imported":
-        lines.append("- **Interpretation:** none (imported from an upstream results.tsv, which has no journal)")
-    else:
-        lines.append("- **Interpretation:** no journal entry was written for this trial")
+    lines.append(_interpretation_line(view, t))
     for suspicion in getattr(t, "suspicions", None) or []:
         lines.append(f"- **Suspicious:** {md_text(suspicion)}")
-    if cat.source == "agent":
-        origin = "as the results.tsv gave it" if t.kind == "imported" else "the agent's category"
-    else:
-        origin = f"inferred from {cat.evidence}"
-    lines.append(f"- **Category:** {cat.label} ({md_text(origin)})")
+    lines.append(_category_line(view, t))
     lines.append("")
-    if t.diff.strip():
-        body, added, removed, cut = short_diff(t.diff, diff_lines)
-        shown = f"diff: +{added} −{removed} lines" + (f", first {diff_lines} shown" if cut else "")
-        lines += [details(shown, fenced(body, "diff")), ""]
-    elif t.kind == "imported":
-        lines += ["*No diff: the commit was not found, or no repository was given (`import --repo PATH`).*", ""]
-    else:
-        lines += ["*No diff: the training script was unchanged (a re-run of its parent).*", ""]
+    lines += [_diff_block(t, diff_lines), ""]
     if t.status == "crash" and t.log_tail.strip():
         lines += [details(f"last {min(log_lines, len(t.log_tail.strip().splitlines()))} lines of the log",
                           fenced(tail_lines(t.log_tail, log_lines), "text")), ""]
     return "\n".join(lines)
 
 
+def _result_lines(view: RunView, t: Trial) -> list[str]:
+    """What the trial measured: its val_bpb against its parent's, or why there is none to trust."""
+    if t.status == "crash":
+        reason = t.crash_reason or t.decision or "no reason recorded"
+        lines = [f"- **Crashed:** {md_text(reason)}"]
+        if t.val_bpb is not None:
+            lines.append(f"- **val_bpb** {fmt_val(t.val_bpb)} (not trusted: the trial was recorded as a crash)")
+        return lines
+    if t.val_bpb is None:
+        return ["- **val_bpb** not recorded" + (f": {md_text(t.decision)}" if t.decision else "")]
+    lines = [f"- **val_bpb** {fmt_val(t.val_bpb)} {_against_parent(view, t)}"]
+    if t.extra_values:
+        lines.append(f"- **Confirmation runs:** {', '.join(fmt_val(v) for v in t.extra_values)}")
+    return lines
+
+
+def _against_parent(view: RunView, t: Trial) -> str:
+    if t.parent_val_bpb is None:
+        return "no parent to compare against"
+    parent = view.trial(t.parent_trial)
+    who = f"trial {parent.id}" if parent else "its parent"
+    return (f"vs parent {fmt_val(t.parent_val_bpb)} ({who}): **Δ {fmt_change(t.delta)}** "
+            f"({_direction(t.delta)}; {versus_floor(t.delta, view.floor_for(t))})")
+
+
+def _direction(delta: float | None) -> str:
+    change = delta or 0
+    return "worse" if change > 0 else "better" if change < 0 else "no change"
+
+
+def _interpretation_line(view: RunView, t: Trial) -> str:
+    interpretation = view.interpretation(t)
+    if interpretation:
+        return f"- **Interpretation** (the agent's journal): {md_text(interpretation)}"
+    if t.kind == "imported" and t.summary.get("interpretation"):
+        return f"- **Interpretation** (the results.tsv's column): {md_text(t.summary['interpretation'])}"
+    if t.kind == "imported":
+        return "- **Interpretation:** none (imported from an upstream results.tsv, which has no journal)"
+    return "- **Interpretation:** no journal entry was written for this trial"
+
+
+def _category_line(view: RunView, t: Trial) -> str:
+    cat = view.category(t)
+    if cat.source == "agent":
+        origin = "as the results.tsv gave it" if t.kind == "imported" else "the agent's category"
+    else:
+        origin = f"inferred from {cat.evidence}"
+    return f"- **Category:** {cat.label} ({md_text(origin)})"
+
+
+def _diff_block(t: Trial, diff_lines: int) -> str:
+    if t.diff.strip():
+        body, added, removed, cut = short_diff(t.diff, diff_lines)
+        shown = f"diff: +{added} −{removed} lines" + (f", first {diff_lines} shown" if cut else "")
+        return details(shown, fenced(body, "diff"))
+    if t.kind == "imported":
+        return "*No diff: the commit was not found, or no repository was given (`import --repo PATH`).*"
+    return "*No diff: the training script was unchanged (a re-run of its parent).*"
+
+
 def graveyard_markdown(view: RunView, *, diff_lines: int = DIFF_LINES, log_lines: int = LOG_LINES,
                        generated: float | None = None) -> str:
     """The whole graveyard of a run as GitHub-flavoured markdown."""
     groups = graveyard_groups(view)
+    out = _introduction(view, generated)
+    if not groups:
+        out += ["Nothing was discarded and nothing crashed.", ""]
+        return "\n".join(out)
+    out += _contents(groups)
+    for g in groups:
+        out += _group_section(view, g, diff_lines, log_lines)
+    out += _summary_section(view, groups)
+    return "\n".join(out)
+
+
+def _introduction(view: RunView, generated: float | None) -> list[str]:
     discards = view.by_status("discard")
     crashes = view.by_status("crash")
-    finished = view.finished
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(generated if generated is not None else time.time()))
     source = " (imported from an upstream results.tsv)" if view.imported else ""
     out = [
         f"# Graveyard: {md_text(view.tag)}",
         "",
         f"Every discarded and crashed trial of run `{view.tag}`{source}: {len(discards)} discarded and "
-        f"{len(crashes)} crashed of {len(finished)} finished trials. Policy `{view.config.policy}`, "
+        f"{len(crashes)} crashed of {len(view.finished)} finished trials. Policy `{view.config.policy}`, "
         f"{floor_text(view)}. Generated {stamp}.",
         "",
         "Δ is the trial's val_bpb minus its parent's (the keep it was built on): negative is better. "
@@ -333,52 +374,70 @@ def graveyard_markdown(view: RunView, *, diff_lines: int = DIFF_LINES, log_lines
     if aborted:
         out += [f"{len(aborted)} trial(s) stopped before they finished are not counted and not listed "
                 f"({', '.join(str(t.id) for t in aborted)}).", ""]
-    if not groups:
-        out += ["Nothing was discarded and nothing crashed.", ""]
-        return "\n".join(out)
+    return out
 
-    out += ["## Contents", ""]
+
+def _contents(groups: list[Group]) -> list[str]:
+    out = ["## Contents", ""]
     for g in groups:
         anchor = "-".join(g.label.split())
         out.append(f"- [{g.label.capitalize()}](#{anchor}) ({len(g.trials)})")
-    out += ["- [Summary](#summary)", ""]
+    return out + ["- [Summary](#summary)", ""]
 
-    for g in groups:
-        crashed = sum(t.status == "crash" for t in g.trials)
-        inferred = len(g.trials) - g.agent_given
-        how = "all by the agent's own category" if inferred == 0 else \
-            "all inferred from description and diff" if g.agent_given == 0 else \
-            f"{g.agent_given} by the agent's category, {inferred} inferred"
-        out += [f"## {g.label.capitalize()}", "",
-                f"{len(g.trials)} tried: {len(g.trials) - crashed} discarded, {crashed} crashed ({how}).", "",
-                "| trial | status | val_bpb | parent | Δ | vs floor | description |",
-                "|---:|---|---:|---:|---:|---|---|"]
-        for t in g.trials:
-            out.append(
-                f"| [{t.id}](#trial-{t.id}) | {t.status} | {fmt_val(t.val_bpb) if t.status != 'crash' else '—'} | "
-                f"{fmt_val(t.parent_val_bpb)} | {fmt_change(t.delta) if t.delta is not None else '—'} | "
-                f"{versus_floor(t.delta, view.floor_for(t)) if t.delta is not None else '—'} | "
-                f"{md_cell(t.description)} |"
-            )
-        out.append("")
-        for t in g.trials:
-            out.append(_trial_section(view, t, diff_lines, log_lines))
-    out += ["## Summary", "",
-            "Loss is Δ (trial minus parent, positive is worse) over the trials that produced a val_bpb; "
-            "best is the smallest loss, the nearest miss.", "",
-            "| what was tried | tries | discarded | crashed | within noise | mean loss | best loss |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+
+def _group_section(view: RunView, g: Group, diff_lines: int, log_lines: int) -> list[str]:
+    crashed = sum(t.status == "crash" for t in g.trials)
+    out = [f"## {g.label.capitalize()}", "",
+           f"{len(g.trials)} tried: {len(g.trials) - crashed} discarded, {crashed} crashed ({_how_categorised(g)}).",
+           "",
+           "| trial | status | val_bpb | parent | Δ | vs floor | description |",
+           "|---:|---|---:|---:|---:|---|---|"]
+    out += [_group_row(view, t) for t in g.trials]
+    out.append("")
+    out += [_trial_section(view, t, diff_lines, log_lines) for t in g.trials]
+    return out
+
+
+def _how_categorised(g: Group) -> str:
+    inferred = len(g.trials) - g.agent_given
+    if inferred == 0:
+        return "all by the agent's own category"
+    if g.agent_given == 0:
+        return "all inferred from description and diff"
+    return f"{g.agent_given} by the agent's category, {inferred} inferred"
+
+
+def _group_row(view: RunView, t: Trial) -> str:
+    return (
+        f"| [{t.id}](#trial-{t.id}) | {t.status} | {fmt_val(t.val_bpb) if t.status != 'crash' else '—'} | "
+        f"{fmt_val(t.parent_val_bpb)} | {fmt_change(t.delta) if t.delta is not None else '—'} | "
+        f"{versus_floor(t.delta, view.floor_for(t)) if t.delta is not None else '—'} | "
+        f"{md_cell(t.description)} |"
+    )
+
+
+def _summary_section(view: RunView, groups: list[Group]) -> list[str]:
+    out = ["## Summary", "",
+           "Loss is Δ (trial minus parent, positive is worse) over the trials that produced a val_bpb; "
+           "best is the smallest loss, the nearest miss.", "",
+           "| what was tried | tries | discarded | crashed | within noise | mean loss | best loss |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
     everything = Group("other", [t for g in groups for t in g.trials], 0)
     for g, label in [(g, g.label) for g in groups] + [(everything, "**all**")]:
         mean, best = _loss_stats(g.trials)
         crashed = sum(t.status == "crash" for t in g.trials)
-        within = "n/a" if view.floor() is None else str(sum(
-            1 for t in g.trials
-            if t.delta is not None and (f := view.floor_for(t)) is not None and abs(t.delta) < f))
-        out.append(f"| {label} | {len(g.trials)} | {len(g.trials) - crashed} | {crashed} | {within} | "
-                   f"{fmt_change(mean)} | {fmt_change(best)} |")
+        out.append(f"| {label} | {len(g.trials)} | {len(g.trials) - crashed} | {crashed} | "
+                   f"{_within_noise(view, g.trials)} | {fmt_change(mean)} | {fmt_change(best)} |")
     out.append("")
-    return "\n".join(out)
+    return out
+
+
+def _within_noise(view: RunView, trials: list[Trial]) -> str:
+    """How many of the trials changed val_bpb by less than their floor; n/a while unmeasured."""
+    if view.floor() is None:
+        return "n/a"
+    return str(sum(1 for t in trials
+                   if t.delta is not None and (f := view.floor_for(t)) is not None and abs(t.delta) < f))
 
 
 def write_graveyard(ledger: Ledger, path: Path, **options: Any) -> Path:

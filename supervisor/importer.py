@@ -57,6 +57,11 @@ NUMERIC_COLUMNS: dict[str, tuple[str, float]] = {
     "peak_vram_mb": ("peak_vram_mb", 1.0),
 }
 CATEGORY_COLUMNS = ("category", "kind", "type")
+# Beyond these a number is a typo or a sentinel, not a measurement: 8 bits per byte is a model no better than
+# uniform over bytes, so a val_bpb over 1000 means nothing, and no axis or SQLite integer holds 1e308.
+MAX_VAL_BPB = 1000.0
+MAX_MEMORY_GB = 1e6
+MAX_EXTRA_VALUE = 1e15
 _LINE_NUMBER = re.compile(r"^\s*(\d{1,6})(?:\s+(.*))?$")
 _HEX = re.compile(r"^[0-9a-fA-F]{4,40}$")
 
@@ -234,6 +239,50 @@ def _split(body: str, header: list[str]) -> list[str] | str:
     return tokens
 
 
+@dataclass
+class Problem:
+    """Why a line cannot be imported."""
+
+    reason: str
+
+
+def _read_val_bpb(raw_val: str, status: str, notes: list[str]) -> float | None | Problem:
+    """The line's val_bpb; None where there is no result; a Problem where a keep has nothing to keep."""
+    value = _number(raw_val) if raw_val else None
+    if raw_val and value is None and status != "crash":
+        return Problem(f"val_bpb {raw_val!r} is not a number")
+    if value is not None and math.isfinite(value) and value > MAX_VAL_BPB:
+        if status == "keep":
+            return Problem(f"a keep with val_bpb {raw_val}: not a bits-per-byte value (at most {MAX_VAL_BPB:g})")
+        notes.append(f"val_bpb {raw_val} is not a bits-per-byte value (at most {MAX_VAL_BPB:g}); left out")
+        return None
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        if status == "keep":
+            return Problem(f"a keep with val_bpb {raw_val}: there is no result to keep")
+        if status == "discard":
+            notes.append(f"val_bpb {raw_val}: no result recorded")
+        return None
+    if value is None and status != "crash":
+        if status == "keep":
+            return Problem("a keep with no val_bpb: there is no result to keep")
+        notes.append("no val_bpb recorded")
+    elif status == "crash" and value is not None:
+        notes.append(f"a crash with val_bpb {raw_val}: the value is kept but not trusted")
+    return value
+
+
+def _read_memory_gb(raw_mem: str, notes: list[str]) -> float | None:
+    memory = _number(raw_mem) if raw_mem else None
+    if raw_mem and memory is None:
+        notes.append(f"memory_gb {raw_mem!r} is not a number; left out")
+    if memory is not None and math.isfinite(memory) and memory > MAX_MEMORY_GB:
+        notes.append(f"memory_gb {raw_mem} is not a memory size; left out")
+        return None
+    if memory is not None and (not math.isfinite(memory) or memory <= 0):
+        return None  # upstream writes 0.0 for crashes and where memory is not measured (CPU, MPS)
+    return memory
+
+
 def _parse_row(number: int, body: str, header: list[str]) -> UpstreamRow | Unreadable:
     if "val_bpb" not in header:
         return Unreadable(number, body, f"the header has no val_bpb column (it has {', '.join(header)}): "
@@ -255,29 +304,10 @@ def _parse_row(number: int, body: str, header: list[str]) -> UpstreamRow | Unrea
     elif " " in commit:
         return Unreadable(number, body, f"the commit {commit!r} has spaces in it")
 
-    raw_val = cols.get("val_bpb", "").strip()
-    value = _number(raw_val) if raw_val else None
-    if raw_val and value is None and status != "crash":
-        return Unreadable(number, body, f"val_bpb {raw_val!r} is not a number")
-    if value is not None and (not math.isfinite(value) or value <= 0):
-        if status == "keep":
-            return Unreadable(number, body, f"a keep with val_bpb {raw_val}: there is no result to keep")
-        if status == "discard":
-            notes.append(f"val_bpb {raw_val}: no result recorded")
-        value = None
-    elif value is None and status != "crash":
-        if status == "keep":
-            return Unreadable(number, body, "a keep with no val_bpb: there is no result to keep")
-        notes.append("no val_bpb recorded")
-    elif status == "crash" and value is not None:
-        notes.append(f"a crash with val_bpb {raw_val}: the value is kept but not trusted")
-
-    raw_mem = cols.get("memory_gb", "").strip()
-    memory = _number(raw_mem) if raw_mem else None
-    if raw_mem and memory is None:
-        notes.append(f"memory_gb {raw_mem!r} is not a number; left out")
-    if memory is not None and (not math.isfinite(memory) or memory <= 0):
-        memory = None  # upstream writes 0.0 for crashes and where memory is not measured (CPU, MPS)
+    value = _read_val_bpb(cols.get("val_bpb", "").strip(), status, notes)
+    if isinstance(value, Problem):
+        return Unreadable(number, body, value.reason)
+    memory = _read_memory_gb(cols.get("memory_gb", "").strip(), notes)
     description = " ".join(cols.get("description", "").split()) or "(no description)"
     return UpstreamRow(number, commit or None, value, memory, status, description, cols, notes)
 
@@ -381,64 +411,49 @@ def _decision(status: str, gain: float | None, floor: float | None, factor: floa
     return f"upstream discarded it: {change}, {abs(gain) / floor:.1f}x {floor_words}{within}"
 
 
-def import_results(path: Path, tag: str, *, journals_root: Path, noise_sd: float | None = None,
-                   noise_values: list[float] | None = None, floor_factor: float = DEFAULT_FLOOR_FACTOR,
-                   budget_s: float = DEFAULT_BUDGET_S, repo: Path | None = None) -> ImportResult:
-    """Create the run `tag` from an upstream results.tsv. Nothing is created when nothing can be read."""
-    validate_tag(tag)
-    path = Path(path)
-    if not path.is_file():
-        raise ResultsImportError(f"no file {path}")
-    try:
-        policy = KeepPolicy("flag", floor_factor)  # validates the factor
-    except ValueError as exc:
-        raise ResultsImportError(f"--floor-factor: {exc}") from exc
-    if not (budget_s > 0):
-        raise ResultsImportError(f"--budget must be a positive number of seconds, got {budget_s}")
-    sd, measurement = _noise_for(noise_sd, noise_values, budget_s)
-    config = RunConfig(tag=tag, journals_root=Path(journals_root), budget_s=budget_s, policy="flag",
-                       floor_factor=floor_factor, agent="imported")
-    run_dir = config.run_dir
-    ledger_path = run_dir / "ledger.sqlite"
-    if ledger_path.exists():
-        raise ResultsImportError(f"run {tag!r} already exists in {journals_root}; choose another --tag "
-                           f"(or move {run_dir} aside to import again)")
-    text, decode_notes = decode(path.read_bytes())
-    parsed = parse_results(text)
-    parsed.notes[:0] = decode_notes
-    if not parsed.rows:
-        why = "; ".join(str(u) for u in parsed.unreadable[:5]) or "the file has no rows"
-        raise ResultsImportError(f"nothing in {path} could be read as upstream results: {why}")
-    diffs = CommitDiffs(repo) if repo is not None else None
+@dataclass
+class _Rows:
+    """What is needed to turn parsed lines into trial rows, and what that finds on the way."""
 
-    floor = policy.floor_for(sd)
-    rows: list[dict[str, Any]] = []
-    missing: list[str] = []
-    recovered = 0
-    parent: dict[str, Any] | None = None  # the last keep: {"id", "val", "commit" (object or None)}
-    for index, row in enumerate(parsed.rows, start=1):
-        commit_obj = None
-        if diffs is not None and row.commit:
-            commit_obj = diffs.resolve(row.commit)
-            if commit_obj is None:
-                missing.append(f"line {row.line}: commit {row.commit} is not in {diffs.path} "
-                               "(garbage-collected, or from another clone); imported without a diff")
-        diff = ""
-        if commit_obj is not None and parent is not None:
-            base = parent["commit"]
-            if base is None and commit_obj.parents:
-                base = commit_obj.parents[0]
-                row.notes.append("the parent keep has no commit here: diffed against the commit's git parent")
-            if base is not None:
-                diff = diffs.diff(base, commit_obj)
-                recovered += 1
+    diffs: CommitDiffs | None
+    policy: KeepPolicy
+    sd: float | None
+    floor: float | None
+    floor_factor: float
+    budget_s: float
+    source_name: str
+    missing: list[str] = field(default_factory=list)
+    recovered: int = 0
+
+    def diff_for(self, row: UpstreamRow, parent: dict[str, Any] | None) -> tuple[Any | None, str]:
+        """The row's commit object (None when not found or no --repo) and its diff against the parent keep."""
+        if self.diffs is None or not row.commit:
+            return None, ""
+        commit_obj = self.diffs.resolve(row.commit)
+        if commit_obj is None:
+            self.missing.append(f"line {row.line}: commit {row.commit} is not in {self.diffs.path} "
+                                "(garbage-collected, or from another clone); imported without a diff")
+            return None, ""
+        if parent is None:
+            return commit_obj, ""
+        base = parent["commit"]
+        if base is None and commit_obj.parents:
+            base = commit_obj.parents[0]
+            row.notes.append("the parent keep has no commit here: diffed against the commit's git parent")
+        if base is None:
+            return commit_obj, ""
+        self.recovered += 1
+        return commit_obj, self.diffs.diff(base, commit_obj)
+
+    def fields(self, row: UpstreamRow, parent: dict[str, Any] | None) -> tuple[dict[str, Any], Any | None]:
+        """The ledger fields of one imported trial, and its commit object."""
+        commit_obj, diff = self.diff_for(row, parent)
         gain = flagged = None
         if parent is not None and row.val_bpb is not None and row.status != "crash":
-            decided = policy.decide([parent["val"]], [row.val_bpb], sd)
+            decided = self.policy.decide([parent["val"]], [row.val_bpb], self.sd)
             gain = decided.gain
             flagged = row.status == "keep" and (decided.flagged or (gain is not None and gain <= 0))
         category_column = next((row.columns[c] for c in CATEGORY_COLUMNS if row.columns.get(c)), None)
-        category = normalize_category(category_column)
         summary = {"source_line": str(row.line),
                    **{k: v for k, v in row.columns.items() if v and k != "description"}}
         if row.notes:
@@ -450,46 +465,54 @@ def import_results(path: Path, tag: str, *, journals_root: Path, noise_sd: float
             "parent_trial": None if parent is None else parent["id"],
             "description": row.description,
             # Only a category the file states is stored; the graveyard and report infer the rest and say so.
-            "category": category,
+            "category": normalize_category(category_column),
             "status": row.status,
             "val_bpb": row.val_bpb,
             "parent_val_bpb": None if parent is None else parent["val"],
             "delta": None if gain is None else -gain,
             "flagged": bool(flagged),
-            "decision": _decision(row.status, gain, floor, floor_factor, sd,
+            "decision": _decision(row.status, gain, self.floor, self.floor_factor, self.sd,
                                   None if parent is None else parent["id"], bool(flagged)),
             "crash_reason": "upstream recorded a crash (no val_bpb)" if row.status == "crash" else None,
             "diff": diff,
             "summary": summary,
-            "budget_s": budget_s,
-            "platform": {"source": f"imported from {path.name}"},
+            "budget_s": self.budget_s,
+            "platform": {"source": f"imported from {self.source_name}"},
             "peak_vram_mb": None if row.memory_gb is None else row.memory_gb * 1024.0,
         }
-        for name, value in row.columns.items():
-            target = NUMERIC_COLUMNS.get(name)
-            number = _number(value) if target and value else None
-            if target and number is not None and math.isfinite(number) and number > 0:
-                fields[target[0]] = int(number) if target[0] == "num_steps" else number * target[1]
+        fields.update(_extra_columns(row))
         if commit_obj is not None:
             fields["started"] = fields["finished"] = float(commit_obj.committed_date)
-        rows.append(fields)
-        if row.status == "keep":
-            parent = {"id": index, "val": row.val_bpb, "commit": commit_obj, "ref": row.commit}
+        return fields, commit_obj
 
-    # Everything is computed: only now is the run folder made, and removed again if writing fails.
+
+def _extra_columns(row: UpstreamRow) -> dict[str, Any]:
+    """Throughput and size columns the file has beyond upstream's five, as trial fields."""
+    out: dict[str, Any] = {}
+    for name, value in row.columns.items():
+        target = NUMERIC_COLUMNS.get(name)
+        number = _number(value) if target and value else None
+        if target and number is not None and 0 < number * target[1] <= MAX_EXTRA_VALUE:
+            out[target[0]] = int(number) if target[0] == "num_steps" else number * target[1]
+    return out
+
+
+def _write_run(run_dir: Path, tag: str, config: RunConfig, rows: list[dict[str, Any]], *, path: Path,
+               repo: Path | None, sd: float | None, measurement: NoiseMeasurement | None) -> list[int]:
+    """Create the run folder and its ledger from the computed rows; on any failure remove what was made."""
     created_dir = not run_dir.exists()
     try:
-        ledger = Ledger(ledger_path, create=True)
+        ledger = Ledger(run_dir / "ledger.sqlite", create=True)
         try:
             ledger.init_run(tag, config.to_json())
             ids = ledger.insert_imported_trials(rows)
-            if ids != list(range(1, len(rows) + 1)):  # parents above were numbered so, in a fresh ledger
+            if ids != list(range(1, len(rows) + 1)):  # parents were numbered so, in a fresh ledger
                 raise RuntimeError(f"imported trials got ids {ids[:3]}..., expected 1..{len(rows)}")
             if sd is not None:
-                ledger.add_noise(commit_sha="import", budget_s=budget_s,
+                ledger.add_noise(commit_sha="import", budget_s=config.budget_s,
                                  platform="given on import" if measurement is None else measurement.platform,
                                  values=[] if measurement is None else measurement.values, sd=sd,
-                                 factor=floor_factor)
+                                 factor=config.floor_factor)
             detail = f"imported from {path.resolve()}" + (f", diffs from {Path(repo).resolve()}" if repo else "")
             ledger.set_state(IMPORTED_STATE, detail)
             JournalFiles(ledger, run_dir).render_all()
@@ -503,6 +526,48 @@ def import_results(path: Path, tag: str, *, journals_root: Path, noise_sd: float
             for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"):
                 (run_dir / name).unlink(missing_ok=True)
         raise
+    return ids
+
+
+def import_results(path: Path, tag: str, *, journals_root: Path, noise_sd: float | None = None,
+                   noise_values: list[float] | None = None, floor_factor: float = DEFAULT_FLOOR_FACTOR,
+                   budget_s: float = DEFAULT_BUDGET_S, repo: Path | None = None) -> ImportResult:
+    """Create the run `tag` from an upstream results.tsv. Nothing is created when nothing can be read."""
+    validate_tag(tag)
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsImportError(f"no file {path}")
+    try:
+        policy = KeepPolicy("flag", floor_factor)  # validates the factor
+    except ValueError as exc:
+        raise ResultsImportError(f"--floor-factor: {exc}") from exc
+    if not (budget_s > 0 and math.isfinite(budget_s)):
+        raise ResultsImportError(f"--budget must be a positive number of seconds, got {budget_s}")
+    sd, measurement = _noise_for(noise_sd, noise_values, budget_s)
+    config = RunConfig(tag=tag, journals_root=Path(journals_root), budget_s=budget_s, policy="flag",
+                       floor_factor=floor_factor, agent="imported")
+    run_dir = config.run_dir
+    if (run_dir / "ledger.sqlite").exists():
+        raise ResultsImportError(f"run {tag!r} already exists in {journals_root}; choose another --tag "
+                                 f"(or move {run_dir} aside to import again)")
+    text, decode_notes = decode(path.read_bytes())
+    parsed = parse_results(text)
+    parsed.notes[:0] = decode_notes
+    if not parsed.rows:
+        why = "; ".join(str(u) for u in parsed.unreadable[:5]) or "the file has no rows"
+        raise ResultsImportError(f"nothing in {path} could be read as upstream results: {why}")
+    builder = _Rows(CommitDiffs(repo) if repo is not None else None, policy, sd, policy.floor_for(sd),
+                    floor_factor, budget_s, path.name)
+    rows: list[dict[str, Any]] = []
+    parent: dict[str, Any] | None = None  # the last keep: {"id", "val", "commit" (object or None), "ref"}
+    for index, row in enumerate(parsed.rows, start=1):
+        fields, commit_obj = builder.fields(row, parent)
+        rows.append(fields)
+        if row.status == "keep":
+            parent = {"id": index, "val": row.val_bpb, "commit": commit_obj, "ref": row.commit}
+
+    # Everything is computed: only now is the run folder made, and removed again if writing fails.
+    ids = _write_run(run_dir, tag, config, rows, path=path, repo=repo, sd=sd, measurement=measurement)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("keep", "discard", "crash")}
-    return ImportResult(tag, run_dir, parsed, ids, counts, sum(bool(r["flagged"]) for r in rows), floor,
-                        missing, recovered)
+    return ImportResult(tag, run_dir, parsed, ids, counts, sum(bool(r["flagged"]) for r in rows), builder.floor,
+                        builder.missing, builder.recovered)

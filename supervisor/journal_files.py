@@ -100,9 +100,23 @@ def reflection_markdown(r: dict[str, Any]) -> str:
 
 
 def journal_markdown(ledger: Ledger) -> str:
+    """journal.md: the plan queue, then entries, reflections, steering and noise floors in time order."""
     run = ledger.run_row()
+    timeline = _timeline(ledger)
+    header = [
+        f"# Lab journal: {run['tag']}",
+        "",
+        f"Started {_stamp(run['created'])}. {len(ledger.finished_trials())} finished trials.",
+        "",
+    ]
+    header += _plan_queue(ledger.plans())
+    return "\n".join(header) + "\n" + "\n".join(md for _, _, md in timeline)
+
+
+def _timeline(ledger: Ledger) -> list[tuple[float, int, str]]:
+    """Journal entries, reflections, steering and noise floors as (time, order, markdown), in order."""
     trials = {t.id: t for t in ledger.trials()}
-    items: list[tuple[float, int, str]] = []  # (time, order, markdown) merged into one timeline
+    items: list[tuple[float, int, str]] = []
     for j in ledger.journal_entries():
         t = trials.get(j["trial_id"])
         if t is None:
@@ -112,30 +126,27 @@ def journal_markdown(ledger: Ledger) -> str:
         items.append((r["created"], 2, reflection_markdown(r)))
     for s in ledger.steering():
         items.append((s["created"], 0, f"> **Steering from the person** ({_stamp(s['created'])}): {s['message']}\n"))
-    for n in _noise_rows(ledger):
-        items.append(n)
+    items += _noise_rows(ledger)
     items.sort(key=lambda x: (x[0], x[1]))
-    header = [
-        f"# Lab journal: {run['tag']}",
-        "",
-        f"Started {_stamp(run['created'])}. {len(ledger.finished_trials())} finished trials.",
-        "",
-    ]
-    plans = ledger.plans()
-    if plans:
-        header += ["### Plan queue", ""]
-        for p in plans:
-            extra = f" (dropped: {p['reason']})" if p["status"] == "dropped" else ""
-            if p["status"] == "tried" and p["trial_id"]:
-                extra = f" (tried in trial {p['trial_id']})"
-            header.append(f"- [{p['status']}] #{p['id']} {p['idea']}{extra}")
-        header.append("")
-    return "\n".join(header) + "\n" + "\n".join(md for _, _, md in items)
+    return items
+
+
+def _plan_queue(plans: list[dict[str, Any]]) -> list[str]:
+    if not plans:
+        return []
+    lines = ["### Plan queue", ""]
+    for p in plans:
+        extra = f" (dropped: {p['reason']})" if p["status"] == "dropped" else ""
+        if p["status"] == "tried" and p["trial_id"]:
+            extra = f" (tried in trial {p['trial_id']})"
+        lines.append(f"- [{p['status']}] #{p['id']} {p['idea']}{extra}")
+    lines.append("")
+    return lines
 
 
 def _noise_rows(ledger: Ledger) -> list[tuple[float, int, str]]:
     out = []
-    rows = ledger._query("SELECT * FROM noise ORDER BY id")  # noqa: SLF001 - read-only helper
+    rows = ledger._query("SELECT * FROM noise ORDER BY id")  # read-only helper
     for r in rows:
         values = json.loads(r["values_json"])
         sd = r["sd"]

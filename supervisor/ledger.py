@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -232,9 +233,16 @@ class Ledger:
         self.path = Path(path)
         if not self.path.exists() and not create:
             raise LedgerError(f"no ledger at {self.path}: no run with this tag (start one with `autoresearch run`)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not create and self.path.stat().st_size == 0:
+            # SQLite would take an empty file for a new database and write a fresh schema over what was lost.
+            raise LedgerError(f"the ledger {self.path} is empty (0 bytes): the run's record is lost or was never "
+                              "written. Nothing has been changed; rebuild what you need from results.tsv and "
+                              "journal.md beside it, or start a new run with another --tag.")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+        # mode=ro: a reader (status, review, report, export) never creates or rewrites the file.
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro" if readonly else str(self.path)
         try:
             self._db = sqlite3.connect(uri, uri=readonly, check_same_thread=False, timeout=30.0,
                                        isolation_level=None)

@@ -41,7 +41,7 @@ from supervisor.config import ConfigError, RunConfig
 from supervisor.errors import UserError
 from supervisor.failpoints import failpoint
 from supervisor.guards import eval_fingerprint, fingerprint_changes, scan_diff
-from supervisor.journal_files import JournalFiles
+from supervisor.journal_files import JournalFiles, atomic_write
 from supervisor.ledger import Ledger, LedgerError, Trial
 from supervisor.lock import RunLock
 from supervisor.platform_info import platform_info
@@ -100,6 +100,11 @@ class RunPaths:
 
     def noise_dir(self, index: int) -> Path:
         return self.run_dir / "noise" / f"{int(time.time())}-{index}"
+
+    @property
+    def noise_progress(self) -> Path:
+        """Which noise seed runs and what the finished ones scored: the UI, in another process, reads it."""
+        return self.run_dir / "noise" / "progress.json"
 
 
 def _fmt(v: float | None, digits: int = 6) -> str:
@@ -173,6 +178,7 @@ class Supervisor:
                 else:
                     self.workspace = Workspace.create(cfg.workspace, cfg.source_dir, cfg.layout, cfg.branch)
             except WorkspaceError as exc:
+                self._forget_unborn_run()
                 raise SupervisorError(str(exc)) from exc
             self._harness_hash = self.workspace.committed_harness_hash()
             self.ledger.set_meta("eval_fingerprint", eval_fingerprint(cfg.cache_dir))
@@ -180,6 +186,13 @@ class Supervisor:
         else:
             self._resume()
         self.files.render_all()
+
+    def _forget_unborn_run(self) -> None:
+        """A new run whose workspace could not be made leaves no ledger behind, so the same command can be
+        given again once its cause is fixed (a ledger without a workspace could neither resume nor restart)."""
+        self.ledger.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.paths.ledger}{suffix}").unlink(missing_ok=True)
 
     def _resume(self) -> None:
         row = self.ledger.run_row()
@@ -653,6 +666,8 @@ class Supervisor:
             best=self._trial_dict(best) if best else None,
             profile=self._cache_profile(),
             tools=TOOL_SCHEMAS,
+            stopped=[self._trial_dict(t) for t in self.ledger.trials(["aborted"])
+                     if t.kind == "trial" and t.crash_reason == "stopped by the person"],
         )
 
     def _cache_profile(self) -> str | None:
@@ -1014,13 +1029,26 @@ class Supervisor:
         self._trial_stop.clear()
         # New seeds for every measurement, so re-measuring the same commit is a new sample.
         previous = len(self.ledger._query("SELECT id FROM noise"))  # noqa: SLF001
+        progress: dict[str, Any] = {"commit": commit, "repeats": repeats, "budget_s": self.config.budget_s,
+                                    "seeds": []}
+        self._write_noise_progress(progress)  # replaces an earlier measurement's at once
         for i in range(repeats):
             if self._stop or self._trial_stop.is_set():
                 break
             seed = NOISE_SEED_BASE + 100 * previous + i
             self.bus.emit(ev.NOTICE, level="info", message=f"noise run {i + 1}/{repeats} (seed {seed})")
-            outcome = self._execute(None, self.paths.noise_dir(i), seed, live=False)
-            if outcome.status == "ok" and outcome.val_bpb is not None:
+            out_dir = self.paths.noise_dir(i)
+            progress["seeds"].append({"index": i + 1, "seed": seed, "status": "running", "started": time.time(),
+                                      "dir": out_dir.relative_to(self.paths.run_dir).as_posix()})
+            self._write_noise_progress(progress)
+            outcome = self._execute(None, out_dir, seed, live=False)
+            ok = outcome.status == "ok" and outcome.val_bpb is not None
+            steps = summary_float(outcome.summary, "num_steps")
+            progress["seeds"][-1].update(status="ok" if ok else "stopped" if outcome.stopped else "crash",
+                                         val_bpb=outcome.val_bpb if ok else None,
+                                         num_steps=int(steps) if steps is not None else None)
+            self._write_noise_progress(progress)
+            if ok:
                 values.append(outcome.val_bpb)
             else:
                 self.bus.emit(ev.NOTICE, level="warning", message=f"noise run {i + 1} crashed: {outcome.reason}")
@@ -1038,6 +1066,12 @@ class Supervisor:
         self.bus.emit(ev.NOISE, values=values, sd=noise.sd, floor=noise.floor(self.config.floor_factor))
         self._set_state("running")
         return noise
+
+    def _write_noise_progress(self, progress: dict[str, Any]) -> None:
+        try:
+            atomic_write(self.paths.noise_progress, json.dumps(progress))
+        except OSError:
+            pass  # only the UI's view of the measurement: a full disk must not stop it
 
     # ---- closing ----------------------------------------------------------------------------------------------
     def close(self) -> None:

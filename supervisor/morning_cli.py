@@ -10,7 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from supervisor.config import default_journals_root, validate_tag
+from supervisor.config import (
+    absolute_path,
+    check_writable_folder,
+    default_journals_root,
+    existing_file,
+    existing_folder,
+    finite_float_list,
+    finite_positive_float,
+    non_negative_float,
+    non_negative_int,
+    tag_name,
+)
 from supervisor.errors import UserError
 
 
@@ -19,33 +30,41 @@ class MorningError(UserError):
 
 
 def _journals(args: argparse.Namespace) -> Path:
-    return Path(args.journals) if args.journals else default_journals_root()
+    return args.journals or default_journals_root()
 
 
 def _open_run(args: argparse.Namespace):
-    """The run's ledger, read without taking its lock (a run may be going on)."""
+    """The run's ledger, opened read-only and without its lock (a run may be going on; a damaged ledger must
+    stay exactly as it is)."""
     from supervisor.ledger import Ledger
 
-    validate_tag(args.tag)
     journals = _journals(args)
     path = journals / args.tag / "ledger.sqlite"
     if not path.exists():
         raise MorningError(f"no run {args.tag!r} in {journals} (list them with `ls {journals}`; "
                            "pass --journals DIR if it lives elsewhere)")
-    return Ledger(path)
+    return Ledger(path, readonly=True)
+
+
+def _output_path(text: str) -> Path | str:
+    """`-o`: `-` (stdout) as it is, any other path made absolute."""
+    return text if text == "-" else absolute_path(text)
 
 
 def cmd_export_graveyard(args: argparse.Namespace) -> int:
     from supervisor.graveyard import RunView, graveyard_markdown, write_graveyard
 
+    to_stdout = args.output == "-"
+    out = Path(args.output) if args.output and not to_stdout else _journals(args) / args.tag / "graveyard.md"
+    if out.is_dir():
+        out = out / "graveyard.md"
+    if not to_stdout:
+        check_writable_folder(out.parent, "-o")
     ledger = _open_run(args)
     try:
-        if args.output == "-":
+        if to_stdout:
             sys.stdout.write(graveyard_markdown(RunView.from_ledger(ledger), diff_lines=args.diff_lines))
             return 0
-        out = Path(args.output) if args.output else _journals(args) / args.tag / "graveyard.md"
-        if out.is_dir():
-            out = out / "graveyard.md"
         write_graveyard(ledger, out, diff_lines=args.diff_lines)
     finally:
         ledger.close()
@@ -56,32 +75,41 @@ def cmd_export_graveyard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from supervisor.report import write_report
 
+    out = args.output or _journals(args) / args.tag / "report"
+    if out.exists() and not out.is_dir():
+        raise MorningError(f"-o {out} is a file; the report needs a folder (it writes report.md and charts/)")
+    check_writable_folder(out, "-o")
     ledger = _open_run(args)
     try:
-        out = Path(args.output) if args.output else _journals(args) / args.tag / "report"
-        if out.exists() and not out.is_dir():
-            raise MorningError(f"-o {out} is a file; the report needs a folder (it writes report.md and charts/)")
         written = write_report(ledger, out, png=not args.no_png)
     finally:
         ledger.close()
-    print(f"report written to {written.markdown} ({len(written.charts)} charts in {written.charts_dir})")
+    formats = "SVG" if args.no_png else "SVG and PNG"
+    print(f"report written to {written.markdown} ({written.chart_count} charts, {formats}, in {written.charts_dir})")
+    if written.left_out:
+        print(f"note: the {', '.join(written.left_out)} chart(s) were left out: a value in the ledger is too "
+              "large for an axis", file=sys.stderr)
     return 0
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from exc
+def noise_values(text: str) -> list[float]:
+    """`--noise-values`: val_bpb of repeats of the same code; a standard deviation needs two of them."""
+    values = finite_float_list(text)
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError(f"needs at least two values (val_bpb of the same code, new seeds), "
+                                         f"got {text!r}")
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"val_bpb values are above 0, got {text!r}")
+    return values
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from supervisor.importer import import_results
 
+    check_writable_folder(_journals(args), "--journals")
     result = import_results(
-        Path(args.results), args.tag, journals_root=_journals(args), noise_sd=args.noise_sd,
-        noise_values=args.noise_values, floor_factor=args.floor_factor, budget_s=args.budget,
-        repo=Path(args.repo) if args.repo else None,
+        args.results, args.tag, journals_root=_journals(args), noise_sd=args.noise_sd,
+        noise_values=args.noise_values, floor_factor=args.floor_factor, budget_s=args.budget, repo=args.repo,
     )
     for line in result.summary_lines():
         print(line)
@@ -118,31 +146,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export part of a run to share (export graveyard)")
     what = p.add_subparsers(dest="what", required=True, metavar="graveyard")
     g = what.add_parser("graveyard", help="markdown of every discarded and crashed trial, grouped by what was tried")
-    g.add_argument("--tag", required=True, help="the run")
-    g.add_argument("--journals", help=journals_help)
-    g.add_argument("-o", "--output", help="the markdown file (default journals/TAG/graveyard.md; - for stdout)")
-    g.add_argument("--diff-lines", type=int, default=40, help="lines of each diff to show (default 40)")
+    g.add_argument("--tag", required=True, type=tag_name, help="the run")
+    g.add_argument("--journals", type=absolute_path, help=journals_help)
+    g.add_argument("-o", "--output", type=_output_path,
+                   help="the markdown file (default journals/TAG/graveyard.md; - for stdout)")
+    g.add_argument("--diff-lines", type=non_negative_int, default=40, help="lines of each diff to show (default 40)")
     g.set_defaults(func=cmd_export_graveyard)
 
     p = subparsers.add_parser("report", help="a markdown report of a run with charts (SVG and PNG)")
-    p.add_argument("--tag", required=True, help="the run")
-    p.add_argument("--journals", help=journals_help)
-    p.add_argument("-o", "--output", help="the folder to write (default journals/TAG/report/)")
+    p.add_argument("--tag", required=True, type=tag_name, help="the run")
+    p.add_argument("--journals", type=absolute_path, help=journals_help)
+    p.add_argument("-o", "--output", type=absolute_path, help="the folder to write (default journals/TAG/report/)")
     p.add_argument("--no-png", action="store_true", help="SVG charts only")
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser("import", help="bring in a run made with upstream autoresearch (its results.tsv)")
-    p.add_argument("results", metavar="RESULTS_TSV", help="the upstream results.tsv")
-    p.add_argument("--tag", required=True, help="name of the new run (journals/TAG/)")
-    p.add_argument("--journals", help=journals_help)
-    p.add_argument("--repo", metavar="PATH", help="the upstream git repository, to recover each commit's diff")
+    p.add_argument("results", type=existing_file, metavar="RESULTS_TSV", help="the upstream results.tsv")
+    p.add_argument("--tag", required=True, type=tag_name, help="name of the new run (journals/TAG/)")
+    p.add_argument("--journals", type=absolute_path, help=journals_help)
+    p.add_argument("--repo", type=existing_folder, metavar="PATH",
+                   help="the upstream git repository, to recover each commit's diff")
     noise = p.add_mutually_exclusive_group()
-    noise.add_argument("--noise-sd", type=float,
+    noise.add_argument("--noise-sd", type=non_negative_float,
                        help="sd of val_bpb between seeds of identical code; keeps under factor x sd are flagged")
-    noise.add_argument("--noise-values", type=_float_list, metavar="V1,V2,...",
+    noise.add_argument("--noise-values", type=noise_values, metavar="V1,V2,...",
                        help="val_bpb of repeats of identical code with different seeds (the sd is computed)")
-    p.add_argument("--floor-factor", type=float, default=2.0, help="noise floor = factor x sd (default 2)")
-    p.add_argument("--budget", type=float, default=300.0,
+    p.add_argument("--floor-factor", type=finite_positive_float, default=2.0,
+                   help="noise floor = factor x sd (default 2)")
+    p.add_argument("--budget", type=finite_positive_float, default=300.0,
                    help="the training budget the run used, in seconds (default 300, upstream's)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every line read with care")
     p.set_defaults(func=cmd_import)

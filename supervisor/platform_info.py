@@ -120,6 +120,10 @@ def _nvml_handle(nvml: Any) -> Any:
 
 
 def _cpu_model() -> str:
+    return _linux_cpu_model() or _macos_cpu_model() or platform.processor() or platform.machine() or UNKNOWN
+
+
+def _linux_cpu_model() -> str | None:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
@@ -129,19 +133,24 @@ def _cpu_model() -> str:
                     return value.strip()
     except OSError:
         pass
-    if sys.platform == "darwin":
-        try:
-            result = subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.brand_string"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            )
-            if result.returncode == 0 and result.stdout.strip():
-                return result.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine() or UNKNOWN
+    return None
+
+
+def _macos_cpu_model() -> str | None:
+    if sys.platform != "darwin":
+        return None
+    try:
+        result = subprocess.run(
+            ["sysctl", "-n", "machdep.cpu.brand_string"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode == 0 and result.stdout.strip():
+        return result.stdout.strip()
+    return None
 
 
 def _cpu_count() -> str:
@@ -191,6 +200,20 @@ def _compute_platform_info(python: str) -> dict[str, str]:
         "cpu": _cpu_model(),
         "cpu_count": _cpu_count(),
     }
+    _add_accelerator(info, probe)
+    nvml = _nvml()
+    if nvml is not None:
+        _add_nvml_facts(info, nvml)
+    elif info["accelerator"] == "rocm":
+        info["driver"] = f"rocm {probe.get('hip', UNKNOWN)}"
+    elif info["accelerator"] == "cuda":
+        # No NVML: the CUDA runtime torch was built with is the nearest thing to a driver version.
+        info["driver"] = f"cuda {info['cuda']}"
+    return info
+
+
+def _add_accelerator(info: dict[str, str], probe: dict[str, str]) -> None:
+    """The accelerator and device the trainer's torch sees, as the probe reported them."""
     if "accelerator" in probe:
         info["accelerator"] = probe["accelerator"]
         info["gpu_count"] = probe.get("gpu_count", "0")
@@ -201,25 +224,19 @@ def _compute_platform_info(python: str) -> dict[str, str]:
         for key in ("gpu", "gpu_count", "accelerator"):
             info[key] = UNKNOWN
 
-    nvml = _nvml()
-    if nvml is not None:
+
+def _add_nvml_facts(info: dict[str, str], nvml: Any) -> None:
+    try:
+        info["driver"] = _text(nvml.nvmlSystemGetDriverVersion())
+    except Exception:
+        info["driver"] = UNKNOWN
+    if info["torch"] == UNKNOWN:
+        # No torch to ask; NVML still knows the board, which is the best record we have.
         try:
-            info["driver"] = _text(nvml.nvmlSystemGetDriverVersion())
+            info["gpu"] = _text(nvml.nvmlDeviceGetName(_nvml_handle(nvml)))
+            info["gpu_count"] = str(nvml.nvmlDeviceGetCount())
         except Exception:
-            info["driver"] = UNKNOWN
-        if info["torch"] == UNKNOWN:
-            # No torch to ask; NVML still knows the board, which is the best record we have.
-            try:
-                info["gpu"] = _text(nvml.nvmlDeviceGetName(_nvml_handle(nvml)))
-                info["gpu_count"] = str(nvml.nvmlDeviceGetCount())
-            except Exception:
-                pass
-    elif info["accelerator"] == "rocm":
-        info["driver"] = f"rocm {probe.get('hip', UNKNOWN)}"
-    elif info["accelerator"] == "cuda":
-        # No NVML: the CUDA runtime torch was built with is the nearest thing to a driver version.
-        info["driver"] = f"cuda {info['cuda']}"
-    return info
+            pass
 
 
 def platform_info(python: str | None = None, *, refresh: bool = False) -> dict[str, str]:

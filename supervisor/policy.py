@@ -164,13 +164,7 @@ class KeepPolicy:
         or None while unmeasured. RETEST is returned only for a single-run trial, so a caller that
         re-runs and calls again always gets KEEP or DISCARD: at most one re-test round per trial.
         """
-        trial = [float(v) for v in trial_values]
-        if not trial:
-            raise ValueError("trial_values is empty: a trial that produced no val_bpb is a crash, decided by the caller")
-        parent = [float(v) for v in parent_values]
-        # A parent was a keep, so its val_bpb is finite; anything else is a caller bug worth surfacing.
-        if any(not math.isfinite(v) for v in parent):
-            raise ValueError(f"parent values must be finite, got {parent!r}")
+        parent, trial = _checked_runs(parent_values, trial_values)
         sd = _check_sd(noise_sd)
         floor = None if sd is None else self.floor_factor * sd
 
@@ -182,7 +176,10 @@ class KeepPolicy:
             )
         if not parent:
             return Decision(Verdict.KEEP, False, None, floor, "no parent to compare against: kept as the baseline")
+        return self._compare(parent, trial, sd, floor)
 
+    def _compare(self, parent: list[float], trial: list[float], sd: float | None, floor: float | None) -> Decision:
+        """The decision for finite runs of a trial against its parent's."""
         parent_mean = statistics.fmean(parent)
         trial_mean = statistics.fmean(trial)
         gain = parent_mean - trial_mean
@@ -192,13 +189,9 @@ class KeepPolicy:
             compared += f" (mean of {len(parent)} runs)"
 
         if gain <= 0:
-            if len(trial) > 1 and self.name == "confirm":
-                why = f"the gain did not hold up over {len(trial)} runs ({what} {_fmt(gain)})"
-            elif gain == 0:
-                why = "no improvement on the parent"
-            else:
-                why = f"worse than the parent by {_fmt(-gain)}"
-            return Decision(Verdict.DISCARD, False, gain, floor, f"{compared}: {why}: discarded")
+            return Decision(
+                Verdict.DISCARD, False, gain, floor, f"{compared}: {self._no_gain(gain, len(trial), what)}: discarded"
+            )
 
         if floor is None:
             return Decision(
@@ -213,8 +206,18 @@ class KeepPolicy:
             return Decision(
                 Verdict.KEEP, False, gain, floor, f"{compared}: {what} {_fmt(gain)} is above {floor_text}: kept"
             )
+        return self._sub_floor(f"{compared}: {what} {_fmt(gain)} is under {floor_text}", gain, floor, len(trial))
 
-        under = f"{compared}: {what} {_fmt(gain)} is under {floor_text}"
+    def _no_gain(self, gain: float, runs: int, what: str) -> str:
+        """Why a trial that did not beat its parent is discarded."""
+        if runs > 1 and self.name == "confirm":
+            return f"the gain did not hold up over {runs} runs ({what} {_fmt(gain)})"
+        if gain == 0:
+            return "no improvement on the parent"
+        return f"worse than the parent by {_fmt(-gain)}"
+
+    def _sub_floor(self, under: str, gain: float, floor: float, runs: int) -> Decision:
+        """The policy's own rule, for a positive gain under the noise floor."""
         if self.name == "greedy":
             return Decision(Verdict.KEEP, False, gain, floor, f"{under}: kept by the greedy rule")
         if self.name == "flag":
@@ -222,7 +225,7 @@ class KeepPolicy:
         if self.name == "strict":
             return Decision(Verdict.DISCARD, False, gain, floor, f"{under}: discarded by the strict rule")
         # confirm
-        if len(trial) == 1 and self.confirm_seeds > 0:
+        if runs == 1 and self.confirm_seeds > 0:
             n = self.confirm_seeds
             return Decision(
                 Verdict.RETEST, False, gain, floor,
@@ -233,6 +236,18 @@ class KeepPolicy:
             Verdict.KEEP, True, gain, floor,
             f"{under}: it still beats the parent, so kept by the confirm rule, flagged",
         )
+
+
+def _checked_runs(parent_values: Sequence[float], trial_values: Sequence[float]) -> tuple[list[float], list[float]]:
+    """(parent, trial) as floats; ValueError for what only a caller bug can produce."""
+    trial = [float(v) for v in trial_values]
+    if not trial:
+        raise ValueError("trial_values is empty: a trial that produced no val_bpb is a crash, decided by the caller")
+    parent = [float(v) for v in parent_values]
+    # A parent was a keep, so its val_bpb is finite; anything else is a caller bug worth surfacing.
+    if any(not math.isfinite(v) for v in parent):
+        raise ValueError(f"parent values must be finite, got {parent!r}")
+    return parent, trial
 
 
 def _unknown_policy_message(name: object) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,12 @@ class WrittenReport:
     charts_dir: Path
     charts: list[Path] = field(default_factory=list)  # every file written under charts/ (SVG and PNG)
     graveyard: Path | None = None
+    chart_names: list[str] = field(default_factory=list)  # one per chart drawn, whatever its formats
+    left_out: list[str] = field(default_factory=list)  # charts that had something to show but could not be drawn
+
+    @property
+    def chart_count(self) -> int:
+        return len(self.chart_names)
 
 
 # ---- chart helpers ------------------------------------------------------------------------------------------
@@ -392,9 +398,18 @@ CHARTS: list[tuple[str, Callable[[RunView], Any], str]] = [
 ]
 
 
-def render_charts(view: RunView, charts_dir: Path, png: bool = True) -> dict[str, list[Path]]:
-    """Draw every chart that has something to show; {name: [svg, png]}."""
+def render_charts(view: RunView, charts_dir: Path, png: bool = True,
+                  left_out: list[str] | None = None) -> dict[str, list[Path]]:
+    """Draw every chart that has something to show; {name: [svg, png]}.
+
+    A chart no axis can hold (a value of 1e308 in a hand-edited results.tsv) is left out, its name added to
+    `left_out`, and the rest of the report is written.
+    """
+    import warnings
+
     import matplotlib
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     charts_dir.mkdir(parents=True, exist_ok=True)
     for name, _, _ in CHARTS:  # a chart with nothing to show this time must not survive from the last report
@@ -404,19 +419,25 @@ def render_charts(view: RunView, charts_dir: Path, png: bool = True) -> dict[str
     # A fixed salt and no date: the same ledger gives byte-identical SVGs (diffable, cacheable).
     style = {"svg.hashsalt": "autoresearch", "svg.fonttype": "none", "font.size": 9,
              "axes.titleweight": "bold"}
-    with matplotlib.rc_context(style):
+    # Layout and overflow warnings from extreme values say nothing a reader can act on.
+    with matplotlib.rc_context(style), warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
         for name, draw, _ in CHARTS:
-            fig = draw(view)
-            if fig is None:
+            paths = [charts_dir / f"{name}.svg"] + ([charts_dir / f"{name}.png"] if png else [])
+            try:
+                fig = draw(view)
+                if fig is None:
+                    continue
+                FigureCanvasAgg(fig)
+                fig.savefig(paths[0], format="svg", metadata={"Date": None})
+                if png:
+                    fig.savefig(paths[1], format="png", dpi=PNG_DPI, metadata={"Software": None})
+            except (ValueError, OverflowError):
+                for path in paths:
+                    path.unlink(missing_ok=True)
+                if left_out is not None:
+                    left_out.append(name)
                 continue
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-            FigureCanvasAgg(fig)
-            paths = [charts_dir / f"{name}.svg"]
-            fig.savefig(paths[0], format="svg", metadata={"Date": None})
-            if png:
-                paths.append(charts_dir / f"{name}.png")
-                fig.savefig(paths[1], format="png", dpi=PNG_DPI, metadata={"Software": None})
             out[name] = paths
     return out
 
@@ -532,10 +553,13 @@ def _plans(view: RunView) -> list[str]:
 
 
 def report_markdown(view: RunView, charts: dict[str, list[Path]], charts_rel: str = "charts",
-                    graveyard_name: str | None = "graveyard.md", generated: float | None = None) -> str:
+                    graveyard_name: str | None = "graveyard.md", generated: float | None = None,
+                    left_out: Sequence[str] = ()) -> str:
     """The report page; `charts` are the files render_charts wrote (the page links the SVGs)."""
 
     def image(name: str, alt: str, missing: str = "") -> list[str]:
+        if name in left_out:
+            return [f"*The {name} chart could not be drawn: a value in the ledger is too large for an axis.*", ""]
         if name not in charts:
             return [missing, ""] if missing else []
         svg = charts[name][0].name
@@ -606,12 +630,14 @@ def write_report(ledger: Ledger, out_dir: Path, *, png: bool = True, graveyard: 
     view = RunView.from_ledger(ledger)
     out_dir = Path(out_dir)
     charts_dir = out_dir / "charts"
-    charts = render_charts(view, charts_dir, png=png)
+    left_out: list[str] = []
+    charts = render_charts(view, charts_dir, png=png, left_out=left_out)
     written = WrittenReport(markdown=out_dir / "report.md", charts_dir=charts_dir,
-                            charts=[p for paths in charts.values() for p in paths])
+                            charts=[p for paths in charts.values() for p in paths], chart_names=list(charts),
+                            left_out=left_out)
     if graveyard:
         written.graveyard = out_dir / "graveyard.md"
         atomic_write(written.graveyard, graveyard_markdown(view, generated=generated))
     atomic_write(written.markdown, report_markdown(view, charts, graveyard_name="graveyard.md" if graveyard else None,
-                                                   generated=generated))
+                                                   generated=generated, left_out=left_out))
     return written

@@ -340,10 +340,19 @@ def _exception_line(text: str) -> str | None:
     lines = text.splitlines()
     for index in range(len(lines) - 1, -1, -1):
         if lines[index].startswith("Traceback (most recent call last):"):
-            for line in reversed(lines[index + 1 :]):
-                if line.strip() and not line[:1].isspace():
-                    return line.strip()[:300]
-            return None
+            return _traceback_error(lines[index + 1 :])
+    return _compile_error(lines)
+
+
+def _traceback_error(after_header: list[str]) -> str | None:
+    # The error is the last unindented line; the indented ones are the stack.
+    for line in reversed(after_header):
+        if line.strip() and not line[:1].isspace():
+            return line.strip()[:300]
+    return None
+
+
+def _compile_error(lines: list[str]) -> str | None:
     # A script that does not even compile gets no "Traceback" header, just the place and the error.
     tail = [line for line in lines[-6:] if line.strip()]
     if tail and _COMPILE_ERROR_RE.match(tail[-1]) and any(line.lstrip().startswith('File "') for line in tail):
@@ -657,12 +666,7 @@ def run_trial(
     the trial and returns ``stopped=True``. Never raises for anything the trial does; a command
     that cannot be started is a crash with reason ``could not start: ...``.
     """
-    for path in (spec.log_path, spec.metrics_path, spec.eval_record_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh trial must not inherit an earlier trial's numbers.
-    for path in (spec.metrics_path, spec.eval_record_path):
-        path.unlink(missing_ok=True)
-
+    _prepare_paths(spec)
     if stop_event is not None and stop_event.is_set():
         return _crash("stopped by the person", 0.0, stopped=True)
 
@@ -671,149 +675,237 @@ def run_trial(
     deadline = started + spec.budget_s + spec.grace_s
     proc = warm_start.launch(spec, env) if warm_start is not None else None
     started_warm = proc is not None
+    if proc is None:
+        try:
+            proc = _start_cold(spec, env)
+        except OSError as exc:
+            return _could_not_start(spec, exc, time.monotonic() - started)
+
+    _report_start(on_start, proc.pid)
+    watch = _TrialWatch(spec, proc, on_metric, stop_event, deadline)
+    ending = watch.run()
+    wall = time.monotonic() - started
+    watch.deliver_remaining_metrics()
+    return _outcome(spec, proc.returncode, ending, watch.metrics, wall, started_warm)
+
+
+def _prepare_paths(spec: TrialSpec) -> None:
+    for path in (spec.log_path, spec.metrics_path, spec.eval_record_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh trial must not inherit an earlier trial's numbers.
+    for path in (spec.metrics_path, spec.eval_record_path):
+        path.unlink(missing_ok=True)
+
+
+def _start_cold(spec: TrialSpec, env: dict[str, str]) -> subprocess.Popen:
+    """A fresh interpreter for the trial, in its own session, its output going to the log."""
+    with open(spec.log_path, "wb") as log_file:
+        return subprocess.Popen(
+            launch_command(spec.command, spec.memory_limit_mb),
+            cwd=spec.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _could_not_start(spec: TrialSpec, exc: OSError, wall: float) -> TrialOutcome:
+    message = f"could not start: {exc}"
     try:
-        if proc is None:
-            with open(spec.log_path, "wb") as log_file:
-                proc = subprocess.Popen(
-                    launch_command(spec.command, spec.memory_limit_mb),
-                    cwd=spec.cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-    except OSError as exc:
-        message = f"could not start: {exc}"
-        try:
-            spec.log_path.write_text(message + "\n", encoding="utf-8")
-        except OSError:
-            pass
-        outcome = _crash(message, time.monotonic() - started)
-        outcome.log_tail = message
-        return outcome
+        spec.log_path.write_text(message + "\n", encoding="utf-8")
+    except OSError:
+        pass
+    outcome = _crash(message, wall)
+    outcome.log_tail = message
+    return outcome
 
-    if on_start is not None:
-        try:
-            on_start(proc.pid)
-        except Exception:  # noqa: BLE001 - bookkeeping must never leave a trial unsupervised
-            log.exception("on_start callback failed")
-    sweeper = _ProcessSweeper(proc.pid)
-    tail = _MetricsTail(spec.metrics_path)
-    metrics: list[dict] = []
-    timed_out = stopped = flooded = False
-    max_log_bytes = None if spec.max_log_mb is None else int(spec.max_log_mb * 2**20)
 
-    def terminate() -> None:
+def _report_start(on_start: Callable[[int], None] | None, pid: int) -> None:
+    if on_start is None:
+        return
+    try:
+        on_start(pid)
+    except Exception:  # bookkeeping must never leave a trial unsupervised
+        log.exception("on_start callback failed")
+
+
+# Why the runner ended a trial before it exited on its own.
+_EarlyEnd = Literal["stopped", "flooded", "timed_out"]
+
+
+class _TrialWatch:
+    """Watches a running trial: delivers its metrics, and ends it on stop, output flood or deadline."""
+
+    def __init__(
+        self,
+        spec: TrialSpec,
+        proc: subprocess.Popen,
+        on_metric: Callable[[dict], None] | None,
+        stop_event: threading.Event | None,
+        deadline: float,
+    ) -> None:
+        self.spec = spec
+        self.proc = proc
+        self.on_metric = on_metric
+        self.stop_event = stop_event
+        self.deadline = deadline
+        self.max_log_bytes = None if spec.max_log_mb is None else int(spec.max_log_mb * 2**20)
+        self.sweeper = _ProcessSweeper(proc.pid)
+        self.tail = _MetricsTail(spec.metrics_path)
+        self.metrics: list[dict] = []
+
+    def run(self) -> _EarlyEnd | None:
+        """Block until the trial is over and its whole process tree is gone; say why it ended early."""
+        try:
+            while True:
+                _deliver(self.on_metric, self.tail.poll(), self.metrics)
+                if _has_exited(self.proc):
+                    return None
+                ending = self._reason_to_end()
+                if ending is not None:
+                    self._terminate()
+                    return ending
+                self.sweeper.maybe_snapshot()
+                self._pause()
+        finally:
+            # Always, even on our own exceptions (KeyboardInterrupt): no orphans, ever. Lingering
+            # children of a cleanly exited trainer (a forgotten worker) go the same way.
+            self.sweeper.kill_all()
+            self.proc.wait()
+
+    def deliver_remaining_metrics(self) -> None:
+        _deliver(self.on_metric, self.tail.poll(final=True), self.metrics)
+
+    def _reason_to_end(self) -> _EarlyEnd | None:
+        if self.stop_event is not None and self.stop_event.is_set():
+            return "stopped"
+        if self.max_log_bytes is not None and _size(self.spec.log_path) > self.max_log_bytes:
+            return "flooded"
+        if time.monotonic() >= self.deadline:
+            return "timed_out"
+        return None
+
+    def _terminate(self) -> None:
         # SIGTERM first so a trainer can flush its log; the group is SIGKILLed by kill_all
         # right after, whether or not it listened.
-        sweeper.snapshot()
-        sweeper.signal_group(signal.SIGTERM)
-        until = time.monotonic() + spec.term_timeout_s
-        while time.monotonic() < until and not _has_exited(proc):
+        self.sweeper.snapshot()
+        self.sweeper.signal_group(signal.SIGTERM)
+        until = time.monotonic() + self.spec.term_timeout_s
+        while time.monotonic() < until and not _has_exited(self.proc):
             time.sleep(0.05)
 
-    try:
-        while True:
-            _deliver(on_metric, tail.poll(), metrics)
-            if _has_exited(proc):
-                break
-            if stop_event is not None and stop_event.is_set():
-                stopped = True
-                terminate()
-                break
-            if max_log_bytes is not None and _size(spec.log_path) > max_log_bytes:
-                flooded = True
-                terminate()
-                break
-            if time.monotonic() >= deadline:
-                timed_out = True
-                terminate()
-                break
-            sweeper.maybe_snapshot()
-            if stop_event is not None:
-                stop_event.wait(POLL_INTERVAL_S)
-            else:
-                time.sleep(POLL_INTERVAL_S)
-    finally:
-        # Always, even on our own exceptions (KeyboardInterrupt): no orphans, ever. Lingering
-        # children of a cleanly exited trainer (a forgotten worker) go the same way.
-        sweeper.kill_all()
-        proc.wait()
-    wall = time.monotonic() - started
-    _deliver(on_metric, tail.poll(final=True), metrics)
+    def _pause(self) -> None:
+        # Waiting on the stop event wakes the loop as soon as the person asks.
+        if self.stop_event is not None:
+            self.stop_event.wait(POLL_INTERVAL_S)
+        else:
+            time.sleep(POLL_INTERVAL_S)
 
-    window = read_log_end(spec.log_path)
-    summary = parse_summary(window)
-    exit_code = proc.returncode
 
-    record = _read_eval_record(spec.eval_record_path)
-    val_bpb: float | None = None
+# ---------------------------------------------------------------------------------------------
+# The outcome
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _MeasuredBpb:
+    """The val_bpb a trial produced, where it came from, and what an unusable one said."""
+
+    value: float | None = None
     source: Literal["eval_record", "summary"] | None = None
     bad_value: str | None = None
+
+
+def _measured_val_bpb(record: dict | None, summary: Mapping[str, str]) -> _MeasuredBpb:
     has_key, record_value = _record_val_bpb(record) if record is not None else (False, None)
     if has_key:
+        assert record is not None  # has_key comes from the record
         # The harness measured it: its number stands, even a NaN (a trainer that printed a
         # finite number over a NaN evaluation must not get a keep).
-        source = "eval_record"
-        val_bpb = record_value
-        if val_bpb is None and record is not None:
-            bad_value = f"{str(record['val_bpb']).lower()} (harness eval record)"
-        else:
-            printed = summary_float(summary, "val_bpb")
-            if printed is not None and abs(printed - val_bpb) > 1e-6:
-                log.warning("trial printed val_bpb %s but the harness measured %s", printed, val_bpb)
-    elif "val_bpb" in summary:
-        source = "summary"
-        val_bpb = summary_float(summary, "val_bpb")
-        if val_bpb is None:
-            bad_value = summary["val_bpb"].strip().lower() or "empty"
+        if record_value is None:
+            return _MeasuredBpb(None, "eval_record", f"{str(record['val_bpb']).lower()} (harness eval record)")
+        printed = summary_float(summary, "val_bpb")
+        if printed is not None and abs(printed - record_value) > 1e-6:
+            log.warning("trial printed val_bpb %s but the harness measured %s", printed, record_value)
+        return _MeasuredBpb(record_value, "eval_record")
+    if "val_bpb" in summary:
+        value = summary_float(summary, "val_bpb")
+        bad_value = None if value is not None else (summary["val_bpb"].strip().lower() or "empty")
+        return _MeasuredBpb(value, "summary", bad_value)
+    return _MeasuredBpb()
 
-    if stopped:
-        reason = "stopped by the person"
-    elif flooded:
-        reason = f"killed: it wrote more than {spec.max_log_mb:g} MB of output (its log is kept)"
-    elif timed_out:
-        reason = (
-            f"killed at deadline (budget {_format_seconds(spec.budget_s)}s"
-            f" + grace {_format_seconds(spec.grace_s)}s)"
-        )
-    elif exit_code != 0:
-        reason = _fail_line(window) or ""
-        if not reason:
-            if exit_code is not None and exit_code < 0:
-                reason = f"killed by signal {_signal_name(-exit_code)}"
-                if -exit_code == signal.SIGKILL:
-                    reason += " (out of memory?)"
-            else:
-                reason = f"exit code {exit_code}"
-            exception = _exception_line(window)
-            if exception:
-                reason += f": {exception}"
-    elif val_bpb is None:
-        if bad_value is not None:
-            reason = f"val_bpb is {bad_value}"
-        elif summary:
-            reason = "no val_bpb in summary"
-        else:
-            reason = "no summary"
-    else:
-        reason = "ok"
 
+def _outcome(
+    spec: TrialSpec,
+    exit_code: int | None,
+    ending: _EarlyEnd | None,
+    metrics: list[dict],
+    wall: float,
+    started_warm: bool,
+) -> TrialOutcome:
+    window = read_log_end(spec.log_path)
+    summary = parse_summary(window)
+    record = _read_eval_record(spec.eval_record_path)
+    measured = _measured_val_bpb(record, summary)
+    reason = _reason(spec, ending, exit_code, window, summary, measured)
     ok = reason == "ok"
     return TrialOutcome(
         status="ok" if ok else "crash",
         reason=reason,
         exit_code=exit_code,
         summary=summary,
-        val_bpb=val_bpb if ok else None,
+        val_bpb=measured.value if ok else None,
         metrics=metrics,
         log_tail=log_tail(window),
         wall_seconds=wall,
-        timed_out=timed_out,
-        stopped=stopped,
-        val_bpb_source=source if ok else None,
+        timed_out=ending == "timed_out",
+        stopped=ending == "stopped",
+        val_bpb_source=measured.source if ok else None,
         eval_record=record,
         started_warm=started_warm,
     )
+
+
+def _reason(
+    spec: TrialSpec,
+    ending: _EarlyEnd | None,
+    exit_code: int | None,
+    window: str,
+    summary: Mapping[str, str],
+    measured: _MeasuredBpb,
+) -> str:
+    """``"ok"``, or why the trial is a crash, in words for the journal."""
+    if ending is not None:
+        return _early_end_reason(spec, ending)
+    if exit_code != 0:
+        return _fail_line(window) or _exit_reason(exit_code, window)
+    if measured.value is None:
+        if measured.bad_value is not None:
+            return f"val_bpb is {measured.bad_value}"
+        return "no val_bpb in summary" if summary else "no summary"
+    return "ok"
+
+
+def _early_end_reason(spec: TrialSpec, ending: _EarlyEnd) -> str:
+    if ending == "stopped":
+        return "stopped by the person"
+    if ending == "flooded":
+        return f"killed: it wrote more than {spec.max_log_mb:g} MB of output (its log is kept)"
+    return (
+        f"killed at deadline (budget {_format_seconds(spec.budget_s)}s"
+        f" + grace {_format_seconds(spec.grace_s)}s)"
+    )
+
+
+def _exit_reason(exit_code: int | None, window: str) -> str:
+    if exit_code is not None and exit_code < 0:
+        reason = f"killed by signal {_signal_name(-exit_code)}"
+        if -exit_code == signal.SIGKILL:
+            reason += " (out of memory?)"
+    else:
+        reason = f"exit code {exit_code}"
+    exception = _exception_line(window)
+    return f"{reason}: {exception}" if exception else reason

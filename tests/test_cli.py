@@ -61,7 +61,7 @@ def test_noise_command_and_default_noise_measurement(tmp_path):
     assert len(status["noise"]["values"]) == 4 and status["noise"]["values"] != first["values"][:4]
     assert status["open_triggers"][0]["kind"] == "noise"  # a new floor asks for a reflection
     too_few = cli("noise", "--tag", "n", "--repeats", "1", *common)
-    assert too_few.returncode == 1 and "at least 2" in too_few.stderr
+    assert too_few.returncode == 2 and "--repeats: must be at least 2" in too_few.stderr  # refused as it is read
 
 
 def test_clear_errors(tmp_path):
@@ -71,9 +71,9 @@ def test_clear_errors(tmp_path):
     assert no_cache.returncode == 1 and "autoresearch prepare" in no_cache.stderr
     assert "Traceback" not in no_cache.stderr
     bad_agent = cli(*_run_args(source, common, "y", "--agent", "gpt9"))
-    assert bad_agent.returncode == 1 and "unknown agent" in bad_agent.stderr
+    assert bad_agent.returncode == 2 and "unknown agent" in bad_agent.stderr  # a wrong command line: exit 2
     bad_tag = cli(*_run_args(source, common, "no/slash"))
-    assert bad_tag.returncode == 1 and "invalid tag" in bad_tag.stderr
+    assert bad_tag.returncode == 2 and "invalid tag" in bad_tag.stderr
     missing = cli("status", "--tag", "nope", *common)
     assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
     bad_script = tmp_path / "bad.jsonl"
@@ -150,7 +150,9 @@ def test_sigkill_mid_trial_then_resume_loses_nothing(tmp_path):
 
 
 def test_second_supervisor_on_a_live_run_is_refused(tmp_path):
-    source, common = _setup(tmp_path, sleep=0.2)
+    # ~4 s a trial, ~20 s in all: the run must still be live when the second supervisor and the steering
+    # arrive, each a fresh interpreter that takes seconds on a loaded machine.
+    source, common = _setup(tmp_path, sleep=0.4)
     proc = _start(_run_args(source, common, "l", "--max-trials", "2"))
     try:
         assert _wait(lambda: (tmp_path / "journals/l/ledger.sqlite").exists()

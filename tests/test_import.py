@@ -160,6 +160,32 @@ def test_quirks_and_unreadable_lines_are_named():
     assert "only 1 column" in bad[10]
 
 
+def test_numbers_no_measurement_gives_are_left_out_and_said(tmp_path):
+    """1e308 (a sentinel or a typo) is not a val_bpb, a memory size or a step count: a keep with it is unreadable,
+    a discard keeps its line without the value, and the report and status of the run work."""
+    text = "\n".join([
+        "commit\tval_bpb\tmemory_gb\tnum_steps\tstatus\tdescription",
+        "a1b2c3d\t1.000000\t10.0\t100\tkeep\tbaseline",
+        "b2c3d4e\t1e308\t1e308\t1e308\tdiscard\ta typo",
+        "c3d4e5f\t1e308\t10.0\t100\tkeep\ta keep with no real result",
+        "d4e5f6a\t0.990000\t10.0\t100\tkeep\treal gain",
+    ])
+    parsed = parse_results(text)
+    rows = {r.line: r for r in parsed.rows}
+    assert rows[3].val_bpb is None and rows[3].memory_gb is None
+    assert "not a bits-per-byte value" in rows[3].notes[0] and "not a memory size" in rows[3].notes[1]
+    assert [u.line for u in parsed.unreadable] == [4] and "not a bits-per-byte value" in parsed.unreadable[0].reason
+    results = tmp_path / "results.tsv"
+    results.write_text(text + "\n")
+    journals = tmp_path / "journals"
+    imported = cli("import", str(results), "--tag", "typo", "--journals", str(journals))
+    assert imported.returncode == 0 and "Traceback" not in imported.stderr, imported.stderr
+    assert load(journals / "typo")[1].num_steps is None  # 1e308 steps do not fit a SQLite integer either
+    for command in (["report"], ["status"], ["export", "graveyard"]):
+        result = cli(*command, "--tag", "typo", "--journals", str(journals))
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (command, result.stderr)
+
+
 def test_extra_columns_and_category_column():
     text = "\n".join([
         "commit\tval_bpb\tmemory_gb\tmfu\ttok_per_sec\tnum_steps\tnum_params_M\tstatus\tdescription",
@@ -249,9 +275,9 @@ def test_bad_input_creates_nothing(upstream, tmp_path):
     assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
     assert (journals / "once" / "ledger.sqlite").read_bytes() == before
     missing = cli("import", str(tmp_path / "nope.tsv"), "--tag", "x", "--journals", str(journals))
-    assert missing.returncode == 1 and "no file" in missing.stderr
+    assert missing.returncode == 2 and "no file" in missing.stderr  # a wrong command line: refused as it is read
     negative = cli("import", str(upstream["clean"]), "--tag", "x", "--journals", str(journals), "--noise-sd", "-1")
-    assert negative.returncode == 1 and "--noise-sd" in negative.stderr
+    assert negative.returncode == 2 and "--noise-sd" in negative.stderr
     unreadable = cli("import", str(junk), "--tag", "x", "--journals", str(journals))
     assert unreadable.returncode == 1 and "line 2" in unreadable.stderr
     assert not (journals / "x").exists()

@@ -157,10 +157,34 @@ def test_cli_report(night, tmp_path):
     out = tmp_path / "shared-report"
     result = cli("report", "--tag", config.tag, "--journals", str(config.journals_root), "-o", str(out))
     assert result.returncode == 0, result.stderr
-    assert "10 charts" in result.stdout and (out / "report.md").is_file() and (out / "charts/trajectory.png").is_file()
+    # Five charts, each as SVG and PNG: the count is of charts, not of files.
+    assert "(5 charts, SVG and PNG, in" in result.stdout
+    assert (out / "report.md").is_file() and (out / "charts/trajectory.png").is_file()
     svg_only = cli("report", "--tag", config.tag, "--journals", str(config.journals_root), "-o", str(out),
                    "--no-png")
     assert svg_only.returncode == 0 and not (out / "charts/trajectory.png").exists()
+    assert "(5 charts, SVG, in" in svg_only.stdout
     bad = cli("report", "--tag", config.tag, "--journals", str(config.journals_root), "-o",
               str(out / "report.md"))
     assert bad.returncode == 1 and "is a file" in bad.stderr
+
+
+def test_a_value_no_axis_holds_leaves_out_its_chart_and_not_the_report(tmp_path):
+    """A ledger made before the importer refused absurd numbers (val_bpb 1e308, VRAM inf): the report is
+    written, the chart that cannot be drawn is left out and named, and the CLI says so without a traceback."""
+    journals = tmp_path / "journals"
+    ledger = Ledger(journals / "huge" / "ledger.sqlite", create=True)
+    ledger.init_run("huge", RunConfig(tag="huge", journals_root=journals).to_json())
+    ledger.insert_imported_trial(description="baseline", status="keep", val_bpb=1.0, budget_s=300.0,
+                                 peak_vram_mb=1000.0, num_params_m=10.0)
+    ledger.insert_imported_trial(description="typo", status="discard", val_bpb=1e308, parent_trial=1,
+                                 parent_val_bpb=1.0, delta=1e308, budget_s=300.0, peak_vram_mb=float("inf"),
+                                 num_params_m=10.0)
+    ledger.close()
+    result = cli("report", "--tag", "huge", "--journals", str(journals))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    assert "cost chart(s) were left out" in result.stderr
+    md = (journals / "huge/report/report.md").read_text()
+    assert "The cost chart could not be drawn" in md and not (journals / "huge/report/charts/cost.svg").exists()
+    assert (journals / "huge/report/charts/trajectory.svg").is_file()  # the far-off value sits on the top edge

@@ -6,12 +6,16 @@ thread and steers it from the app, through the ledger, exactly as `autoresearch 
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from textual.command import CommandList, CommandPalette
 
 from supervisor.agents.offline import OfflineAgent
 from supervisor.ledger import Ledger
@@ -29,9 +33,9 @@ from supervisor.tui.screens import (
     SteerScreen,
     TrialScreen,
 )
-from supervisor.tui.widgets import DiffView, ExperimentsTable, TranscriptView
+from supervisor.tui.widgets import DiffView, ExperimentsTable, LossChart, TrajectoryChart, TranscriptView
 from tests.loop_support import FAKE_SOURCE, fake_config
-from tests.tui_support import offline_run, synthetic_ledger
+from tests.tui_support import CPU_SAMPLE, noise_phase, offline_run, synthetic_ledger
 
 pytestmark = pytest.mark.asyncio
 
@@ -65,6 +69,30 @@ async def until(pilot, predicate, timeout: float = 20.0, what: str = "") -> None
 
 async def type_text(pilot, text: str) -> None:
     await pilot.press(*["space" if ch == " " else ch for ch in text])
+
+
+async def run_from_palette(pilot, words: str, title: str) -> None:
+    """Type `words` in the command palette and run the command once `title` is the highlighted result."""
+    await pilot.press("ctrl+p")
+    await until(pilot, lambda: isinstance(pilot.app.screen, CommandPalette), what="the palette")
+    await type_text(pilot, words)
+    results = pilot.app.screen.query_one(CommandList)
+
+    def found() -> bool:
+        index = results.highlighted
+        return index is not None and title in str(results.get_option_at_index(index).prompt)
+
+    await until(pilot, found, what=f"{title!r} in the palette")
+    await pilot.press("enter")
+
+
+def set_state(run_dir: Path, state: str) -> None:
+    """E.g. "stopped": a run that a --resume continues, so its controls are offered (a finished one has none)."""
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    try:
+        ledger.set_state(state)
+    finally:
+        ledger.close()
 
 
 def commands(run_dir: Path) -> list[dict]:
@@ -122,9 +150,11 @@ async def test_transcript_moves_beside_the_tabs_in_a_large_terminal(finished_run
         assert not screen.query_one("#agent-slot").query(TranscriptView)
         transcript = screen.query_one(TranscriptView)
         assert len(transcript.items) == len(app.view.transcript) > 0
-        await pilot.press("2")  # the Agent key focuses the transcript beside the tabs
+        # The Agent tab is hidden (its pane is beside the tabs): the number keys follow the tabs on screen.
+        assert [label for _, label in screen.visible_tabs()][:2] == ["Experiments", "Diff #3"]
+        await pilot.press("2")
         await pilot.pause()
-        assert app.focused is transcript
+        assert screen.query_one("#tabs").active == "diff"
 
 
 async def test_trial_screen_keys(finished_run, tmp_path):
@@ -193,6 +223,7 @@ async def test_journal_browser(finished_run, tmp_path):
 
 async def test_filter_sort_help_theme_palette(finished_run, tmp_path):
     run_dir = copy_run(finished_run, tmp_path)
+    set_state(run_dir, "stopped")
     app = make_app(run_dir)
     async with app.run_test(size=(120, 36)) as pilot:
         await until(pilot, lambda: app.view.tag == "night")
@@ -228,11 +259,7 @@ async def test_filter_sort_help_theme_palette(finished_run, tmp_path):
         for title in ("Pause or resume the run", "Steer the agent", "Stop the current trial",
                       "Open the selected trial", "Journal browser", "Show flagged", "Sort by delta"):
             assert title in commands_seen
-        await pilot.press("ctrl+p")
-        await pilot.pause()
-        await type_text(pilot, "journal browser")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
+        await run_from_palette(pilot, "journal browser", "Journal browser")
         await until(pilot, lambda: isinstance(app.screen, JournalScreen), what="palette opened the journal")
 
 
@@ -274,6 +301,7 @@ async def test_quit_can_leave_a_live_run_running(finished_run, tmp_path):
             await pilot.press("q")
             await pilot.pause()
             assert isinstance(app.screen, QuitScreen)
+            assert "`autoresearch run --tag night --resume`" in str(app.screen.query_one("#dialog-text").content)
             await pilot.press("escape")  # cancel: back to the run
             await pilot.pause()
             assert isinstance(app.screen, LiveScreen)
@@ -436,3 +464,212 @@ async def test_review_loads_the_detail_once_the_cursor_rests(tmp_path):
         await until(pilot, lambda: screen._detail_id == 50, what="the detail of the row it rests on")  # noqa: SLF001
         assert read == [50]
         assert screen.query_one("#detail").border_title.startswith("trial 50 ")
+
+
+def screen_text(app: SupervisorApp) -> str:
+    """The screen as a person reads it: every cell's character, line by line."""
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), force_terminal=True,
+                      color_system="truecolor", record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))  # noqa: SLF001
+    return console.export_text()
+
+
+def _night(tmp_path: Path, trials: int = 5, **kwargs) -> Path:
+    run_dir = tmp_path / "journals" / "night"
+    synthetic_ledger(run_dir, trials=trials, **kwargs)
+    return run_dir
+
+
+@pytest.mark.parametrize(("size", "review", "tabs"), [
+    ((130, 40), False, ["experiments", "diff", "flagged", "journal"]),      # the transcript is beside the tabs
+    ((80, 24), False, ["experiments", "agent", "diff", "flagged", "journal"]),
+    ((130, 40), True, ["experiments", "flagged", "plans"]),
+    ((80, 24), True, ["experiments", "flagged", "plans"]),
+])
+async def test_number_keys_select_the_visible_tabs_in_order(tmp_path, size, review, tabs):
+    run_dir = _night(tmp_path)
+    app = make_app(run_dir, review=review)
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: app.view.tag == "night")
+        screen = app.screen
+        await until(pilot, lambda: [pane for pane, _ in screen.visible_tabs()] == tabs, what="the layout's tabs")
+        for number in [2, *range(len(tabs), 0, -1)]:
+            await pilot.press(str(number))
+            await until(pilot, lambda n=number: screen.query_one("#tabs").active == tabs[n - 1], what=f"tab {number}")
+        await pilot.press(str(len(tabs) + 1))  # no such tab: nothing moves
+        await pilot.pause()
+        assert screen.query_one("#tabs").active == tabs[0]
+        # The help says which number is which tab, as they are now.
+        keys = dict(app._key_help(screen))  # noqa: SLF001
+        assert keys[f"1–{len(tabs)}"].startswith("Tabs: 1 Experiments, 2 ")
+
+
+async def test_the_palette_has_the_tab_commands(tmp_path):
+    run_dir = _night(tmp_path)
+    app = make_app(run_dir)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await until(pilot, lambda: app.view.tag == "night" and app.screen.has_class("-wide"))
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Go to the Experiments tab", "Go to the Flagged tab", "Go to the Journal tab"} <= set(titles)
+        assert "Go to the Agent tab" not in titles  # hidden in this layout: the transcript is beside the tabs
+        await run_from_palette(pilot, "go to the flagged tab", "Go to the Flagged tab")
+        await until(pilot, lambda: app.screen.query_one("#tabs").active == "flagged", what="the palette's tab")
+        await pilot.resize_terminal(80, 24)
+        await until(pilot, lambda: app.screen.has_class("-narrow"))
+        assert "Go to the Agent tab" in [c.title for c in app.get_system_commands(app.screen)]
+
+
+async def test_the_placeholder_goes_when_the_agent_speaks(tmp_path):
+    run_dir = tmp_path / "journals" / "night"
+    noise_phase(run_dir)  # the first minutes: the agent has said nothing yet
+    app = make_app(run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.view.tag == "night")
+        await pilot.press("2")  # the Agent tab: the transcript is drawn once it has a size
+        transcript = app.screen.query_one(TranscriptView)
+
+        def shown() -> str:
+            return "\n".join(line.text for line in transcript.lines)
+
+        await until(pilot, lambda: "has not said anything yet" in shown(), what="the placeholder")
+        ledger = Ledger(run_dir / "ledger.sqlite")
+        try:
+            ledger.add_turn("agent", "I will start with the learning rate.")
+        finally:
+            ledger.close()
+        await until(pilot, lambda: "learning rate" in shown(), what="the agent's words")
+        assert "has not said anything yet" not in shown()
+
+
+async def test_attach_on_a_finished_run_says_it_is_over(finished_run, tmp_path):
+    """No steering "delivered on --resume" that a resume of a finished run would never deliver: no controls."""
+    run_dir = copy_run(finished_run, tmp_path)
+    app = make_app(run_dir)
+    notes: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kwargs: notes.append(str(message)) or notify(message, **kwargs)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.view.tag == "night")
+        assert app.view.over and app.view.state == "finished"
+        await until(pilot, lambda: any("is over" in note for note in notes), what="the notice")
+        await until(pilot, lambda: "the run is over" in screen_text(app), what="the status line")
+        for key in ("s", "p", "x"):
+            await pilot.press(key)
+        await pilot.pause()
+        assert isinstance(app.screen, LiveScreen)  # no steer box, no confirmation
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Steer the agent" not in titles and "Pause or resume the run" not in titles
+        assert "Journal browser" in titles
+        footer = screen_text(app).splitlines()[-1]
+        assert "Steer" not in footer and "Pause" not in footer and "Quit" in footer
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert "Steer" not in app.screen.text and "is over" in app.screen.text
+        await pilot.press("escape")
+        app.send_steering("try shorter windows")  # the palette or anything else cannot send one either
+        await pilot.pause()
+    assert commands(run_dir) == []
+    ledger = Ledger(run_dir / "ledger.sqlite", readonly=True)
+    try:
+        assert ledger.steering() == []
+    finally:
+        ledger.close()
+
+
+async def test_empty_columns_leave_their_room_to_the_description(finished_run, tmp_path):
+    """On a CPU no trial has MFU or VRAM: those columns go and the description gets the width."""
+    run_dir = copy_run(finished_run, tmp_path)
+    app = make_app(run_dir)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await until(pilot, lambda: app.view.tag == "night")
+        table = app.screen.query_one(ExperimentsTable)
+        await until(pilot, lambda: table.row_count == 3)
+        assert "MFU" not in table.shown_columns and "VRAM" not in table.shown_columns
+        description = table.columns["description"]
+        await until(pilot, lambda: description.width > 24, what="the description's width")
+        others = sum(c.get_render_width(table) for key, c in table.columns.items() if key != "description")
+        assert others + description.get_render_width(table) <= table.size.width  # no sideways scroll needed
+        # A trial with MFU and VRAM: the columns come back; the description takes what is left.
+        trials = [dict(t) for t in app.view.trials]
+        trials[-1].update(mfu_percent=41.5, peak_vram_mb=40_000.0)
+        table.show(trials)
+        await pilot.pause()
+        assert "MFU" in table.shown_columns and "VRAM" in table.shown_columns and table.row_count == 3
+        assert "41.5" in [str(cell) for cell in table.get_row(str(trials[-1]["id"]))]
+
+
+async def test_a_long_description_is_whole_when_scrolled(tmp_path):
+    """Too narrow for the description: the table scrolls sideways and the whole description is there."""
+    run_dir = _night(tmp_path, trials=3)  # GPU trials: MFU and VRAM take their room
+    app = make_app(run_dir, review=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.view.tag == "night")
+        table = app.screen.query_one(ExperimentsTable)
+        await until(pilot, lambda: table.row_count == 3)
+        longest = max(len(t["description"]) for t in app.view.trials)
+        await until(pilot, lambda: table.columns["description"].width >= longest, what="the whole description")
+        assert table.fixed_columns == 1  # the trial's id stays in view while scrolled
+
+
+async def test_noise_phase_shows_each_seed(tmp_path):
+    """The first minute of a run: which seed runs, its live curve, each finished seed's val_bpb and steps."""
+    run_dir = tmp_path / "journals" / "night"
+    noise_phase(run_dir, repeats=2, done=0)
+    app = make_app(run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.view.noise is not None and app.view.noise.metrics, what="the noise seed")
+        screen = app.screen
+        await until(pilot, lambda: "seed 1 of 2" in screen_text(app), what="the seed on screen")
+        loss = screen.query_one(LossChart)
+        assert loss.border_title == "loss · seed 1 of 2" and len(loss.noise.metrics) == 20
+        text = screen_text(app)
+        assert "no metrics yet" not in text and "seed 2 waiting" in text
+        assert "they start once the noise floor is measured" in text
+        # Seed 1 ends, seed 2 starts: seed 1's val_bpb and steps are shown, its curve stays behind.
+        progress = run_dir / "noise" / "progress.json"
+        data = json.loads(progress.read_text())
+        data["seeds"][0].update(status="ok", val_bpb=1.8342, num_steps=1204)
+        data["seeds"].append({"index": 2, "seed": 2001, "status": "running", "started": 0.0, "dir": "noise/x-1"})
+        progress.write_text(json.dumps(data))
+        await until(pilot, lambda: "seed 2 of 2" in screen_text(app), what="the second seed")
+        seeds = str(screen.query_one(TrajectoryChart).render())
+        assert "seed 1 val_bpb 1.8342 (1,204 steps)" in seeds and "seed 2 ▶" in seeds
+        assert 1 in loss.noise.curves
+        # The floor is measured: back to the trials.
+        ledger = Ledger(run_dir / "ledger.sqlite")
+        try:
+            ledger.set_state("running")
+        finally:
+            ledger.close()
+        await until(pilot, lambda: app.view.noise is None and loss.noise is None, what="the end of the noise")
+        assert screen.query_one(TrajectoryChart).noise is None
+
+
+async def test_panes_fit_a_small_terminal(tmp_path):
+    """At 80x24 the RAM reading and the chart legends are whole."""
+    run_dir = _night(tmp_path, running=True)
+    app = SupervisorApp(Ledger(run_dir / "ledger.sqlite", readonly=True), run_dir, poll_s=0.2,
+                        telemetry=lambda: dict(CPU_SAMPLE))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.view.telemetry and app.view.trials, what="the first poll")
+        await until(pilot, lambda: "6.0/24.0 GB" in screen_text(app), what="the RAM reading")
+        text = screen_text(app)
+        for label in ("━ discard", "━ best keep", f"#{app.view.focus.id}"):
+            assert label in text, label
+
+
+async def test_help_describes_what_is_on_screen(tmp_path):
+    run_dir = _night(tmp_path)
+    app = make_app(run_dir, review=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.view.tag == "night")
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert "right pane" not in app.screen.text  # no detail pane at this size
+        assert "Tabs: Experiments, Flagged, Plans" in app.screen.text
+        await pilot.press("escape")
+        await pilot.resize_terminal(140, 40)
+        await until(pilot, lambda: app.screen.has_class("-wide"))
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert "right pane shows the highlighted trial's diff" in app.screen.text

@@ -1,7 +1,8 @@
 """Screenshots of the main screens, compared with the accepted ones in __snapshots__/ (pytest-textual-snapshot).
 
-The ledger is a synthetic night written through the Ledger API with every timestamp pinned, the clock is
-pinned, and the telemetry reading is a fixed sample, so a screenshot only changes when the UI does. After a
+The ledger is a synthetic night written through the Ledger API with every timestamp pinned, the wall clock
+and the watcher's monotonic clock are pinned (a reading is taken on the first poll whatever the machine's
+uptime), and the telemetry reading is a fixed sample, so a screenshot only changes when the UI does. After a
 deliberate change to the UI: `python -m pytest tests/test_tui_snapshots.py --snapshot-update`, then look at
 the new SVGs before committing them.
 """
@@ -18,7 +19,7 @@ from supervisor.ledger import Ledger
 from supervisor.lock import RunLock
 from supervisor.tui.app import SupervisorApp
 from supervisor.tui.widgets import ExperimentsTable
-from tests.tui_support import CPU_SAMPLE, GPU_SAMPLE, pin_times, synthetic_ledger
+from tests.tui_support import CPU_SAMPLE, FIXED_START, GPU_SAMPLE, noise_phase, pin_times, synthetic_ledger
 
 pytest.importorskip("pytest_textual_snapshot")
 
@@ -60,20 +61,31 @@ def short_night(tmp_path) -> Path:
     lock.release()
 
 
-def make_app(run_dir: Path, *, review: bool = False, sample: dict | None = None, theme: str | None = None):
+def make_app(run_dir: Path, *, review: bool = False, sample: dict | None = None, theme: str | None = None,
+             now: float | None = None):
     ledger = Ledger(run_dir / "ledger.sqlite", readonly=True)
     running = [t for t in ledger.trials() if t.status == "running"]
     started = running[0].started if running else 0.0
+    now = started + 95.0 if now is None else now
+    # One telemetry reading, on the first poll: the monotonic clock stands still at a machine just booted.
     return SupervisorApp(ledger, run_dir, review=review, telemetry=lambda: dict(sample or GPU_SAMPLE),
-                         theme=theme, clock=lambda: started + 95.0, telemetry_every_s=3600)
+                         theme=theme, clock=lambda: now, telemetry_every_s=3600, monotonic=lambda: 5.0)
 
 
 async def ready(pilot) -> None:
-    """Wait for the first poll (and the telemetry reading) to be on screen."""
+    """Wait for the first poll (and the telemetry reading, and a noise seed's curve) to be on screen."""
     app = pilot.app
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not (app.view.tag and (app.review or app.view.telemetry)):
+
+    def polled() -> bool:
+        view = app.view
+        noise_ready = view.state != "noise" or (view.noise is not None and bool(view.noise.metrics))
+        return bool(view.tag and (app.review or view.telemetry) and noise_ready)
+
+    for _ in range(400):  # a bound on the waits, not a time: each is one pass of the event loop or a poll
+        if polled():
+            break
         await pilot.pause(0.05)
+    assert polled(), "the first poll did not reach the screen"
     await settle(pilot)
 
 
@@ -82,6 +94,27 @@ async def settle(pilot) -> None:
     for _ in range(3):
         await pilot.wait_for_scheduled_animations()
         await pilot.pause(0.2)
+
+
+@pytest.fixture
+def noise_night(tmp_path) -> Path:
+    """The first minutes of a run: seed 1 of the noise floor done, seed 2 half-way through its budget."""
+    run_dir = tmp_path / "journals" / "night"
+    pin_times(noise_phase(run_dir))
+    lock = RunLock(run_dir / "run.lock")
+    lock.acquire("night")
+    yield run_dir
+    lock.release()
+
+
+def test_noise_phase_80x24(noise_night, snap_compare):
+    app = make_app(noise_night, sample=CPU_SAMPLE, now=FIXED_START + 150.0)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=ready)
+
+
+def test_noise_phase_130x40(noise_night, snap_compare):
+    app = make_app(noise_night, sample=CPU_SAMPLE, now=FIXED_START + 150.0)
+    assert snap_compare(app, terminal_size=(130, 40), run_before=ready)
 
 
 def test_live_80x24(short_night, snap_compare):
@@ -111,8 +144,9 @@ def test_review(night, snap_compare):
         await ready(pilot)
         screen = pilot.app.screen
         screen.query_one(ExperimentsTable).move_cursor(row=4, animate=False)
-        deadline = time.monotonic() + 10
-        while screen._detail_id != 5 and time.monotonic() < deadline:  # noqa: SLF001 - the diff is loaded
+        for _ in range(200):
+            if screen._detail_id == 5:  # noqa: SLF001 - the diff is loaded
+                break
             await pilot.pause(0.05)
         await settle(pilot)
 

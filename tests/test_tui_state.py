@@ -1,17 +1,23 @@
-"""What the app shows and sends, without Textual: the ledger watcher, the control channel, the charts."""
+"""What the app shows and sends, without Textual: the ledger watcher (the noise measurement included), the
+control channel, the charts and the number formats."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 from rich.segment import Segment
 
+from supervisor.agents.offline import OfflineAgent
 from supervisor.ledger import Ledger
 from supervisor.lock import RunLock
+from supervisor.loop import Supervisor
+from supervisor.tui import format as fmt
 from supervisor.tui import state as st
 from supervisor.tui.charts import Chart, Series, loss_range
-from tests.tui_support import synthetic_ledger
+from tests.loop_support import fake_config
+from tests.tui_support import noise_phase, synthetic_ledger
 
 
 @pytest.fixture
@@ -108,3 +114,121 @@ def test_chart_fills_its_box_exactly():
     # The early, huge losses fall off the top: the range is set by where curves are compared.
     low, high = loss_range([curve, parent])
     assert high < 5 and low >= 3
+
+
+def test_the_first_telemetry_reading_is_taken_whatever_the_uptime(night, monkeypatch):
+    """A machine booted 5 s ago: time.monotonic() is far below the reading interval, the first poll reads anyway."""
+    run_dir, ledger = night
+    readings = []
+
+    def sample():
+        readings.append(1)
+        return {"kind": "cpu", "cpu_percent": 50.0}
+
+    monkeypatch.setattr(st.time, "monotonic", lambda: 5.0)
+    watcher = st.RunWatcher(ledger, run_dir, telemetry=sample, telemetry_every_s=3600)
+    view, changed = watcher.poll()
+    assert st.TELEMETRY in changed and view.telemetry["cpu_percent"] == 50.0
+    assert view.telemetry_history == [50.0]
+    assert st.TELEMETRY not in watcher.poll()[1] and len(readings) == 1  # the interval holds after that
+    # An injected clock decides the interval, not the machine's.
+    now = [100.0]
+    watcher = st.RunWatcher(ledger, run_dir, telemetry=sample, telemetry_every_s=2.0, monotonic=lambda: now[0])
+    assert st.TELEMETRY in watcher.poll()[1]
+    assert st.TELEMETRY not in watcher.poll()[1]
+    now[0] += 2.0
+    assert st.TELEMETRY in watcher.poll()[1]
+
+
+def test_noise_measurement_as_the_ui_sees_it(tmp_path):
+    """The loop's noise/progress.json and the running seed's metrics.jsonl, read from another process's view."""
+    run_dir = tmp_path / "journals" / "night"
+    noise_phase(run_dir, repeats=3, done=1, points=40)
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    try:
+        watcher = st.RunWatcher(ledger, run_dir)
+        view, changed = watcher.poll()
+        assert st.NOISE in changed and view.state_label == "interrupted"  # nobody holds the lock here
+        noise = view.noise
+        assert noise.repeats == 3 and noise.current.index == 2 and [s.index for s in noise.finished] == [1]
+        assert noise.finished[0].val_bpb == pytest.approx(1.83, abs=0.02) and noise.finished[0].num_steps == 480
+        assert len(noise.metrics) == 20 and len(noise.curves[1]) == 40  # a seed that ended: its whole curve
+        progress = noise.progress(now=noise.current.started + 30)
+        assert progress.phase == "training" and progress.elapsed_s == 10.0 and progress.wall_s == 30
+        assert watcher.poll()[1] == frozenset()  # nothing new: nothing read again
+        # The seed writes more steps (and a torn last line): only the complete new rows are read.
+        metrics = run_dir / noise.current.dir / "metrics.jsonl"
+        with open(metrics, "a") as fh:
+            fh.write(json.dumps({"step": 999, "elapsed": 11.0, "loss": 3.3}) + "\n" + '{"step": 1000, "ela')
+        view, changed = watcher.poll()
+        assert changed == {st.NOISE} and view.noise.metrics[-1]["step"] == 999 and len(view.noise.metrics) == 21
+        # The seed ends and the next starts: its result is in, its curve is kept, the new curve starts empty.
+        progress_file = run_dir / "noise" / "progress.json"
+        data = json.loads(progress_file.read_text())
+        data["seeds"][1].update(status="ok", val_bpb=1.835, num_steps=520)
+        data["seeds"].append({"index": 3, "seed": 2002, "status": "running", "started": 1.0,
+                              "dir": "noise/next-2"})
+        progress_file.write_text(json.dumps(data))
+        view, _ = watcher.poll()
+        assert view.noise.current.index == 3 and [s.num_steps for s in view.noise.finished] == [480, 520]
+        assert view.noise.metrics == [] and set(view.noise.curves) == {1, 2}
+        # The measurement is over: the noise view goes, the run goes on.
+        ledger.set_state("running")
+        view, changed = watcher.poll()
+        assert st.NOISE in changed and view.noise is None
+    finally:
+        ledger.close()
+
+
+def test_noise_progress_is_read_defensively():
+    assert st.parse_noise_progress({"seeds": "no"}) is None
+    view = st.parse_noise_progress({"repeats": 2, "seeds": [
+        {"index": 1, "dir": "/etc", "status": "ok"},           # outside the run folder: not read
+        {"index": 2, "dir": "noise/../../x", "status": "ok"},  # same
+        {"index": 3, "dir": "noise/1-2", "status": "ok", "val_bpb": "1.2", "num_steps": True},
+        "garbage"]})
+    assert [s.index for s in view.seeds] == [3]
+    assert view.seeds[0].val_bpb is None and view.seeds[0].num_steps is None
+
+
+def test_the_loop_writes_the_noise_progress_the_ui_reads(tmp_path):
+    """The real loop (stand-in trainer): each seed's folder, status, val_bpb and steps, in noise/progress.json."""
+    config = fake_config(tmp_path, tag="nz", noise_repeats=2, max_trials=1)
+    Supervisor(config, OfflineAgent()).run()
+    data = json.loads((config.run_dir / "noise" / "progress.json").read_text())
+    view = st.parse_noise_progress(data)
+    assert view.repeats == 2 and [s.status for s in view.seeds] == ["ok", "ok"]
+    assert all(s.val_bpb is not None and s.num_steps == 10 for s in view.seeds)
+    for seed in view.seeds:  # the folder holds the seed's live curve
+        tail = st.MetricsTail(config.run_dir / seed.dir / "metrics.jsonl")
+        assert len(tail.read()) == 10
+
+
+def test_plurals_and_memory_pairs():
+    assert [fmt.plural(n, "item") for n in (0, 1, 2)] == ["0 items", "1 item", "2 items"]
+    assert fmt.plural(1, "entry") == "1 entry" and fmt.plural(3, "entry") == "3 entries"
+    assert fmt.plural(1204, "step") == "1,204 steps" and fmt.plural(0, "crash") == "0 crashes"
+    assert fmt.mb_pair(6144, 24576) == "6.0/24.0 GB" and fmt.mb_pair(300, 1024) == "300/1024 MB"
+
+
+def test_a_finished_run_takes_no_commands(night):
+    run_dir, ledger = night
+    ledger.set_state("finished")
+    control = st.RunControl(ledger, run_dir)
+    for command, arg in (("steer", "try shorter windows"), ("pause", "")):
+        with pytest.raises(st.ControlError, match="over"):
+            control.send(command, arg)
+    assert ledger.pending_steering() == []  # not stored for a --resume that would end at once
+
+
+def test_chart_legend_and_empty_text_fit_a_narrow_pane():
+    points = [(i, 1.0 + 0.01 * i) for i in range(10)]
+    series = [Series(points, "dim", mode="points", label="discard"), Series(points, "", mode="points", label="crash"),
+              Series(points, "bold", mode="steps", label="best keep"), Series(points, "", label="⚑ flagged")]
+    for width in (22, 30, 60):
+        lines = _lines(Chart(series, y_digits=4).render_lines(width, 8))
+        assert len(lines) == 8 and all(len(line) == width for line in lines)
+        legend = " ".join(lines)
+        assert all(label in legend for label in ("discard", "crash", "best keep", "⚑ flagged")), width
+    empty = _lines(Chart([], empty_text="no metrics yet: the curve appears with the first step").render_lines(22, 4))
+    assert " ".join(line.strip() for line in empty).strip() == "no metrics yet: the curve appears with the first step"

@@ -5,12 +5,15 @@
 - `synthetic_ledger`: a run of any length written through the Ledger API (trials with diffs, metric curves,
   journal entries, reflections, turns, steering, a noise floor), deterministic for a seed; for snapshots and
   for the 1,000-trial benchmark.
+- `noise_phase`: a run measuring its noise floor, as the loop leaves the ledger and noise/progress.json
+  between two polls: some seeds finished, one running with half a curve.
 - `pin_times`: rewrites every timestamp of a ledger to a fixed schedule, so screenshots do not depend on
   when the test ran.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sqlite3
@@ -164,6 +167,41 @@ def synthetic_ledger(run_dir: Path, *, trials: int = 40, metric_points: int = 12
     else:
         ledger.set_state("finished")
     ledger.close()
+    return path
+
+
+def noise_phase(run_dir: Path, *, repeats: int = 2, done: int = 1, points: int = 40, budget_s: float = 20.0,
+                start: float = FIXED_START) -> Path:
+    """A run in its first minutes: the noise floor is being measured, `done` seeds finished, the next one
+    half-way through its budget (its metrics.jsonl holds half a curve). Returns the ledger's path."""
+    rng = random.Random(3)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "ledger.sqlite"
+    ledger = Ledger(path, create=True)
+    tag = run_dir.name
+    config = RunConfig(tag=tag, journals_root=run_dir.parent, budget_s=budget_s, max_trials=6, noise_repeats=repeats)
+    ledger.init_run(tag, config.to_json())
+    commit = "737946b0e8bfeee0812be033f967e7f309ebf2e0"
+    ledger.set_state("noise", f"measuring the noise floor: {repeats} seeds of {commit[:7]}")
+    ledger.close()
+    seeds = []
+    for index in range(1, min(done + 1, repeats) + 1):
+        running = index > done
+        folder = f"noise/{int(start) + 60 * index}-{index - 1}"
+        (run_dir / folder).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(points // 2 if running else points):
+            elapsed = budget_s * (i + 1) / points
+            rows.append({"step": 12 * (i + 1), "elapsed": elapsed, "loss": 3.2 + 5.0 * math.exp(-elapsed / 4)
+                         + rng.gauss(0, 0.03), "lr": 0.02, "tokens_per_s": 9_000.0, "mfu": None, "vram_mb": None})
+        (run_dir / folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        seed = {"index": index, "seed": 2000 + index - 1, "status": "running" if running else "ok",
+                "started": start + 60 * index, "dir": folder}
+        if not running:
+            seed.update(val_bpb=round(1.83 + rng.gauss(0, 0.004), 6), num_steps=12 * points)
+        seeds.append(seed)
+    (run_dir / "noise" / "progress.json").write_text(json.dumps(
+        {"commit": commit, "repeats": repeats, "budget_s": budget_s, "seeds": seeds}))
     return path
 
 

@@ -1015,6 +1015,11 @@ def prepare(
     source: "embedded" (default for a new cache), a local folder/file, or an https URL template
     with {index}; None reuses the source of the existing cache. profile: "auto", "full" or "small".
     """
+    # Checked before the cache folder exists, so a bad option leaves nothing behind.
+    if max_mb is not None and not (math.isfinite(max_mb) and max_mb > 0):
+        raise PrepareError(f"--max-mb must be a positive number, got {max_mb}")
+    if num_shards is not None and num_shards < 1:
+        raise PrepareError(f"--num-shards must be positive, got {num_shards}")
     cache = (Path(cache) if cache is not None else cache_dir()).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     with _cache_lock(cache):
@@ -1043,10 +1048,6 @@ def _cache_lock(cache: Path) -> Iterator[None]:
 
 def _prepare_locked(source: str | None, profile: str, cache: Path, max_mb: float | None,
                     num_shards: int | None) -> dict:
-    if max_mb is not None and max_mb <= 0:
-        raise PrepareError(f"--max-mb must be positive, got {max_mb}")
-    if num_shards is not None and num_shards < 1:
-        raise PrepareError(f"--num-shards must be positive, got {num_shards}")
     if profile == "auto":
         profile = detect_profile()
         _log(f"profile auto -> {profile}")

@@ -66,6 +66,9 @@ class TurnContext:
     best: dict[str, Any] | None
     profile: str | None
     tools: list[dict[str, Any]]
+    # Trials the person stopped with the stop-trial command (status "aborted"), oldest first: never measured,
+    # so not in `results`, yet a rejected change an agent should not run again.
+    stopped: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Agent(Protocol):

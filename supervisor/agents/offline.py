@@ -6,13 +6,19 @@ one constant at a time (learning rates first, then the rest in file order): floa
 powers of two are doubled and halved, other integers move by one. After a keep it first pushes the same
 constant further in the same direction. What it has tried is read back from the run's results (its
 descriptions have a fixed form), so it resumes exactly where it was.
+
+It cannot follow free-text steering, and says so once per message in its next journal entry rather than
+silently doing something else. A change the person stopped mid-trial counts as rejected: that constant is
+never set to that value again in the run, and the next journal entry says the person stopped it.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from supervisor.agents.base import AgentTurn, ToolCall, TurnContext
 from supervisor.categories import category_for_constant
@@ -24,6 +30,10 @@ NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 POWER = re.compile(r"^(\d+)\s*\*\*\s*(\d+)$")
 BASELINE = "baseline: the unmodified training script"
 SKIP_NAMES = {"SEED", "PROFILE"}
+# What the loop answers a run_trial whose trial the person stopped (supervisor/loop.py), and the reason it records.
+STOPPED_OUTCOME = re.compile(r"^trial (?P<id>\d+) was stopped by the person")
+STOPPED_REASON = "stopped by the person"
+STEER_WITH = "--agent anthropic or --agent openai"
 
 
 @dataclass
@@ -120,16 +130,22 @@ def _order(constants: list[Constant]) -> list[Constant]:
 class OfflineAgent:
     name = "offline"
 
+    def __init__(self) -> None:
+        # Steering is delivered to one turn only, but is answered in the next journal entry, which may come a
+        # few turns later; it is held until a journal entry quotes it (the ledger says when that happened).
+        self._steering: list[str] = []
+        # Stops read from the run_trial outcome, for a loop that does not fill TurnContext.stopped.
+        self._stops_seen: dict[int, str] = {}
+        self._last_description: str | None = None
+
     def turn(self, ctx: TurnContext) -> AgentTurn:
+        self._take_in(ctx)
         if ctx.obligation == "journal" and ctx.pending_trial:
             return self._journal(ctx)
         if ctx.obligation == "reflection":
             return self._reflection(ctx)
         if not ctx.results:
-            return AgentTurn(
-                text="Offline agent (a coordinate search, not a language model). First, the baseline.",
-                calls=[ToolCall("run_trial", {"description": BASELINE, "category": "other"})],
-            )
+            return self._baseline(ctx)
         move = self.next_move(ctx)
         if move is None:
             return AgentTurn(text="Every one-axis move around the current best has been tried; nothing left to do.",
@@ -137,8 +153,9 @@ class OfflineAgent:
         const, new_text = move
         old_text = _fmt_value(const.value, const.is_int)
         description = f"offline: {const.name} {old_text} -> {new_text}"
+        self._last_description = description
         return AgentTurn(
-            text=f"Coordinate search: {const.name} {old_text} -> {new_text}.",
+            text=self._heard(ctx) + f"Coordinate search: {const.name} {old_text} -> {new_text}.",
             calls=[
                 ToolCall("edit_file", {"path": ctx.editable, "search": const.line,
                                        "replace": replaced_line(const, new_text)}),
@@ -149,34 +166,99 @@ class OfflineAgent:
     def close(self) -> None:
         pass
 
+    # ---- what the person did: steering and stopped trials -----------------------------------------------
+    def _take_in(self, ctx: TurnContext) -> None:
+        for message in ctx.steering:
+            if message.strip() and message not in self._steering:
+                self._steering.append(message)
+        written = [" ".join(" ".join(str(v) for v in e.values() if isinstance(v, str)).split())
+                   for e in ctx.recent_journal]
+        self._steering = [m for m in self._steering if not any(_quote(m) in text for text in written)]
+        for outcome in ctx.last_outcomes:
+            m = STOPPED_OUTCOME.match(outcome.content) if outcome.tool == "run_trial" else None
+            if m and self._last_description:
+                self._stops_seen[int(m["id"])] = self._last_description
+
+    def stopped(self, ctx: TurnContext) -> dict[int, str]:
+        """Trial id -> description of every trial the person stopped: the ledger's, else what this agent saw."""
+        from_ledger = {int(t["id"]): str(t.get("description") or "") for t in ctx.stopped
+                       if t.get("crash_reason", STOPPED_REASON) == STOPPED_REASON}
+        return dict(sorted({**self._stops_seen, **from_ledger}.items()))
+
+    def rejected(self, ctx: TurnContext) -> set[tuple[str, str]]:
+        """(constant, value) pairs the person stopped: never proposed again in this run."""
+        moves = (DESCRIPTION.match(d) for d in self.stopped(ctx).values())
+        return {(m["name"], m["new"]) for m in moves if m}
+
+    def _heard(self, ctx: TurnContext) -> str:
+        """A line for the transcript at once; the journal entry says it in full."""
+        text = ""
+        if ctx.steering:
+            text += "Steering received; the offline search cannot follow free text (the journal will say so). "
+        last = ctx.results[-1]["id"] if ctx.results else 0
+        for sid, description in self.stopped(ctx).items():
+            if sid > last:
+                text += f"The person stopped trial {sid} ({description}); that change counts as rejected. "
+        return text
+
+    def _notes(self, ctx: TurnContext, trial_id: int) -> list[str]:
+        """Sentences for this journal entry: stops since the previous entry, and unanswered steering."""
+        previous = max((int(e.get("trial_id") or 0) for e in ctx.recent_journal), default=0)
+        notes = []
+        for sid, description in self.stopped(ctx).items():
+            if not previous < sid < trial_id:
+                continue
+            m = DESCRIPTION.match(description)
+            if m:
+                notes.append(f"The person stopped trial {sid} ({m['name']} {m['old']} -> {m['new']}) before it "
+                             f"finished; the search counts {m['name']} = {m['new']} as rejected and will not run "
+                             "it again.")
+            else:
+                notes.append(f"The person stopped trial {sid} ({description}) before it finished.")
+        for message in self._steering:
+            notes.append(f"A steering message arrived: {_quote(message)}. I am the offline coordinate search (no "
+                         "language model) and cannot follow free-text steering, so I continue my search. To "
+                         f"steer the research, use an LLM agent ({STEER_WITH}; `autoresearch run --resume` "
+                         "can switch this run to one).")
+        return notes
+
     # ---- the search -----------------------------------------------------------------------------------
+    def _baseline(self, ctx: TurnContext) -> AgentTurn:
+        stops = sum(1 for d in self.stopped(ctx).values() if d == BASELINE)
+        if stops >= 2:
+            return AgentTurn(text="The person stopped the baseline twice. The coordinate search measures every "
+                                  "change against it, so it cannot go on without one; it stops here.", done=True)
+        text = "Offline agent (a coordinate search, not a language model). First, the baseline."
+        if stops:
+            text = ("The person stopped the baseline. The coordinate search measures every change against it, "
+                    "so it runs it once more; stop it again and the search ends.")
+        self._last_description = BASELINE
+        return AgentTurn(text=text, calls=[ToolCall("run_trial", {"description": BASELINE, "category": "other"})])
+
     def next_move(self, ctx: TurnContext) -> tuple[Constant, str] | None:
         constants = _order(parse_constants(ctx.train_py, ctx.profile))
         best_id = ctx.best["id"] if ctx.best else None
-        tried = set()
-        for r in ctx.results:
-            m = DESCRIPTION.match(r["description"])
-            if m and r.get("parent_trial") == best_id:
-                tried.add((m["name"], m["old"], m["new"]))
-        # After a keep, push the same constant further in the same direction first.
+        # Moves already tried around the current best (from the ledger, so a resumed run does not repeat
+        # them), and values the person stopped (rejected anywhere in the run).
+        tried = {(m["name"], m["old"], m["new"]) for r in ctx.results
+                 if r.get("parent_trial") == best_id and (m := DESCRIPTION.match(r["description"]))}
+        rejected = self.rejected(ctx)
+
+        def fresh(c: Constant, t: str) -> bool:
+            return (c.name, _fmt_value(c.value, c.is_int), t) not in tried and (c.name, t) not in rejected
+
         best_move = DESCRIPTION.match(ctx.best["description"]) if ctx.best else None
-        if best_move:
-            for c in constants:
-                if c.name == best_move["name"]:
-                    cands = candidates(c)
-                    cur = _fmt_value(c.value, c.is_int)
-                    going_up = _as_float(best_move["new"]) > _as_float(best_move["old"])
-                    same_way = [t for t in cands if (_as_float(t) > c.value) == going_up]
-                    for t in same_way:
-                        if (c.name, cur, t) not in tried:
-                            return c, t
+        if best_move:  # after a keep, push the same constant further in the same direction first
+            push = _push_further(constants, best_move, fresh)
+            if push:
+                return push
         for c in constants:
             cur = _fmt_value(c.value, c.is_int)
             for t in candidates(c):
                 # Going back to where the best came from is known to be worse: it was its parent.
                 came_from = best_move is not None and (best_move["name"], best_move["new"], best_move["old"]) == (
                     c.name, cur, t)
-                if (c.name, cur, t) not in tried and not came_from:
+                if fresh(c, t) and not came_from:
                     return c, t
         return None
 
@@ -189,7 +271,7 @@ class OfflineAgent:
             name, old, new = m["name"], m["old"], m["new"]
             hypothesis = (f"Mechanical probe by the offline coordinate search (no language model): moving {name} "
                           f"from {old} to {new} may lower val_bpb at the {ctx.budget_s:g}s budget. No reasoning "
-                          "stands behind this guess beyond trying each axis in turn.")
+                          "stands behind this guess beyond trying each axis in turn." + _earlier_try(ctx, t))
             change = f"One line of {ctx.editable}: {name} = {new} (was {old})."
         else:
             name = old = new = ""
@@ -220,10 +302,12 @@ class OfflineAgent:
                               + (f" against a noise floor of {floor:.6f}" if floor is not None else "")
                               + f"; {name} = {new} is not better than {old} around the current best.")
             next_step = "Try the other direction on this axis if untried, else the next constant."
+        notes = self._notes(ctx, int(t.get("id") or 0))
         return AgentTurn(
             text=f"Journal entry for trial {t.get('id')}.",
             calls=[ToolCall("write_journal", {"hypothesis": hypothesis, "change": change,
-                                              "interpretation": interpretation, "next_step": next_step})],
+                                              "interpretation": interpretation,
+                                              "next_step": " ".join([*notes, next_step])})],
         )
 
     def _reflection(self, ctx: TurnContext) -> AgentTurn:
@@ -237,6 +321,9 @@ class OfflineAgent:
         dead = "; ".join(r["description"].removeprefix("offline: ") for r in (discards + crashes)[-8:])
         dead_ends = ("Moves that did not help around their best at the time: " + dead + "." if dead
                      else "No dead ends yet: every move so far was kept.")
+        stops = "; ".join(d.removeprefix("offline: ") for d in list(self.stopped(ctx).values())[-8:])
+        if stops:
+            dead_ends += f" Stopped by the person, so never run again: {stops}."
         near = sorted((r for r in discards if r.get("delta") is not None), key=lambda r: r["delta"])[:3]
         retest = ("Near-misses worth re-testing now that the script has changed: "
                   + "; ".join(f"{r['description'].removeprefix('offline: ')} (lost {r['delta']:.5f})" for r in near)
@@ -249,6 +336,34 @@ class OfflineAgent:
             calls=[ToolCall("write_reflection", {"load_bearing": load_bearing, "dead_ends": dead_ends,
                                                  "retest": retest, "plan": plan})],
         )
+
+
+def _push_further(constants: list[Constant], best_move: re.Match[str],
+                  fresh: Callable[[Constant, str], bool]) -> tuple[Constant, str] | None:
+    """After a keep: the same constant, one more step in the direction that helped."""
+    going_up = _as_float(best_move["new"]) > _as_float(best_move["old"])
+    for c in constants:
+        if c.name != best_move["name"]:
+            continue
+        for t in candidates(c):
+            if (_as_float(t) > c.value) == going_up and fresh(c, t):
+                return c, t
+    return None
+
+
+def _earlier_try(ctx: TurnContext, trial: dict[str, Any]) -> str:
+    """Say so when the same one-line move was measured before, around an earlier best: a re-test, not a repeat."""
+    same = [r["id"] for r in ctx.results
+            if r["description"] == trial.get("description") and r["id"] != trial.get("id")]
+    if not same:
+        return ""
+    return (f" The same move was measured around an earlier best (trial {same[-1]}); the script has changed "
+            "since, so this is a re-test in the new context.")
+
+
+def _quote(message: str) -> str:
+    text = " ".join(message.split())
+    return '"' + text[:300] + ('...' if len(text) > 300 else '') + '"'
 
 
 def _as_float(text: str) -> float:

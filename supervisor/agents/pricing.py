@@ -15,6 +15,7 @@ never overlap and a turn's prompt size is the sum of the first three.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -112,7 +113,7 @@ def price_for(model: str | None, override: list[float] | None = None) -> Price |
 
 def price_from_values(values: list[float]) -> Price:
     """`--price IN,OUT[,CACHE_READ,CACHE_WRITE]`: without cache prices, cached tokens cost full input price."""
-    if not 2 <= len(values) <= 4 or any(not isinstance(v, int | float) or v < 0 for v in values):
+    if not 2 <= len(values) <= 4 or any(not isinstance(v, int | float) or not math.isfinite(v) or v < 0 for v in values):
         raise PriceError("a price is 2 to 4 non-negative numbers, dollars per million tokens: "
                          "IN,OUT[,CACHE_READ,CACHE_WRITE], e.g. --price 3,15")
     inp, out = float(values[0]), float(values[1])

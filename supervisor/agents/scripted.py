@@ -22,8 +22,16 @@ def load_script(path: Path) -> list[tuple[str, ToolCall]]:
     path = Path(path)
     if not path.is_file():
         raise ScriptError(f"script file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ScriptError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save the script as UTF-8") from None
+    except OSError as exc:
+        raise ScriptError(f"cannot read the script file {path}: {exc.strerror}") from None
     steps: list[tuple[str, ToolCall]] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -46,7 +46,8 @@ class SupervisorApp(App[str | None]):
     def __init__(self, ledger: Ledger, run_dir: Path, *, review: bool = False,
                  telemetry: Callable[[], dict[str, Any]] | None = None, poll_s: float = POLL_S,
                  ask_on_quit: bool = True, theme: str | None = None,
-                 clock: Callable[[], float] = time.time, telemetry_every_s: float = 2.0) -> None:
+                 clock: Callable[[], float] = time.time, telemetry_every_s: float = 2.0,
+                 monotonic: Callable[[], float] | None = None) -> None:
         super().__init__()
         self.ledger = ledger
         self.run_dir = Path(run_dir)
@@ -57,7 +58,7 @@ class SupervisorApp(App[str | None]):
         # Review has no control at all: it cannot send a command even by mistake.
         self.control = None if review else st.RunControl(ledger, self.run_dir)
         self.watcher = st.RunWatcher(ledger, self.run_dir, telemetry=None if review else telemetry,
-                                     telemetry_every_s=telemetry_every_s)
+                                     telemetry_every_s=telemetry_every_s, monotonic=monotonic)
         self.view = st.RunView(run_dir=self.run_dir)
         self._polling = False
         self._pause_requested = False
@@ -117,12 +118,19 @@ class SupervisorApp(App[str | None]):
             log = self.run_dir / "supervisor.log"
             where = f"; its output is in {log}" if log.exists() else ""
             self.notify(f"the supervisor process has ended: the run is {view.state_label}{where}", timeout=10)
+        elif self._was_live is None and view.over and not self.review:
+            self.notify(f"the run {view.tag} is over ({view.state_label}): there is nothing to pause, steer or "
+                        "stop; what it did is all here to read", timeout=10)
         self._was_live = view.live
 
     # ---- commands to the loop ----------------------------------------------------------------------------------
     def send_command(self, command: str, arg: str = "") -> None:
         if self.control is None:
             self.notify("review is read-only: use `autoresearch attach` to control the run", severity="warning")
+            return
+        if self.view.over:
+            self.notify(f"the run is over ({self.view.state_label}): nothing would read the {command}",
+                        severity="warning", timeout=5)
             return
         self.run_worker(lambda: self._send_in_thread(command, arg), thread=True, group="control")
 
@@ -157,20 +165,31 @@ class SupervisorApp(App[str | None]):
 
     # ---- app-wide actions ----------------------------------------------------------------------------------------
     def action_help(self) -> None:
-        if isinstance(self.screen, HelpScreen):
+        screen = self.screen
+        if isinstance(screen, HelpScreen):
             return
-        self.push_screen(HelpScreen(self._key_help(), self.review))
+        # What the screen on top shows and takes, in its mode and at its size: nothing that is not there.
+        panes = screen.help_markdown() if isinstance(screen, RunScreen) else (screen.__doc__ or "").strip()
+        self.push_screen(HelpScreen(self._key_help(screen), panes))
 
-    def _key_help(self) -> list[tuple[str, str]]:
+    def _key_help(self, screen: Screen) -> list[tuple[str, str]]:
+        """The keys that work now: a control the screen refuses (a run that is over) is not listed."""
         seen: dict[str, str] = {}
-        screen = self.screen if isinstance(self.screen, RunScreen) else self.screen_stack[0]
-        for source in (screen.BINDINGS, self.BINDINGS):
-            for binding in source:
-                if isinstance(binding, Binding) and binding.description:
-                    keys = ", ".join(self.get_key_display(Binding(k, "")) for k in binding.key.split(","))
-                    seen.setdefault(binding.description, keys)
-        seen.setdefault("Command palette", "ctrl+p")
-        return [(keys, description) for description, keys in seen.items()]
+        taken: set[str] = set()  # a key the screen uses (q closes a trial) is not the app's there
+        for owner, bindings in ((screen, screen.BINDINGS), (self, self.BINDINGS)):
+            for binding in bindings:
+                if not isinstance(binding, Binding) or not binding.description:
+                    continue
+                names = binding.key.split(",")
+                if owner.check_action(binding.action, ()) is False or (owner is self and taken & set(names)):
+                    continue
+                taken.update(names)
+                keys = ", ".join(self.get_key_display(Binding(k, "")) for k in names)
+                seen.setdefault(binding.description, keys)
+        help_keys = [(keys, description) for description, keys in seen.items()]
+        help_keys += screen.key_help() if isinstance(screen, RunScreen) else []
+        help_keys.append(("ctrl+p", "Command palette"))
+        return help_keys
 
     def action_toggle_theme(self) -> None:
         self.theme = LIGHT_THEME if self.current_theme.dark else DARK_THEME
@@ -200,7 +219,7 @@ class SupervisorApp(App[str | None]):
         main = self.screen_stack[0] if self.screen_stack else screen
         if not isinstance(main, RunScreen):
             return
-        if not self.review:
+        if not self.review and not self.view.over:
             live: LiveScreen = main  # type: ignore[assignment]
             yield SystemCommand("Pause or resume the run", "Pause at the next safe point, or resume",
                                 self.toggle_pause)
@@ -208,6 +227,9 @@ class SupervisorApp(App[str | None]):
                                 live.action_steer)
             yield SystemCommand("Stop the current trial", "Abort the running trial (recorded, reverted)",
                                 live.action_stop_trial)
+        for number, (pane, label) in enumerate(main.visible_tabs(), 1):
+            yield SystemCommand(f"Go to the {label} tab", f"The tab's key: {number}",
+                                lambda pane=pane: main.action_tab(pane))
         yield SystemCommand("Open the selected trial", "Its diff, log tail, curve and journal entry",
                             main.action_open_trial)
         yield SystemCommand("Journal browser", "Every entry, reflection and steering message",

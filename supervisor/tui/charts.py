@@ -9,6 +9,7 @@ pane, not the length of the night.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -68,21 +69,21 @@ class Chart:
 
     def render_lines(self, width: int, height: int) -> list[Segment]:
         """The chart as segments for a box of `width` x `height` cells (legend and x axis included)."""
-        legend = [s for s in self.series if s.label] if self.legend else []
-        rows_for_plot = max(1, height - 1 - (1 if legend else 0))
         bounds = self._bounds()
         out: list[Segment] = []
         if bounds is None or width < 12:
-            out.append(Segment(self.empty_text[:width].ljust(width), Style(dim=True)))
-            out.append(Segment.line())
-            for _ in range(height - 1):
-                out.append(Segment(" " * width))
+            # The message wraps rather than being cut: a narrow pane still says all of it.
+            lines = textwrap.wrap(self.empty_text, max(1, width)) or [""]
+            for row in range(height):
+                out.append(Segment((lines[row] if row < len(lines) else "").ljust(width)[:width], Style(dim=True)))
                 out.append(Segment.line())
             return out
         x0, x1, y0, y1 = bounds
         labels = [_fmt_axis(y1, self.y_digits), _fmt_axis((y0 + y1) / 2, self.y_digits), _fmt_axis(y0, self.y_digits)]
         gutter = max(len(s) for s in labels) + 1
         plot_w = max(4, width - gutter)
+        legend = self._legend_lines(width, gutter, height) if self.legend else []
+        rows_for_plot = max(1, height - 1 - len(legend))
         canvas = _Canvas(plot_w, rows_for_plot)
         for index, s in enumerate(self.series):
             canvas.draw(s, index, x0, x1, y0, y1)
@@ -110,17 +111,48 @@ class Chart:
             axis = left + " " * max(1, space) + right
         out.append(Segment(" " * gutter + axis[:plot_w], axis_style))
         out.append(Segment.line())
-        if legend:
-            used = gutter
-            out.append(Segment(" " * gutter))
-            for s in legend:
-                for text, style in (("━━ ", _style(s.style)), (s.label + "   ", axis_style)):
-                    text = text[: max(0, width - used)]
-                    out.append(Segment(text, style))
-                    used += len(text)
+        for line in legend:
+            used = 0
+            for text, style in line:
+                text = text[: max(0, width - used)]
+                out.append(Segment(text, axis_style if style is None else _style(style)))
+                used += len(text)
             out.append(Segment(" " * max(0, width - used)))
             out.append(Segment.line())
         return out
+
+    def _legend_lines(self, width: int, gutter: int, height: int) -> list[list[tuple[str, Style | str | None]]]:
+        """The legend in as few lines as fit the width: roomy when there is room, tighter, then wrapped.
+
+        A label is never cut; only a pane too small for the plot itself loses legend lines.
+        """
+        labelled = [s for s in self.series if s.label]
+        if not labelled:
+            return []
+        for mark, gap in (("━━ ", "   "), ("━ ", "  ")):
+            items = [(mark, s.style, s.label) for s in labelled]
+            total = sum(len(m) + len(label) for m, _, label in items) + len(gap) * (len(items) - 1)
+            if gutter + total <= width:
+                return [self._legend_line(items, gap, " " * gutter)]
+        lines: list[list[tuple[str, Style | str | None, str]]] = [[]]
+        used = 0
+        for s in labelled:
+            size = 2 + len(s.label)
+            if lines[-1] and used + 1 + size > width:
+                lines.append([])
+                used = 0
+            used += size + (1 if lines[-1] else 0)
+            lines[-1].append(("━ ", s.style, s.label))
+        room = max(0, height - 3)  # the plot keeps two rows and the x axis its one
+        return [self._legend_line(items, " ", "") for items in lines[:room]]
+
+    @staticmethod
+    def _legend_line(items: list[tuple[str, Style | str | None, str]], gap: str,
+                     indent: str) -> list[tuple[str, Style | str | None]]:
+        line: list[tuple[str, Style | str | None]] = [(indent, None)] if indent else []
+        for n, (mark, style, label) in enumerate(items):
+            line += [(mark, style or ""), (label + (gap if n < len(items) - 1 else ""), None)]
+        return line
 
 
 def _finite(point: tuple[float, float]) -> bool:

@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from supervisor.config import default_journals_root
+from supervisor.config import absolute_path, default_journals_root, port_number, tag_name
 from supervisor.errors import UserError
 
 DEFAULT_SERVE_HOST = "0.0.0.0"
@@ -106,8 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tag", required=True, help="the run's name")
-        p.add_argument("--journals", help="folder holding the runs' journals (default: ./journals of the project)")
+        p.add_argument("--tag", required=True, type=tag_name, help="the run's name")
+        p.add_argument("--journals", type=absolute_path, help="folder holding the runs' journals (default: ./journals of the project)")
 
     p = subparsers.add_parser("attach", help="open the terminal UI, with its controls, on a run that is going")
     common(p)
@@ -121,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument("--host", default=DEFAULT_SERVE_HOST, help=f"address to listen on (default {DEFAULT_SERVE_HOST}: "
                                                               "every interface; 127.0.0.1 for this machine only)")
-    p.add_argument("--port", type=int, default=DEFAULT_SERVE_PORT, help=f"port (default {DEFAULT_SERVE_PORT})")
+    p.add_argument("--port", type=port_number, default=DEFAULT_SERVE_PORT, help=f"port (default {DEFAULT_SERVE_PORT})")
     p.add_argument("--public-url", help="the URL browsers use, when it differs (e.g. http://gpubox.local:8000)")
     p.add_argument("--review", action="store_true", help="serve the read-only review instead of the controls")
     p.set_defaults(func=cmd_serve)

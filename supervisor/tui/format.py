@@ -89,3 +89,27 @@ def money(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"${value:.2f}"
     return None
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """`1 trial`, `2 trials`, `1 entry`, `3 entries`: a count with its noun agreeing."""
+    if count == 1:
+        return f"1 {word}"
+    if many is None:
+        if word.endswith("y") and word[-2:-1] not in "aeiou":
+            many = word[:-1] + "ies"
+        elif word.endswith(("s", "sh", "ch", "x")):
+            many = word + "es"
+        else:
+            many = word + "s"
+    return f"{count:,} {many}"
+
+
+def mb_pair(used: Any, total: Any) -> str:
+    """Used of total memory in one unit, short enough for a narrow pane: `6.0/24.0 GB`, `512/2048 MB`."""
+    if used is None or total is None:
+        return f"{mb(used)}/{mb(total)}"
+    used, total = float(used), float(total)
+    if total >= 2 * 1024:
+        return f"{used / 1024:.1f}/{total / 1024:.1f} GB"
+    return f"{used:.0f}/{total:.0f} MB"

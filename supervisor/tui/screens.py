@@ -27,6 +27,7 @@ from textual.widgets import (
     TabPane,
 )
 from textual.widgets.option_list import Option
+from textual.widgets.tabbed_content import ContentTab, ContentTabs
 
 from supervisor.journal_files import journal_entry_markdown, reflection_markdown
 from supervisor.ledger import Trial
@@ -57,9 +58,38 @@ WIDE_MIN_HEIGHT = 34
 
 
 class RunScreen(Screen):
-    """What the live and review screens share: the experiments table and how a trial is opened."""
+    """What the live and review screens share: the experiments table, the tabs and how a trial is opened."""
+
+    # The number keys go to the tabs on screen, in order, whichever the layout hides.
+    BINDINGS = [Binding(str(n), f"tab_number({n})", show=False) for n in range(1, 10)]
 
     app: SupervisorApp
+
+    def visible_tabs(self) -> list[tuple[str, str]]:
+        """(pane id, label) of each tab shown, left to right: what the number keys select."""
+        tabs = self.query_one(TabbedContent).get_child_by_type(ContentTabs)
+        return [(ContentTab.sans_prefix(tab.id or ""), tab.label_text) for tab in tabs.query(ContentTab)
+                if not tab.has_class("-hidden")]
+
+    def action_tab_number(self, number: int) -> None:
+        visible = self.visible_tabs()
+        if 1 <= number <= len(visible):
+            self._show_tab(visible[number - 1][0])
+
+    def key_help(self) -> list[tuple[str, str]]:
+        """The number keys as they are now: one line for all the tabs on screen."""
+        visible = self.visible_tabs()
+        if not visible:
+            return []
+        keys = "1" if len(visible) == 1 else f"1–{len(visible)}"
+        return [(keys, "Tabs: " + ", ".join(f"{n} {label}" for n, (_, label) in enumerate(visible, 1)))]
+
+    def help_markdown(self) -> str:
+        raise NotImplementedError
+
+    def _fit_footer(self) -> None:
+        # A narrow terminal cannot fit every key with the footer's usual spacing; compact, they do.
+        self.query_one(Footer).compact = self.size.width < 120
 
     def table(self) -> ExperimentsTable:
         return self.query_one(ExperimentsTable)
@@ -68,8 +98,13 @@ class RunScreen(Screen):
         raise NotImplementedError
 
     def _hint(self) -> None:
-        self.query_one("#table-hint", HintLine).text = (
-            f"{self.table().describe()} · enter: open · f: filter · v: sort (click a header too)")
+        table = self.table()
+        if not table.trials:  # nothing to filter or sort yet: say why the table is empty
+            text = ("no trial yet: they start once the noise floor is measured" if self.app.view.state == "noise"
+                    else "no trial yet")
+        else:
+            text = f"{table.describe()} · enter: open · f: filter · v: sort (click a header too)"
+        self.query_one("#table-hint", HintLine).text = text
 
     def action_filter(self, name: str | None = None) -> None:
         table = self.table()
@@ -125,16 +160,13 @@ class LiveScreen(RunScreen):
         Binding("p", "pause", "Pause/resume"),
         Binding("s", "steer", "Steer"),
         Binding("x", "stop_trial", "Stop trial"),
-        Binding("o", "open_trial", "Open trial"),
+        # Not in the footer: enter opens a row too (the hint says so), and 80 columns fit help and quit then.
+        Binding("o", "open_trial", "Open trial", show=False),
         Binding("j", "journal", "Journal"),
         Binding("f", "filter", "Filter"),
         Binding("v", "sort", "Sort", show=False),
-        Binding("1", "tab('experiments')", "Experiments", show=False),
-        Binding("2", "tab('agent')", "Agent", show=False),
-        Binding("3", "tab('diff')", "Diff", show=False),
-        Binding("4", "tab('flagged')", "Flagged", show=False),
-        Binding("5", "tab('journal')", "Journal tab", show=False),
     ]
+    CONTROLS = ("pause", "steer", "stop_trial")  # nothing to do on a run that is over
 
     def __init__(self) -> None:
         super().__init__()
@@ -175,7 +207,7 @@ class LiveScreen(RunScreen):
         await self._arrange()
         if self.app.view.tag:  # a poll landed before this screen: show it (the transcript is already set)
             self.update_view(self.app.view, frozenset({st.RUN, st.STATUS, st.TRIAL, st.METRICS, st.REFERENCE,
-                                                       st.JOURNAL, st.TELEMETRY}))
+                                                       st.JOURNAL, st.TELEMETRY, st.NOISE}))
 
     async def on_resize(self) -> None:
         await self._arrange()
@@ -183,6 +215,7 @@ class LiveScreen(RunScreen):
     async def _arrange(self) -> None:
         """Wide terminals show the transcript beside the tabs; small ones give it a tab of its own."""
         wide = self.size.width >= WIDE_MIN_WIDTH and self.size.height >= WIDE_MIN_HEIGHT
+        self._fit_footer()
         if wide == self._wide or self._switching:
             return
         self._switching = True
@@ -213,15 +246,23 @@ class LiveScreen(RunScreen):
 
     def update_view(self, view: st.RunView, changed: frozenset[str]) -> None:
         self.query_one(StatusBar).show(view)
+        if st.RUN in changed:
+            self.refresh_bindings()  # a run that just ended loses its controls
         if st.STATUS in changed:
             self.table().show(view.trials)
             self.query_one(TrajectoryChart).show(view.trials, view.noise_floor)
             self.query_one(FlaggedTable).show(view.status.get("flagged", []), view.noise_floor)
             self._hint()
-        if changed & {st.TRIAL, st.METRICS, st.REFERENCE}:
+        if st.NOISE in changed:
+            self.query_one(TrajectoryChart).show_noise(view.noise)
+        if changed & {st.TRIAL, st.METRICS, st.REFERENCE, st.NOISE}:
             focus = view.focus
-            self.query_one(LossChart).show(focus.id if focus else None, view.focus_metrics,
-                                           view.reference.id if view.reference else None, view.reference_metrics)
+            if view.noise is not None and not view.running:
+                self.query_one(LossChart).show_noise(view.noise)
+            else:
+                self.query_one(LossChart).show(focus.id if focus else None, view.focus_metrics,
+                                               view.reference.id if view.reference else None,
+                                               view.reference_metrics)
         if st.TRIAL in changed:
             focus = view.focus
             diff_view = self.query_one(DiffView)
@@ -261,11 +302,40 @@ class LiveScreen(RunScreen):
 
         self.app.push_screen(ConfirmScreen(question, yes="Stop the trial", no="Keep it running"), answer)
 
-    def action_tab(self, tab: str) -> None:
-        if tab == "agent" and self._wide and self._transcript is not None:
-            self._transcript.focus()
-            return
-        super().action_tab(tab)
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A run that is over has no next turn or trial: its controls are neither shown nor run.
+        return not (action in self.CONTROLS and self.app.view.over)
+
+    def help_markdown(self) -> str:
+        view = self.app.view
+        agent = ("- **agent** (beside the tabs): what the agent says and the tools it calls; refusals in red, your "
+                 "steering messages and when they reached the agent." if self._wide else
+                 "- **Agent** tab: what the agent says and the tools it calls; refusals in red, your steering "
+                 "messages and when they reached the agent.")
+        tabs = ", ".join(label for _, label in self.visible_tabs())
+        lines = [
+            "# Panes", "",
+            "- **loss**: the running trial's training loss over training seconds, with the curve of the keep it "
+            "was built on behind it; while the noise floor is measured, the running seed's curve in front of "
+            "the finished seeds'.",
+            "- **val_bpb by trial**: keeps as the best-so-far staircase, discards as dim points, crashes as marks "
+            "along the top, sub-floor (flagged) keeps highlighted; while the noise floor is measured, each seed "
+            "and its result.",
+            "- **telemetry**: GPU utilisation, MFU, VRAM used and peak, temperature (NVML); CPU and RAM when "
+            "there is no GPU.",
+            agent,
+            f"- **tabs** ({tabs}): the experiments table, the current trial's diff, flagged keeps with their gain "
+            "against the noise floor, and the latest journal entry and reflection. In the table, `home` and "
+            "`end` go to the first and the last trial, and `end` keeps the newest one in view as trials finish.",
+            "",
+        ]
+        if view.over:
+            lines.append("This run is over (finished): there is nothing left to pause, steer or stop. "
+                         f"`autoresearch review --tag {view.tag}` shows it read-only.")
+        else:
+            lines.append("The app is a client of the run: quitting it can leave the run going, and "
+                         f"`autoresearch attach --tag {view.tag or 'TAG'}` brings you back.")
+        return "\n".join(lines)
 
 
 # Longer than a key's autorepeat interval (~33 ms), short enough that one keypress feels immediate.
@@ -280,9 +350,6 @@ class ReviewScreen(RunScreen):
         Binding("j", "journal", "Journal"),
         Binding("f", "filter", "Filter"),
         Binding("v", "sort", "Sort"),
-        Binding("1", "tab('experiments')", "Experiments", show=False),
-        Binding("2", "tab('flagged')", "Flagged", show=False),
-        Binding("3", "tab('plans')", "Plans", show=False),
     ]
 
     def __init__(self) -> None:
@@ -314,7 +381,7 @@ class ReviewScreen(RunScreen):
         self._hint()
         self._arrange()
         if self.app.view.tag:
-            self.update_view(self.app.view, frozenset({st.RUN, st.STATUS}))
+            self.update_view(self.app.view, frozenset({st.RUN, st.STATUS, st.NOISE}))
         self.table().focus()
 
     def on_resize(self) -> None:
@@ -322,6 +389,7 @@ class ReviewScreen(RunScreen):
 
     def _arrange(self) -> None:
         wide = self.size.width >= 110
+        self._fit_footer()
         self.set_class(wide, "-wide")
         self.set_class(not wide, "-narrow")
 
@@ -333,6 +401,18 @@ class ReviewScreen(RunScreen):
             self.query_one(FlaggedTable).show(view.status.get("flagged", []), view.noise_floor)
             self.query_one("#plans-md", Markdown).update(plans_markdown(view.status.get("plans", [])))
             self._hint()
+        if st.NOISE in changed:
+            self.query_one(TrajectoryChart).show_noise(view.noise)
+
+    def help_markdown(self) -> str:
+        detail = ("The right pane shows the highlighted trial's diff against its parent. " if self.has_class("-wide")
+                  else "")
+        tabs = ", ".join(label for _, label in self.visible_tabs())
+        return ("# Review\n\nRead-only: nothing here can change the run. The table lists every trial; filter it "
+                "(all, keeps, flagged, crashes, graveyard) and sort it (click a header or `v`). " + detail +
+                "Enter or `o` opens the highlighted trial: its diff, log, curve and journal entry. In the table, "
+                "`home` and `end` go to the first and the last trial; on a live run `end` keeps the newest in view."
+                f"\n\nTabs: {tabs}.")
 
     @on(DataTable.RowHighlighted, "#experiments-table")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -573,8 +653,8 @@ class JournalScreen(Screen):
         style = {"entry": "", "reflection": f"bold {c['primary']}", "steering": c["accent"]}
         options.add_options([Option(Text(i.label, style=style.get(i.kind, "")), id=i.key) for i in self.shown])
         count = len(self.shown)
-        kinds = {"entry": "entries", "reflection": "reflections", None: "items"}
-        self.query_one("#journal-view").border_title = f"{count} {kinds.get(self.kind, 'items')}"
+        kinds = {"entry": "entry", "reflection": "reflection", None: "item"}
+        self.query_one("#journal-view").border_title = fmt.plural(count, kinds.get(self.kind, "item"))
         if self.shown:
             options.highlighted = count - 1
             self._show(self.shown[-1])
@@ -626,38 +706,15 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,q,question_mark,f1", "close", "Close")]
 
-    def __init__(self, keys: Iterable[tuple[str, str]], review: bool) -> None:
+    def __init__(self, keys: Iterable[tuple[str, str]], panes: str) -> None:
         super().__init__()
         self.keys = list(keys)
-        self.review = review
+        self.panes = panes  # what the screen underneath shows, in its mode and at its size
 
     def compose(self) -> ComposeResult:
         lines = ["# Keys", "", "| key | does |", "|---|---|"]
         lines += [f"| `{k}` | {d} |" for k, d in self.keys]
-        lines += ["", "Every action is also in the command palette (`ctrl+p`).", ""]
-        if self.review:
-            lines += ["# Review", "", "Read-only: nothing here can change the run. The table lists every trial; "
-                      "filter it (all, keeps, flagged, crashes, graveyard) and sort it (click a header or `v`). "
-                      "The right pane shows the highlighted trial's diff against its parent. In the table, `home` and "
-                      "`end` go to the first and the last trial; on a live run `end` keeps the newest in view."]
-        else:
-            lines += [
-                "# Panes", "",
-                "- **loss**: the running trial's training loss over training seconds, with the curve of the keep "
-                "it was built on behind it.",
-                "- **val_bpb by trial**: keeps as the best-so-far staircase, discards as dim points, crashes as "
-                "marks along the top, sub-floor (flagged) keeps highlighted.",
-                "- **telemetry**: GPU utilisation, MFU, VRAM used and peak, temperature (NVML); CPU and RAM when "
-                "there is no GPU.",
-                "- **agent**: what the agent says and the tools it calls; refusals in red, your steering messages "
-                "and when they reached the agent.",
-                "- **tabs**: experiments table, the current trial's diff, flagged keeps with their gain against "
-                "the noise floor, and the latest journal entry and reflection. In the table, `home` and `end` go "
-                "to the first and the last trial, and `end` keeps the newest one in view as trials finish.",
-                "",
-                "The app is a client of the run: quitting it can leave the run going, and `autoresearch attach "
-                "--tag TAG` brings you back.",
-            ]
+        lines += ["", "Every action is also in the command palette (`ctrl+p`).", "", self.panes]
         self.text = "\n".join(lines)
         with Vertical(id="help-box"):
             with VerticalScroll(id="help-body"):
@@ -746,7 +803,7 @@ class QuitScreen(ModalScreen[str | None]):
             yield Label(f"Quit: the run {self.tag} is still going", id="dialog-title")
             yield Static("Leave it running (come back with `autoresearch attach --tag "
                          f"{self.tag}`), or stop it? A stop records the current trial as aborted; "
-                         "`autoresearch run --resume` continues later.", id="dialog-text")
+                         f"`autoresearch run --tag {self.tag} --resume` continues later.", id="dialog-text")
             with Horizontal(id="dialog-buttons"):
                 yield Button("Leave running (l)", id="leave", variant="primary")
                 yield Button("Stop the run (s)", id="stop", variant="error")

@@ -5,6 +5,10 @@ recomputes the run's status (`supervisor.status.run_status`) only when something
 poll every second without the cost growing with the length of the night. It returns a `RunView` snapshot
 and the names of the sections that changed, so the app redraws only those.
 
+While the noise floor is measured there is no trial to follow: the watcher reads the loop's
+noise/progress.json (which seed runs, what the finished ones scored) and tails the running seed's
+metrics.jsonl, the files a UI in another process can see.
+
 `RunControl` sends the person's commands through the ledger's commands table, the path `autoresearch
 control` uses; the review mode has none, so it cannot send anything.
 """
@@ -36,8 +40,11 @@ LIVE_REPLY = "live_reply"  # the agent's reply as it streams (the loop's agent_r
 LIVE_REPLY_CHARS = 2000  # the end of a long reply is what is being written now
 JOURNAL = "journal"        # the latest journal entry and reflection
 TELEMETRY = "telemetry"    # GPU or CPU/RAM reading
+NOISE = "noise"            # the noise-floor measurement in progress (its seeds, the running seed's curve)
 
 LIVE_STATES = ("running", "trial", "paused", "noise", "ready")
+# A finished run is over: a resume finds its trial budget spent and ends at once, before any agent turn.
+OVER_STATES = ("finished",)
 STATE_WORDS = {"running": "agent's turn", "trial": "training", "noise": "measuring the noise floor",
                "ready": "starting"}
 TRANSCRIPT_LIMIT = 2000
@@ -143,6 +150,118 @@ class BudgetProgress:
         return max(0.0, min(1.0, self.elapsed_s / self.budget_s)) if self.budget_s else 0.0
 
 
+def budget_progress(metrics: list[dict[str, Any]], budget_s: float, started: float | None,
+                    now: float) -> BudgetProgress:
+    """How far a run of the trainer (a trial or a noise seed) is into its budget."""
+    wall = max(0.0, now - (started or now))
+    if not metrics:
+        return BudgetProgress("starting", 0.0, budget_s, wall)
+    elapsed = float(metrics[-1].get("elapsed") or 0.0)
+    phase = "evaluating" if elapsed >= budget_s - 0.5 else "training"
+    return BudgetProgress(phase, elapsed, budget_s, wall)
+
+
+@dataclass(frozen=True)
+class NoiseSeed:
+    """One run of the unchanged code with a new seed, as the loop's noise/progress.json reports it."""
+
+    index: int                  # 1-based
+    seed: int | None
+    status: str                 # running | ok | crash | stopped
+    started: float | None
+    val_bpb: float | None = None
+    num_steps: int | None = None
+    dir: str = ""               # relative to the run folder; its metrics.jsonl is the live curve
+
+
+@dataclass
+class NoiseView:
+    """The noise-floor measurement in progress: the same code run `repeats` times with new seeds."""
+
+    repeats: int
+    commit: str
+    budget_s: float | None
+    seeds: list[NoiseSeed] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)        # the latest seed's curve
+    curves: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # finished seeds' curves, by index
+
+    @property
+    def current(self) -> NoiseSeed | None:
+        """The seed running now (None between seeds and before the first)."""
+        return self.seeds[-1] if self.seeds and self.seeds[-1].status == "running" else None
+
+    @property
+    def finished(self) -> list[NoiseSeed]:
+        return [s for s in self.seeds if s.status != "running"]
+
+    def progress(self, now: float) -> BudgetProgress | None:
+        seed = self.current
+        if seed is None or not self.budget_s:
+            return None
+        return budget_progress(self.metrics, self.budget_s, seed.started, now)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def parse_noise_progress(data: Any) -> NoiseView | None:
+    """The loop's noise/progress.json as a NoiseView; None when it is not what the loop writes."""
+    if not isinstance(data, dict) or not isinstance(data.get("seeds"), list):
+        return None
+    seeds = []
+    for raw in data["seeds"]:
+        if not isinstance(raw, dict) or not isinstance(raw.get("index"), int):
+            continue
+        folder = str(raw.get("dir") or "")
+        if folder.startswith("/") or ".." in Path(folder).parts:
+            continue  # a seed's folder is inside the run folder; the UI reads nothing else
+        steps = _number(raw.get("num_steps"))
+        seeds.append(NoiseSeed(index=raw["index"], seed=raw.get("seed") if isinstance(raw.get("seed"), int) else None,
+                               status=str(raw.get("status") or "running"), started=_number(raw.get("started")),
+                               val_bpb=_number(raw.get("val_bpb")), num_steps=None if steps is None else int(steps),
+                               dir=folder))
+    repeats = data.get("repeats")
+    return NoiseView(repeats=repeats if isinstance(repeats, int) else len(seeds), commit=str(data.get("commit") or ""),
+                     budget_s=_number(data.get("budget_s")), seeds=seeds)
+
+
+class MetricsTail:
+    """Reads the new complete lines of a JSON-lines metrics file another process appends to."""
+
+    CHUNK = 1 << 20          # at most this much per poll, so one poll never stalls
+    MAX_LINE = 4096          # longer is not a metric (the trainer is untrusted)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(self.CHUNK)
+        except OSError:
+            return []
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > self.MAX_LINE:
+            self.partial = b""  # an over-long line: its rest parses as garbage and is skipped too
+        rows = []
+        for line in lines:
+            if not line.strip() or len(line) > self.MAX_LINE:
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a stray print into the metrics file
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
+
 @dataclass
 class RunView:
     """Everything the screens show, as of one poll. Plain data; the app never mutates it."""
@@ -165,6 +284,7 @@ class RunView:
     latest_reflection: dict[str, Any] | None = None
     telemetry: dict[str, Any] | None = None
     telemetry_history: list[float] = field(default_factory=list)  # GPU (or CPU) utilisation, oldest first
+    noise: NoiseView | None = None          # while the noise floor is measured
     cost: str | None = None
     live_reply: str = ""                    # what the agent is writing right now, before its turn is recorded
     polled_at: float = 0.0
@@ -193,17 +313,16 @@ class RunView:
             return "interrupted"
         return STATE_WORDS.get(self.state, self.state)
 
+    @property
+    def over(self) -> bool:
+        """The run has finished and nobody runs it: there is nothing left to steer, pause or stop."""
+        return self.state in OVER_STATES and not self.live
+
     def budget_progress(self, now: float | None = None) -> BudgetProgress | None:
         trial = self.focus
         if trial is None or trial.status != "running" or not trial.budget_s:
             return None
-        now = time.time() if now is None else now
-        wall = max(0.0, now - (trial.started or now))
-        if not self.focus_metrics:
-            return BudgetProgress("starting", 0.0, trial.budget_s, wall)
-        elapsed = float(self.focus_metrics[-1].get("elapsed") or 0.0)
-        phase = "evaluating" if elapsed >= trial.budget_s - 0.5 else "training"
-        return BudgetProgress(phase, elapsed, trial.budget_s, wall)
+        return budget_progress(self.focus_metrics, trial.budget_s, trial.started, time.time() if now is None else now)
 
     def latest_metric(self) -> dict[str, Any] | None:
         return self.focus_metrics[-1] if self.focus_metrics else None
@@ -220,7 +339,8 @@ class RunWatcher:
 
     def __init__(self, ledger: Ledger, run_dir: Path, *,
                  telemetry: Callable[[], dict[str, Any]] | None = None, telemetry_every_s: float = 2.0,
-                 status_every_s: float = 15.0, transcript_limit: int = TRANSCRIPT_LIMIT) -> None:
+                 status_every_s: float = 15.0, transcript_limit: int = TRANSCRIPT_LIMIT,
+                 monotonic: Callable[[], float] | None = None) -> None:
         self.ledger = ledger
         self.run_dir = Path(run_dir)
         self.lock_path = self.run_dir / "run.lock"
@@ -228,11 +348,15 @@ class RunWatcher:
         self.telemetry_every_s = telemetry_every_s
         self.status_every_s = status_every_s
         self.transcript_limit = transcript_limit
+        self.monotonic = monotonic or time.monotonic  # injectable: intervals must not depend on the uptime
         self.view = RunView(run_dir=self.run_dir)
         self._run_updated: float | None = None
         self._last_turn = 0
-        self._status_at = 0.0
-        self._telemetry_at = 0.0
+        # None: never done, so the first poll reads the status and the telemetry whatever the clock says.
+        self._status_at: float | None = None
+        self._telemetry_at: float | None = None
+        self._noise_stamp: tuple[int, int] | None = None   # progress.json's (mtime_ns, size) last read
+        self._noise_tail: MetricsTail | None = None
         self._metric_seq = -1
         self._steering_seen: dict[int, bool] = {}   # steering id -> delivered
         self._usage = {"in": 0, "out": 0}
@@ -259,7 +383,7 @@ class RunWatcher:
     def poll(self) -> tuple[RunView, frozenset[str]]:
         changed: set[str] = set()
         view = replace(self.view, new_transcript=[])
-        now = time.monotonic()
+        now = self.monotonic()
 
         run = self.ledger.run_row()
         holder = RunLock.holder(self.lock_path)
@@ -283,7 +407,7 @@ class RunWatcher:
         # turn and no state change; the table is tiny, so it is compared on every poll.
         steering = [(s["id"], s["delivered"] is not None) for s in self.ledger.steering()]
         if (self._force_status or turns or run["updated"] != self._run_updated or RUN in changed
-                or steering != self._steering_state or now - self._status_at >= self.status_every_s):
+                or steering != self._steering_state or _due(self._status_at, now, self.status_every_s)):
             self._steering_state = steering
             self._force_status = False
             self._run_updated = run["updated"]
@@ -311,8 +435,9 @@ class RunWatcher:
             changed.add(TRANSCRIPT)
 
         self._refresh_focus(view, changed)
+        self._refresh_noise(view, changed)
 
-        if self.telemetry is not None and now - self._telemetry_at >= self.telemetry_every_s:
+        if self.telemetry is not None and _due(self._telemetry_at, now, self.telemetry_every_s):
             self._telemetry_at = now
             sample = self.telemetry()
             view.telemetry = sample
@@ -388,6 +513,67 @@ class RunWatcher:
             changed.add(REFERENCE)
 
 
+    def _refresh_noise(self, view: RunView, changed: set[str]) -> None:
+        """While the noise floor is measured: which seed runs, the finished ones' results, the live curve."""
+        if view.state != "noise":
+            if view.noise is not None:
+                view.noise, self._noise_stamp, self._noise_tail = None, None, None
+                changed.add(NOISE)
+            return
+        noise = self._read_noise_progress(view.noise)
+        if noise is not view.noise:
+            changed.add(NOISE)
+        if noise is not None and noise.seeds:
+            # Seeds that ended (also those ended before this app opened): their whole curves, read once.
+            ended = [s for s in noise.seeds[:-1] if s.index not in noise.curves]
+            if ended:
+                curves = {s.index: _loss_rows(MetricsTail(self.run_dir / s.dir / "metrics.jsonl").read())
+                          for s in ended}
+                noise = replace(noise, curves={**noise.curves, **curves})
+                changed.add(NOISE)
+            latest = self.run_dir / noise.seeds[-1].dir / "metrics.jsonl"
+            if self._noise_tail is None or self._noise_tail.path != latest:
+                self._noise_tail = MetricsTail(latest)
+                noise = replace(noise, metrics=[])
+                changed.add(NOISE)
+            rows = _loss_rows(self._noise_tail.read())
+            if rows:
+                noise = replace(noise, metrics=noise.metrics + rows)
+                changed.add(NOISE)
+        view.noise = noise
+
+    def _read_noise_progress(self, noise: NoiseView | None) -> NoiseView | None:
+        """The loop's noise/progress.json when it changed (curves carried over within one measurement)."""
+        path = self.run_dir / "noise" / "progress.json"
+        try:
+            stat = path.stat()
+        except OSError:
+            return noise  # not written yet: the state line says enough
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._noise_stamp:
+            return noise
+        try:
+            fresh = parse_noise_progress(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return noise  # caught mid-replace: the next poll reads it
+        if fresh is None:
+            return noise
+        self._noise_stamp = stamp
+        first = (noise.commit, noise.seeds[0].dir) if noise is not None and noise.seeds else None
+        if first is not None and noise is not None and fresh.seeds and first == (fresh.commit, fresh.seeds[0].dir):
+            return replace(fresh, metrics=noise.metrics, curves=noise.curves)
+        self._noise_tail = None  # another measurement: nothing carries over
+        return fresh
+
+
+def _loss_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if isinstance(r.get("elapsed"), int | float) and isinstance(r.get("loss"), int | float)]
+
+
+def _due(last: float | None, now: float, every_s: float) -> bool:
+    return last is None or now - last >= every_s
+
+
 class ControlError(UserError):
     """A command the run cannot take now; the message says why."""
 
@@ -412,6 +598,9 @@ class RunControl:
         if command == "steer" and not arg:
             raise ControlError("a steering message needs some text")
         if not self.is_live():
+            if self.ledger.run_row()["state"] in OVER_STATES:
+                # A resume of a finished run ends at once: a stored message would never be read.
+                raise ControlError(f"the run is over (finished): there is nothing to {command}")
             if command == "steer":
                 # Nobody runs the loop: store it; the next --resume delivers it at the first turn.
                 self.ledger.add_steering(arg)

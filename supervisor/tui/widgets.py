@@ -22,7 +22,14 @@ from textual.widgets import DataTable, Markdown, RichLog, Static
 from supervisor.journal_files import journal_entry_markdown, reflection_markdown
 from supervisor.tui import format as fmt
 from supervisor.tui.charts import Chart, Series, loss_range
-from supervisor.tui.state import RunView, TranscriptItem, tool_input_summary
+from supervisor.tui.state import (
+    BudgetProgress,
+    NoiseSeed,
+    NoiseView,
+    RunView,
+    TranscriptItem,
+    tool_input_summary,
+)
 
 
 def palette(app: App) -> dict[str, str]:
@@ -98,9 +105,11 @@ class StatusBar(ThemedMixin, Static):
         if view.detail and state not in ("training", "agent's turn"):
             detail = view.detail.removeprefix(state).lstrip(": ")  # "measuring the noise floor: 3 seeds…"
             parts.append((f" ({fmt.one_line(detail, 50)})", "dim", False))
-        parts.append((f" · {counts.get('trials', 0)}{'/' + str(max_trials) if max_trials else ''} trials", "", True))
-        parts.append((f" ({counts.get('keep', 0)} keep, {counts.get('crash', 0)} crash, "
-                      f"{counts.get('flagged', 0)} ⚑)", "dim", False))
+        done = counts.get("trials", 0)
+        parts.append((f" · {done}/{max_trials} trials" if max_trials else f" · {fmt.plural(done, 'trial')}", "", True))
+        tally = (f" ({fmt.plural(counts.get('keep', 0), 'keep')}, {fmt.plural(counts.get('crash', 0), 'crash')}, "
+                 f"{counts.get('flagged', 0)} ⚑)")
+        parts.append((tally, "dim", False))
         if best:
             parts.append((" · best ", "dim", True))
             parts.append((fmt.num(best.get("val_bpb"), 6), f"bold {c['success']}", True))
@@ -126,15 +135,15 @@ class StatusBar(ThemedMixin, Static):
         line = Text(no_wrap=True, overflow="ellipsis")
         trial = view.focus
         if view.state == "noise" and not view.running:
-            line.append(" measuring the noise floor: the current best runs again with new seeds "
-                        "(trials start after; see supervisor.log for each run)", style=c["accent"])
-            return line
+            return self._noise_line(view, c)
         if trial is None:
             line.append(" no trial yet", style="dim")
             return line
-        progress = view.budget_progress(getattr(self.app, "clock", time.time)())
+        progress = view.budget_progress(self._now())
         if progress is None:
             val = fmt.num(trial.val_bpb, 6) if trial.val_bpb is not None else "—"
+            if view.over:  # first, where a narrow terminal still shows it
+                line.append(" the run is over ·", style=f"bold {c['warning']}")
             line.append(f" last: trial {trial.id} ", style="dim")
             line.append(trial.status, style=status_style(trial.status, c))
             line.append(f" val_bpb {val}", style="")
@@ -142,20 +151,49 @@ class StatusBar(ThemedMixin, Static):
                 line.append(f" ({fmt.signed(trial.delta, 5)})", style=c["success"] if trial.delta < 0 else "dim")
             line.append(f" · {fmt.one_line(trial.description, 80)}", style="dim")
             return line
+        line.append(f" ▶ trial {trial.id} ", style=f"bold {c['primary']}")
+        self._progress(line, progress, view.latest_metric(), c)
+        line.append(f" · {fmt.one_line(trial.description, 60)}", style="dim")
+        return line
+
+    def _now(self) -> float:
+        return getattr(self.app, "clock", time.time)()
+
+    def _progress(self, line: Text, progress: BudgetProgress, metric: dict[str, Any] | None,
+                  c: dict[str, str]) -> None:
+        """A bar of the training budget, then where the trainer is (the trial's or a noise seed's)."""
         width = max(10, min(40, self.size.width // 4))
         filled = int(round(progress.fraction * width))
-        line.append(f" ▶ trial {trial.id} ", style=f"bold {c['primary']}")
         line.append("█" * filled, style=c["primary"])
         line.append("░" * (width - filled), style="dim")
         line.append(f" {progress.elapsed_s:.0f}/{progress.budget_s:.0f}s", style="bold")
         line.append(f" {progress.phase}", style=c["warning"] if progress.phase != "training" else "dim")
         line.append(f" · wall {fmt.duration(progress.wall_s)}", style="dim")
-        metric = view.latest_metric()
         if metric:
             line.append(f" · step {fmt.integer(metric.get('step'))} · loss {fmt.num(metric.get('loss'), 3)}"
                         f" · {fmt.rate(metric.get('tokens_per_s'))} tok/s", style="")
-        line.append(f" · {fmt.one_line(trial.description, 60)}", style="dim")
-        return line
+
+    def _noise_line(self, view: RunView, c: dict[str, str]) -> Text:
+        """The noise floor being measured: the seed running, its budget, what the finished seeds scored."""
+        line = Text(no_wrap=True, overflow="ellipsis")
+        noise = view.noise
+        seed = noise.current if noise else None
+        progress = noise.progress(self._now()) if noise else None
+        if noise is None or seed is None or progress is None:
+            done = len(noise.finished) if noise else 0
+            line.append(f" measuring the noise floor{f': {done} of {noise.repeats} seeds done' if noise else ''}:"
+                        " the unchanged code runs again with new seeds; trials start after", style=c["accent"])
+            return line
+        line.append(f" ▶ noise: seed {seed.index} of {noise.repeats} ", style=f"bold {c['accent']}")
+        self._progress(line, progress, noise.metrics[-1] if noise.metrics else None, c)
+        return line  # the finished seeds' results are in the pane beside the loss curve
+
+
+def _seed_result(seed: NoiseSeed) -> str:
+    if seed.val_bpb is None:
+        return seed.status
+    steps = f" ({fmt.plural(seed.num_steps, 'step')})" if seed.num_steps is not None else ""
+    return f"val_bpb {fmt.num(seed.val_bpb, 4)}{steps}"
 
 
 # ---- charts -------------------------------------------------------------------------------------------------
@@ -177,7 +215,8 @@ class ChartPane(ThemedMixin, Widget):
 
 
 class LossChart(ChartPane):
-    """The running trial's loss over training time, with the curve of the keep it was built on behind it."""
+    """The running trial's loss over training time, with the curve of the keep it was built on behind it;
+    while the noise floor is measured, the running seed's curve with the finished seeds' behind it."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -185,18 +224,28 @@ class LossChart(ChartPane):
         self.reference: list[dict[str, Any]] = []
         self.trial_id: int | None = None
         self.reference_id: int | None = None
+        self.noise: NoiseView | None = None
 
     def show(self, trial_id: int | None, metrics: list[dict[str, Any]], reference_id: int | None,
              reference: list[dict[str, Any]]) -> None:
         self.trial_id, self.metrics, self.reference_id, self.reference = trial_id, metrics, reference_id, reference
+        self.noise = None
         self.border_title = (f"loss · trial {trial_id}" if trial_id is not None else "loss") + (
             f" vs #{reference_id}" if reference_id is not None and reference else "")
         self.refresh()
 
+    def show_noise(self, noise: NoiseView) -> None:
+        self.noise = noise
+        latest = noise.seeds[-1].index if noise.seeds else None
+        self.border_title = f"loss · seed {latest} of {noise.repeats}" if latest else "loss · noise floor"
+        self.refresh()
+
     def chart(self) -> Chart:
         c = palette(self.app)
-        current = [(m["elapsed"], m["loss"]) for m in self.metrics if m.get("elapsed") is not None]
-        parent = [(m["elapsed"], m["loss"]) for m in self.reference if m.get("elapsed") is not None]
+        if self.noise is not None:
+            return self._noise_chart(self.noise, c)
+        current = _curve(self.metrics)
+        parent = _curve(self.reference)
         series = []
         if parent:
             series.append(Series(parent, Style(color=c["secondary"], dim=True), label=f"#{self.reference_id}"))
@@ -204,6 +253,24 @@ class LossChart(ChartPane):
             series.append(Series(current, Style(color=c["primary"], bold=True), label=f"#{self.trial_id}"))
         return Chart(series, x_unit="s", y_range=loss_range([current, parent]), y_digits=2,
                      empty_text="no metrics yet: the curve appears with the first step")
+
+    @staticmethod
+    def _noise_chart(noise: NoiseView, c: dict[str, str]) -> Chart:
+        earlier = [(index, _curve(rows)) for index, rows in sorted(noise.curves.items())]
+        current = _curve(noise.metrics)
+        series = [Series(points, Style(color=c["secondary"], dim=True), label=f"seed {index}")
+                  for index, points in earlier if points]
+        latest = noise.seeds[-1].index if noise.seeds else None
+        if current:
+            series.append(Series(current, Style(color=c["accent"], bold=True), label=f"seed {latest}"))
+        waiting = (f"seed {latest} of {noise.repeats} is starting: its curve appears with the first step"
+                   if latest else "the first seed is starting")
+        return Chart(series, x_unit="s", y_range=loss_range([current] + [p for _, p in earlier]), y_digits=2,
+                     empty_text=waiting)
+
+
+def _curve(metrics: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return [(m["elapsed"], m["loss"]) for m in metrics if m.get("elapsed") is not None and m.get("loss") is not None]
 
 
 class TrajectoryChart(ChartPane):
@@ -213,10 +280,22 @@ class TrajectoryChart(ChartPane):
         super().__init__(**kwargs)
         self.trials: list[dict[str, Any]] = []
         self.floor: float | None = None
+        self.noise: NoiseView | None = None
 
     def show(self, trials: list[dict[str, Any]], floor: float | None) -> None:
         self.trials, self.floor = trials, floor
         self.refresh()
+
+    def show_noise(self, noise: NoiseView | None) -> None:
+        """While the noise floor is measured this pane lists the seeds instead (no trial moves meanwhile)."""
+        self.noise = noise
+        self.border_title = "val_bpb by trial" if noise is None else "noise floor"
+        self.refresh()
+
+    def render(self) -> RenderableType:
+        if self.noise is not None:
+            return noise_seeds_text(self.noise, palette(self.app), getattr(self.app, "clock", time.time)())
+        return super().render()
 
     def chart(self) -> Chart:
         c = palette(self.app)
@@ -251,6 +330,33 @@ class TrajectoryChart(ChartPane):
                      title=f"floor {self.floor:.4f}" if self.floor is not None else "")
 
 
+def noise_seeds_text(noise: NoiseView, c: dict[str, str], now: float) -> Text:
+    """Each seed of the measurement: its val_bpb and steps when finished, its budget while it runs."""
+    text = Text(overflow="fold")
+    by_index = {s.index: s for s in noise.seeds}
+    for index in range(1, max(noise.repeats, len(noise.seeds)) + 1):
+        seed = by_index.get(index)
+        text.append(f"seed {index} ", style="bold")
+        if seed is None:
+            text.append("waiting", style="dim")
+        elif seed.status == "running":
+            progress = noise.progress(now)
+            text.append("▶ ", style=f"bold {c['accent']}")
+            text.append(f"{progress.elapsed_s:.0f}/{progress.budget_s:.0f}s" if progress else "running",
+                        style=c["accent"])
+            if progress and progress.phase != "training":
+                text.append(f" {progress.phase}", style=c["warning"])
+            if noise.metrics:
+                text.append(f" · step {fmt.integer(noise.metrics[-1].get('step'))}", style="dim")
+        elif seed.val_bpb is not None:
+            text.append(_seed_result(seed), style=c["success"])
+        else:
+            text.append(seed.status, style=c["error"])
+        text.append("\n")
+    text.append("same code, new seeds: their spread is the noise floor", style="dim")
+    return text
+
+
 # ---- telemetry ------------------------------------------------------------------------------------------------
 def _bar(fraction: float | None, width: int, color: str) -> Text:
     text = Text()
@@ -260,6 +366,10 @@ def _bar(fraction: float | None, width: int, color: str) -> Text:
     text.append("█" * filled, style=color)
     text.append("░" * (width - filled), style="dim")
     return text
+
+
+# label, value, the fraction a bar shows (None: no bar), the bar's colour ("hot": the value in the error colour)
+TelemetryRow = tuple[str, str, float | None, str | None]
 
 
 class TelemetryPane(ThemedMixin, Static):
@@ -279,60 +389,67 @@ class TelemetryPane(ThemedMixin, Static):
     def render(self) -> RenderableType:
         view = self.view
         sample = view.telemetry if view else None
-        if not sample:
+        if not view or not sample:
             return Text("waiting for the first reading…", style="dim")
         c = palette(self.app)
-        width = max(6, self.content_size.width - 16)
-        lines: list[Text] = []
-
-        def row(label: str, value: str, fraction: float | None = None, color: str | None = None) -> None:
-            line = Text(f"{label:<6}", style="dim")
-            if fraction is not None:
-                line.append_text(_bar(fraction, width, color or c["primary"]))
-                line.append(" ")
-            line.append(value, style="bold")
-            line.no_wrap = True
-            line.overflow = "ellipsis"
-            lines.append(line)
-
-        metric = view.latest_metric() if view else None
+        metric = view.latest_metric()
         mfu = metric.get("mfu") if metric else None
-        if mfu is None and view and view.focus is not None and not view.running:
+        if mfu is None and view.focus is not None and not view.running:
             mfu = view.focus.mfu_percent
-        if sample.get("kind") == "gpu":
-            self.border_title = fmt.one_line(sample.get("gpu_name") or "GPU", 30)
-            util = sample.get("gpu_util_percent")
-            row("GPU", fmt.percent(util), None if util is None else util / 100)
-            row("MFU", fmt.percent(mfu, 1), None if mfu is None else mfu / 100, c["success"])
-            used, total = sample.get("vram_used_mb"), sample.get("vram_total_mb")
-            row("VRAM", f"{fmt.mb(used)}/{fmt.mb(total)}", used / total if used is not None and total else None,
-                c["accent"])
-            row("peak", fmt.mb(view.peak_vram_mb() if view else None))
-            temp = sample.get("temperature_c")
-            hot = temp is not None and temp >= 85
-            row("temp", f"{temp:.0f}°C" if temp is not None else "—", None)
-            if hot:
-                lines[-1].stylize(c["error"])
-            if sample.get("power_w") is not None:
-                row("power", f"{sample['power_w']:.0f} W")
-            row("CPU", fmt.percent(sample.get("cpu_percent")), None)
-        else:
-            self.border_title = "CPU (no GPU telemetry)"
-            cpu = sample.get("cpu_percent")
-            row("CPU", fmt.percent(cpu), None if cpu is None else cpu / 100)
-            used, total = sample.get("ram_used_mb"), sample.get("ram_total_mb")
-            row("RAM", f"{fmt.mb(used)}/{fmt.mb(total)}", used / total if used is not None and total else None,
-                c["accent"])
-            if sample.get("load_avg_1m") is not None:
-                row("load", f"{sample['load_avg_1m']:.2f}")
-            row("MFU", fmt.percent(mfu, 1))
-            row("peak", fmt.mb(view.peak_vram_mb() if view else None))
+        gpu = sample.get("kind") == "gpu"
+        rows = self._gpu_rows(view, sample, mfu, c) if gpu else self._cpu_rows(view, sample, mfu, c)
         if metric:
-            row("tok/s", fmt.rate(metric.get("tokens_per_s")))
-        history = view.telemetry_history if view else []
+            rows.append(("tok/s", fmt.rate(metric.get("tokens_per_s")), None, None))
+        # Every value is shown whole: the bars take what the longest value leaves of the pane's width.
+        content = self.content_size.width
+        value_width = max((len(value) for _, value, fraction, _ in rows if fraction is not None), default=0)
+        bar_width = content - 6 - 1 - value_width
+        lines: list[Text] = []
+        for label, value, fraction, color in rows:
+            line = Text(f"{label:<6}", style="dim", no_wrap=True, overflow="ellipsis")
+            if fraction is not None and bar_width >= 3:
+                line.append_text(_bar(fraction, bar_width, color or c["primary"]))
+                line.append(" ")
+            line.append(value, style=c["error"] if color == "hot" else "bold")
+            lines.append(line)
+        history = view.telemetry_history
         if history and self.content_size.height > len(lines) + 1:
-            lines.append(Text(_spark(history[-(self.content_size.width - 1):]), style=c["primary"]))
+            lines.append(Text(_spark(history[-(content - 1):]), style=c["primary"]))
         return Group(*lines)
+
+    def _gpu_rows(self, view: RunView, sample: dict[str, Any], mfu: float | None,
+                  c: dict[str, str]) -> list[TelemetryRow]:
+        self.border_title = fmt.one_line(sample.get("gpu_name") or "GPU", 30)
+        util = sample.get("gpu_util_percent")
+        used, total = sample.get("vram_used_mb"), sample.get("vram_total_mb")
+        temp = sample.get("temperature_c")
+        rows: list[TelemetryRow] = [
+            ("GPU", fmt.percent(util), None if util is None else util / 100, None),
+            ("MFU", fmt.percent(mfu, 1), None if mfu is None else mfu / 100, c["success"]),
+            ("VRAM", fmt.mb_pair(used, total), used / total if used is not None and total else None, c["accent"]),
+            ("peak", fmt.mb(view.peak_vram_mb()), None, None),
+            ("temp", f"{temp:.0f}°C" if temp is not None else "—", None,
+             "hot" if temp is not None and temp >= 85 else None),
+        ]
+        if sample.get("power_w") is not None:
+            rows.append(("power", f"{sample['power_w']:.0f} W", None, None))
+        rows.append(("CPU", fmt.percent(sample.get("cpu_percent")), None, None))
+        return rows
+
+    def _cpu_rows(self, view: RunView, sample: dict[str, Any], mfu: float | None,
+                  c: dict[str, str]) -> list[TelemetryRow]:
+        self.border_title = "CPU (no GPU telemetry)"
+        cpu = sample.get("cpu_percent")
+        used, total = sample.get("ram_used_mb"), sample.get("ram_total_mb")
+        rows: list[TelemetryRow] = [
+            ("CPU", fmt.percent(cpu), None if cpu is None else cpu / 100, None),
+            ("RAM", fmt.mb_pair(used, total), used / total if used is not None and total else None, c["accent"]),
+        ]
+        if sample.get("load_avg_1m") is not None:
+            rows.append(("load", f"{sample['load_avg_1m']:.2f}", None, None))
+        rows.append(("MFU", fmt.percent(mfu, 1), None, None))
+        rows.append(("peak", fmt.mb(view.peak_vram_mb()), None, None))
+        return rows
 
 
 _SPARK = " ▁▂▃▄▅▆▇█"
@@ -407,6 +524,11 @@ class TranscriptView(ThemedMixin, RichLog):
         self.rebuild()
 
     def append(self, items: list[TranscriptItem]) -> None:
+        if not items:
+            return
+        if not self.items:  # the placeholder is on screen: the first words replace it
+            self.set_items(items)
+            return
         self.items.extend(items)
         colors = palette(self.app)
         for item in items:
@@ -456,7 +578,7 @@ def render_item(item: TranscriptItem, c: dict[str, str]) -> Text:
         if body:
             first = body.splitlines()[0]
             lines = body.splitlines()
-            more = f"  (+{len(lines) - 1} lines)" if len(lines) > 1 and item.kind == "tool" else ""
+            more = f"  (+{fmt.plural(len(lines) - 1, 'line')})" if len(lines) > 1 and item.kind == "tool" else ""
             shown = fmt.one_line(body if item.kind != "tool" else first, 400 if item.kind != "tool" else 160)
             text.append("\n    " + shown + more, style=color if item.kind != "tool" else "dim")
     elif item.kind == "steering":
@@ -473,6 +595,7 @@ def render_item(item: TranscriptItem, c: dict[str, str]) -> Text:
 
 # ---- the experiments table ------------------------------------------------------------------------------------
 FILTERS = ("all", "keeps", "flagged", "crashes", "graveyard")
+DESCRIPTION_LIMIT = 300  # characters of a trial's description the table holds
 SORTS = ("id", "val_bpb", "delta", "steps", "MFU", "VRAM")
 _SORT_FIELD = {"id": "id", "val_bpb": "val_bpb", "delta": "delta", "steps": "num_steps", "MFU": "mfu_percent",
                "VRAM": "peak_vram_mb"}
@@ -500,9 +623,13 @@ def sort_trials(trials: list[dict[str, Any]], name: str, reverse: bool = False) 
 class ExperimentsTable(ThemedMixin, DataTable):
     """Every trial: id, status, val_bpb, delta, steps, MFU, VRAM, flag, description. Sortable, filterable."""
 
-    COLUMNS = (("id", 4), ("status", 9), ("val_bpb", 8), ("delta", 8), ("steps", 5), ("MFU", 4),
-               ("VRAM", 7), ("flag", 2), ("description", 24))
-    MIN_DESCRIPTION = 24
+    # (key, header, width). The description's width is what the others leave (_fit_description).
+    COLUMNS = (("id", "id", 4), ("status", "status", 9), ("val_bpb", "val_bpb", 7), ("delta", "delta", 8),
+               ("steps", "steps", 5), ("MFU", "MFU", 4), ("VRAM", "VRAM", 7), ("flag", "⚑", 2),
+               ("description", "description", 24))
+    # Shown only once a trial has the number (a CPU reports neither): the description gets their room.
+    OPTIONAL = {"MFU": "mfu_percent", "VRAM": "peak_vram_mb"}
+    MIN_DESCRIPTION = 20
     # A row cursor makes DataTable's home/end scroll sideways; in a list of trials they mean first and last.
     BINDINGS = [
         Binding("home,ctrl+home", "first_row", "First trial", show=False),
@@ -518,6 +645,7 @@ class ExperimentsTable(ThemedMixin, DataTable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.fixed_columns = 1  # scrolled sideways to read a description, the trial's id stays in view
         self.trials: list[dict[str, Any]] = []
         self.filter_name = "all"
         self.sort_name = "id"
@@ -525,11 +653,25 @@ class ExperimentsTable(ThemedMixin, DataTable):
         self._keys: list[str] = []
         self._cells: dict[str, tuple] = {}
         self._follow = True  # keep the newest trial in view until the person moves the cursor
+        self.shown_columns: tuple[str, ...] = ()
 
     def on_mount(self) -> None:
         self.watch_theme()
-        for name, width in self.COLUMNS:
-            self.add_column(name, key=name, width=width)
+        self._set_columns()
+
+    def _wanted_columns(self) -> tuple[str, ...]:
+        # Judged on every trial, not the filtered ones, so a filter does not make columns come and go.
+        # A zero is no reading either (a trainer on a CPU may print peak_vram_mb: 0.0).
+        return tuple(key for key, _, _ in self.COLUMNS
+                     if key not in self.OPTIONAL or any(t.get(self.OPTIONAL[key]) for t in self.trials))
+
+    def _set_columns(self) -> None:
+        self.shown_columns = self._wanted_columns()
+        self.clear(columns=True)
+        self._keys, self._cells = [], {}
+        for key, header, width in self.COLUMNS:
+            if key in self.shown_columns:
+                self.add_column(header, key=key, width=width)
         self.call_after_refresh(self._fit_description)
 
     def on_theme_changed(self) -> None:
@@ -544,14 +686,19 @@ class ExperimentsTable(ThemedMixin, DataTable):
             self.move_cursor(row=self.cursor_row, animate=False)
 
     def _fit_description(self) -> None:
-        """The description column takes the width the others leave (a horizontal scroll only when tiny)."""
+        """The description column takes the width the others leave. When that is too little to read, the
+        table scrolls sideways and the column is as wide as the longest description: scrolled right, every
+        description is whole."""
         column = self.columns.get("description")  # type: ignore[call-overload]
         if column is None:
             return
         others = sum(c.get_render_width(self) for key, c in self.columns.items() if key != "description")
         # Room for the vertical scrollbar is always kept, so the width does not flip as rows arrive.
         room = self.size.width - self.styles.scrollbar_size_vertical - self.styles.gutter.width
-        width = max(self.MIN_DESCRIPTION, room - others - 2 * self.cell_padding)
+        left = room - others - 2 * self.cell_padding
+        longest = max((len(fmt.one_line(t.get("description") or "", DESCRIPTION_LIMIT)) for t in self.trials),
+                      default=0)
+        width = left if left >= self.MIN_DESCRIPTION else max(self.MIN_DESCRIPTION, longest)
         if width != column.width:
             column.width = width
             self._require_update_dimensions = True
@@ -562,6 +709,8 @@ class ExperimentsTable(ThemedMixin, DataTable):
     def show(self, trials: list[dict[str, Any]]) -> None:
         self.trials = trials
         self._rebuild()
+        if self.is_mounted:
+            self._fit_description()  # a longer description may widen a scrolled column
 
     def set_filter(self, name: str) -> None:
         self.filter_name = name
@@ -601,32 +750,38 @@ class ExperimentsTable(ThemedMixin, DataTable):
     def _row(self, t: dict[str, Any], c: dict[str, str]) -> tuple:
         delta = t.get("delta")
         flag = ("⚑" if t.get("flagged") else "") + ("!" if t.get("suspicious") else "")
-        return (
-            Text(str(t["id"]), justify="right"),
-            Text(f"{fmt.STATUS_SYMBOL.get(t['status'], ' ')} {t['status']}", style=status_style(t["status"], c)),
-            Text(fmt.num(t.get("val_bpb"), 5), justify="right"),
-            Text(fmt.signed(delta, 5), justify="right",
-                 style=(c["success"] if delta is not None and delta < 0 else "dim")),
-            Text(fmt.integer(t.get("num_steps"), ""), justify="right"),
-            Text(fmt.num(t.get("mfu_percent"), 1, ""), justify="right"),
-            Text(fmt.mb(t.get("peak_vram_mb"), ""), justify="right"),
-            Text(flag, style=f"bold {c['accent']}" if t.get("flagged") else f"bold {c['error']}"),
-            Text(fmt.one_line(t.get("description") or "", 300), no_wrap=True, overflow="ellipsis"),
-        )
+        cells = {
+            "id": Text(str(t["id"]), justify="right"),
+            "status": Text(f"{fmt.STATUS_SYMBOL.get(t['status'], ' ')} {t['status']}",
+                           style=status_style(t["status"], c)),
+            "val_bpb": Text(fmt.num(t.get("val_bpb"), 5), justify="right"),
+            "delta": Text(fmt.signed(delta, 5), justify="right",
+                          style=(c["success"] if delta is not None and delta < 0 else "dim")),
+            "steps": Text(fmt.integer(t.get("num_steps"), ""), justify="right"),
+            "MFU": Text(fmt.num(t.get("mfu_percent"), 1, ""), justify="right"),
+            "VRAM": Text(fmt.mb(t.get("peak_vram_mb"), ""), justify="right"),
+            "flag": Text(flag, style=f"bold {c['accent']}" if t.get("flagged") else f"bold {c['error']}"),
+            "description": Text(fmt.one_line(t.get("description") or "", DESCRIPTION_LIMIT), no_wrap=True,
+                                overflow="ellipsis"),
+        }
+        return tuple(cells[key] for key in self.shown_columns)
 
     def _rebuild(self, force: bool = False) -> None:
         if not self.is_mounted:
             return
+        selected = self.selected_trial_id()
+        at_end = self.row_count == 0 or self.cursor_row >= self.row_count - 1
+        if self._wanted_columns() != self.shown_columns:
+            self._set_columns()  # MFU or VRAM appeared: every row is drawn again with them
+            force = True
         c = palette(self.app)
         rows = [(str(t["id"]), self._row(t, c)) for t in self.visible_trials()]
         keys = [k for k, _ in rows]
-        selected = self.selected_trial_id()
-        at_end = self.row_count == 0 or self.cursor_row >= self.row_count - 1
         if not force and keys == self._keys:
             for key, cells in rows:  # same rows: update only the cells that changed (a trial finishing)
                 old = self._cells.get(key)
                 if old is None or [str(x) for x in old] != [str(x) for x in cells]:
-                    for (name, _), value in zip(self.COLUMNS, cells, strict=True):
+                    for name, value in zip(self.shown_columns, cells, strict=True):
                         self.update_cell(key, name, value)
                     self._cells[key] = cells
             return
@@ -636,7 +791,7 @@ class ExperimentsTable(ThemedMixin, DataTable):
                 self._cells[key] = cells
             for key, cells in rows[: len(self._keys)]:
                 if [str(x) for x in self._cells.get(key, ())] != [str(x) for x in cells]:
-                    for (name, _), value in zip(self.COLUMNS, cells, strict=True):
+                    for name, value in zip(self.shown_columns, cells, strict=True):
                         self.update_cell(key, name, value)
                     self._cells[key] = cells
         else:
