@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supervisor.config import default_cache_dir  # noqa: E402
-from supervisor.runner import parse_summary, scrub_environment, summary_float  # noqa: E402
+from supervisor.core.config import default_cache_dir  # noqa: E402
+from supervisor.trial.runner import parse_summary, scrub_environment, summary_float  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO_ROOT))  # the device machine runs this from a plain 
 
 from trainer_common import Bounded, run_bounded, run_trial_bounded  # noqa: E402
 
-from supervisor.platform_info import platform_info, telemetry_sample  # noqa: E402
+from supervisor.trial.platform_info import platform_info, telemetry_sample  # noqa: E402
 
 # Upstream autoresearch's README, one H100: total_seconds 325.9 - training_seconds 300.1 outside training.
 UPSTREAM_NON_TRAINING_S = 25.8
@@ -74,7 +74,7 @@ GPU_CHECKS = ("torch", "gpu", "bf16", "torch.compile", "max-autotune", "attentio
 # Where the sandbox and the trusted evaluator will live; step 5 looks for them (none has landed yet).
 SANDBOX_MODULES = ("supervisor.sandbox", "supervisor.evaluator", "supervisor.trusted_eval")
 DOCTOR_AGAIN_S = 60.0  # kept from doctor --autotune for a run without it, should max-autotune hang
-CLI = [sys.executable, "-c", "import sys; from supervisor.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from supervisor.cli.main import main; sys.exit(main())"]
 
 
 @dataclass(frozen=True)
@@ -508,7 +508,7 @@ class LedgerWatcher:
                     self._poll()
 
     def _poll(self) -> None:
-        from supervisor.ledger import Ledger
+        from supervisor.store.ledger import Ledger
 
         ledger = Ledger(self.path, readonly=True)
         try:
@@ -522,7 +522,7 @@ class LedgerWatcher:
 
 
 def _run_trials(ledger_path: Path, watcher: LedgerWatcher) -> list[dict[str, Any]]:
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(ledger_path, readonly=True)
     try:

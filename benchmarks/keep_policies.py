@@ -8,7 +8,7 @@ Every proposed change has a true effect on val_bpb drawn from a stated distribut
 do nothing or harm, a few are real gains, and gains shrink as the campaign closes in on what is reachable. The
 policy never sees a true effect, only runs observed through Gaussian noise of standard deviation `sigma`.
 
-Each policy decides with `supervisor.policy.KeepPolicy.decide`, the code the live loop runs, and is driven
+Each policy decides with `supervisor.core.policy.KeepPolicy.decide`, the code the live loop runs, and is driven
 the way `supervisor/loop.py` drives it: the parent's values are the observed runs of the last keep (its
 confirmation runs included); a RETEST is answered with `seeds_needed` new runs and a second `decide`; the floor
 is `NoiseMeasurement.sd` over R repeats of the starting code, measured at the start, as `--noise-repeats R` does.
@@ -49,7 +49,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supervisor.policy import (  # noqa: E402
+from supervisor.core.policy import (  # noqa: E402
     DEFAULT_CONFIRM_SEEDS,
     DEFAULT_FLOOR_FACTOR,
     KeepPolicy,

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from supervisor.agents.llm import estimate_tokens  # noqa: E402
-from supervisor.agents.pricing import PRICES  # noqa: E402
+from supervisor.core.pricing import PRICES  # noqa: E402
 from tests.agents_support import naive_chat_chars, synthetic_run, typical_prompt  # noqa: E402
 
 MODEL = "claude-sonnet-5-5"

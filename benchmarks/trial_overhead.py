@@ -46,13 +46,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supervisor import events as ev  # noqa: E402
-from supervisor import loop as loop_module  # noqa: E402
 from supervisor.agents.offline import OfflineAgent  # noqa: E402
-from supervisor.config import RunConfig, default_cache_dir  # noqa: E402
-from supervisor.ledger import Ledger  # noqa: E402
-from supervisor.loop import Supervisor  # noqa: E402
-from supervisor.runner import parse_summary, scrub_environment, summary_float  # noqa: E402
+from supervisor.core import events as ev  # noqa: E402
+from supervisor.core.config import RunConfig, default_cache_dir  # noqa: E402
+from supervisor.run import loop as loop_module  # noqa: E402
+from supervisor.run.loop import Supervisor  # noqa: E402
+from supervisor.store.ledger import Ledger  # noqa: E402
+from supervisor.trial.runner import parse_summary, scrub_environment, summary_float  # noqa: E402
 
 
 def ensure_cache(cache: Path) -> None:

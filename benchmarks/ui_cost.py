@@ -55,9 +55,9 @@ from typing import TYPE_CHECKING, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supervisor.ledger import Ledger  # noqa: E402
-from supervisor.lock import RunLock  # noqa: E402
-from supervisor.status import run_status  # noqa: E402
+from supervisor.run.status import run_status  # noqa: E402
+from supervisor.store.ledger import Ledger  # noqa: E402
+from supervisor.store.lock import RunLock  # noqa: E402
 from tests.tui_support import synthetic_ledger  # noqa: E402
 
 if TYPE_CHECKING:
@@ -481,7 +481,7 @@ def main() -> int:
         journals = work / "journals"
         live_dir = journals / "live"
         synthetic_ledger(live_dir, trials=40, metric_points=args.points, running=True)
-        attach = [sys.executable, "-m", "supervisor.cli", "attach", "--tag", "live", "--journals", str(journals)]
+        attach = [sys.executable, "-m", "supervisor.cli.main", "attach", "--tag", "live", "--journals", str(journals)]
         bare = [sys.executable, "-c", BARE_APP]
         cpu: list[tuple[str, float]] = []
         cpu.append(("baseline: bare Textual app, idle", measure_cpu(bare, size, args.seconds, args.warmup, "bare")))
@@ -502,7 +502,7 @@ def main() -> int:
         timings = review_timings(big_dir, size)
         scroll = scroll_timings(big_dir, size, args.scroll_rounds)
         memory: dict[str, dict[str, float]] = {}
-        cold = PtyProcess([sys.executable, "-m", "supervisor.cli", "review", "--tag", "night", "--journals",
+        cold = PtyProcess([sys.executable, "-m", "supervisor.cli.main", "review", "--tag", "night", "--journals",
                            str(journals)], *size)
         try:
             timings["review cold process: start -> first frame with the run"] = cold.wait_for(

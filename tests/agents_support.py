@@ -11,7 +11,7 @@ from typing import Any
 
 from supervisor.agents import anthropic_agent, openai_agent
 from supervisor.agents.llm import LLMAgent
-from supervisor.loop import Supervisor
+from supervisor.run.loop import Supervisor
 from tests.llm_server import LLMServer, Reply, ToolUse
 from tests.loop_support import journal, reflection
 
@@ -111,7 +111,7 @@ def synthetic_run(root: Path, trials: int, seed: int = 0) -> Supervisor:
     import random
 
     from supervisor.agents.offline import OfflineAgent
-    from supervisor.config import PROJECT_ROOT, RunConfig
+    from supervisor.core.config import PROJECT_ROOT, RunConfig
 
     rng = random.Random(seed)
     config = RunConfig(tag="measure", journals_root=root / "journals", cache_dir=root / "cache", budget_s=300.0,

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.agents.base import AgentTurn, ToolCall, TurnContext
-from supervisor.config import RunConfig
-from supervisor.events import Event
+from supervisor.core.config import RunConfig
+from supervisor.core.events import Event
 
 FAKE_SOURCE = Path(__file__).parent / "fake_trainer"
 PROJECT = Path(__file__).resolve().parent.parent
@@ -111,5 +111,5 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
     """Run the real `autoresearch` entry point in a subprocess."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(PROJECT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "supervisor.cli.main", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd or PROJECT)

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from supervisor.config import RunConfig
-from supervisor.loop import Supervisor
+from supervisor.core.config import RunConfig
+from supervisor.run.loop import Supervisor
 from tests.loop_support import FAKE_SOURCE, CallbackAgent, fake_config
 
 # (edits, description, category or None, plan index or None, interpretation)

@@ -12,11 +12,11 @@ import os
 
 import pytest
 
-from supervisor import events as ev
-from supervisor.ledger import Ledger
-from supervisor.loop import Supervisor
-from supervisor.status import run_status
-from supervisor.tools import TOOL_NAMES, TOOL_SCHEMAS
+from supervisor.core import events as ev
+from supervisor.run.loop import Supervisor
+from supervisor.run.status import run_status
+from supervisor.run.tools import TOOL_NAMES, TOOL_SCHEMAS
+from supervisor.store.ledger import Ledger
 from tests.agents_support import (
     KEY_VARIABLES,
     MODELS,

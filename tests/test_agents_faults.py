@@ -15,13 +15,13 @@ import time
 
 import pytest
 
-from supervisor import events as ev
 from supervisor.agents.base import AgentAuthError, AgentConfigError, AgentUnavailable
 from supervisor.agents.llm import Prompt
-from supervisor.ledger import Ledger
-from supervisor.loop import Supervisor, SupervisorError
-from supervisor.status import run_status
-from supervisor.tools import TOOL_SCHEMAS
+from supervisor.core import events as ev
+from supervisor.run.loop import Supervisor, SupervisorError
+from supervisor.run.status import run_status
+from supervisor.run.tools import TOOL_SCHEMAS
+from supervisor.store.ledger import Ledger
 from tests.agents_support import (
     KEY_VARIABLES,
     PROVIDERS,
@@ -59,7 +59,7 @@ def keys(monkeypatch):
         monkeypatch.setenv(name, SECRET)
     for name in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("supervisor.loop.OUTAGE_BACKOFF_S", 0.05)  # the loop's own waits, shortened
+    monkeypatch.setattr("supervisor.run.loop.OUTAGE_BACKOFF_S", 0.05)  # the loop's own waits, shortened
 
 
 def prompt() -> Prompt:

@@ -12,8 +12,8 @@ import os
 import pytest
 
 from supervisor.agents import anthropic_agent, openai_agent
-from supervisor.ledger import Ledger
-from supervisor.loop import Supervisor
+from supervisor.run.loop import Supervisor
+from supervisor.store.ledger import Ledger
 from tests.agents_support import KEY_VARIABLES, files_containing, run_in_thread
 from tests.loop_support import fake_config
 

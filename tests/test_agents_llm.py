@@ -26,7 +26,9 @@ from supervisor.agents.llm import (
     status_error,
     tool_result_text,
 )
-from supervisor.agents.pricing import (
+from supervisor.core.config import ConfigError
+from supervisor.core.errors import UserError
+from supervisor.core.pricing import (
     PRICES,
     PriceError,
     UsageTotals,
@@ -34,10 +36,8 @@ from supervisor.agents.pricing import (
     parse_price,
     price_for,
 )
-from supervisor.config import ConfigError
-from supervisor.errors import UserError
-from supervisor.status import usage_by_trial
-from supervisor.tools import TOOL_SCHEMAS
+from supervisor.run.status import usage_by_trial
+from supervisor.run.tools import TOOL_SCHEMAS
 from tests.loop_support import fake_config
 
 
@@ -227,7 +227,7 @@ def test_scrub_removes_whole_and_partial_keys():
 
 
 def test_base_url_with_credentials_is_refused():
-    from supervisor.config import ConfigError, RunConfig
+    from supervisor.core.config import ConfigError, RunConfig
 
     for url in ("http://user:secret@localhost:8000/v1", "https://host/v1?api_key=abc", "localhost:8000"):
         with pytest.raises(ConfigError):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import git
 
-from supervisor.ledger import Ledger
+from supervisor.store.ledger import Ledger
 from tests.loop_support import FAKE_SOURCE, PROJECT, cli, process_alive, write_script
 
 
@@ -98,7 +98,7 @@ def _wait(predicate, timeout=60.0):
 
 def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    return subprocess.Popen([sys.executable, "-m", "supervisor.cli", *args], env=env, cwd=PROJECT,
+    return subprocess.Popen([sys.executable, "-m", "supervisor.cli.main", *args], env=env, cwd=PROJECT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

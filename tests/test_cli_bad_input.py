@@ -4,7 +4,7 @@ Every option of every command is walked in the real parser, so a new numeric or 
 without its check; then a table gives each option bad values and runs the real entry point (`main`, the
 function the `autoresearch` script calls) in a folder where a slip would show: the journals folder must stay
 empty. The cases that need a process of their own (a closed pipe, a damaged ledger, a relative path that a
-trial must still find, a read-only folder) run `python -m supervisor.cli` in a subprocess.
+trial must still find, a read-only folder) run `python -m supervisor.cli.main` in a subprocess.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 import git
 import pytest
 
-from supervisor import cli as cli_module
-from supervisor import config as cfg
-from supervisor import morning_cli
-from supervisor.cli import build_parser, main
-from supervisor.importer import import_results
+from supervisor.cli import main as cli_module
+from supervisor.cli.main import build_parser, main
+from supervisor.core import config as cfg
+from supervisor.morning import commands as morning_cli
+from supervisor.morning.importer import import_results
 from tests.loop_support import FAKE_SOURCE, PROJECT, cli, write_script
 
 # ---- the parser, walked -------------------------------------------------------------------------------------
@@ -350,9 +350,9 @@ def test_a_reader_that_goes_away_is_no_error(tmp_path, command):
     os.close(read_end)  # the reader is gone before a byte is written: every write meets a closed pipe
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     try:
-        proc = subprocess.run([sys.executable, "-m", "supervisor.cli", *command, "--journals",
+        proc = subprocess.run([sys.executable, "-m", "supervisor.cli.main", *command, "--journals",
                                str(tmp_path / "journals")] if command != ["--help"] else
-                              [sys.executable, "-m", "supervisor.cli", "--help"],
+                              [sys.executable, "-m", "supervisor.cli.main", "--help"],
                               stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, cwd=PROJECT, timeout=120)
     finally:
         os.close(write_end)
@@ -434,7 +434,7 @@ def test_an_upstream_checkout_that_cannot_be_adopted_leaves_no_branch(tmp_path):
 def test_a_stored_setting_no_longer_accepted_is_one_line_and_can_be_replaced(tmp_path, capsys):
     """A run started before the checks (`--plateau 0` was stored, then crashed the loop): resuming says which
     setting is refused, changes nothing, and a new value given on the command line replaces it."""
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     journals = tmp_path / "journals"
     stored = json.loads(cfg.RunConfig(tag="old", journals_root=journals, cache_dir=tmp_path).to_json())

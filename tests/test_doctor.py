@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from supervisor.doctor import FAIL, OK, WARN, run_doctor
+from supervisor.cli.doctor import FAIL, OK, WARN, run_doctor
 from tests.loop_support import cli
 
 

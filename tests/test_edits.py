@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.edits import (
+from supervisor.trial.edits import (
     EditError,
     EditResult,
     apply_edit,

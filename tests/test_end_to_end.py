@@ -6,7 +6,7 @@ import json
 
 import git
 
-from supervisor.ledger import Ledger
+from supervisor.store.ledger import Ledger
 from tests.loop_support import cli
 
 

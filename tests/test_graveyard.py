@@ -8,10 +8,10 @@ import statistics
 
 import pytest
 
-from supervisor.categories import Category, infer_category, normalize_category, trial_category
-from supervisor.config import RunConfig
-from supervisor.graveyard import RunView, fenced, graveyard_markdown, md_cell
-from supervisor.ledger import Ledger
+from supervisor.core.categories import Category, infer_category, normalize_category, trial_category
+from supervisor.core.config import RunConfig
+from supervisor.morning.graveyard import RunView, fenced, graveyard_markdown, md_cell
+from supervisor.store.ledger import Ledger
 from tests.loop_support import cli
 from tests.morning_support import build_run
 

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from supervisor.agents.scripted import ScriptedAgent
-from supervisor.guards import eval_fingerprint, scan_diff
-from supervisor.ledger import Ledger
-from supervisor.loop import Supervisor
-from supervisor.status import run_status
+from supervisor.run.loop import Supervisor
+from supervisor.run.status import run_status
+from supervisor.store.ledger import Ledger
+from supervisor.trial.guards import eval_fingerprint, scan_diff
 from tests.loop_support import edit, fake_config, journal, trial, write_script
 
 

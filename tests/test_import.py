@@ -10,10 +10,10 @@ from pathlib import Path
 import git
 import pytest
 
-from supervisor.graveyard import RunView, graveyard_markdown
-from supervisor.importer import ResultsImportError, import_results, parse_results
-from supervisor.ledger import Ledger
-from supervisor.report import write_report
+from supervisor.morning.graveyard import RunView, graveyard_markdown
+from supervisor.morning.importer import ResultsImportError, import_results, parse_results
+from supervisor.morning.report import write_report
+from supervisor.store.ledger import Ledger
 from tests.loop_support import cli
 
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"

@@ -1,6 +1,6 @@
 """The keep-policy campaign simulator (benchmarks/keep_policies.py) on tiny configurations.
 
-What these prove: every keep/discard/retest comes from supervisor.policy.KeepPolicy.decide (nothing is
+What these prove: every keep/discard/retest comes from supervisor.core.policy.KeepPolicy.decide (nothing is
 re-implemented), the floor comes from NoiseMeasurement, the budget accounting is exact (the floor's repeats and the
 confirmation re-runs count against it, a re-test cut short by the budget is discarded), and the ground truth is
 scored right (no noise: no false keeps, no missed gains, the best possible result).
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import policy as policy_module
-from supervisor.policy import KeepPolicy, NoiseMeasurement, Verdict
+from supervisor.core import policy as policy_module
+from supervisor.core.policy import KeepPolicy, NoiseMeasurement, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "keep_policies.py"

@@ -10,13 +10,13 @@ import time
 import git
 import pytest
 
-from supervisor import events as ev
 from supervisor.agents.base import AgentTurn
 from supervisor.agents.offline import OfflineAgent
 from supervisor.agents.scripted import ScriptedAgent
-from supervisor.lock import RunLocked
-from supervisor.loop import Supervisor, SupervisorError
-from supervisor.status import run_status
+from supervisor.core import events as ev
+from supervisor.run.loop import Supervisor, SupervisorError
+from supervisor.run.status import run_status
+from supervisor.store.lock import RunLocked
 from tests.loop_support import (
     CallbackAgent,
     Recorder,
@@ -54,7 +54,7 @@ def test_offline_run_end_to_end(tmp_path):
     statuses = [r.split("\t")[3] for r in rows[1:]]
     assert statuses[0] == "keep" and set(statuses) <= {"keep", "discard"}
     # LR 0.02 -> 0.04 is a real gain on the stand-in; the branch head must be the last keep.
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     best = ledger.best_keep()
@@ -90,7 +90,7 @@ def test_journal_is_forced(tmp_path):
     assert "write_journal" in refused[0]["text"] and "trial 1" in refused[0]["text"]
     assert "placeholder" in refused[2]["text"] or "too short" in refused[2]["text"]
     status = run_status(sup.ledger) if not sup._closed else None  # noqa: SLF001
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     status = run_status(ledger)
@@ -117,7 +117,7 @@ def test_reflection_is_forced_and_plan_queue(tmp_path):
     assert refused[0][0] == "run_trial" and "reflection is due" in refused[0][1]
     assert refused[1][0] == "write_reflection"
     assert refused[2][0] == "plan_drop" or any(x["tool"] == "plan_drop" and not x["refused"] for x in tools)
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     assert len(ledger.reflections()) == 1
@@ -155,7 +155,7 @@ def test_crash_is_recorded_and_reverted(tmp_path):
     steps = [trial("baseline"), journal(1), edit('MODE = "ok"', 'MODE = "crash"'), trial("break it"), journal(2)]
     sup, config, rec = scripted(tmp_path, steps)
     sup.run()
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     crash = ledger.trial(2)
@@ -175,7 +175,7 @@ def test_hang_is_killed_at_the_deadline(tmp_path):
     start = time.monotonic()
     sup.run()
     assert time.monotonic() - start < 30
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     t = Ledger(config.run_dir / "ledger.sqlite").trial(1)
     assert t.status == "crash" and "deadline" in (t.crash_reason or "")
@@ -217,7 +217,7 @@ def test_harness_changed_during_the_trial_is_a_crash(tmp_path):
     steps = [edit('MODE = "ok"', 'MODE = "tamper"'), trial("rewrites the harness"), journal(1)]
     sup, config, _ = scripted(tmp_path, steps)
     sup.run()
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     t = Ledger(config.run_dir / "ledger.sqlite").trial(1)
     assert t.status == "crash" and "harness changed" in t.decision
@@ -238,7 +238,7 @@ def test_second_supervisor_is_refused(tmp_path):
 
 def test_controls_from_another_process_via_the_ledger(tmp_path):
     """pause, steer, resume and stop sent through the commands table (as `autoresearch control` does)."""
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     config = fake_config(tmp_path, max_trials=50)
     sup = Supervisor(config, OfflineAgent())
@@ -279,7 +279,7 @@ def test_stop_the_current_trial(tmp_path):
     sup, config, rec = scripted(tmp_path, steps, budget_s=60, grace_s=60)
     threading.Thread(target=lambda: (_wait_for(rec, ev.METRIC), sup.stop_trial()), daemon=True).start()
     sup.run()
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     first = ledger.trial(1)
@@ -316,7 +316,7 @@ def test_noise_floor_and_flag_policy(tmp_path):
     config = fake_config(tmp_path)
     sup = Supervisor(config, CallbackAgent(agent))
     sup.run()
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     noise = ledger.latest_noise()
@@ -346,7 +346,7 @@ def test_confirm_policy_reruns_with_new_seeds(tmp_path):
     sup.ledger.add_noise(commit_sha="0" * 40, budget_s=5.0, platform="test", values=[1.5, 1.51], sd=0.007,
                          factor=2.0)
     sup.run()
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     t = Ledger(config.run_dir / "ledger.sqlite").trial(2)
     assert len(t.extra_values) == 2          # two confirmation runs with new seeds
@@ -370,7 +370,7 @@ def test_strict_policy_discards_sub_floor_gain(tmp_path):
     sup.ledger.add_noise(commit_sha="0" * 40, budget_s=5.0, platform="test", values=[1.5, 1.51], sd=0.007,
                          factor=2.0)
     sup.run()
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     assert ledger.trial(2).status == "discard" and "floor" in ledger.trial(2).decision
@@ -404,7 +404,7 @@ def test_resume_after_a_clean_stop_goes_on(tmp_path):
     config2 = fake_config(tmp_path, max_trials=4)
     sup = Supervisor(config2, OfflineAgent(), resume=True)
     assert sup.run() == "finished"
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     assert len(ledger.finished_trials()) == 4
@@ -424,7 +424,7 @@ def test_budget_change_on_resume_triggers_reflection(tmp_path):
 def test_status_json_fields(tmp_path):
     config = fake_config(tmp_path, max_trials=2)
     Supervisor(config, OfflineAgent()).run()
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     status = run_status(Ledger(config.run_dir / "ledger.sqlite"), config.run_dir / "run.lock")
     for key in ("tag", "state", "workspace", "journal_dir", "budget_s", "noise_floor", "policy", "trials",
@@ -463,7 +463,7 @@ def test_crash_streak_and_plateau_trigger_reflections(tmp_path):
 
     config = fake_config(tmp_path, reflect_every=100, plateau_trials=2)
     Supervisor(config, CallbackAgent(breaking_agent)).run()
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     triggers = [t for r in ledger.reflections() for t in r["triggers"]]

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from supervisor import events as ev
 from supervisor.agents.base import ToolOutcome, TurnContext
 from supervisor.agents.offline import BASELINE, OfflineAgent
-from supervisor.ledger import Ledger
-from supervisor.loop import Supervisor
-from supervisor.tools import TOOL_SCHEMAS
+from supervisor.core import events as ev
+from supervisor.run.loop import Supervisor
+from supervisor.run.tools import TOOL_SCHEMAS
+from supervisor.store.ledger import Ledger
 from tests.loop_support import FAKE_SOURCE, fake_config
 
 STEER = "stop tuning learning rates, try shorter attention windows"

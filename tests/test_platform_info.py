@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.platform_info import platform_info, telemetry_sample
+from supervisor.trial.platform_info import platform_info, telemetry_sample
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -78,7 +78,7 @@ def test_platform_info_without_torch_says_unknown(tmp_path: Path) -> None:
 def test_importing_the_module_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import supervisor.platform_info as p\n"
+        "import supervisor.trial.platform_info as p\n"
         "assert 'torch' not in sys.modules\n"
         "info = p.platform_info()\n"
         "assert 'torch' not in sys.modules, 'platform_info imported torch into the supervisor'\n"

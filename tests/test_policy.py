@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.policy import (
+from supervisor.core.policy import (
     POLICY_NAMES,
     Decision,
     KeepPolicy,

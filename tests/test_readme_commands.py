@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cli import build_parser, main
-from supervisor.config import RunConfig, existing_file, existing_folder
-from supervisor.ledger import Ledger
-from supervisor.lock import RunLock
+from supervisor.cli.main import build_parser, main
+from supervisor.core.config import RunConfig, existing_file, existing_folder
+from supervisor.store.ledger import Ledger
+from supervisor.store.lock import RunLock
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -11,10 +11,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from supervisor.config import RunConfig
-from supervisor.graveyard import RunView
-from supervisor.ledger import Ledger
-from supervisor.report import (
+from supervisor.core.config import RunConfig
+from supervisor.morning.graveyard import RunView
+from supervisor.morning.report import (
     TOP_ROW,
     chart_cost,
     chart_gains,
@@ -25,6 +24,7 @@ from supervisor.report import (
     report_markdown,
     write_report,
 )
+from supervisor.store.ledger import Ledger
 from tests.loop_support import cli
 from tests.morning_support import build_run
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.runner import (
+from supervisor.trial.runner import (
     TrialOutcome,
     TrialSpec,
     is_secret_name,

@@ -18,10 +18,10 @@ from rich.console import Console
 from textual.command import CommandList, CommandPalette
 
 from supervisor.agents.offline import OfflineAgent
-from supervisor.ledger import Ledger
-from supervisor.lock import RunLock
-from supervisor.loop import Supervisor
-from supervisor.platform_info import telemetry_sample
+from supervisor.run.loop import Supervisor
+from supervisor.store.ledger import Ledger
+from supervisor.store.lock import RunLock
+from supervisor.trial.platform_info import telemetry_sample
 from supervisor.tui.app import SupervisorApp
 from supervisor.tui.screens import (
     ConfirmScreen,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import cli
-from supervisor.config import Layout, RunConfig
-from supervisor.tui.launcher import LaunchError, loop_command, start_loop, wait_until_ready
+from supervisor.cli import main as cli
+from supervisor.cli.launcher import LaunchError, loop_command, start_loop, wait_until_ready
+from supervisor.core.config import Layout, RunConfig
 from tests.loop_support import FAKE_SOURCE, PROJECT
 from tests.loop_support import cli as run_cli
 from tests.tui_support import synthetic_ledger
@@ -61,7 +61,7 @@ def test_loop_command_runs_exactly_the_configuration(tmp_path):
                        plateau_trials=6, noise_repeats=2, device="cpu", memory_limit_mb=2048,
                        agent=f"script:{script}", source_dir=FAKE_SOURCE)
     cmd = loop_command(config, resume=False)
-    assert cmd[:5] == [sys.executable, "-m", "supervisor.cli", "run", "--headless"]
+    assert cmd[:5] == [sys.executable, "-m", "supervisor.cli.main", "run", "--headless"]
     args = cli.build_parser().parse_args(cmd[3:])
     assert args.headless and not args.resume
     assert cli._config_from_args(args).to_json() == config.to_json()  # noqa: SLF001
@@ -100,7 +100,7 @@ def test_serve_shows_the_run_in_a_browser_session(tmp_path):
     aiohttp = pytest.importorskip("aiohttp")
     journals = _journals_with_run(tmp_path)
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve", "--tag", "night", "--journals",
+    server = subprocess.Popen([sys.executable, "-m", "supervisor.cli.main", "serve", "--tag", "night", "--journals",
                                str(journals), "--host", "127.0.0.1", "--port", str(port), "--review"],
                               cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

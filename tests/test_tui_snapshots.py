@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.ledger import Ledger
-from supervisor.lock import RunLock
+from supervisor.store.ledger import Ledger
+from supervisor.store.lock import RunLock
 from supervisor.tui.app import SupervisorApp
 from supervisor.tui.widgets import ExperimentsTable
 from tests.tui_support import CPU_SAMPLE, FIXED_START, GPU_SAMPLE, noise_phase, pin_times, synthetic_ledger

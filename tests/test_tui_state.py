@@ -10,9 +10,9 @@ import pytest
 from rich.segment import Segment
 
 from supervisor.agents.offline import OfflineAgent
-from supervisor.ledger import Ledger
-from supervisor.lock import RunLock
-from supervisor.loop import Supervisor
+from supervisor.run.loop import Supervisor
+from supervisor.store.ledger import Ledger
+from supervisor.store.lock import RunLock
 from supervisor.tui import format as fmt
 from supervisor.tui import state as st
 from supervisor.tui.charts import Chart, Series, loss_range

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.ledger import Ledger
-from supervisor.lock import RunLock
+from supervisor.store.ledger import Ledger
+from supervisor.store.lock import RunLock
 from tests.loop_support import FAKE_SOURCE, PROJECT
 
 pytestmark = [
@@ -135,7 +135,7 @@ def test_run_opens_the_app_and_the_night_survives_it(tmp_path: Path) -> None:
     lock_path = run_dir / "run.lock"
     # This interpreter, not whatever `python` the tmux shell finds first on its PATH.
     project = shlex.quote(str(PROJECT))
-    cli = f"cd {project} && PYTHONPATH={project} {shlex.quote(sys.executable)} -m supervisor.cli"
+    cli = f"cd {project} && PYTHONPATH={project} {shlex.quote(sys.executable)} -m supervisor.cli.main"
     common = f"--journals {shlex.quote(str(journals))} --cache {shlex.quote(str(cache))}"
     # The budget and grace only bound a trial that hangs; 40 trials are far more than the test needs.
     run = (f"{cli} run --tag tm --trainer-dir {shlex.quote(str(source))} {common} "

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.runner import TrialSpec, run_trial
-from supervisor.warm_start import WarmStarter, is_python_script, modules_to_preload, writes_environment
+from supervisor.trial.runner import TrialSpec, run_trial
+from supervisor.trial.warm_start import WarmStarter, is_python_script, modules_to_preload, writes_environment
 from tests.loop_support import PROJECT, CallbackAgent, edit, fake_config, journal, process_alive, trial
 
 pytestmark = pytest.mark.timeout(120)
@@ -212,7 +212,7 @@ def test_a_waiting_interpreter_dies_with_its_supervisor(tmp_path: Path) -> None:
             import sys, time
             from pathlib import Path
             sys.path.insert(0, {str(PROJECT)!r})
-            from supervisor.warm_start import WarmStarter
+            from supervisor.trial.warm_start import WarmStarter
             from tests.test_warm_start import spec_for
             warm = WarmStarter(Path({str(tmp_path)!r}) / "staging")
             warm.prepare(spec_for(Path({str(tmp_path)!r}), "x"))
@@ -228,7 +228,7 @@ def test_a_waiting_interpreter_dies_with_its_supervisor(tmp_path: Path) -> None:
 
 
 def test_the_loop_starts_trials_warm_and_no_warm_start_turns_it_off(tmp_path: Path) -> None:
-    from supervisor.loop import Supervisor
+    from supervisor.run.loop import Supervisor
 
     def agent_script(ctx, n):
         turns = [[edit("LR = 0.02", "LR = 0.04"), trial("lr up")], [journal(1)],
@@ -271,8 +271,8 @@ def test_compile_modules_are_preloaded_only_for_a_torch_script(tmp_path: Path) -
 
 
 def test_the_loop_preloads_the_compile_stack_after_a_trial_that_compiled(tmp_path: Path) -> None:
-    from supervisor.loop import Supervisor
-    from supervisor.warm_start import COMPILE_MODULES
+    from supervisor.run.loop import Supervisor
+    from supervisor.trial.warm_start import COMPILE_MODULES
 
     compiled = iter(["true", "false"])
 

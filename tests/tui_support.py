@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.agents.offline import OfflineAgent
-from supervisor.config import RunConfig
-from supervisor.ledger import Ledger
-from supervisor.loop import Supervisor
+from supervisor.core.config import RunConfig
+from supervisor.run.loop import Supervisor
+from supervisor.store.ledger import Ledger
 from tests.loop_support import fake_config
 
 FIXED_START = 1_790_000_000.0  # 2026-09-21, a fixed "night" for screenshots

@@ -32,7 +32,7 @@ from supervisor.agents.llm import (
     scrub,
     status_error,
 )
-from supervisor.agents.pricing import price_for
+from supervisor.core.pricing import price_for
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 KEY_VARIABLE = "ANTHROPIC_API_KEY"

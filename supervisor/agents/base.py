@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from supervisor.errors import UserError
+from supervisor.core.errors import UserError
 
 
 @dataclass

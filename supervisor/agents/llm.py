@@ -39,7 +39,7 @@ from supervisor.agents.base import (
     ToolOutcome,
     TurnContext,
 )
-from supervisor.agents.pricing import Price
+from supervisor.core.pricing import Price
 
 SYSTEM_PROMPT = """\
 You are the research agent of an autoresearch run. You lower val_bpb (bits per byte on held-out text; lower \

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.agents.base import AgentTurn, ToolCall, TurnContext
-from supervisor.categories import category_for_constant
+from supervisor.core.categories import category_for_constant
 
 DESCRIPTION = re.compile(r"^offline: (?P<name>[A-Z][A-Z0-9_]*) (?P<old>\S+) -> (?P<new>\S+)$")
 ASSIGNMENT = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)(?P<eq>\s*=\s*)(?P<value>[^#\n]+?)(?P<rest>\s*(#.*)?)$")

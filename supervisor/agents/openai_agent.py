@@ -41,7 +41,7 @@ from supervisor.agents.llm import (
     scrub,
     status_error,
 )
-from supervisor.agents.pricing import canonical_model, price_for
+from supervisor.core.pricing import canonical_model, price_for
 
 DEFAULT_MODEL = "gpt-5.4"
 KEY_VARIABLE = "OPENAI_API_KEY"

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from supervisor.agents.base import AgentTurn, ToolCall, TurnContext
-from supervisor.errors import UserError
+from supervisor.core.errors import UserError
 
 
 class ScriptError(UserError, ValueError):

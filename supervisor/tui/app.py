@@ -16,7 +16,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from supervisor.ledger import Ledger
+from supervisor.store.ledger import Ledger
 from supervisor.tui import state as st
 from supervisor.tui.screens import (
     HelpScreen,

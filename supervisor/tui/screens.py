@@ -29,8 +29,8 @@ from textual.widgets import (
 from textual.widgets.option_list import Option
 from textual.widgets.tabbed_content import ContentTab, ContentTabs
 
-from supervisor.journal_files import journal_entry_markdown, reflection_markdown
-from supervisor.ledger import Trial
+from supervisor.store.journal_files import journal_entry_markdown, reflection_markdown
+from supervisor.store.ledger import Trial
 from supervisor.tui import format as fmt
 from supervisor.tui import state as st
 from supervisor.tui.widgets import (

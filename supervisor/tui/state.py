@@ -1,7 +1,7 @@
 """What the app shows, as plain objects, and how it gets them: no Textual in this module.
 
 `RunWatcher.poll()` reads a run's ledger incrementally (new turns, new metric rows, the run row) and
-recomputes the run's status (`supervisor.status.run_status`) only when something changed, so the app can
+recomputes the run's status (`supervisor.run.status.run_status`) only when something changed, so the app can
 poll every second without the cost growing with the length of the night. It returns a `RunView` snapshot
 and the names of the sections that changed, so the app redraws only those.
 
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import UserError
-from supervisor.ledger import Ledger, Trial
-from supervisor.lock import RunLock
-from supervisor.status import run_status
+from supervisor.core.errors import UserError
+from supervisor.run.status import run_status
+from supervisor.store.ledger import Ledger, Trial
+from supervisor.store.lock import RunLock
 from supervisor.tui import format as fmt
 
 # Sections of a RunView; poll() says which changed.
@@ -590,7 +590,7 @@ class RunControl:
 
     def send(self, command: str, arg: str = "") -> str:
         """Send one command; returns what to tell the person. Raises ControlError when it cannot be sent."""
-        from supervisor.loop import COMMANDS
+        from supervisor.run.loop import COMMANDS
 
         if command not in COMMANDS:
             raise ControlError(f"unknown command {command!r}: use one of {', '.join(COMMANDS)}")

@@ -19,7 +19,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import DataTable, Markdown, RichLog, Static
 
-from supervisor.journal_files import journal_entry_markdown, reflection_markdown
+from supervisor.store.journal_files import journal_entry_markdown, reflection_markdown
 from supervisor.tui import format as fmt
 from supervisor.tui.charts import Chart, Series, loss_range
 from supervisor.tui.state import (

@@ -17,11 +17,11 @@ from pathlib import Path
 import git
 import pytest
 
-from supervisor import failpoints
 from supervisor.agents.offline import OfflineAgent
-from supervisor.ledger import Ledger
-from supervisor.loop import Supervisor
-from supervisor.platform_info import platform_info
+from supervisor.core import failpoints
+from supervisor.run.loop import Supervisor
+from supervisor.store.ledger import Ledger
+from supervisor.trial.platform_info import platform_info
 from tests.loop_support import fake_config, process_alive
 
 MAX_TRIALS = 6

@@ -9,9 +9,9 @@ import signal
 from pathlib import Path
 
 from supervisor.agents.offline import OfflineAgent
-from supervisor.ledger import Ledger
-from supervisor.loop import Supervisor, SupervisorError
-from supervisor.platform_info import platform_info
+from supervisor.run.loop import Supervisor, SupervisorError
+from supervisor.store.ledger import Ledger
+from supervisor.trial.platform_info import platform_info
 from tests.faults.test_kill_points import check_invariants, config_for, fast_source
 from tests.loop_support import cli
 

@@ -9,8 +9,8 @@ import git
 import pytest
 
 from supervisor.agents.scripted import ScriptedAgent
-from supervisor.ledger import Ledger
-from supervisor.loop import Supervisor
+from supervisor.run.loop import Supervisor
+from supervisor.store.ledger import Ledger
 from tests.loop_support import edit, fake_config, journal, process_alive, trial, write_script
 
 
@@ -86,7 +86,7 @@ def test_output_flood_past_the_cap_is_killed(tmp_path):
     import shutil
     import sys
 
-    from supervisor.runner import TrialSpec, run_trial
+    from supervisor.trial.runner import TrialSpec, run_trial
     from tests.loop_support import FAKE_SOURCE
 
     work = tmp_path / "ws"

@@ -13,8 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from supervisor.config import absolute_path, default_journals_root, port_number, tag_name
-from supervisor.errors import UserError
+from supervisor.core.config import absolute_path, default_journals_root, port_number, tag_name
+from supervisor.core.errors import UserError
 
 DEFAULT_SERVE_HOST = "0.0.0.0"
 DEFAULT_SERVE_PORT = 8000
@@ -40,8 +40,8 @@ def _check_terminal() -> None:
 
 def open_app(run_dir: Path, *, review: bool, ask_on_quit: bool = True) -> str | None:
     """Run the app on a run folder until the person quits; returns the quit answer ("stop", "leave", None)."""
-    from supervisor.ledger import Ledger
-    from supervisor.platform_info import telemetry_sample
+    from supervisor.store.ledger import Ledger
+    from supervisor.trial.platform_info import telemetry_sample
     from supervisor.tui.app import SupervisorApp
 
     ledger = Ledger(run_dir / "ledger.sqlite", readonly=review)
@@ -78,7 +78,7 @@ def _say_after_quit(tag: str, answer: str | None) -> None:
 
 def serve_command(args: argparse.Namespace) -> str:
     """The command each browser tab runs: this interpreter, this project, the same run."""
-    cmd = [sys.executable, "-m", "supervisor.cli", "review" if args.review else "attach", "--tag", args.tag]
+    cmd = [sys.executable, "-m", "supervisor.cli.main", "review" if args.review else "attach", "--tag", args.tag]
     if args.journals:
         cmd += ["--journals", str(Path(args.journals).resolve())]
     return shlex.join(cmd)

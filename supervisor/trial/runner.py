@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from supervisor.warm_start import WarmStarter
+    from supervisor.trial.warm_start import WarmStarter
 
 __all__ = [
     "TrialSpec",
@@ -659,7 +659,7 @@ def run_trial(
 
     ``on_start`` gets the trial's pid (also its process-group id) as soon as it runs, so a caller
     can record it durably and kill an orphaned trial after its own crash. ``warm_start`` may hand over an
-    interpreter started ahead for this trial (:mod:`supervisor.warm_start`); without one the trial starts cold.
+    interpreter started ahead for this trial (:mod:`supervisor.trial.warm_start`); without one the trial starts cold.
 
     Blocks the calling thread. ``on_metric`` is called in that thread, in file order, for every
     metrics record as it appears (about 10 Hz). Setting ``stop_event`` from another thread kills

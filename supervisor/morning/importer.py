@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.categories import normalize_category
-from supervisor.config import RunConfig, validate_tag
-from supervisor.errors import UserError
-from supervisor.graveyard import IMPORTED_STATE, fmt_change
-from supervisor.journal_files import JournalFiles
-from supervisor.ledger import Ledger
-from supervisor.policy import DEFAULT_FLOOR_FACTOR, KeepPolicy, NoiseMeasurement
+from supervisor.core.categories import normalize_category
+from supervisor.core.config import RunConfig, validate_tag
+from supervisor.core.errors import UserError
+from supervisor.core.policy import DEFAULT_FLOOR_FACTOR, KeepPolicy, NoiseMeasurement
+from supervisor.morning.graveyard import IMPORTED_STATE, fmt_change
+from supervisor.store.journal_files import JournalFiles
+from supervisor.store.ledger import Ledger
 
 UPSTREAM_COLUMNS = ["commit", "val_bpb", "memory_gb", "status", "description"]
 DEFAULT_BUDGET_S = 300.0  # upstream's fixed training budget

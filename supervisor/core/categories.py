@@ -1,6 +1,6 @@
 """What a trial tried: the agent's own category, or one inferred from its description and diff.
 
-The categories are the ones the agent chooses from in `run_trial` (supervisor.tools.CATEGORIES). A trial
+The categories are the ones the agent chooses from in `run_trial` (CATEGORIES, below). A trial
 that came without one (an agent that left it out, an upstream results.tsv row) gets one inferred here:
 named constants first (`MATRIX_LR`, `WARMDOWN_FRACTION`: the strongest evidence, the same names the
 trainer uses), then words and phrases of the description, then of the diff's changed lines. The result
@@ -13,7 +13,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from supervisor.tools import CATEGORIES
+# The categories the agent chooses from in `run_trial`; the graveyard groups failures by them.
+CATEGORIES = (
+    "learning_rate", "schedule", "optimizer", "architecture", "attention", "batch_size",
+    "initialisation", "regularisation", "efficiency", "other",
+)
+
 
 LABELS: dict[str, str] = {
     "learning_rate": "learning rates",
@@ -120,7 +125,7 @@ _PHRASE_PATTERNS = {cat: _phrase_pattern(words) for cat, words in _PHRASES.items
 class Category:
     """A trial's category and where it came from."""
 
-    name: str  # one of supervisor.tools.CATEGORIES
+    name: str  # one of CATEGORIES
     source: str  # "agent" (given to run_trial or in the source file) or "inferred"
     evidence: str = ""  # for an inferred one: what it was inferred from, e.g. "MATRIX_LR in the diff"
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.config import PROJECT_ROOT, absolute_path
+from supervisor.core.config import PROJECT_ROOT, absolute_path
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 MIN_FREE_GB = 5.0
@@ -234,7 +234,7 @@ class Doctor:
     def check_cache(self) -> list[Check]:
         import json
 
-        from supervisor.config import default_cache_dir
+        from supervisor.core.config import default_cache_dir
 
         cache = Path(self.cache_dir or default_cache_dir())
         manifest = cache / "manifest.json"
@@ -255,7 +255,7 @@ class Doctor:
         return [Check("data", OK, detail)]
 
     def check_disk(self) -> list[Check]:
-        from supervisor.config import default_cache_dir, default_journals_root
+        from supervisor.core.config import default_cache_dir, default_journals_root
 
         out = []
         for label, path in (("journals", Path(self.journals or default_journals_root())),

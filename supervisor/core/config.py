@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import UserError
+from supervisor.core.errors import UserError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # supervisor/core/config.py -> the checkout
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 POLICY_NAMES = ("greedy", "flag", "confirm", "strict")
@@ -297,7 +297,7 @@ class RunConfig:
         if self.base_url:
             check_base_url(self.base_url)
         if self.price is not None:
-            from supervisor.agents.pricing import PriceError, price_from_values
+            from supervisor.core.pricing import PriceError, price_from_values
 
             if not all(isinstance(v, int | float) and math.isfinite(v) for v in self.price):
                 raise ConfigError(f"--price must be finite numbers, got {self.price}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from supervisor.agents.pricing import UsageTotals
-from supervisor.config import RunConfig
-from supervisor.ledger import Ledger
-from supervisor.lock import RunLock
+from supervisor.core.config import RunConfig
+from supervisor.core.pricing import UsageTotals
+from supervisor.store.ledger import Ledger
+from supervisor.store.lock import RunLock
 
 
 def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import git
 
-from supervisor.config import Layout
-from supervisor.errors import UserError
+from supervisor.core.config import Layout
+from supervisor.core.errors import UserError
 
 IGNORED = "__pycache__/\n*.pyc\n.venv/\n"
 AUTHOR = "autoresearch-supervisor"

@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.categories import LABELS, Category, trial_category
-from supervisor.config import RunConfig
-from supervisor.ledger import Ledger, Trial
-from supervisor.tools import CATEGORIES
+from supervisor.core.categories import CATEGORIES, LABELS, Category, trial_category
+from supervisor.core.config import RunConfig
+from supervisor.store.ledger import Ledger, Trial
 
 IMPORTED_STATE = "imported"
 DIFF_LINES = 40
@@ -442,7 +441,7 @@ def _within_noise(view: RunView, trials: list[Trial]) -> str:
 
 def write_graveyard(ledger: Ledger, path: Path, **options: Any) -> Path:
     """Render the graveyard of the run in `ledger` to `path` (written whole, then renamed)."""
-    from supervisor.journal_files import atomic_write
+    from supervisor.store.journal_files import atomic_write
 
     atomic_write(Path(path), graveyard_markdown(RunView.from_ledger(ledger), **options))
     return Path(path)

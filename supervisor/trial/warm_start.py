@@ -37,7 +37,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from supervisor.runner import TrialSpec, launch_command, trial_environment
+from supervisor.trial.runner import TrialSpec, launch_command, trial_environment
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from supervisor.config import (
+from supervisor.core.config import (
     absolute_path,
     check_writable_folder,
     default_journals_root,
@@ -22,7 +22,7 @@ from supervisor.config import (
     non_negative_int,
     tag_name,
 )
-from supervisor.errors import UserError
+from supervisor.core.errors import UserError
 
 
 class MorningError(UserError):
@@ -36,7 +36,7 @@ def _journals(args: argparse.Namespace) -> Path:
 def _open_run(args: argparse.Namespace):
     """The run's ledger, opened read-only and without its lock (a run may be going on; a damaged ledger must
     stay exactly as it is)."""
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     journals = _journals(args)
     path = journals / args.tag / "ledger.sqlite"
@@ -52,7 +52,7 @@ def _output_path(text: str) -> Path | str:
 
 
 def cmd_export_graveyard(args: argparse.Namespace) -> int:
-    from supervisor.graveyard import RunView, graveyard_markdown, write_graveyard
+    from supervisor.morning.graveyard import RunView, graveyard_markdown, write_graveyard
 
     to_stdout = args.output == "-"
     out = Path(args.output) if args.output and not to_stdout else _journals(args) / args.tag / "graveyard.md"
@@ -73,7 +73,7 @@ def cmd_export_graveyard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from supervisor.report import write_report
+    from supervisor.morning.report import write_report
 
     out = args.output or _journals(args) / args.tag / "report"
     if out.exists() and not out.is_dir():
@@ -104,7 +104,7 @@ def noise_values(text: str) -> list[float]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from supervisor.importer import import_results
+    from supervisor.morning.importer import import_results
 
     check_writable_folder(_journals(args), "--journals")
     result = import_results(

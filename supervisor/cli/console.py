@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from rich.console import Console
 
-from supervisor import events as ev
+from supervisor.core import events as ev
 
 
 class ConsolePrinter:

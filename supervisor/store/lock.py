@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from supervisor.errors import UserError
+from supervisor.core.errors import UserError
 
 
 class RunLocked(UserError, RuntimeError):

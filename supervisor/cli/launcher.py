@@ -1,7 +1,7 @@
 """`autoresearch run` and `demo` with the UI: start the loop as its own process, then open the app on it.
 
 The loop must outlive the app: closing the terminal, the SSH connection or the app must not stop the night.
-So the loop is `python -m supervisor.cli run --headless ...` in a new session (no controlling terminal, no
+So the loop is `python -m supervisor.cli.main run --headless ...` in a new session (no controlling terminal, no
 SIGHUP), writing to the run folder's supervisor.log, and the app is only a client of its ledger. Quitting
 the app asks whether to stop the run or leave it running.
 """
@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from supervisor.config import PROJECT_ROOT, RunConfig
-from supervisor.errors import UserError
-from supervisor.lock import RunLock
+from supervisor.core.config import PROJECT_ROOT, RunConfig
+from supervisor.core.errors import UserError
+from supervisor.store.lock import RunLock
 
 START_TIMEOUT_S = 300.0  # the loop probes the platform (a torch import) before it takes the lock
 STOP_WAIT_S = 30.0
@@ -35,9 +35,9 @@ def can_open() -> bool:
 
 def loop_command(config: RunConfig, resume: bool) -> list[str]:
     """The headless command that runs exactly this configuration (the inverse of the run options' parsing)."""
-    from supervisor.cli import RUN_OPTIONS
+    from supervisor.cli.main import RUN_OPTIONS
 
-    cmd = [sys.executable, "-m", "supervisor.cli", "run", "--headless", "--tag", config.tag,
+    cmd = [sys.executable, "-m", "supervisor.cli.main", "run", "--headless", "--tag", config.tag,
            "--journals", str(Path(config.journals_root).resolve()), "--cache", str(Path(config.cache_dir).resolve())]
     if resume:
         cmd.append("--resume")
@@ -84,7 +84,7 @@ def _log_tail(run_dir: Path, lines: int = 12) -> str:
 
 def wait_until_ready(proc: subprocess.Popen, config: RunConfig, timeout_s: float = START_TIMEOUT_S) -> None:
     """Return when the new process holds the run's lock and its ledger has the run; raise if it died."""
-    from supervisor.ledger import Ledger, LedgerError
+    from supervisor.store.ledger import Ledger, LedgerError
 
     run_dir = Path(config.run_dir)
     lock, ledger_path = run_dir / "run.lock", run_dir / "ledger.sqlite"
@@ -114,7 +114,7 @@ def wait_until_ready(proc: subprocess.Popen, config: RunConfig, timeout_s: float
 
 def launch(config: RunConfig, resume: bool = False) -> int:
     """Start the run in its own process, open the app on it, and say where things stand when the app closes."""
-    from supervisor.tui.commands import _say_after_quit, open_app
+    from supervisor.cli.tui_commands import _say_after_quit, open_app
 
     run_dir = Path(config.run_dir)
     proc = start_loop(config, resume)

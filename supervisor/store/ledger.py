@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import UserError
+from supervisor.core.errors import UserError
 
 SCHEMA_VERSION = 1
 

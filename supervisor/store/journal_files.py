@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor.failpoints import failpoint
-from supervisor.ledger import Ledger, Trial
+from supervisor.core.failpoints import failpoint
+from supervisor.store.ledger import Ledger, Trial
 
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 

@@ -13,13 +13,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from supervisor.agents.base import ToolCall, ToolOutcome
-from supervisor.edits import EditError, edit_file, read_file
-from supervisor.ledger import Ledger
-
-CATEGORIES = (
-    "learning_rate", "schedule", "optimizer", "architecture", "attention", "batch_size",
-    "initialisation", "regularisation", "efficiency", "other",
-)
+from supervisor.core.categories import CATEGORIES
+from supervisor.store.ledger import Ledger
+from supervisor.trial.edits import EditError, edit_file, read_file
 
 JOURNAL_FIELDS = ("hypothesis", "change", "interpretation", "next_step")
 REFLECTION_FIELDS = ("load_bearing", "dead_ends", "retest", "plan")

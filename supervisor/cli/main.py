@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from supervisor.config import (
+from supervisor.core.config import (
     POLICY_NAMES,
     ConfigError,
     Layout,
@@ -40,7 +40,7 @@ from supervisor.config import (
     repeat_count,
     tag_name,
 )
-from supervisor.errors import UserError
+from supervisor.core.errors import UserError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # argparse's own code for a wrong command line
@@ -65,7 +65,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 # Commands that live in their own modules: each module has `register(subparsers)`, which adds its
 # parsers and sets `func`. Keeps this file thin as features arrive.
-COMMAND_MODULES: list[str] = ["supervisor.doctor", "supervisor.morning_cli", "supervisor.tui.commands"]
+COMMAND_MODULES: list[str] = ["supervisor.cli.doctor", "supervisor.morning.commands", "supervisor.cli.tui_commands"]
 
 
 # ---- helpers --------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def _make_agent(spec: str, resume_turns: int = 0, config: RunConfig | None = Non
 
 
 def _price(text: str) -> list[float]:
-    from supervisor.agents.pricing import PriceError, parse_price
+    from supervisor.core.pricing import PriceError, parse_price
 
     try:
         values = parse_price(text)
@@ -199,7 +199,7 @@ def preflight_new_run(config: RunConfig) -> None:
     can neither resume nor restart, so those checks are made here first.
     """
     check_writable_folder(Path(config.journals_root), "--journals")
-    from supervisor.loop import RunPaths
+    from supervisor.run.loop import RunPaths
 
     if RunPaths(config.run_dir).ledger.exists():
         raise CliError(f"run {config.tag!r} already exists in {config.journals_root}; continue it with --resume, "
@@ -231,9 +231,9 @@ def _install_signal_handlers(supervisor) -> None:
 
 
 def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False) -> int:
-    from supervisor.console import ConsolePrinter
-    from supervisor.ledger import Ledger
-    from supervisor.loop import RunPaths, Supervisor
+    from supervisor.cli.console import ConsolePrinter
+    from supervisor.run.loop import RunPaths, Supervisor
+    from supervisor.store.ledger import Ledger
 
     resume_turns = 0
     if resume and RunPaths(config.run_dir).ledger.exists():
@@ -244,7 +244,7 @@ def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False)
     _check_cache(config.cache_dir, config.upstream_repo is not None)
     if not headless:
         # The UI is a client: the loop runs in its own process so closing the terminal does not stop it.
-        launcher = importlib.import_module("supervisor.tui.launcher")
+        launcher = importlib.import_module("supervisor.cli.launcher")
         if launcher.can_open():
             agent.close()
             return launcher.launch(config, resume=resume)
@@ -320,8 +320,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
-    from supervisor.console import ConsolePrinter
-    from supervisor.loop import Supervisor
+    from supervisor.cli.console import ConsolePrinter
+    from supervisor.run.loop import Supervisor
 
     config = _load_config(args, _given(args, {"cache": "cache_dir", "floor_factor": "floor_factor"}))
     _check_cache(config.cache_dir, config.upstream_repo is not None)
@@ -339,13 +339,13 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 def _load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> RunConfig:
     """The settings the run was started with, read-only, with `overrides` (field: value) from this command line."""
-    from supervisor.loop import RunPaths
+    from supervisor.run.loop import RunPaths
 
     journals = args.journals or default_journals_root()
     ledger_path = RunPaths(journals / args.tag).ledger
     if not ledger_path.exists():
         raise CliError(f"no run {args.tag!r} in {journals} (list them with `ls {journals}`)")
-    from supervisor.ledger import Ledger
+    from supervisor.store.ledger import Ledger
 
     ledger = Ledger(ledger_path, readonly=True)  # reading the settings must not write to a damaged ledger
     try:
@@ -370,9 +370,9 @@ def _value_text(value: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from supervisor.ledger import Ledger
-    from supervisor.loop import RunPaths
-    from supervisor.status import run_status
+    from supervisor.run.loop import RunPaths
+    from supervisor.run.status import run_status
+    from supervisor.store.ledger import Ledger
 
     journals = args.journals or default_journals_root()
     paths = RunPaths(journals / args.tag)
@@ -407,9 +407,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    from supervisor.ledger import Ledger
-    from supervisor.lock import RunLock
-    from supervisor.loop import COMMANDS, RunPaths
+    from supervisor.run.loop import COMMANDS, RunPaths
+    from supervisor.store.ledger import Ledger
+    from supervisor.store.lock import RunLock
 
     journals = args.journals or default_journals_root()
     paths = RunPaths(journals / args.tag)

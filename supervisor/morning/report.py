@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.graveyard import (
+from supervisor.morning.graveyard import (
     RunView,
     floor_text,
     fmt_change,
@@ -32,8 +32,8 @@ from supervisor.graveyard import (
     md_text,
     versus_floor,
 )
-from supervisor.journal_files import atomic_write
-from supervisor.ledger import Ledger, Trial
+from supervisor.store.journal_files import atomic_write
+from supervisor.store.ledger import Ledger, Trial
 
 COLORS = {
     "keep": "#2a9d4b", "discard": "#8d949b", "crash": "#d62728", "flagged": "#f28e2b",

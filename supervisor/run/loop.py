@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor import events as ev
 from supervisor.agents.base import (
     Agent,
     AgentAuthError,
@@ -36,18 +35,13 @@ from supervisor.agents.base import (
     ToolOutcome,
     TurnContext,
 )
-from supervisor.agents.pricing import PRICES_AS_OF, UsageTotals
-from supervisor.config import ConfigError, RunConfig
-from supervisor.errors import UserError
-from supervisor.failpoints import failpoint
-from supervisor.guards import eval_fingerprint, fingerprint_changes, scan_diff
-from supervisor.journal_files import JournalFiles, atomic_write
-from supervisor.ledger import Ledger, LedgerError, Trial
-from supervisor.lock import RunLock
-from supervisor.platform_info import platform_info
-from supervisor.policy import KeepPolicy, NoiseMeasurement, Verdict
-from supervisor.runner import TrialOutcome, TrialSpec, run_trial, summary_float
-from supervisor.tools import (
+from supervisor.core import events as ev
+from supervisor.core.config import ConfigError, RunConfig
+from supervisor.core.errors import UserError
+from supervisor.core.failpoints import failpoint
+from supervisor.core.policy import KeepPolicy, NoiseMeasurement, Verdict
+from supervisor.core.pricing import PRICES_AS_OF, UsageTotals
+from supervisor.run.tools import (
     JOURNAL_FIELDS,
     REFLECTION_FIELDS,
     TOOL_NAMES,
@@ -56,8 +50,14 @@ from supervisor.tools import (
     entry_problems,
     validate_input,
 )
-from supervisor.warm_start import COMPILE_MODULES, WarmStarter
-from supervisor.workspace import Workspace, WorkspaceError
+from supervisor.store.journal_files import JournalFiles, atomic_write
+from supervisor.store.ledger import Ledger, LedgerError, Trial
+from supervisor.store.lock import RunLock
+from supervisor.trial.guards import eval_fingerprint, fingerprint_changes, scan_diff
+from supervisor.trial.platform_info import platform_info
+from supervisor.trial.runner import TrialOutcome, TrialSpec, run_trial, summary_float
+from supervisor.trial.warm_start import COMPILE_MODULES, WarmStarter
+from supervisor.trial.workspace import Workspace, WorkspaceError
 
 PRIMARY_SEED = 42
 CONFIRM_SEED_BASE = 1000

@@ -1,0 +1,1 @@
+"""The `autoresearch` command: argument parsing, headless output, doctor, and launching the UI."""

@@ -1,0 +1,7 @@
+"""`python -m supervisor.cli`: the same as the `autoresearch` command."""
+
+import sys
+
+from supervisor.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The morning after: graveyard export, report, import of upstream results."""
