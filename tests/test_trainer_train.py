@@ -275,6 +275,7 @@ def load_benchmark(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", bench_dir / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
         spec.loader.exec_module(module)
     finally:
         sys.path[:] = saved
