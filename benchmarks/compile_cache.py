@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "trainer").mkdir()
-        for name in ("prepare.py", "train.py"):
+        for name in ("prepare.py", "corpus.py", "train.py"):
             shutil.copy2(ROOT / "trainer" / name, work / "trainer" / name)
         train = work / "trainer/train.py"
         train.write_text(re.sub(r"^COMPILE = .*$", "COMPILE = True  # forced by the benchmark", train.read_text(),

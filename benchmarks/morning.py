@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisor.core.config import RunConfig  # noqa: E402
-from supervisor.morning.graveyard import RunView, graveyard_markdown  # noqa: E402
-from supervisor.morning.importer import import_results  # noqa: E402
-from supervisor.morning.report import write_report  # noqa: E402
-from supervisor.run.status import run_status  # noqa: E402
-from supervisor.store.ledger import Ledger  # noqa: E402
+from supervisor.core.config import RunConfig
+from supervisor.morning.graveyard import RunView, graveyard_markdown
+from supervisor.morning.importer import import_results
+from supervisor.morning.report import write_report
+from supervisor.run.status import run_status
+from supervisor.store.ledger import Ledger
 
 CONSTANTS = ["MATRIX_LR", "EMBEDDING_LR", "WARMDOWN_FRACTION", "DEPTH", "MODEL_DIM", "WEIGHT_DECAY",
              "MUON_MOMENTUM", "SHORT_WINDOW", "TOTAL_BATCH_TOKENS", "LOGIT_SOFTCAP"]

@@ -85,7 +85,8 @@ def run_trial(cache: Path, budget: float, device: str, seed: int = 42, overrides
                 source = edit_constant(source, name, value)
             if patch is not None:
                 source = patch(source)
-            (tmp / "prepare.py").write_text((TRAINER_DIR / "prepare.py").read_text())
+            for harness in ("prepare.py", "corpus.py"):
+                (tmp / harness).write_text((TRAINER_DIR / harness).read_text())
             script = tmp / "train.py"
             script.write_text(source)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
@@ -183,7 +184,8 @@ def run_trial_bounded(cache: Path, budget: float, device: str, *, timeout: float
         source = edit_constant(source, constant, value)
     if patch is not None:
         source = patch(source)
-    (folder / "prepare.py").write_text((TRAINER_DIR / "prepare.py").read_text())
+    for harness in ("prepare.py", "corpus.py"):
+        (folder / harness).write_text((TRAINER_DIR / harness).read_text())
     (folder / "train.py").write_text(source)
     metrics = folder / "metrics.jsonl"
     metrics.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainer_common import default_cache, ensure_cache, print_table, run_trial  # noqa: E402
+from trainer_common import default_cache, ensure_cache, print_table, run_trial
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainer_common import default_cache, ensure_cache, print_table, run_trial  # noqa: E402
+from trainer_common import default_cache, ensure_cache, print_table, run_trial
 
 
 def matmul_ceiling(size: int = 8192, iters: int = 50, dtype_name: str = "bfloat16") -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainer_common import default_cache, ensure_cache, replace_once, run_trial  # noqa: E402
+from trainer_common import default_cache, ensure_cache, replace_once, run_trial
 
 
 @dataclass(frozen=True)

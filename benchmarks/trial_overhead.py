@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from supervisor.agents.offline import OfflineAgent  # noqa: E402
 from supervisor.core import events as ev  # noqa: E402
 from supervisor.core.config import RunConfig, default_cache_dir  # noqa: E402
-from supervisor.run import loop as loop_module  # noqa: E402
+from supervisor.run import executor as executor_module  # noqa: E402
 from supervisor.run.loop import Supervisor  # noqa: E402
 from supervisor.store.ledger import Ledger  # noqa: E402
 from supervisor.trial.runner import parse_summary, scrub_environment, summary_float  # noqa: E402
@@ -105,7 +105,7 @@ class ThinkingAgent(OfflineAgent):
         self.latency = latency
         self.busy: list[tuple[float, float]] = []
 
-    def turn(self, ctx):  # noqa: ANN001, ANN201 - the Agent protocol's signature
+    def turn(self, ctx):
         start = time.time()
         time.sleep(self.latency)
         result = super().turn(ctx)
@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                     "after": (True, new)}
         for index, name in enumerate(names):
             warm, source = settings[name]
-            preload = loop_module.COMPILE_MODULES
+            preload = executor_module.COMPILE_MODULES
             if name == "warm, no compile preload":
-                loop_module.COMPILE_MODULES = ()
+                executor_module.COMPILE_MODULES = ()
             try:
                 # With compile, one more trial: the first cycle fills the run's empty compile cache (34 s cold
                 # against 7.5 s warm here, docs/benchmarks.md) and is left out of the means.
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                                            latency=args.latency, warm_start=warm, source_dir=source)
                 variants[name] = cycles[1:] if args.compile else cycles
             finally:
-                loop_module.COMPILE_MODULES = preload
+                executor_module.COMPILE_MODULES = preload
 
     def mean(rows: list[dict[str, float]], key: str) -> float:
         return statistics.fmean(r[key] for r in rows)

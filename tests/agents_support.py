@@ -69,7 +69,7 @@ def run_in_thread(sup: Supervisor) -> tuple[threading.Thread, dict[str, Any]]:
     def target() -> None:
         try:
             result["end"] = sup.run()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:
             result["error"] = exc
 
     thread = threading.Thread(target=target, name="supervisor", daemon=True)
@@ -191,12 +191,12 @@ def typical_prompt(sup: Supervisor):
     last = ctx.recent_journal[-1] if ctx.recent_journal else None
     if last is None:
         return build_prompt(ctx)
-    call = ToolCall("write_journal", {k: last[k] for k in ("hypothesis", "change", "interpretation", "next_step")},
-                    id="call_journal")
-    outcome = ToolOutcome("write_journal", True, f"journal entry for trial {last['trial_id']} recorded.",
+    fields = ("hypothesis", "change", "interpretation", "next_step")
+    call = ToolCall("write_journal", {k: getattr(last, k) for k in fields}, id="call_journal")
+    outcome = ToolOutcome("write_journal", True, f"journal entry for trial {last.trial_id} recorded.",
                           call_id="call_journal")
     ctx.last_outcomes = [outcome]
-    return build_prompt(ctx, PriorTurn(f"Journal entry for trial {last['trial_id']}.", [call], [outcome]))
+    return build_prompt(ctx, PriorTurn(f"Journal entry for trial {last.trial_id}.", [call], [outcome]))
 
 
 def naive_chat_chars(sup: Supervisor, prompt) -> int:
@@ -204,5 +204,5 @@ def naive_chat_chars(sup: Supervisor, prompt) -> int:
     sections = prompt.sections()
     total = sum(len(sections[k]) for k in ("system", "tools", "program", "code"))
     for turn in sup.ledger.turns():
-        total += len(turn["text"] or "") + len(json.dumps(turn["input"]) if turn.get("input") else "")
+        total += len(turn.text or "") + len(json.dumps(turn.input) if turn.input else "")
     return total

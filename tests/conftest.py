@@ -9,7 +9,7 @@ Trainer fixtures:
   `trainer/prepare.py` (embedded corpus, small profile, a 3 MB cap; ~5-10 s on 2 cores). Returns
   its Path. Treat it as read-only; copy it (shutil.copytree) before damaging it.
 - `trainer_env`: an environment dict for a training subprocess that uses that cache on the CPU.
-- `trainer_copy`: a fresh copy of trainer/ (prepare.py and train.py) in a temporary folder, for
+- `trainer_copy`: a fresh copy of trainer/ (prepare.py, corpus.py and train.py) in a temporary folder, for
   tests that edit train.py or run it outside the repository.
 """
 
@@ -54,9 +54,9 @@ def trainer_env(prepared_cache) -> dict[str, str]:
 
 @pytest.fixture
 def trainer_copy(tmp_path) -> Path:
-    """A copy of trainer/prepare.py and trainer/train.py in tmp_path/"trainer"; returns that folder."""
+    """A copy of trainer/prepare.py, corpus.py and train.py in tmp_path/"trainer"; returns that folder."""
     dest = tmp_path / "trainer"
     dest.mkdir()
-    for name in ("prepare.py", "train.py"):
+    for name in ("prepare.py", "corpus.py", "train.py"):
         shutil.copy2(TRAINER_DIR / name, dest / name)
     return dest

@@ -248,239 +248,243 @@ class LLMServer:
 
 # ---- the wire -------------------------------------------------------------------------------------------------
 def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    """A request handler class bound to `server` (http.server makes one handler object per request)."""
+    return type("Handler", (_Handler,), {"llm": server})
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet tests
+
+class _Handler(BaseHTTPRequestHandler):
+    # The scripted server this handler answers for (`self.server` is http.server's own server object).
+    llm: LLMServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    # ---- routing ------------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            data = [{"id": self.llm.model or "loopback-model", "object": "model", "type": "model",
+                     "owned_by": "loopback", "created": 0, "display_name": "Loopback"}]
+            self._json(200, {"object": "list", "data": data, "has_more": False})
+        else:
+            self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found_error"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = {"_unreadable": raw.decode(errors="replace")}
+        if self.path.endswith("/v1/messages"):
+            protocol = "anthropic"
+        elif self.path.endswith("/chat/completions"):
+            protocol = "openai"
+        else:
+            self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found_error"}})
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        request = Recorded(protocol, self.path, headers, body, time.time())
+        with self.llm._lock:
+            self.llm.requests.append(request)
+        sent_key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if self.llm.require_key and sent_key != self.llm.api_key:
+            self._error(protocol, Fault("status", 401, "authentication_error", "invalid x-api-key"), sent_key)
+            return
+        item = self.llm.next_for(request)
+        if isinstance(item, Fault):
+            self._fault(protocol, item, sent_key, request)
+        elif protocol == "anthropic":
+            self._anthropic(item, body)
+        else:
+            self._openai(item, body)
+
+    # ---- faults ---------------------------------------------------------------------------------------
+    def _fault(self, protocol: str, fault: Fault, sent_key: str, request: Recorded) -> None:
+        if fault.kind == "status":
+            self._error(protocol, fault, sent_key)
+        elif fault.kind == "drop":
+            self._drop()
+        elif fault.kind == "stall":
+            self.llm._closing.wait(fault.seconds)
+            self._drop()
+        elif fault.kind == "drop_mid_stream":
+            self._start_stream()
+            if protocol == "anthropic":
+                self._event("message_start", {"type": "message_start", "message": self._message_shell(request.body)})
+                self._event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                    "content_block": {"type": "text", "text": ""}})
+                self._event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                    "delta": {"type": "text_delta", "text": "Let me th"}})
+            else:
+                self._data(self._chunk(request.body, {"role": "assistant", "content": "Let me th"}))
+            self._drop()
+        elif fault.kind == "stream_error":
+            self._start_stream()
+            if protocol == "anthropic":
+                self._event("message_start", {"type": "message_start", "message": self._message_shell(request.body)})
+                self._event("error", {"type": "error", "error": {"type": fault.error_type, "message": fault.message}})
+            else:
+                self._data({"error": {"message": fault.message, "type": fault.error_type, "code": None}})
+            self._end_stream()
+
+    def _error(self, protocol: str, fault: Fault, sent_key: str) -> None:
+        message = fault.message + (f": {sent_key}" if fault.echo_key and sent_key else "")
+        headers = {}
+        if fault.retry_after is not None:
+            headers["retry-after"] = f"{fault.retry_after:g}"
+            headers["retry-after-ms"] = f"{fault.retry_after * 1000:g}"
+        if protocol == "anthropic":
+            body: dict[str, Any] = {"type": "error", "error": {"type": fault.error_type, "message": message},
+                                    "request_id": "req_" + uuid.uuid4().hex[:12]}
+        else:
+            code = {401: "invalid_api_key", 429: "rate_limit_exceeded", 404: "model_not_found"}.get(fault.status)
+            body = {"error": {"message": message, "type": fault.error_type, "param": None, "code": code}}
+        self._json(fault.status, body, headers)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
             pass
 
-        # ---- routing ------------------------------------------------------------------------------------
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path.rstrip("/").endswith("/models"):
-                data = [{"id": server.model or "loopback-model", "object": "model", "type": "model",
-                         "owned_by": "loopback", "created": 0, "display_name": "Loopback"}]
-                self._json(200, {"object": "list", "data": data, "has_more": False})
-            else:
-                self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found_error"}})
+    # ---- Anthropic Messages ----------------------------------------------------------------------------
+    def _message_shell(self, body: dict[str, Any]) -> dict[str, Any]:
+        usage = self.llm.anthropic_usage(body)
+        return {"id": "msg_" + uuid.uuid4().hex[:20], "type": "message", "role": "assistant",
+                "model": self.llm.model or body.get("model"), "content": [], "stop_reason": None,
+                "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
 
-        def do_POST(self) -> None:  # noqa: N802
-            length = int(self.headers.get("content-length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw or b"{}")
-            except json.JSONDecodeError:
-                body = {"_unreadable": raw.decode(errors="replace")}
-            if self.path.endswith("/v1/messages"):
-                protocol = "anthropic"
-            elif self.path.endswith("/chat/completions"):
-                protocol = "openai"
-            else:
-                self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found_error"}})
-                return
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            request = Recorded(protocol, self.path, headers, body, time.time())
-            with server._lock:  # noqa: SLF001
-                server.requests.append(request)
-            sent_key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if server.require_key and sent_key != server.api_key:
-                self._error(protocol, Fault("status", 401, "authentication_error", "invalid x-api-key"), sent_key)
-                return
-            item = server.next_for(request)
-            if isinstance(item, Fault):
-                self._fault(protocol, item, sent_key, request)
-            elif protocol == "anthropic":
-                self._anthropic(item, body)
-            else:
-                self._openai(item, body)
-
-        # ---- faults ---------------------------------------------------------------------------------------
-        def _fault(self, protocol: str, fault: Fault, sent_key: str, request: Recorded) -> None:
-            if fault.kind == "status":
-                self._error(protocol, fault, sent_key)
-            elif fault.kind == "drop":
-                self._drop()
-            elif fault.kind == "stall":
-                server._closing.wait(fault.seconds)  # noqa: SLF001
-                self._drop()
-            elif fault.kind == "drop_mid_stream":
-                self._start_stream()
-                if protocol == "anthropic":
-                    self._event("message_start", {"type": "message_start", "message": self._message_shell(request.body)})
-                    self._event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                        "content_block": {"type": "text", "text": ""}})
-                    self._event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                        "delta": {"type": "text_delta", "text": "Let me th"}})
-                else:
-                    self._data(self._chunk(request.body, {"role": "assistant", "content": "Let me th"}))
-                self._drop()
-            elif fault.kind == "stream_error":
-                self._start_stream()
-                if protocol == "anthropic":
-                    self._event("message_start", {"type": "message_start", "message": self._message_shell(request.body)})
-                    self._event("error", {"type": "error", "error": {"type": fault.error_type, "message": fault.message}})
-                else:
-                    self._data({"error": {"message": fault.message, "type": fault.error_type, "code": None}})
-                self._end_stream()
-
-        def _error(self, protocol: str, fault: Fault, sent_key: str) -> None:
-            message = fault.message + (f": {sent_key}" if fault.echo_key and sent_key else "")
-            headers = {}
-            if fault.retry_after is not None:
-                headers["retry-after"] = f"{fault.retry_after:g}"
-                headers["retry-after-ms"] = f"{fault.retry_after * 1000:g}"
-            if protocol == "anthropic":
-                body: dict[str, Any] = {"type": "error", "error": {"type": fault.error_type, "message": message},
-                                        "request_id": "req_" + uuid.uuid4().hex[:12]}
-            else:
-                code = {401: "invalid_api_key", 429: "rate_limit_exceeded", 404: "model_not_found"}.get(fault.status)
-                body = {"error": {"message": message, "type": fault.error_type, "param": None, "code": code}}
-            self._json(fault.status, body, headers)
-
-        def _drop(self) -> None:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-        # ---- Anthropic Messages ----------------------------------------------------------------------------
-        def _message_shell(self, body: dict[str, Any]) -> dict[str, Any]:
-            usage = server.anthropic_usage(body)
-            return {"id": "msg_" + uuid.uuid4().hex[:20], "type": "message", "role": "assistant",
-                    "model": server.model or body.get("model"), "content": [], "stop_reason": None,
-                    "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
-
-        def _anthropic(self, reply: Reply, body: dict[str, Any]) -> None:
-            stop = reply.stop_reason or ("tool_use" if reply.tools else "end_turn")
-            tool_ids = [t.id or "toolu_" + uuid.uuid4().hex[:20] for t in reply.tools]
-            out_tokens = reply.output_tokens or max(1, tokens(reply.text) + sum(tokens(t.input) for t in reply.tools))
-            if not body.get("stream"):
-                message = self._message_shell(body)
-                content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
-                for t, tid in zip(reply.tools, tool_ids, strict=True):
-                    content.append({"type": "tool_use", "id": tid, "name": t.name, "input": t.input})
-                message.update(content=content, stop_reason=stop)
-                message["usage"]["output_tokens"] = out_tokens
-                self._json(200, message)
-                return
-            self._start_stream()
-            self._event("message_start", {"type": "message_start", "message": self._message_shell(body)})
-            self._event("ping", {"type": "ping"})
-            index = 0
-            if reply.text:
-                self._event("content_block_start", {"type": "content_block_start", "index": index,
-                                                    "content_block": {"type": "text", "text": ""}})
-                for piece in _pieces(reply.text, reply.chunk_chars):
-                    self._event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                        "delta": {"type": "text_delta", "text": piece}})
-                self._event("content_block_stop", {"type": "content_block_stop", "index": index})
-                index += 1
+    def _anthropic(self, reply: Reply, body: dict[str, Any]) -> None:
+        stop = reply.stop_reason or ("tool_use" if reply.tools else "end_turn")
+        tool_ids = [t.id or "toolu_" + uuid.uuid4().hex[:20] for t in reply.tools]
+        out_tokens = reply.output_tokens or max(1, tokens(reply.text) + sum(tokens(t.input) for t in reply.tools))
+        if not body.get("stream"):
+            message = self._message_shell(body)
+            content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
             for t, tid in zip(reply.tools, tool_ids, strict=True):
-                self._event("content_block_start", {"type": "content_block_start", "index": index,
-                                                    "content_block": {"type": "tool_use", "id": tid, "name": t.name,
-                                                                      "input": {}}})
-                text = t.input if isinstance(t.input, str) else json.dumps(t.input)
-                for piece in _pieces(text, reply.chunk_chars):
-                    self._event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                        "delta": {"type": "input_json_delta", "partial_json": piece}})
-                self._event("content_block_stop", {"type": "content_block_stop", "index": index})
-                index += 1
-            self._event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                                          "usage": {"output_tokens": out_tokens}})
-            self._event("message_stop", {"type": "message_stop"})
-            self._end_stream()
-
-        # ---- OpenAI Chat Completions -------------------------------------------------------------------------
-        def _chunk(self, body: dict[str, Any], delta: dict[str, Any], finish: str | None = None,
-                   usage: dict[str, Any] | None = None, choices: bool = True) -> dict[str, Any]:
-            return {"id": "chatcmpl-loopback", "object": "chat.completion.chunk", "created": int(time.time()),
-                    "model": server.model or body.get("model"),
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-                    if choices else [], "usage": usage}
-
-        def _openai(self, reply: Reply, body: dict[str, Any]) -> None:
-            finish = reply.stop_reason or ("tool_calls" if reply.tools else "stop")
-            calls = []
-            for i, t in enumerate(reply.tools):
-                args = t.input if isinstance(t.input, str) else json.dumps(t.input)
-                calls.append({"index": i, "id": t.id or "call_" + uuid.uuid4().hex[:20], "type": "function",
-                              "function": {"name": t.name, "arguments": args}})
-            cache = server.openai_usage(body)
-            out_tokens = reply.output_tokens or max(1, tokens(reply.text) + sum(tokens(c["function"]["arguments"])
-                                                                               for c in calls))
-            usage = {"prompt_tokens": cache["prompt_tokens"], "completion_tokens": out_tokens,
-                     "total_tokens": cache["prompt_tokens"] + out_tokens,
-                     "prompt_tokens_details": {"cached_tokens": cache["cached_tokens"]}}
-            if not body.get("stream"):
-                message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
-                if calls:
-                    message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
-                self._json(200, {"id": "chatcmpl-loopback", "object": "chat.completion", "created": int(time.time()),
-                                 "model": server.model or body.get("model"),
-                                 "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                                              "logprobs": None}], "usage": usage})
-                return
-            self._start_stream()
-            self._data(self._chunk(body, {"role": "assistant", "content": ""}))
+                content.append({"type": "tool_use", "id": tid, "name": t.name, "input": t.input})
+            message.update(content=content, stop_reason=stop)
+            message["usage"]["output_tokens"] = out_tokens
+            self._json(200, message)
+            return
+        self._start_stream()
+        self._event("message_start", {"type": "message_start", "message": self._message_shell(body)})
+        self._event("ping", {"type": "ping"})
+        index = 0
+        if reply.text:
+            self._event("content_block_start", {"type": "content_block_start", "index": index,
+                                                "content_block": {"type": "text", "text": ""}})
             for piece in _pieces(reply.text, reply.chunk_chars):
-                self._data(self._chunk(body, {"content": piece}))
-            for c in calls:
-                head = {"index": c["index"], "id": c["id"], "type": "function",
-                        "function": {"name": c["function"]["name"], "arguments": ""}}
-                self._data(self._chunk(body, {"tool_calls": [head]}))
-                for piece in _pieces(c["function"]["arguments"], reply.chunk_chars):
-                    self._data(self._chunk(body, {"tool_calls": [{"index": c["index"],
-                                                                  "function": {"arguments": piece}}]}))
-            self._data(self._chunk(body, {}, finish))
-            if (body.get("stream_options") or {}).get("include_usage"):
-                self._data(self._chunk(body, {}, usage=usage, choices=False))
-            self._write_chunk(b"data: [DONE]\n\n")
-            self._end_stream()
+                self._event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                    "delta": {"type": "text_delta", "text": piece}})
+            self._event("content_block_stop", {"type": "content_block_stop", "index": index})
+            index += 1
+        for t, tid in zip(reply.tools, tool_ids, strict=True):
+            self._event("content_block_start", {"type": "content_block_start", "index": index,
+                                                "content_block": {"type": "tool_use", "id": tid, "name": t.name,
+                                                                  "input": {}}})
+            text = t.input if isinstance(t.input, str) else json.dumps(t.input)
+            for piece in _pieces(text, reply.chunk_chars):
+                self._event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                    "delta": {"type": "input_json_delta", "partial_json": piece}})
+            self._event("content_block_stop", {"type": "content_block_stop", "index": index})
+            index += 1
+        self._event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                                      "usage": {"output_tokens": out_tokens}})
+        self._event("message_stop", {"type": "message_stop"})
+        self._end_stream()
 
-        # ---- HTTP helpers ---------------------------------------------------------------------------------------
-        def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
-            try:
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.send_header("request-id", "req_" + uuid.uuid4().hex[:12])
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-                self.wfile.flush()
-            except OSError:
-                self.close_connection = True
+    # ---- OpenAI Chat Completions -------------------------------------------------------------------------
+    def _chunk(self, body: dict[str, Any], delta: dict[str, Any], finish: str | None = None,
+               usage: dict[str, Any] | None = None, choices: bool = True) -> dict[str, Any]:
+        return {"id": "chatcmpl-loopback", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self.llm.model or body.get("model"),
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+                if choices else [], "usage": usage}
 
-        def _start_stream(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.send_header("cache-control", "no-cache")
-            self.send_header("transfer-encoding", "chunked")
+    def _openai(self, reply: Reply, body: dict[str, Any]) -> None:
+        finish = reply.stop_reason or ("tool_calls" if reply.tools else "stop")
+        calls = []
+        for i, t in enumerate(reply.tools):
+            args = t.input if isinstance(t.input, str) else json.dumps(t.input)
+            calls.append({"index": i, "id": t.id or "call_" + uuid.uuid4().hex[:20], "type": "function",
+                          "function": {"name": t.name, "arguments": args}})
+        cache = self.llm.openai_usage(body)
+        out_tokens = reply.output_tokens or max(1, tokens(reply.text) + sum(tokens(c["function"]["arguments"])
+                                                                           for c in calls))
+        usage = {"prompt_tokens": cache["prompt_tokens"], "completion_tokens": out_tokens,
+                 "total_tokens": cache["prompt_tokens"] + out_tokens,
+                 "prompt_tokens_details": {"cached_tokens": cache["cached_tokens"]}}
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+            if calls:
+                message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+            self._json(200, {"id": "chatcmpl-loopback", "object": "chat.completion", "created": int(time.time()),
+                             "model": self.llm.model or body.get("model"),
+                             "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                                          "logprobs": None}], "usage": usage})
+            return
+        self._start_stream()
+        self._data(self._chunk(body, {"role": "assistant", "content": ""}))
+        for piece in _pieces(reply.text, reply.chunk_chars):
+            self._data(self._chunk(body, {"content": piece}))
+        for c in calls:
+            head = {"index": c["index"], "id": c["id"], "type": "function",
+                    "function": {"name": c["function"]["name"], "arguments": ""}}
+            self._data(self._chunk(body, {"tool_calls": [head]}))
+            for piece in _pieces(c["function"]["arguments"], reply.chunk_chars):
+                self._data(self._chunk(body, {"tool_calls": [{"index": c["index"],
+                                                              "function": {"arguments": piece}}]}))
+        self._data(self._chunk(body, {}, finish))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            self._data(self._chunk(body, {}, usage=usage, choices=False))
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._end_stream()
+
+    # ---- HTTP helpers ---------------------------------------------------------------------------------------
+    def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.send_header("request-id", "req_" + uuid.uuid4().hex[:12])
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
             self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
 
-        def _write_chunk(self, data: bytes) -> None:
-            try:
-                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                self.wfile.flush()
-            except OSError:
-                self.close_connection = True
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
 
-        def _event(self, name: str, data: dict[str, Any]) -> None:
-            self._write_chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+    def _write_chunk(self, data: bytes) -> None:
+        try:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
 
-        def _data(self, data: dict[str, Any]) -> None:
-            self._write_chunk(f"data: {json.dumps(data)}\n\n".encode())
+    def _event(self, name: str, data: dict[str, Any]) -> None:
+        self._write_chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
 
-        def _end_stream(self) -> None:
-            try:
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-            except OSError:
-                self.close_connection = True
+    def _data(self, data: dict[str, Any]) -> None:
+        self._write_chunk(f"data: {json.dumps(data)}\n\n".encode())
 
-    return Handler
+    def _end_stream(self) -> None:
+        try:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
 
 
 class _QuietServer(ThreadingHTTPServer):

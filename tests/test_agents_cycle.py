@@ -54,7 +54,7 @@ def test_full_trial_cycle(tmp_path, monkeypatch, provider, stream):
     [t] = ledger.finished_trials()
     assert t.status == "keep" and t.description == "double the learning rate to 0.04"
     assert "+LR = 0.04" in t.diff
-    assert ledger.journal_for(t.id)["hypothesis"].startswith("Raising the learning rate")
+    assert ledger.journal_for(t.id).hypothesis.startswith("Raising the learning rate")
     assert len(ledger.reflections()) == 1 and not ledger.open_triggers()
     assert "LR = 0.04" in (config.workspace / "trainer/train.py").read_text()
 

@@ -59,7 +59,7 @@ def keys(monkeypatch):
         monkeypatch.setenv(name, SECRET)
     for name in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("supervisor.run.loop.OUTAGE_BACKOFF_S", 0.05)  # the loop's own waits, shortened
+    monkeypatch.setattr("supervisor.run.api_health.OUTAGE_BACKOFF_S", 0.05)  # the loop's own waits, shortened
 
 
 def prompt() -> Prompt:
@@ -69,7 +69,7 @@ def prompt() -> Prompt:
 def system_turns(config) -> list[str]:
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     try:
-        return [t["text"] for t in ledger.turns() if t["role"] == "system"]
+        return [t.text for t in ledger.turns() if t.role == "system"]
     finally:
         ledger.close()
 
@@ -156,7 +156,7 @@ def test_outage_pauses_and_resumes_when_the_api_answers_again(tmp_path, provider
         sup.bus.subscribe(rec)
         thread, result = run_in_thread(sup)
         wait_until(lambda: sup.state == "paused", what="the outage pause")
-        reason = Ledger(config.run_dir / "ledger.sqlite").run_row()["state_detail"]
+        reason = Ledger(config.run_dir / "ledger.sqlite").run_row().state_detail
         assert reason.startswith("API outage:") and "overloaded (529" in reason
         assert "resumes by itself" in reason and "control resume" in reason
         wait_until(lambda: len(server.requests) >= 6, what="probes while paused")  # it keeps checking
@@ -205,7 +205,7 @@ def test_401_stops_the_run_naming_the_variable_and_leaks_nothing(tmp_path, provi
     assert f"set {KEY_VARIABLES[provider]}" in message and "401" in message
     assert SECRET not in message and "[redacted]" in message  # the server echoed the key back
     run = Ledger(config.run_dir / "ledger.sqlite").run_row()
-    assert run["state"] == "stopped" and KEY_VARIABLES[provider] in run["state_detail"]
+    assert run.state == "stopped" and KEY_VARIABLES[provider] in run.state_detail
     assert files_containing(config.run_dir, SECRET) == []
     assert files_containing(config.run_dir, SECRET[10:30]) == []
 
@@ -266,7 +266,7 @@ def test_a_request_the_api_refuses_pauses_with_the_reason(tmp_path):
         sup = Supervisor(config, llm_agent("openai", server))
         thread, _ = run_in_thread(sup)
         wait_until(lambda: sup.state == "paused", what="the pause")
-        detail = Ledger(config.run_dir / "ledger.sqlite").run_row()["state_detail"]
+        detail = Ledger(config.run_dir / "ledger.sqlite").run_row().state_detail
         sup.stop()
         thread.join(10)
     assert "prompt is too long" in detail and "then resume" in detail
@@ -318,7 +318,7 @@ def test_three_malformed_replies_in_a_row_pause_instead_of_burning_money(tmp_pat
         wait_until(lambda: sup.state == "paused", what="the malformed pause")
         time.sleep(0.3)
         requests = len(server.requests)
-        detail = Ledger(config.run_dir / "ledger.sqlite").run_row()["state_detail"]
+        detail = Ledger(config.run_dir / "ledger.sqlite").run_row().state_detail
         sup.stop()
         thread.join(10)
     assert requests == 3  # no fourth request was paid for

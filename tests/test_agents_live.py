@@ -40,8 +40,8 @@ def test_one_real_trial_cycle(tmp_path, provider):
         thread.join(60)
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     trials = ledger.finished_trials()
-    assert result.get("end") == "finished", (result, ledger.run_row()["state_detail"])
+    assert result.get("end") == "finished", (result, ledger.run_row().state_detail)
     assert len(trials) == 1 and ledger.journal_for(trials[0].id) is not None
     assert len(ledger.reflections()) == 1
-    assert all(t["usage"]["output_tokens"] > 0 for t in ledger.turns() if t["role"] == "agent")
+    assert all(t.usage["output_tokens"] > 0 for t in ledger.turns() if t.role == "agent")
     assert files_containing(config.run_dir, key) == []

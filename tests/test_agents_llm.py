@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from supervisor.agents.base import (
@@ -186,10 +188,10 @@ def test_usage_totals_say_when_a_dollar_total_would_understate():
 
 
 def test_usage_is_attributed_to_each_trial_cycle():
-    journal = [{"trial_id": 1, "created": 10.0}, {"trial_id": 2, "created": 20.0}]
-    turns = [{"created": t, "usage": {"input_tokens": 100, "output_tokens": 1, "cost_usd": 0.01}}
-             for t in (1.0, 5.0, 10.0, 12.0, 19.0, 25.0)] + [{"created": 3.0, "usage": None}]
-    usage = usage_by_trial(sorted(turns, key=lambda t: t["created"]), journal)
+    journal = [SimpleNamespace(trial_id=1, created=10.0), SimpleNamespace(trial_id=2, created=20.0)]
+    turns = [SimpleNamespace(created=t, usage={"input_tokens": 100, "output_tokens": 1, "cost_usd": 0.01})
+             for t in (1.0, 5.0, 10.0, 12.0, 19.0, 25.0)] + [SimpleNamespace(created=3.0, usage=None)]
+    usage = usage_by_trial(sorted(turns, key=lambda t: t.created), journal)
     assert usage["by_trial"][1].turns == 3 and usage["by_trial"][2].turns == 2 and usage["pending"].turns == 1
     assert usage["total"].cost_usd == pytest.approx(0.06)
 

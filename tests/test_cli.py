@@ -90,7 +90,7 @@ def _wait(predicate, timeout=60.0):
         try:
             if predicate():
                 return True
-        except Exception:  # noqa: BLE001 - the ledger may not exist yet
+        except Exception:
             pass
         time.sleep(0.1)
     return False
@@ -141,7 +141,7 @@ def test_sigkill_mid_trial_then_resume_loses_nothing(tmp_path):
     # Every finished trial: one ledger row, one results.tsv row, one journal entry.
     rows = (tmp_path / "journals/k/results.tsv").read_text().splitlines()[1:]
     assert sorted(r.split("\t")[0] for r in rows) == sorted(t.short_commit for t in finished)
-    assert sorted(j["trial_id"] for j in ledger.journal_entries()) == [t.id for t in finished]
+    assert sorted(j.trial_id for j in ledger.journal_entries()) == [t.id for t in finished]
     # The branch head is the last keep.
     head = git.Repo(tmp_path / "journals/k/workspace").head.commit.hexsha
     assert head == ledger.best_keep().commit_sha
@@ -168,7 +168,7 @@ def test_second_supervisor_on_a_live_run_is_refused(tmp_path):
         if proc.poll() is None:
             proc.kill()
     ledger = Ledger(tmp_path / "journals/l/ledger.sqlite")
-    assert ledger.steering()[0]["message"] == "try wider models"
+    assert ledger.steering()[0].message == "try wider models"
 
 
 def test_control_when_nothing_runs_stores_steering(tmp_path):

@@ -70,7 +70,7 @@ def test_each_trial_has_numbers_interpretation_diff_and_log(night):
         assert f"**val_bpb** {t.val_bpb:.6f} vs parent {parent.val_bpb:.6f} (trial {parent.id})" in block
         assert f"{abs(t.delta) / floor:.1f}x floor" in block
         assert ("within noise" in block) == (abs(t.delta) < floor)
-        assert ledger.journal_for(t.id)["interpretation"] in block
+        assert ledger.journal_for(t.id).interpretation in block
         # A short diff, folded: the changed line is there, inside <details> and a diff fence.
         diff_block = block[block.index("<details><summary>diff"):]
         assert "```diff" in diff_block and "</details>" in diff_block
@@ -81,7 +81,7 @@ def test_each_trial_has_numbers_interpretation_diff_and_log(night):
     assert "**Crashed:** exit code 1: RuntimeError: CUDA error" in block
     log = block[block.index("lines of the log"):]
     assert "RuntimeError: CUDA error: an illegal memory access" in log and "Traceback" in log
-    assert ledger.journal_for(crash.id)["interpretation"] in block
+    assert ledger.journal_for(crash.id).interpretation in block
 
 
 def test_summary_table_counts_and_losses(night):

@@ -238,7 +238,7 @@ def test_keep_worse_than_its_parent_and_noise_values(tmp_path):
     assert result.floor == pytest.approx(0.004)
     ledger = Ledger(result.run_dir / "ledger.sqlite")
     noise = ledger.latest_noise(300.0)
-    assert noise["values"] == [1.0, 1.002, 0.998] and noise["sd"] == pytest.approx(0.002)
+    assert noise.values == (1.0, 1.002, 0.998) and noise.sd == pytest.approx(0.002)
     ledger.close()
 
 

@@ -62,7 +62,7 @@ def test_offline_run_end_to_end(tmp_path):
     assert "LR = 0.04" in (config.workspace / "trainer/train.py").read_text()
     # Every finished trial has exactly one journal entry; a reflection was forced at trial 3.
     assert len(ledger.journal_entries()) == 5
-    assert ledger.reflections() and ledger.reflections()[0]["after_trial"] == 3
+    assert ledger.reflections() and ledger.reflections()[0].after_trial == 3
     journal_md = (config.run_dir / "journal.md").read_text()
     assert "Reflection 1" in journal_md and "coordinate search" in journal_md
     # Discards are reset, but their diff stays in the ledger.
@@ -89,7 +89,7 @@ def test_journal_is_forced(tmp_path):
     assert [x["tool"] for x in refused] == ["edit_file", "run_trial", "write_journal"]
     assert "write_journal" in refused[0]["text"] and "trial 1" in refused[0]["text"]
     assert "placeholder" in refused[2]["text"] or "too short" in refused[2]["text"]
-    status = run_status(sup.ledger) if not sup._closed else None  # noqa: SLF001
+    status = run_status(sup.ledger) if not sup._closed else None
     from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
@@ -121,9 +121,9 @@ def test_reflection_is_forced_and_plan_queue(tmp_path):
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     assert len(ledger.reflections()) == 1
-    assert ledger.reflections()[0]["triggers"] == ["checkpoint: 2 trials done (a reflection every 2)"]
+    assert list(ledger.reflections()[0].triggers) == ["checkpoint: 2 trials done (a reflection every 2)"]
     plans = ledger.plans()
-    assert plans[0]["status"] == "dropped" and "windows hurt" in plans[0]["reason"]
+    assert plans[0].status == "dropped" and "windows hurt" in plans[0].reason
     assert len(ledger.finished_trials()) == 3
     assert "dropped: windows hurt" in (config.run_dir / "journal.md").read_text()
 
@@ -252,21 +252,21 @@ def test_controls_from_another_process_via_the_ledger(tmp_path):
         while not rec.kinds(ev.JOURNAL) and time.monotonic() < deadline:
             time.sleep(0.05)
         other.send_command("pause")
-        while other.run_row()["state"] != "paused" and time.monotonic() < deadline:
+        while other.run_row().state != "paused" and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert other.run_row()["state"] == "paused"
+        assert other.run_row().state == "paused"
         trials_when_paused = len(other.finished_trials())
         other.send_command("steer", "stop tuning learning rates, try the width")
         time.sleep(1.5)
         assert len(other.finished_trials()) == trials_when_paused  # nothing ran while paused
         other.send_command("resume")
-        while not other.steering()[0]["delivered"] and time.monotonic() < deadline:
+        while not other.steering()[0].delivered and time.monotonic() < deadline:
             time.sleep(0.05)
         other.send_command("stop")
         thread.join(timeout=30)
         assert not thread.is_alive()
-        assert other.run_row()["state"] == "stopped"
-        assert other.steering()[0]["delivered_turn"] is not None
+        assert other.run_row().state == "stopped"
+        assert other.steering()[0].delivered_turn is not None
         assert "stop tuning learning rates" in (config.run_dir / "journal.md").read_text()
     finally:
         sup.stop()
@@ -320,13 +320,13 @@ def test_noise_floor_and_flag_policy(tmp_path):
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     noise = ledger.latest_noise()
-    assert len(noise["values"]) == 4 and noise["sd"] > 0.002
+    assert len(noise.values) == 4 and noise.sd > 0.002
     status = run_status(ledger)
-    assert status["noise_floor"] == pytest.approx(2 * noise["sd"])
+    assert status["noise_floor"] == pytest.approx(2 * noise.sd)
     second = ledger.trial(2)
     if second.status == "keep":  # noise may make it worse; when kept it must be flagged
         assert second.flagged and status["flagged"][0]["id"] == 2
-    assert any(t.startswith("noise:") for r in ledger.reflections() for t in r["triggers"])
+    assert any(t.startswith("noise:") for r in ledger.reflections() for t in r.triggers)
 
 
 def test_confirm_policy_reruns_with_new_seeds(tmp_path):
@@ -466,7 +466,7 @@ def test_crash_streak_and_plateau_trigger_reflections(tmp_path):
     from supervisor.store.ledger import Ledger
 
     ledger = Ledger(config.run_dir / "ledger.sqlite")
-    triggers = [t for r in ledger.reflections() for t in r["triggers"]]
+    triggers = [t for r in ledger.reflections() for t in r.triggers]
     assert any(t.startswith("crashes: 3 crashes in a row") for t in triggers)
     assert any(t.startswith("plateau: 2 trials in a row without a keep") for t in triggers)
     assert [t.status for t in ledger.finished_trials()][:3] == ["crash", "crash", "crash"]

@@ -6,6 +6,7 @@ stand-in trainer (real git, subprocesses and ledger; seconds per test). Assertio
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from supervisor.agents.base import ToolOutcome, TurnContext
 from supervisor.agents.offline import BASELINE, OfflineAgent
 from supervisor.core import events as ev
+from supervisor.core.types import JournalEntry
 from supervisor.run.loop import Supervisor
 from supervisor.run.tools import TOOL_SCHEMAS
 from supervisor.store.ledger import Ledger
@@ -52,8 +54,9 @@ def journal_call(agent: OfflineAgent, ctx: TurnContext) -> dict[str, str]:
     return turn.calls[0].input
 
 
-def entry_for(trial: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
-    return {"trial_id": trial["id"], "result": "discard", **fields}
+def entry_for(trial: dict[str, Any], fields: dict[str, str]) -> JournalEntry:
+    return JournalEntry(id=trial["id"], trial_id=trial["id"], created=0.0, result="discard",
+                        **{k: fields.get(k, "") for k in ("hypothesis", "change", "interpretation", "next_step")})
 
 
 # ---- the agent on hand-built contexts ----------------------------------------------------------------------
@@ -150,12 +153,12 @@ def test_steering_mid_run_gets_one_honest_note_per_message(tmp_path):
     assert sup.run() == "finished"
     ledger = ledger_of(config)
     try:
-        entries = {e["trial_id"]: " ".join(str(v) for v in e.values()) for e in ledger.journal_entries()}
+        entries = {e.trial_id: " ".join(str(v) for v in dataclasses.astuple(e)) for e in ledger.journal_entries()}
         assert len(entries) == 5
         assert [t for t, text in entries.items() if STEER in text] == [2]
         assert [t for t, text in entries.items() if later in text] == [4]
         assert [t for t, text in entries.items() if NOTE in text] == [2, 4]
-        assert all(s["delivered"] for s in ledger.steering())
+        assert all(s.delivered for s in ledger.steering())
         # It did not pretend: the search went on with its own order (learning rate first).
         assert ledger.trial(2).description.startswith("offline: LR ")
     finally:
@@ -174,7 +177,7 @@ def test_a_stopped_trial_is_not_run_again_and_the_journal_says_so(tmp_path):
         after = ledger.trial(3)
         assert after.status in ("keep", "discard") and after.diff != stopped.diff
         assert after.description != stopped.description
-        note = ledger.journal_for(3)["next_step"]
+        note = ledger.journal_for(3).next_step
         assert "The person stopped trial 2" in note and stopped.description.removeprefix("offline: ") in note
         later = [t.description for t in ledger.finished_trials()]
         assert stopped.description not in later

@@ -94,7 +94,7 @@ def test_gains_cost_throughput_noise(night):
 
     noise_ax = chart_noise(view).axes[0]
     seeds = scatter_points(noise_ax, "one seed")
-    assert sorted(seeds[:, 1].tolist()) == pytest.approx(sorted(view.noise_rows[0]["values"]))
+    assert sorted(seeds[:, 1].tolist()) == pytest.approx(sorted(view.noise_rows[0].values))
 
 
 def test_write_report_page_and_files(night, tmp_path):
@@ -117,11 +117,11 @@ def test_write_report_page_and_files(night, tmp_path):
     assert f"trial {flagged.id} ({flagged.description})" in md and "⚑ flagged" in md
     # Reflections, plans (the dropped one with its reason), the noise table, the graveyard link.
     for r in ledger.reflections():
-        assert r["load_bearing"] in md and f"### Reflection {r['id']} (after trial {r['after_trial']})" in md
-    dropped = next(p for p in ledger.plans() if p["status"] == "dropped")
-    assert "### Dropped plans and why" in md and dropped["reason"] in md
+        assert r.load_bearing in md and f"### Reflection {r.id} (after trial {r.after_trial})" in md
+    dropped = next(p for p in ledger.plans() if p.status == "dropped")
+    assert "### Dropped plans and why" in md and dropped.reason in md
     assert "| tried | double the model width |" in md
-    assert ", ".join(f"{v:.6f}" for v in view.noise_rows[0]["values"]) in md
+    assert ", ".join(f"{v:.6f}" for v in view.noise_rows[0].values) in md
     assert written.graveyard.is_file() and "[graveyard.md](graveyard.md)" in md
     assert "- **Best:** val_bpb" in md and "noise floors" in md
 

@@ -6,6 +6,7 @@ thread and steers it from the app, through the ledger, exactly as `autoresearch 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -98,7 +99,7 @@ def set_state(run_dir: Path, state: str) -> None:
 def commands(run_dir: Path) -> list[dict]:
     ledger = Ledger(run_dir / "ledger.sqlite", readonly=True)
     try:
-        return [dict(r) for r in ledger._query("SELECT * FROM commands ORDER BY id")]  # noqa: SLF001
+        return [dict(r) for r in ledger._query("SELECT * FROM commands ORDER BY id")]
     finally:
         ledger.close()
 
@@ -113,7 +114,7 @@ async def test_live_screen_shows_the_run(finished_run, tmp_path):
         assert isinstance(screen, LiveScreen) and screen.has_class("-narrow")
         table = screen.query_one(ExperimentsTable)
         assert table.row_count == 3
-        assert [t["status"] for t in app.view.trials][0] == "keep"
+        assert [t.status for t in app.view.trials][0] == "keep"
         # Tool calls and the agent's words are in the transcript; the focus is the last trial with its diff.
         kinds = {item.kind for item in app.view.transcript}
         assert {"agent", "tool"} <= kinds
@@ -229,7 +230,7 @@ async def test_filter_sort_help_theme_palette(finished_run, tmp_path):
         await until(pilot, lambda: app.view.tag == "night")
         await pilot.pause()
         table = app.screen.query_one(ExperimentsTable)
-        statuses = [t["status"] for t in app.view.trials]
+        statuses = [t.status for t in app.view.trials]
         await pilot.press("f")  # all -> keeps
         assert table.filter_name == "keeps" and table.row_count == statuses.count("keep")
         await pilot.press("f", "f")  # -> flagged -> crashes
@@ -240,7 +241,7 @@ async def test_filter_sort_help_theme_palette(finished_run, tmp_path):
         assert table.row_count == 3
         await pilot.press("v")  # sort by val_bpb, best first
         assert table.sort_name == "val_bpb"
-        values = [t["val_bpb"] for t in table.visible_trials() if t["val_bpb"] is not None]
+        values = [t.val_bpb for t in table.visible_trials() if t.val_bpb is not None]
         assert values == sorted(values)
         await pilot.press("question_mark")
         await pilot.pause()
@@ -279,7 +280,7 @@ async def test_review_is_read_only(finished_run, tmp_path):
         table = screen.query_one(ExperimentsTable)
         table.focus()
         table.move_cursor(row=1)
-        await until(pilot, lambda: screen._detail_id == 2, what="detail pane")  # noqa: SLF001
+        await until(pilot, lambda: screen._detail_id == 2, what="detail pane")
         assert screen.query_one("#detail-diff", DiffView).diff.startswith("diff --git")
         for key, tab in (("2", "flagged"), ("3", "plans"), ("1", "experiments")):
             await pilot.press(key)
@@ -352,8 +353,8 @@ async def test_live_controls_reach_the_loop(tmp_path):
             await pilot.press("p")  # resume: the agent's next turn gets the message
             await until(pilot, lambda: any(i.kind == "delivered" for i in app.view.transcript), timeout=30,
                         what="steering delivered")
-            assert ledger.steering()[0]["message"] == "try shorter windows"
-            assert ledger.steering()[0]["delivered"] is not None
+            assert ledger.steering()[0].message == "try shorter windows"
+            assert ledger.steering()[0].delivered is not None
             await until(pilot, lambda: app.view.running, timeout=30, what="next trial")
             await pilot.press("q")
             await pilot.pause()
@@ -383,7 +384,7 @@ async def test_synthetic_night_with_a_running_trial(tmp_path):
         assert screen.has_class("-wide")
         assert app.view.focus.status == "running" and app.view.reference is not None
         assert len(screen.query_one("#loss").metrics) == 60 and len(screen.query_one("#loss").reference) == 120
-        assert screen.query_one("#flagged-table").row_count == len(app.view.status["flagged"]) > 0
+        assert screen.query_one("#flagged-table").row_count == len(app.view.flagged) > 0
         assert "tokens" in (app.view.cost or "")
         assert any(i.kind == "refused" for i in app.view.transcript)
         table = screen.query_one(ExperimentsTable)
@@ -428,7 +429,7 @@ async def test_table_home_end_jump_rows_and_end_follows_new_trials(tmp_path):
         trials = list(table.trials)
 
         def one_more() -> None:
-            newest = dict(trials[-1], id=trials[-1]["id"] + 1)
+            newest = dataclasses.replace(trials[-1], id=trials[-1].id + 1)
             trials.append(newest)
             table.show(list(trials))
 
@@ -455,13 +456,13 @@ async def test_review_loads_the_detail_once_the_cursor_rests(tmp_path):
         await until(pilot, lambda: app.view.tag == "big")
         screen = app.screen
         table = screen.query_one(ExperimentsTable)
-        await until(pilot, lambda: screen._detail_id == 60, what="the newest trial's detail")  # noqa: SLF001
+        await until(pilot, lambda: screen._detail_id == 60, what="the newest trial's detail")
         read: list[int] = []
         original = app.ledger.trial
         app.ledger.trial = lambda trial_id: read.append(trial_id) or original(trial_id)
         for _ in range(10):  # back to back, as a held key delivers them: each move posts a RowHighlighted
             table.action_cursor_up()
-        await until(pilot, lambda: screen._detail_id == 50, what="the detail of the row it rests on")  # noqa: SLF001
+        await until(pilot, lambda: screen._detail_id == 50, what="the detail of the row it rests on")
         assert read == [50]
         assert screen.query_one("#detail").border_title.startswith("trial 50 ")
 
@@ -470,7 +471,7 @@ def screen_text(app: SupervisorApp) -> str:
     """The screen as a person reads it: every cell's character, line by line."""
     console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), force_terminal=True,
                       color_system="truecolor", record=True, legacy_windows=False, safe_box=False)
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))  # noqa: SLF001
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
 
 
@@ -500,7 +501,7 @@ async def test_number_keys_select_the_visible_tabs_in_order(tmp_path, size, revi
         await pilot.pause()
         assert screen.query_one("#tabs").active == tabs[0]
         # The help says which number is which tab, as they are now.
-        keys = dict(app._key_help(screen))  # noqa: SLF001
+        keys = dict(app._key_help(screen))
         assert keys[f"1–{len(tabs)}"].startswith("Tabs: 1 Experiments, 2 ")
 
 
@@ -590,12 +591,12 @@ async def test_empty_columns_leave_their_room_to_the_description(finished_run, t
         others = sum(c.get_render_width(table) for key, c in table.columns.items() if key != "description")
         assert others + description.get_render_width(table) <= table.size.width  # no sideways scroll needed
         # A trial with MFU and VRAM: the columns come back; the description takes what is left.
-        trials = [dict(t) for t in app.view.trials]
-        trials[-1].update(mfu_percent=41.5, peak_vram_mb=40_000.0)
+        trials = list(app.view.trials)
+        trials[-1] = dataclasses.replace(trials[-1], mfu_percent=41.5, peak_vram_mb=40_000.0)
         table.show(trials)
         await pilot.pause()
         assert "MFU" in table.shown_columns and "VRAM" in table.shown_columns and table.row_count == 3
-        assert "41.5" in [str(cell) for cell in table.get_row(str(trials[-1]["id"]))]
+        assert "41.5" in [str(cell) for cell in table.get_row(str(trials[-1].id))]
 
 
 async def test_a_long_description_is_whole_when_scrolled(tmp_path):
@@ -606,7 +607,7 @@ async def test_a_long_description_is_whole_when_scrolled(tmp_path):
         await until(pilot, lambda: app.view.tag == "night")
         table = app.screen.query_one(ExperimentsTable)
         await until(pilot, lambda: table.row_count == 3)
-        longest = max(len(t["description"]) for t in app.view.trials)
+        longest = max(len(t.description) for t in app.view.trials)
         await until(pilot, lambda: table.columns["description"].width >= longest, what="the whole description")
         assert table.fixed_columns == 1  # the trial's id stays in view while scrolled
 

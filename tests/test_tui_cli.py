@@ -64,12 +64,12 @@ def test_loop_command_runs_exactly_the_configuration(tmp_path):
     assert cmd[:5] == [sys.executable, "-m", "supervisor.cli.main", "run", "--headless"]
     args = cli.build_parser().parse_args(cmd[3:])
     assert args.headless and not args.resume
-    assert cli._config_from_args(args).to_json() == config.to_json()  # noqa: SLF001
+    assert cli._config_from_args(args).to_json() == config.to_json()
     (tmp_path / "repo").mkdir()  # the parser checks that an --upstream folder exists
     upstream = RunConfig(tag="up", journals_root=tmp_path / "journals", cache_dir=tmp_path / "cache",
                          upstream_repo=tmp_path / "repo", layout=Layout.upstream("uv run train.py"))
     args = cli.build_parser().parse_args(loop_command(upstream, resume=False)[3:])
-    rebuilt = cli._config_from_args(args)  # noqa: SLF001
+    rebuilt = cli._config_from_args(args)
     assert rebuilt.upstream_repo == upstream.upstream_repo and rebuilt.layout == upstream.layout
     resumed = cli.build_parser().parse_args(loop_command(config, resume=True)[3:])
     assert resumed.resume and resumed.trainer_dir is None

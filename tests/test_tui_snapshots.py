@@ -145,7 +145,7 @@ def test_review(night, snap_compare):
         screen = pilot.app.screen
         screen.query_one(ExperimentsTable).move_cursor(row=4, animate=False)
         for _ in range(200):
-            if screen._detail_id == 5:  # noqa: SLF001 - the diff is loaded
+            if screen._detail_id == 5:
                 break
             await pilot.pause(0.05)
         await settle(pilot)

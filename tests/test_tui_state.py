@@ -14,8 +14,10 @@ from supervisor.run.loop import Supervisor
 from supervisor.store.ledger import Ledger
 from supervisor.store.lock import RunLock
 from supervisor.tui import format as fmt
+from supervisor.tui import progress
 from supervisor.tui import state as st
 from supervisor.tui.charts import Chart, Series, loss_range
+from supervisor.tui.control import ControlError, RunControl
 from tests.loop_support import fake_config
 from tests.tui_support import noise_phase, synthetic_ledger
 
@@ -40,7 +42,7 @@ def test_watcher_reads_only_what_changed(night):
     assert not view.live and view.state_label == "interrupted"  # nobody holds the lock
     kinds = [i.kind for i in view.transcript]
     assert {"agent", "tool", "refused", "steering", "delivered"} <= set(kinds)
-    assert view.latest_journal["trial_id"] == 12 and view.latest_reflection["after_trial"] == 10
+    assert view.latest_journal.trial_id == 12 and view.latest_reflection.after_trial == 10
     assert view.cost and "tokens" in view.cost
     # Nothing happened: nothing changed, nothing re-read.
     assert watcher.poll()[1] == frozenset()
@@ -75,24 +77,24 @@ def test_steering_from_another_process_shows_without_a_turn(night):
 
 def test_control_goes_through_the_ledger(night):
     run_dir, ledger = night
-    control = st.RunControl(ledger, run_dir)
-    with pytest.raises(st.ControlError, match="nothing to pause"):
+    control = RunControl(ledger, run_dir)
+    with pytest.raises(ControlError, match="nothing to pause"):
         control.send("pause")  # nobody runs the loop: a stale pause would fire at the next --resume
     assert "stored" in control.send("steer", "try shorter windows")
-    assert ledger.pending_steering()[-1]["message"] == "try shorter windows"
+    assert ledger.pending_steering()[-1].message == "try shorter windows"
     lock = RunLock(run_dir / "run.lock")
     lock.acquire("night")
     try:
         for command in ("pause", "resume", "stop-trial", "stop"):
             control.send(command)
         control.send("steer", "  widen the MLP  ")
-        with pytest.raises(st.ControlError, match="unknown command"):
+        with pytest.raises(ControlError, match="unknown command"):
             control.send("explode")
-        with pytest.raises(st.ControlError, match="needs some text"):
+        with pytest.raises(ControlError, match="needs some text"):
             control.send("steer", "   ")
     finally:
         lock.release()
-    sent = [(c["command"], c["arg"]) for c in ledger.take_commands()]
+    sent = [(c.command, c.arg) for c in ledger.take_commands()]
     assert sent == [("pause", ""), ("resume", ""), ("stop-trial", ""), ("stop", ""), ("steer", "widen the MLP")]
 
 
@@ -181,8 +183,8 @@ def test_noise_measurement_as_the_ui_sees_it(tmp_path):
 
 
 def test_noise_progress_is_read_defensively():
-    assert st.parse_noise_progress({"seeds": "no"}) is None
-    view = st.parse_noise_progress({"repeats": 2, "seeds": [
+    assert progress.parse_noise_progress({"seeds": "no"}) is None
+    view = progress.parse_noise_progress({"repeats": 2, "seeds": [
         {"index": 1, "dir": "/etc", "status": "ok"},           # outside the run folder: not read
         {"index": 2, "dir": "noise/../../x", "status": "ok"},  # same
         {"index": 3, "dir": "noise/1-2", "status": "ok", "val_bpb": "1.2", "num_steps": True},
@@ -196,11 +198,11 @@ def test_the_loop_writes_the_noise_progress_the_ui_reads(tmp_path):
     config = fake_config(tmp_path, tag="nz", noise_repeats=2, max_trials=1)
     Supervisor(config, OfflineAgent()).run()
     data = json.loads((config.run_dir / "noise" / "progress.json").read_text())
-    view = st.parse_noise_progress(data)
+    view = progress.parse_noise_progress(data)
     assert view.repeats == 2 and [s.status for s in view.seeds] == ["ok", "ok"]
     assert all(s.val_bpb is not None and s.num_steps == 10 for s in view.seeds)
     for seed in view.seeds:  # the folder holds the seed's live curve
-        tail = st.MetricsTail(config.run_dir / seed.dir / "metrics.jsonl")
+        tail = progress.MetricsTail(config.run_dir / seed.dir / "metrics.jsonl")
         assert len(tail.read()) == 10
 
 
@@ -214,9 +216,9 @@ def test_plurals_and_memory_pairs():
 def test_a_finished_run_takes_no_commands(night):
     run_dir, ledger = night
     ledger.set_state("finished")
-    control = st.RunControl(ledger, run_dir)
+    control = RunControl(ledger, run_dir)
     for command, arg in (("steer", "try shorter windows"), ("pause", "")):
-        with pytest.raises(st.ControlError, match="over"):
+        with pytest.raises(ControlError, match="over"):
             control.send(command, arg)
     assert ledger.pending_steering() == []  # not stored for a --resume that would end at once
 

@@ -286,14 +286,14 @@ def test_the_loop_preloads_the_compile_stack_after_a_trial_that_compiled(tmp_pat
         return turns[n - 1] if n <= len(turns) else None
 
     sup = Supervisor(fake_config(tmp_path, budget_s=1.0), CallbackAgent(agent_script), runner=runner)
-    assert sup._warm is not None  # noqa: SLF001
+    assert sup._warm is not None
     asked: list[tuple[str, ...]] = []
-    original = sup._warm.prepare  # noqa: SLF001
+    original = sup._warm.prepare
 
     def prepare(spec, also=()):
         asked.append(also)
         original(spec, also=also)
 
-    sup._warm.prepare = prepare  # noqa: SLF001
+    sup._warm.prepare = prepare
     assert sup.run() == "finished"
     assert asked == [(), COMPILE_MODULES, ()]  # run start, after the compiled trial, after the eager one

@@ -378,25 +378,101 @@ def fail(message):
 # ---------------------------------------------------------------------------------------------
 
 
+def read_settings():
+    """(time budget, seed) from the environment, after checking that the data cache is ready."""
+    budget = time_budget()
+    raw_seed = os.environ.get("AUTORESEARCH_SEED", "").strip() or "42"
+    if not raw_seed.lstrip("-").isdigit():
+        raise ValueError(f"AUTORESEARCH_SEED must be an integer, got {raw_seed!r}")
+    prepare.load_manifest()
+    return budget, int(raw_seed)
+
+
+def grad_accum_steps(seq_len):
+    """Micro-batches per optimizer step: TOTAL_BATCH_TOKENS in passes of DEVICE_BATCH_SIZE sequences."""
+    tokens_per_pass = DEVICE_BATCH_SIZE * seq_len
+    if TOTAL_BATCH_TOKENS % tokens_per_pass:
+        fail(f"TOTAL_BATCH_TOKENS {TOTAL_BATCH_TOKENS} is not a multiple of DEVICE_BATCH_SIZE * seq_len = {tokens_per_pass}")
+    return TOTAL_BATCH_TOKENS // tokens_per_pass
+
+
+def set_learning_rates(optimizers, lrm):
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+
+
+def forward_backward(train_model, loader, grad_accum, autocast, device):
+    """Forward and backward over grad_accum micro-batches (gradients add up); returns the mean loss."""
+    total = torch.zeros((), device=device)
+    for _ in range(grad_accum):
+        x, y = next(loader)
+        with autocast:
+            loss = train_model(x, y)
+        (loss / grad_accum).backward()
+        total += loss.detach()
+    return total / grad_accum
+
+
+def compile_failed(exc, model):
+    """Give up torch.compile after its first step failed: the trial goes on in eager mode. Returns why."""
+    print(f"torch.compile failed at the first step ({type(exc).__name__}: {str(exc)[:500]}); "
+          f"falling back to eager mode", file=sys.stderr, flush=True)
+    torch._dynamo.reset()
+    model.zero_grad(set_to_none=True)
+    return f"compile failed: {type(exc).__name__}"
+
+
+def step_record(step, training_seconds, loss_value, lrm, tok_s, mem, flops_per_token, peak):
+    """One line of the metrics stream."""
+    return {
+        "step": step,
+        "elapsed": round(training_seconds, 3),
+        "loss": round(loss_value, 6),
+        "lr": MATRIX_LR * lrm,  # the Muon (matrix) learning rate; the others follow the same multiplier
+        "tokens_per_s": round(tok_s, 1),
+        "mfu": round(100 * flops_per_token * tok_s / peak, 2) if peak else None,
+        "vram_mb": round(mem, 1) if mem is not None else None,
+    }
+
+
+def print_summary(val_bpb, training_seconds, compile_seconds, eval_seconds, peak_mem, mfu, total_tokens, steps,
+                  num_params, kind, device_name, compiled, tokens_per_s):
+    """The `---` line and the `key: value` lines the supervisor reads."""
+
+    def fmt(value, spec):
+        return "unknown" if value is None else format(value, spec)
+
+    print("---")
+    print(f"val_bpb:          {val_bpb:.6f}")
+    print(f"training_seconds: {training_seconds:.1f}")
+    print(f"total_seconds:    {time.time() - T_START:.1f}")
+    print(f"compile_seconds:  {compile_seconds:.1f}")
+    print(f"eval_seconds:     {eval_seconds:.1f}")
+    print(f"peak_vram_mb:     {fmt(peak_mem, '.1f')}")
+    print(f"mfu_percent:      {fmt(mfu, '.2f')}")
+    print(f"total_tokens_M:   {total_tokens / 1e6:.3f}")
+    print(f"num_steps:        {steps}")
+    print(f"num_params_M:     {num_params / 1e6:.3f}")
+    print(f"depth:            {DEPTH}")
+    print(f"device:           {kind}")
+    print(f"device_name:      {device_name}")
+    print(f"compiled:         {str(compiled).lower()}")
+    print(f"tokens_per_s:     {fmt(tokens_per_s, '.0f')}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
 def main():
     try:
-        budget = time_budget()
-        raw_seed = os.environ.get("AUTORESEARCH_SEED", "").strip() or "42"
-        if not raw_seed.lstrip("-").isdigit():
-            raise ValueError(f"AUTORESEARCH_SEED must be an integer, got {raw_seed!r}")
-        seed = int(raw_seed)
-        prepare.load_manifest()
+        budget, seed = read_settings()
         device, kind, device_name, autocast, precision, use_compile, compile_why = setup_device()
     except (ValueError, prepare.PrepareError) as exc:
         fail(str(exc))
     torch.manual_seed(seed)
 
     seq_len = MAX_SEQ_LEN
-    tokens_per_pass = DEVICE_BATCH_SIZE * seq_len
-    if TOTAL_BATCH_TOKENS % tokens_per_pass:
-        fail(f"TOTAL_BATCH_TOKENS {TOTAL_BATCH_TOKENS} is not a multiple of DEVICE_BATCH_SIZE * seq_len = {tokens_per_pass}")
-    grad_accum = TOTAL_BATCH_TOKENS // tokens_per_pass
-
+    grad_accum = grad_accum_steps(seq_len)
     windows = layer_windows(WINDOW_PATTERN, DEPTH, SHORT_WINDOW)
     with torch.device(device):
         model = GPT(VOCAB_SIZE, MODEL_DIM, DEPTH, HEAD_DIM, MLP_RATIO, windows, seq_len)
@@ -417,17 +493,6 @@ def main():
     metrics = open(metrics_path, "a") if metrics_path else sys.stdout
     loader = make_dataloader("train", DEVICE_BATCH_SIZE, seq_len, device, seed=seed)
 
-    def run_step():
-        """Forward and backward over grad_accum micro-batches (gradients add up); returns the mean loss."""
-        total = torch.zeros((), device=device)
-        for _ in range(grad_accum):
-            x, y = next(loader)
-            with autocast:
-                loss = train_model(x, y)
-            (loss / grad_accum).backward()
-            total += loss.detach()
-        return total / grad_accum
-
     # The first step(s) compile and warm up kernels; they train the model but their time is
     # reported as compile_seconds, not counted against the budget.
     excluded_steps = 2 if use_compile else 1
@@ -436,21 +501,15 @@ def main():
     while budget > 0:
         t0 = time.time()
         lrm = lr_multiplier(min(training_seconds / budget, 1.0))
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lrm
+        set_learning_rates(optimizers, lrm)
         try:
-            mean_loss = run_step()
+            mean_loss = forward_backward(train_model, loader, grad_accum, autocast, device)
         except Exception as exc:
             if not (use_compile and step == 0):
                 raise
-            print(f"torch.compile failed at the first step ({type(exc).__name__}: {str(exc)[:500]}); "
-                  f"falling back to eager mode", file=sys.stderr, flush=True)
-            torch._dynamo.reset()
-            train_model, use_compile, compile_why = model, False, f"compile failed: {type(exc).__name__}"
-            excluded_steps = 1
-            model.zero_grad(set_to_none=True)
-            mean_loss = run_step()
+            compile_why = compile_failed(exc, model)
+            train_model, use_compile, excluded_steps = model, False, 1
+            mean_loss = forward_backward(train_model, loader, grad_accum, autocast, device)
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
@@ -471,15 +530,7 @@ def main():
         mem = memory_mb(kind)
         if mem is not None:
             peak_mem = max(peak_mem or 0.0, mem)
-        record = {
-            "step": step,
-            "elapsed": round(training_seconds, 3),
-            "loss": round(loss_value, 6),
-            "lr": MATRIX_LR * lrm,  # the Muon (matrix) learning rate; the others follow the same multiplier
-            "tokens_per_s": round(tok_s, 1),
-            "mfu": round(100 * flops_per_token * tok_s / peak, 2) if peak else None,
-            "vram_mb": round(mem, 1) if mem is not None else None,
-        }
+        record = step_record(step, training_seconds, loss_value, lrm, tok_s, mem, flops_per_token, peak)
         print(json.dumps(record), file=metrics, flush=True)
         if step > excluded_steps and training_seconds >= budget:
             break
@@ -497,28 +548,8 @@ def main():
     tokens_per_s = timed_tokens / training_seconds if training_seconds > 0 else None
     mfu = 100 * flops_per_token * tokens_per_s / peak if peak and tokens_per_s else None
     peak_mem = memory_mb(kind) if kind in ("cuda", "rocm") else peak_mem
-
-    def fmt(value, spec):
-        return "unknown" if value is None else format(value, spec)
-
-    print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
-    print(f"training_seconds: {training_seconds:.1f}")
-    print(f"total_seconds:    {time.time() - T_START:.1f}")
-    print(f"compile_seconds:  {compile_seconds:.1f}")
-    print(f"eval_seconds:     {eval_seconds:.1f}")
-    print(f"peak_vram_mb:     {fmt(peak_mem, '.1f')}")
-    print(f"mfu_percent:      {fmt(mfu, '.2f')}")
-    print(f"total_tokens_M:   {total_tokens / 1e6:.3f}")
-    print(f"num_steps:        {step}")
-    print(f"num_params_M:     {num_params / 1e6:.3f}")
-    print(f"depth:            {DEPTH}")
-    print(f"device:           {kind}")
-    print(f"device_name:      {device_name}")
-    print(f"compiled:         {str(use_compile).lower()}")
-    print(f"tokens_per_s:     {fmt(tokens_per_s, '.0f')}")
-    sys.stdout.flush()
-    sys.stderr.flush()
+    print_summary(val_bpb, training_seconds, compile_seconds, eval_seconds, peak_mem, mfu, total_tokens, step,
+                  num_params, kind, device_name, use_compile, tokens_per_s)
     # Everything is written and closed: skip the interpreter's teardown of torch's modules, which
     # takes 0.3-0.7 s that every trial would otherwise spend after its result is known.
     os._exit(0)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from supervisor.core.errors import UserError
+from supervisor.core.types import JournalEntry, Plan, Reflection
 
 
 @dataclass
@@ -50,9 +51,9 @@ class TurnContext:
     train_py: str
     results_table: str
     results: list[dict[str, Any]]
-    recent_journal: list[dict[str, Any]]
-    latest_reflection: dict[str, Any] | None
-    plans: list[dict[str, Any]]
+    recent_journal: list[JournalEntry]
+    latest_reflection: Reflection | None
+    plans: list[Plan]
     steering: list[str]
     last_outcomes: list[ToolOutcome]
     obligation: str | None            # None | "journal" | "reflection"

@@ -39,38 +39,11 @@ from supervisor.agents.base import (
     ToolOutcome,
     TurnContext,
 )
+from supervisor.core import prompts
 from supervisor.core.pricing import Price
+from supervisor.core.prompts import PROGRAM_INTRO, SYSTEM_PROMPT
+from supervisor.core.types import JournalEntry, Plan, PlanStatus, Reflection
 
-SYSTEM_PROMPT = """\
-You are the research agent of an autoresearch run. You lower val_bpb (bits per byte on held-out text; lower \
-is better) of a small GPT trained for a fixed wall-clock budget, by editing one file: the training script. \
-A supervisor runs every trial, keeps or reverts your change by its own noise-aware policy, and keeps the \
-lab journal that the person who owns this machine reads in the morning.
-
-How your turns work:
-- You have no memory between turns except what is shown to you. Every turn is rebuilt from the run's \
-durable record: the research program, the training script as it is now, a compact results table, your \
-latest journal entries, the latest reflection, the plan queue, messages from the person, and your previous \
-reply with the results of its tool calls. Write down what you want to remember: in journal entries, \
-reflections and the plan queue.
-- Act only through the tools. One reply may call several tools; they run in the order given, and when \
-one fails or is refused, the ones after it in that reply are not run.
-- A cycle: optionally read a file, edit the training script with edit_file, run_trial with a one-line \
-description (edit and run may go in the same reply), then write_journal for that trial. After a trial the \
-supervisor accepts nothing but write_journal; when a reflection is due, nothing but write_reflection.
-- edit_file is an exact search-and-replace: copy the search text character for character from the \
-training script shown to you, with enough lines to be unique.
-- One idea per trial, so each result means something. On a fixed budget, speed is quality: watch tokens/s \
-and MFU, not only val_bpb. A gain smaller than the noise floor is probably luck.
-- Messages from the person take precedence over your own plan.
-- Tool errors and refusals come back as text that says how to fix the call: read them and fix it.
-- Keep the text of a reply short (what you do and why, in a sentence or two); reasoning that matters \
-belongs in the journal.
-"""
-
-PROGRAM_INTRO = "# The research program (program.md, written by the person; re-read at every turn)\n\n"
-PREVIOUS_NOTE = ("Your previous reply follows, with the results of its tool calls; after them comes the "
-                 "current state of the run.")
 MAX_RESULT_CHARS = 6000
 RESULT_ROWS_RECENT = 15
 FIELD_CHARS = 400
@@ -101,7 +74,7 @@ class Prompt:
 
     @property
     def program_block(self) -> str:
-        return PROGRAM_INTRO + (self.program.strip() or "(program.md is empty)")
+        return PROGRAM_INTRO + (self.program.strip() or prompts.PROGRAM_EMPTY)
 
     def sections(self) -> dict[str, str]:
         """The prompt's text by part, for measuring its size."""
@@ -163,19 +136,16 @@ def read_arguments(raw: Any, *, cut_off: bool = False, max_tokens: int | None = 
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return {}, None
     if not isinstance(raw, str):
-        return None, f"the arguments must be a JSON object, got {type(raw).__name__}"
+        return None, prompts.ARGS_NOT_OBJECT.format(kind=type(raw).__name__)
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         if cut_off:
-            return None, (f"your reply was cut off at the output limit ({max_tokens} tokens) in the middle of "
-                          "this call, so its arguments are incomplete JSON. Make the call shorter (a smaller "
-                          "search text, one call per reply) and send it again.")
+            return None, prompts.ARGS_CUT_OFF.format(max_tokens=max_tokens)
         snippet = raw if len(raw) <= 160 else raw[:160] + "..."
-        return None, (f"the arguments are not valid JSON ({exc.msg} at character {exc.pos}): {snippet!r}. "
-                      "Send them again as one JSON object.")
+        return None, prompts.ARGS_NOT_JSON.format(msg=exc.msg, pos=exc.pos, snippet=snippet)
     if not isinstance(value, dict):
-        return None, f"the arguments must be a JSON object with named fields, got a JSON {type(value).__name__}"
+        return None, prompts.ARGS_NOT_NAMED.format(kind=type(value).__name__)
     return value, None
 
 
@@ -193,8 +163,7 @@ def build_prompt(ctx: TurnContext, previous: PriorTurn | None = None) -> Prompt:
 
 
 def render_code(ctx: TurnContext) -> str:
-    return (f"The training script `{ctx.editable}` as it is now (the only file you may edit; copy edit_file's "
-            f"search text from here exactly):\n\n```python\n{ctx.train_py.rstrip()}\n```")
+    return prompts.CODE.format(editable=ctx.editable, code=ctx.train_py.rstrip())
 
 
 def tool_result_text(call: ToolCall, outcome: ToolOutcome, editable: str) -> str:
@@ -202,10 +171,10 @@ def tool_result_text(call: ToolCall, outcome: ToolOutcome, editable: str) -> str
     content = outcome.content
     if call.name == "read_file" and outcome.ok and _is_editable(call.input.get("path"), editable) \
             and call.input.get("start_line") is None and call.input.get("end_line") is None:
-        return f"(the whole of {editable} is shown above as it is now)"
+        return prompts.WHOLE_SCRIPT_SHOWN.format(editable=editable)
     if len(content) > MAX_RESULT_CHARS:
         left = len(content) - MAX_RESULT_CHARS
-        content = content[:MAX_RESULT_CHARS] + f"\n... [{left} more characters not shown; read a line range]"
+        content = content[:MAX_RESULT_CHARS] + prompts.RESULT_CUT.format(left=left)
     return content
 
 
@@ -280,43 +249,42 @@ def compact_results(results: list[dict[str, Any]], recent: int = RESULT_ROWS_REC
     return "\n".join(lines)
 
 
-def _journal(entries: list[dict[str, Any]]) -> str:
+def _journal(entries: list[JournalEntry]) -> str:
     out = [f"## Your last {len(entries)} journal entries"]
     for e in entries:
-        out.append(f"Trial {e['trial_id']}:\n"
-                   f"  hypothesis: {_cut(e.get('hypothesis'), FIELD_CHARS)}\n"
-                   f"  change: {_cut(e.get('change'), FIELD_CHARS)}\n"
-                   f"  result: {_cut(e.get('result'), FIELD_CHARS)}\n"
-                   f"  interpretation: {_cut(e.get('interpretation'), FIELD_CHARS)}\n"
-                   f"  next step: {_cut(e.get('next_step'), FIELD_CHARS)}")
+        out.append(f"Trial {e.trial_id}:\n"
+                   f"  hypothesis: {_cut(e.hypothesis, FIELD_CHARS)}\n"
+                   f"  change: {_cut(e.change, FIELD_CHARS)}\n"
+                   f"  result: {_cut(e.result, FIELD_CHARS)}\n"
+                   f"  interpretation: {_cut(e.interpretation, FIELD_CHARS)}\n"
+                   f"  next step: {_cut(e.next_step, FIELD_CHARS)}")
     return "\n".join(out)
 
 
-def _reflection(r: dict[str, Any]) -> str:
-    triggers = "; ".join(r.get("triggers") or [])
-    return (f"## The latest reflection (after trial {r.get('after_trial')}"
+def _reflection(r: Reflection) -> str:
+    triggers = "; ".join(r.triggers)
+    return (f"## The latest reflection (after trial {r.after_trial}"
             + (f"; {triggers}" if triggers else "") + ")\n"
-            f"load-bearing: {_cut(r.get('load_bearing'), REFLECTION_FIELD_CHARS)}\n"
-            f"dead ends: {_cut(r.get('dead_ends'), REFLECTION_FIELD_CHARS)}\n"
-            f"re-test: {_cut(r.get('retest'), REFLECTION_FIELD_CHARS)}\n"
-            f"plan: {_cut(r.get('plan'), REFLECTION_FIELD_CHARS)}")
+            f"load-bearing: {_cut(r.load_bearing, REFLECTION_FIELD_CHARS)}\n"
+            f"dead ends: {_cut(r.dead_ends, REFLECTION_FIELD_CHARS)}\n"
+            f"re-test: {_cut(r.retest, REFLECTION_FIELD_CHARS)}\n"
+            f"plan: {_cut(r.plan, REFLECTION_FIELD_CHARS)}")
 
 
-def _plans(plans: list[dict[str, Any]]) -> str:
-    open_ = [p for p in plans if p["status"] == "open"]
-    tried = [p for p in plans if p["status"] == "tried"][-PLANS_SHOWN:]
-    dropped = [p for p in plans if p["status"] == "dropped"][-PLANS_SHOWN:]
+def _plans(plans: list[Plan]) -> str:
+    open_ = [p for p in plans if p.status == PlanStatus.OPEN]
+    tried = [p for p in plans if p.status == PlanStatus.TRIED][-PLANS_SHOWN:]
+    dropped = [p for p in plans if p.status == PlanStatus.DROPPED][-PLANS_SHOWN:]
     lines = ["## Plan queue"]
     if not plans:
         lines.append("(empty: add ideas with plan_add, especially ambitious ones, so they are not forgotten)")
     for p in open_:
-        why = f" (why: {_cut(p.get('rationale'), 200)})" if p.get("rationale") else ""
-        lines.append(f"open #{p['id']}: {_cut(p['idea'], 200)}{why}")
+        why = f" (why: {_cut(p.rationale, 200)})" if p.rationale else ""
+        lines.append(f"open #{p.id}: {_cut(p.idea, 200)}{why}")
     for p in tried:
-        lines.append(f"tried #{p['id']}: {_cut(p['idea'], 120)}" + (f" (trial {p['trial_id']})" if p.get("trial_id")
-                                                                    else ""))
+        lines.append(f"tried #{p.id}: {_cut(p.idea, 120)}" + (f" (trial {p.trial_id})" if p.trial_id else ""))
     for p in dropped:
-        lines.append(f"dropped #{p['id']}: {_cut(p['idea'], 120)}; because {_cut(p.get('reason'), 200)}")
+        lines.append(f"dropped #{p.id}: {_cut(p.idea, 120)}; because {_cut(p.reason, 200)}")
     return "\n".join(lines)
 
 
@@ -366,27 +334,24 @@ def _pending(t: dict[str, Any]) -> str:
 
 
 def _task(ctx: TurnContext, previous: PriorTurn | None) -> str:
-    lines = ["## What to do now"]
+    lines = [prompts.TASK_HEADING]
     if previous is not None and not previous.calls:
-        lines.append("Your previous reply called no tool: act through the tools.")
+        lines.append(prompts.TASK_NO_TOOL_CALLED)
     if ctx.obligation == "journal":
         if ctx.pending_trial:
             lines.append(_pending(ctx.pending_trial))
         lines.append(ctx.obligation_message)
     elif ctx.obligation == "reflection":
         lines.append(ctx.obligation_message)
-        lines.append("Step back from single trials: use the whole results table, the journal and the plan queue.")
+        lines.append(prompts.TASK_REFLECT)
     elif not ctx.results:
-        lines.append("No trial has run yet. Run the unmodified training script first as the baseline "
-                     "(run_trial with a description such as 'baseline'), so later changes have a reference.")
+        lines.append(prompts.TASK_BASELINE)
     else:
-        left = (f" {ctx.max_trials - ctx.trials_done} trials are left in this run." if ctx.max_trials else "")
-        lines.append("Propose the next experiment: one idea, edit the training script with edit_file, then "
-                     "run_trial with a one-line description (both may go in one reply). Put ideas you cannot "
-                     f"try now in the plan queue with plan_add.{left}")
+        left = prompts.TASK_TRIALS_LEFT.format(left=ctx.max_trials - ctx.trials_done) if ctx.max_trials else ""
+        lines.append(prompts.TASK_NEXT_EXPERIMENT.format(left=left))
     refused = [o for o in ctx.last_outcomes if o.refused]
     if refused:
-        lines.append(f"Your last refused call ({refused[-1].tool}) was told: {_cut(refused[-1].content, 500)}")
+        lines.append(prompts.TASK_LAST_REFUSED.format(tool=refused[-1].tool, content=_cut(refused[-1].content, 500)))
     return "\n".join(lines)
 
 
@@ -515,3 +480,4 @@ class LLMAgent:
         results = [ToolOutcome(o.tool, o.ok, tool_result_text(c, o, ctx.editable), o.refused, o.call_id)
                    for c, o in zip(calls, ctx.last_outcomes, strict=True)]
         return PriorTurn(text.strip(), calls, results)
+

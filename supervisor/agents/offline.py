@@ -14,6 +14,7 @@ never set to that value again in the run, and the next journal entry says the pe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -171,7 +172,7 @@ class OfflineAgent:
         for message in ctx.steering:
             if message.strip() and message not in self._steering:
                 self._steering.append(message)
-        written = [" ".join(" ".join(str(v) for v in e.values() if isinstance(v, str)).split())
+        written = [" ".join(" ".join(v for v in dataclasses.astuple(e) if isinstance(v, str)).split())
                    for e in ctx.recent_journal]
         self._steering = [m for m in self._steering if not any(_quote(m) in text for text in written)]
         for outcome in ctx.last_outcomes:
@@ -203,7 +204,7 @@ class OfflineAgent:
 
     def _notes(self, ctx: TurnContext, trial_id: int) -> list[str]:
         """Sentences for this journal entry: stops since the previous entry, and unanswered steering."""
-        previous = max((int(e.get("trial_id") or 0) for e in ctx.recent_journal), default=0)
+        previous = max((e.trial_id for e in ctx.recent_journal), default=0)
         notes = []
         for sid, description in self.stopped(ctx).items():
             if not previous < sid < trial_id:

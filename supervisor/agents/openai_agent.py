@@ -30,7 +30,6 @@ from supervisor.agents.base import (
 )
 from supervisor.agents.llm import (
     PLACEHOLDER_KEY,
-    PREVIOUS_NOTE,
     LLMAgent,
     ModelCall,
     ModelReply,
@@ -42,6 +41,7 @@ from supervisor.agents.llm import (
     status_error,
 )
 from supervisor.core.pricing import canonical_model, price_for
+from supervisor.core.prompts import PREVIOUS_NOTE
 
 DEFAULT_MODEL = "gpt-5.4"
 KEY_VARIABLE = "OPENAI_API_KEY"

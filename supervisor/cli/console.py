@@ -12,6 +12,9 @@ from typing import ClassVar
 from rich.console import Console
 
 from supervisor.core import events as ev
+from supervisor.core.types import TrialStatus
+
+STATUS_COLORS = {TrialStatus.KEEP: "green", TrialStatus.DISCARD: "yellow", TrialStatus.CRASH: "red"}
 
 
 class ConsolePrinter:
@@ -68,7 +71,7 @@ class ConsolePrinter:
     def _trial_finished(self, d: dict) -> str:
         val = d.get("val_bpb")
         delta = d.get("delta")
-        color = {"keep": "green", "discard": "yellow", "crash": "red"}.get(d["status"], "white")
+        color = STATUS_COLORS.get(d["status"], "white")
         flag = " [magenta]⚑ flagged[/magenta]" if d.get("flagged") else ""
         return (f"[bold]trial {d['trial_id']}[/bold] [{color}]{d['status']}[/{color}]{flag}"
                 + (f" val_bpb {val:.6f}" if val is not None else "")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from supervisor.core.config import PROJECT_ROOT, RunConfig
 from supervisor.core.errors import UserError
+from supervisor.core.paths import RunPaths
 from supervisor.store.lock import RunLock
 
 START_TIMEOUT_S = 300.0  # the loop probes the platform (a torch import) before it takes the lock
 STOP_WAIT_S = 30.0
-LOG_NAME = "supervisor.log"
 
 
 class LaunchError(UserError):
@@ -59,13 +59,13 @@ def loop_command(config: RunConfig, resume: bool) -> list[str]:
 
 def start_loop(config: RunConfig, resume: bool) -> subprocess.Popen:
     """Start the loop detached from this terminal; its output goes to the run folder's supervisor.log."""
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = RunPaths(Path(config.run_dir))
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("TEXTUAL_DRIVER", None)
-    with open(run_dir / LOG_NAME, "ab") as log:
+    with open(paths.log, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(loop_command(config, resume))}\n".encode())
         log.flush()
         return subprocess.Popen(loop_command(config, resume), stdin=subprocess.DEVNULL, stdout=log,
@@ -75,7 +75,7 @@ def start_loop(config: RunConfig, resume: bool) -> subprocess.Popen:
 
 def _log_tail(run_dir: Path, lines: int = 12) -> str:
     try:
-        text = (run_dir / LOG_NAME).read_text(encoding="utf-8", errors="replace")
+        text = RunPaths(run_dir).log.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
     last_start = text.rfind("\n=== ")
@@ -87,17 +87,17 @@ def wait_until_ready(proc: subprocess.Popen, config: RunConfig, timeout_s: float
     from supervisor.store.ledger import Ledger, LedgerError
 
     run_dir = Path(config.run_dir)
-    lock, ledger_path = run_dir / "run.lock", run_dir / "ledger.sqlite"
+    paths = RunPaths(run_dir)
     deadline = time.monotonic() + timeout_s
     while True:
         code = proc.poll()
         if code is not None:
             tail = _log_tail(run_dir)
-            raise LaunchError(f"the run did not start (exit code {code}). From {run_dir / LOG_NAME}:\n{tail}")
-        holder = RunLock.holder(lock) or ""
-        if f"pid {proc.pid} " in holder + " " and ledger_path.exists():
+            raise LaunchError(f"the run did not start (exit code {code}). From {paths.log}:\n{tail}")
+        holder = RunLock.holder(paths.lock) or ""
+        if f"pid {proc.pid} " in holder + " " and paths.ledger.exists():
             try:
-                ledger = Ledger(ledger_path, readonly=True)
+                ledger = Ledger(paths.ledger, readonly=True)
                 try:
                     ledger.run_row()
                     return
@@ -107,7 +107,7 @@ def wait_until_ready(proc: subprocess.Popen, config: RunConfig, timeout_s: float
                 pass  # created but not yet initialised
         if time.monotonic() > deadline:
             raise LaunchError(f"the run process {proc.pid} has not taken the run after {timeout_s:.0f}s; it goes "
-                              f"on in the background (log: {run_dir / LOG_NAME}). Try `autoresearch attach "
+                              f"on in the background (log: {paths.log}). Try `autoresearch attach "
                               f"--tag {config.tag}` in a moment, or stop it with kill {proc.pid}.")
         time.sleep(0.2)
 
@@ -116,11 +116,11 @@ def launch(config: RunConfig, resume: bool = False) -> int:
     """Start the run in its own process, open the app on it, and say where things stand when the app closes."""
     from supervisor.cli.tui_commands import _say_after_quit, open_app
 
-    run_dir = Path(config.run_dir)
+    paths = RunPaths(Path(config.run_dir))
     proc = start_loop(config, resume)
-    print(f"run {config.tag}: starting the supervisor (pid {proc.pid}, log {run_dir / LOG_NAME}) …", file=sys.stderr)
+    print(f"run {config.tag}: starting the supervisor (pid {proc.pid}, log {paths.log}) …", file=sys.stderr)
     wait_until_ready(proc, config)
-    answer = open_app(run_dir, review=False)
+    answer = open_app(paths.run_dir, review=False)
     if answer == "stop":
         try:
             proc.wait(timeout=STOP_WAIT_S)
@@ -131,5 +131,5 @@ def launch(config: RunConfig, resume: bool = False) -> int:
     if answer is None and proc.poll() is None:
         _say_after_quit(config.tag, "leave")
     elif proc.poll() is not None:
-        print(f"run {config.tag} ended. Journal: {run_dir / 'journal.md'}", file=sys.stderr)
+        print(f"run {config.tag} ended. Journal: {paths.journal_md}", file=sys.stderr)
     return 0

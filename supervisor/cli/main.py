@@ -41,6 +41,8 @@ from supervisor.core.config import (
     tag_name,
 )
 from supervisor.core.errors import UserError
+from supervisor.core.paths import RunPaths
+from supervisor.core.types import RunState
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # argparse's own code for a wrong command line
@@ -199,7 +201,6 @@ def preflight_new_run(config: RunConfig) -> None:
     can neither resume nor restart, so those checks are made here first.
     """
     check_writable_folder(Path(config.journals_root), "--journals")
-    from supervisor.run.loop import RunPaths
 
     if RunPaths(config.run_dir).ledger.exists():
         raise CliError(f"run {config.tag!r} already exists in {config.journals_root}; continue it with --resume, "
@@ -232,13 +233,13 @@ def _install_signal_handlers(supervisor) -> None:
 
 def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False) -> int:
     from supervisor.cli.console import ConsolePrinter
-    from supervisor.run.loop import RunPaths, Supervisor
+    from supervisor.run.loop import Supervisor
     from supervisor.store.ledger import Ledger
 
     resume_turns = 0
     if resume and RunPaths(config.run_dir).ledger.exists():
         ledger = Ledger(RunPaths(config.run_dir).ledger, readonly=True)
-        resume_turns = sum(1 for t in ledger.turns() if t["role"] == "agent")
+        resume_turns = sum(1 for t in ledger.turns() if t.role == "agent")
         ledger.close()
     agent = _make_agent(config.agent, resume_turns, config)
     _check_cache(config.cache_dir, config.upstream_repo is not None)
@@ -256,7 +257,7 @@ def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False)
     print(f"run {config.tag}: journal in {config.run_dir}, workspace {config.workspace} "
           f"(branch {config.branch})", file=sys.stderr)
     end = supervisor.run()
-    print(f"run {config.tag} {end}. Journal: {config.run_dir / 'journal.md'}", file=sys.stderr)
+    print(f"run {config.tag} {end}. Journal: {RunPaths(config.run_dir).journal_md}", file=sys.stderr)
     return 0
 
 
@@ -331,7 +332,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     try:
         noise = supervisor.measure_noise(args.repeats)
     finally:
-        supervisor._set_state("stopped", "after a noise measurement")  # noqa: SLF001
+        supervisor._set_state(RunState.STOPPED, "after a noise measurement")  # noqa: SLF001
         supervisor.close()
     print(noise.describe(config.floor_factor))
     return 0 if noise.n >= 2 else EXIT_ERROR
@@ -339,8 +340,6 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 def _load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> RunConfig:
     """The settings the run was started with, read-only, with `overrides` (field: value) from this command line."""
-    from supervisor.run.loop import RunPaths
-
     journals = args.journals or default_journals_root()
     ledger_path = RunPaths(journals / args.tag).ledger
     if not ledger_path.exists():
@@ -352,13 +351,13 @@ def _load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = No
         row = ledger.run_row()
     finally:
         ledger.close()
-    if row["state"] == "imported":
+    if row.state == RunState.IMPORTED:
         # The same message as the loop's own check, before an agent is even made.
         raise CliError(f"run {args.tag!r} was imported from an upstream results.tsv: it has no workspace to "
                        "continue. Its graveyard, report and status work as for any run; start a new run with "
                        "another --tag (or --upstream REPO to drive that checkout).")
     try:
-        return RunConfig.from_json(row["config"], {**(overrides or {}), "journals_root": journals})
+        return RunConfig.from_json(row.config, {**(overrides or {}), "journals_root": journals})
     except ConfigError as exc:
         raise CliError(f"run {args.tag!r}: a setting is refused ({exc}); give it a new value with this "
                        "command") from None
@@ -370,7 +369,6 @@ def _value_text(value: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from supervisor.run.loop import RunPaths
     from supervisor.run.status import run_status
     from supervisor.store.ledger import Ledger
 
@@ -407,7 +405,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    from supervisor.run.loop import COMMANDS, RunPaths
+    from supervisor.core.commands import COMMANDS
     from supervisor.store.ledger import Ledger
     from supervisor.store.lock import RunLock
 

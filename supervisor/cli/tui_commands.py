@@ -15,6 +15,7 @@ from pathlib import Path
 
 from supervisor.core.config import absolute_path, default_journals_root, port_number, tag_name
 from supervisor.core.errors import UserError
+from supervisor.core.paths import RunPaths
 
 DEFAULT_SERVE_HOST = "0.0.0.0"
 DEFAULT_SERVE_PORT = 8000
@@ -27,7 +28,7 @@ class TuiError(UserError):
 def _run_dir(args: argparse.Namespace) -> Path:
     journals = Path(args.journals) if args.journals else default_journals_root()
     run_dir = journals / args.tag
-    if not (run_dir / "ledger.sqlite").exists():
+    if not RunPaths(run_dir).ledger.exists():
         raise TuiError(f"no run {args.tag!r} in {journals} (start one with `autoresearch run --tag {args.tag}`)")
     return run_dir
 
@@ -44,7 +45,7 @@ def open_app(run_dir: Path, *, review: bool, ask_on_quit: bool = True) -> str | 
     from supervisor.trial.platform_info import telemetry_sample
     from supervisor.tui.app import SupervisorApp
 
-    ledger = Ledger(run_dir / "ledger.sqlite", readonly=review)
+    ledger = Ledger(RunPaths(run_dir).ledger, readonly=review)
     try:
         app = SupervisorApp(ledger, run_dir, review=review, telemetry=telemetry_sample, ask_on_quit=ask_on_quit)
         return app.run()

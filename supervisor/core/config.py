@@ -251,7 +251,7 @@ class Layout:
     """
 
     editable: str = "trainer/train.py"
-    harness: list[str] = field(default_factory=lambda: ["trainer/prepare.py"])
+    harness: list[str] = field(default_factory=lambda: ["trainer/prepare.py", "trainer/corpus.py"])
     command: list[str] = field(default_factory=lambda: [sys.executable, "trainer/train.py"])
     program: str = "program.md"
 

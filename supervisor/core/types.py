@@ -8,7 +8,8 @@ stored in SQLite, so old ledgers read unchanged and comparisons with plain strin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -38,12 +39,21 @@ class RunState(StrEnum):
     NEW = "new"
     READY = "ready"
     NOISE = "noise"  # measuring the noise floor
-    RUNNING = "running"
+    RUNNING = "running"  # the agent's turn
+    TRIAL = "trial"  # a trial is training
     PAUSED = "paused"
     STOPPED = "stopped"
     FINISHED = "finished"
-    INTERRUPTED = "interrupted"
-    IMPORTED = "imported"
+    INTERRUPTED = "interrupted"  # shown, never stored: a live state whose supervisor is gone
+    IMPORTED = "imported"  # a run made from an upstream results.tsv (`autoresearch import`)
+
+    @property
+    def live(self) -> bool:
+        """A supervisor should be holding the run's lock in this state."""
+        return self in LIVE_STATES
+
+
+LIVE_STATES = (RunState.RUNNING, RunState.TRIAL, RunState.PAUSED, RunState.NOISE, RunState.READY)
 
 
 class PlanStatus(StrEnum):
@@ -55,7 +65,7 @@ class PlanStatus(StrEnum):
 @dataclass(frozen=True)
 class Trial:
     id: int
-    kind: str
+    kind: TrialKind
     commit_sha: str | None
     parent_commit: str | None
     parent_trial: int | None
@@ -205,15 +215,50 @@ class Command:
     consumed: float | None
 
 
-@dataclass(frozen=True)
-class MetricPoint:
-    """One line of a trial's live metrics stream."""
-    seq: int
-    step: int | None
-    elapsed: float | None
-    loss: float | None
-    lr: float | None
-    tokens_per_s: float | None
-    mfu: float | None
-    vram_mb: float | None
-    extra: dict[str, Any] = field(default_factory=dict)
+# The keys of a trial's record, in order: `status --json` (every trial of the run) and the agent's context
+# (what the model reads about one trial: a short commit and only the end of the log).
+STATUS_RECORD_KEYS = (
+    "id", "kind", "commit", "parent_commit", "parent_trial", "description", "category", "status", "val_bpb",
+    "extra_values", "delta", "flagged", "decision", "crash_reason", "journal", "budget_s", "training_seconds",
+    "wall_seconds", "num_steps", "tokens_per_s", "mfu_percent", "peak_vram_mb", "platform", "suspicious", "usage",
+)
+AGENT_RECORD_KEYS = (
+    "id", "status", "commit", "parent_trial", "description", "category", "val_bpb", "parent_val_bpb", "delta",
+    "flagged", "decision", "crash_reason", "num_steps", "tokens_per_s", "mfu_percent", "peak_vram_mb",
+    "training_seconds", "log_tail",
+)
+AGENT_LOG_TAIL_CHARS = 1500
+
+
+def trial_record(t: Trial, *, for_agent: bool = False, journal: bool = False,
+                 usage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A trial as plain JSON-able data, the one encoder of trials: `status --json`'s shape, or the agent's.
+
+    `journal` (whether its journal entry is written) and `usage` (the agent's tokens and dollars for it) are
+    not the trial's own columns; the status record carries them, the agent's does not.
+    """
+    values = {
+        "id": t.id, "kind": str(t.kind), "commit": t.short_commit if for_agent else t.commit_sha,
+        "parent_commit": t.parent_commit, "parent_trial": t.parent_trial, "description": t.description,
+        "category": t.category, "status": str(t.status), "val_bpb": t.val_bpb,
+        "extra_values": list(t.extra_values), "parent_val_bpb": t.parent_val_bpb, "delta": t.delta,
+        "flagged": t.flagged, "decision": t.decision, "crash_reason": t.crash_reason, "journal": journal,
+        "budget_s": t.budget_s, "training_seconds": t.training_seconds, "wall_seconds": t.wall_seconds,
+        "num_steps": t.num_steps, "tokens_per_s": t.tokens_per_s, "mfu_percent": t.mfu_percent,
+        "peak_vram_mb": t.peak_vram_mb, "platform": t.platform, "suspicious": list(t.suspicions),
+        "usage": usage, "log_tail": t.log_tail[-AGENT_LOG_TAIL_CHARS:],
+    }
+    return {key: values[key] for key in (AGENT_RECORD_KEYS if for_agent else STATUS_RECORD_KEYS)}
+
+
+def row_record(row: Any) -> dict[str, Any]:
+    """Any other row as plain JSON-able data: its columns, tuples as lists and enums as their strings."""
+    return {f.name: _plain(getattr(row, f.name)) for f in dataclasses.fields(row)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, StrEnum):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value

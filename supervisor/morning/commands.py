@@ -36,10 +36,11 @@ def _journals(args: argparse.Namespace) -> Path:
 def _open_run(args: argparse.Namespace):
     """The run's ledger, opened read-only and without its lock (a run may be going on; a damaged ledger must
     stay exactly as it is)."""
+    from supervisor.core.paths import RunPaths
     from supervisor.store.ledger import Ledger
 
     journals = _journals(args)
-    path = journals / args.tag / "ledger.sqlite"
+    path = RunPaths(journals / args.tag).ledger
     if not path.exists():
         raise MorningError(f"no run {args.tag!r} in {journals} (list them with `ls {journals}`; "
                            "pass --journals DIR if it lives elsewhere)")

@@ -12,7 +12,6 @@ report builds on it too.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Iterable
@@ -22,9 +21,22 @@ from typing import Any
 
 from supervisor.core.categories import CATEGORIES, LABELS, Category, trial_category
 from supervisor.core.config import RunConfig
-from supervisor.store.ledger import Ledger, Trial
+from supervisor.core.types import (
+    FINISHED_STATUSES,
+    JournalEntry,
+    NoiseRecord,
+    Plan,
+    Reflection,
+    RunRecord,
+    RunState,
+    Steering,
+    Trial,
+    TrialKind,
+    TrialStatus,
+)
+from supervisor.store.ledger import Ledger
 
-IMPORTED_STATE = "imported"
+IMPORTED_STATE = RunState.IMPORTED  # kept for old imports: the state is RunState.IMPORTED
 DIFF_LINES = 40
 LOG_LINES = 25
 
@@ -100,19 +112,19 @@ class RunView:
 
     tag: str
     config: RunConfig
-    run: dict[str, Any]
+    run: RunRecord
     trials: list[Trial]
-    journal: dict[int, dict[str, Any]]
-    reflections: list[dict[str, Any]]
-    plans: list[dict[str, Any]]
-    steering: list[dict[str, Any]]
-    noise_by_budget: dict[float, dict[str, Any]] = field(default_factory=dict)
-    noise_rows: list[dict[str, Any]] = field(default_factory=list)
+    journal: dict[int, JournalEntry]
+    reflections: list[Reflection]
+    plans: list[Plan]
+    steering: list[Steering]
+    noise_by_budget: dict[float, NoiseRecord] = field(default_factory=dict)
+    noise_rows: list[NoiseRecord] = field(default_factory=list)
 
     @classmethod
     def from_ledger(cls, ledger: Ledger) -> RunView:
         run = ledger.run_row()
-        config = RunConfig.from_json(run["config"])
+        config = RunConfig.from_json(run.config)
         trials = ledger.trials()
         budgets = {t.budget_s for t in trials if t.budget_s is not None} | {config.budget_s}
         noise_by_budget = {}
@@ -121,22 +133,22 @@ class RunView:
             if noise is not None:
                 noise_by_budget[budget] = noise
         return cls(
-            tag=run["tag"], config=config, run=run, trials=trials,
-            journal={j["trial_id"]: j for j in ledger.journal_entries()},
+            tag=run.tag, config=config, run=run, trials=trials,
+            journal={j.trial_id: j for j in ledger.journal_entries()},
             reflections=ledger.reflections(), plans=ledger.plans(), steering=ledger.steering(),
-            noise_by_budget=noise_by_budget, noise_rows=_all_noise(ledger),
+            noise_by_budget=noise_by_budget, noise_rows=ledger.noise_records(),
         )
 
     # -- what kind of run ----------------------------------------------------------------------------------
     @property
     def imported(self) -> bool:
-        return self.run["state"] == IMPORTED_STATE or any(t.kind == "imported" for t in self.trials)
+        return self.run.state == RunState.IMPORTED or any(t.kind == TrialKind.IMPORTED for t in self.trials)
 
     @property
     def finished(self) -> list[Trial]:
-        return [t for t in self.trials if t.status in ("keep", "discard", "crash")]
+        return [t for t in self.trials if t.status in FINISHED_STATUSES]
 
-    def by_status(self, *statuses: str) -> list[Trial]:
+    def by_status(self, *statuses: TrialStatus) -> list[Trial]:
         return [t for t in self.trials if t.status in statuses]
 
     def trial(self, trial_id: int | None) -> Trial | None:
@@ -145,7 +157,7 @@ class RunView:
     # -- the noise floor -------------------------------------------------------------------------------------
     def noise_sd(self, budget_s: float | None = None) -> float | None:
         noise = self.noise_by_budget.get(self.config.budget_s if budget_s is None else budget_s)
-        return None if noise is None else noise["sd"]
+        return None if noise is None else noise.sd
 
     def floor(self, budget_s: float | None = None) -> float | None:
         """factor x sd for this budget (results compare only within one budget); None while unmeasured."""
@@ -166,7 +178,7 @@ class RunView:
 
     def interpretation(self, trial: Trial) -> str | None:
         entry = self.journal.get(trial.id)
-        return entry["interpretation"] if entry else None
+        return entry.interpretation if entry else None
 
     def platform_line(self) -> str:
         """The platform of the latest finished trial that recorded one, in a few words."""
@@ -190,15 +202,6 @@ def _platform_text(platform: dict[str, Any]) -> str:
         gpu = f"CPU ({known['cpu']}, {known.get('cpu_count', '?')} cores)"
     parts = [gpu] + [template.format(known[key]) for key, template in _PLATFORM_PARTS if key in known]
     return ", ".join(x for x in parts if x)
-
-
-def _all_noise(ledger: Ledger) -> list[dict[str, Any]]:
-    rows = []
-    for r in ledger._query("SELECT * FROM noise ORDER BY id"):  # read-only listing
-        d = dict(r)
-        d["values"] = json.loads(d.pop("values_json"))
-        rows.append(d)
-    return rows
 
 
 def floor_text(view: RunView, budget_s: float | None = None) -> str:
@@ -241,7 +244,7 @@ def graveyard_groups(view: RunView) -> list[Group]:
     """Discarded and crashed trials by category: the most-tried first, then the categories' order."""
     buckets: dict[str, list[Trial]] = {}
     given: dict[str, int] = {}
-    for t in view.by_status("discard", "crash"):
+    for t in view.by_status(TrialStatus.DISCARD, TrialStatus.CRASH):
         cat = view.category(t)
         buckets.setdefault(cat.name, []).append(t)
         given[cat.name] = given.get(cat.name, 0) + (cat.source == "agent")
@@ -263,15 +266,15 @@ def _trial_section(view: RunView, t: Trial, diff_lines: int, log_lines: int) -> 
            f" · {md_text(t.description)}"
     lines = [f'<a id="trial-{t.id}"></a>', "", head, ""]
     lines += _result_lines(view, t)
-    if t.decision and t.status != "crash":
+    if t.decision and t.status != TrialStatus.CRASH:
         lines.append(f"- **Decision:** {md_text(t.decision)}")
     lines.append(_interpretation_line(view, t))
-    for suspicion in getattr(t, "suspicions", None) or []:
+    for suspicion in t.suspicions:
         lines.append(f"- **Suspicious:** {md_text(suspicion)}")
     lines.append(_category_line(view, t))
     lines.append("")
     lines += [_diff_block(t, diff_lines), ""]
-    if t.status == "crash" and t.log_tail.strip():
+    if t.status == TrialStatus.CRASH and t.log_tail.strip():
         lines += [details(f"last {min(log_lines, len(t.log_tail.strip().splitlines()))} lines of the log",
                           fenced(tail_lines(t.log_tail, log_lines), "text")), ""]
     return "\n".join(lines)
@@ -279,7 +282,7 @@ def _trial_section(view: RunView, t: Trial, diff_lines: int, log_lines: int) -> 
 
 def _result_lines(view: RunView, t: Trial) -> list[str]:
     """What the trial measured: its val_bpb against its parent's, or why there is none to trust."""
-    if t.status == "crash":
+    if t.status == TrialStatus.CRASH:
         reason = t.crash_reason or t.decision or "no reason recorded"
         lines = [f"- **Crashed:** {md_text(reason)}"]
         if t.val_bpb is not None:
@@ -311,9 +314,9 @@ def _interpretation_line(view: RunView, t: Trial) -> str:
     interpretation = view.interpretation(t)
     if interpretation:
         return f"- **Interpretation** (the agent's journal): {md_text(interpretation)}"
-    if t.kind == "imported" and t.summary.get("interpretation"):
+    if t.kind == TrialKind.IMPORTED and t.summary.get("interpretation"):
         return f"- **Interpretation** (the results.tsv's column): {md_text(t.summary['interpretation'])}"
-    if t.kind == "imported":
+    if t.kind == TrialKind.IMPORTED:
         return "- **Interpretation:** none (imported from an upstream results.tsv, which has no journal)"
     return "- **Interpretation:** no journal entry was written for this trial"
 
@@ -321,7 +324,7 @@ def _interpretation_line(view: RunView, t: Trial) -> str:
 def _category_line(view: RunView, t: Trial) -> str:
     cat = view.category(t)
     if cat.source == "agent":
-        origin = "as the results.tsv gave it" if t.kind == "imported" else "the agent's category"
+        origin = "as the results.tsv gave it" if t.kind == TrialKind.IMPORTED else "the agent's category"
     else:
         origin = f"inferred from {cat.evidence}"
     return f"- **Category:** {cat.label} ({md_text(origin)})"
@@ -332,7 +335,7 @@ def _diff_block(t: Trial, diff_lines: int) -> str:
         body, added, removed, cut = short_diff(t.diff, diff_lines)
         shown = f"diff: +{added} −{removed} lines" + (f", first {diff_lines} shown" if cut else "")
         return details(shown, fenced(body, "diff"))
-    if t.kind == "imported":
+    if t.kind == TrialKind.IMPORTED:
         return "*No diff: the commit was not found, or no repository was given (`import --repo PATH`).*"
     return "*No diff: the training script was unchanged (a re-run of its parent).*"
 
@@ -353,8 +356,8 @@ def graveyard_markdown(view: RunView, *, diff_lines: int = DIFF_LINES, log_lines
 
 
 def _introduction(view: RunView, generated: float | None) -> list[str]:
-    discards = view.by_status("discard")
-    crashes = view.by_status("crash")
+    discards = view.by_status(TrialStatus.DISCARD)
+    crashes = view.by_status(TrialStatus.CRASH)
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(generated if generated is not None else time.time()))
     source = " (imported from an upstream results.tsv)" if view.imported else ""
     out = [
@@ -369,7 +372,7 @@ def _introduction(view: RunView, generated: float | None) -> list[str]:
         "disproved and may be worth re-testing.",
         "",
     ]
-    aborted = view.by_status("aborted")
+    aborted = view.by_status(TrialStatus.ABORTED)
     if aborted:
         out += [f"{len(aborted)} trial(s) stopped before they finished are not counted and not listed "
                 f"({', '.join(str(t.id) for t in aborted)}).", ""]
@@ -385,7 +388,7 @@ def _contents(groups: list[Group]) -> list[str]:
 
 
 def _group_section(view: RunView, g: Group, diff_lines: int, log_lines: int) -> list[str]:
-    crashed = sum(t.status == "crash" for t in g.trials)
+    crashed = sum(t.status == TrialStatus.CRASH for t in g.trials)
     out = [f"## {g.label.capitalize()}", "",
            f"{len(g.trials)} tried: {len(g.trials) - crashed} discarded, {crashed} crashed ({_how_categorised(g)}).",
            "",
@@ -408,7 +411,7 @@ def _how_categorised(g: Group) -> str:
 
 def _group_row(view: RunView, t: Trial) -> str:
     return (
-        f"| [{t.id}](#trial-{t.id}) | {t.status} | {fmt_val(t.val_bpb) if t.status != 'crash' else '—'} | "
+        f"| [{t.id}](#trial-{t.id}) | {t.status} | {fmt_val(t.val_bpb) if t.status != TrialStatus.CRASH else '—'} | "
         f"{fmt_val(t.parent_val_bpb)} | {fmt_change(t.delta) if t.delta is not None else '—'} | "
         f"{versus_floor(t.delta, view.floor_for(t)) if t.delta is not None else '—'} | "
         f"{md_cell(t.description)} |"
@@ -424,7 +427,7 @@ def _summary_section(view: RunView, groups: list[Group]) -> list[str]:
     everything = Group("other", [t for g in groups for t in g.trials], 0)
     for g, label in [(g, g.label) for g in groups] + [(everything, "**all**")]:
         mean, best = _loss_stats(g.trials)
-        crashed = sum(t.status == "crash" for t in g.trials)
+        crashed = sum(t.status == TrialStatus.CRASH for t in g.trials)
         out.append(f"| {label} | {len(g.trials)} | {len(g.trials) - crashed} | {crashed} | "
                    f"{_within_noise(view, g.trials)} | {fmt_change(mean)} | {fmt_change(best)} |")
     out.append("")

@@ -33,17 +33,21 @@ from typing import Any
 from supervisor.core.categories import normalize_category
 from supervisor.core.config import RunConfig, validate_tag
 from supervisor.core.errors import UserError
+from supervisor.core.paths import RunPaths
 from supervisor.core.policy import DEFAULT_FLOOR_FACTOR, KeepPolicy, NoiseMeasurement
-from supervisor.morning.graveyard import IMPORTED_STATE, fmt_change
+from supervisor.core.types import FINISHED_STATUSES, RunState, TrialStatus
+from supervisor.morning.graveyard import fmt_change
 from supervisor.store.journal_files import JournalFiles
 from supervisor.store.ledger import Ledger
 
 UPSTREAM_COLUMNS = ["commit", "val_bpb", "memory_gb", "status", "description"]
 DEFAULT_BUDGET_S = 300.0  # upstream's fixed training budget
 STATUS_WORDS = {
-    "keep": "keep", "kept": "keep", "baseline": "keep",
-    "discard": "discard", "discarded": "discard", "revert": "discard", "reverted": "discard",
-    "crash": "crash", "crashed": "crash", "fail": "crash", "failed": "crash", "error": "crash", "oom": "crash",
+    "keep": TrialStatus.KEEP, "kept": TrialStatus.KEEP, "baseline": TrialStatus.KEEP,
+    "discard": TrialStatus.DISCARD, "discarded": TrialStatus.DISCARD, "revert": TrialStatus.DISCARD,
+    "reverted": TrialStatus.DISCARD,
+    "crash": TrialStatus.CRASH, "crashed": TrialStatus.CRASH, "fail": TrialStatus.CRASH, "failed": TrialStatus.CRASH,
+    "error": TrialStatus.CRASH, "oom": TrialStatus.CRASH,
 }
 NO_COMMIT = {"", "-", "—", "none", "n/a", "na", "null", "?"}
 # Extra upstream columns we understand, by header name -> (Trial field, multiplier).
@@ -78,7 +82,7 @@ class UpstreamRow:
     commit: str | None
     val_bpb: float | None
     memory_gb: float | None
-    status: str
+    status: TrialStatus
     description: str
     columns: dict[str, str] = field(default_factory=dict)  # every column as written, by header name
     notes: list[str] = field(default_factory=list)  # what was read leniently
@@ -246,27 +250,27 @@ class Problem:
     reason: str
 
 
-def _read_val_bpb(raw_val: str, status: str, notes: list[str]) -> float | None | Problem:
+def _read_val_bpb(raw_val: str, status: TrialStatus, notes: list[str]) -> float | None | Problem:
     """The line's val_bpb; None where there is no result; a Problem where a keep has nothing to keep."""
     value = _number(raw_val) if raw_val else None
-    if raw_val and value is None and status != "crash":
+    if raw_val and value is None and status != TrialStatus.CRASH:
         return Problem(f"val_bpb {raw_val!r} is not a number")
     if value is not None and math.isfinite(value) and value > MAX_VAL_BPB:
-        if status == "keep":
+        if status == TrialStatus.KEEP:
             return Problem(f"a keep with val_bpb {raw_val}: not a bits-per-byte value (at most {MAX_VAL_BPB:g})")
         notes.append(f"val_bpb {raw_val} is not a bits-per-byte value (at most {MAX_VAL_BPB:g}); left out")
         return None
     if value is not None and (not math.isfinite(value) or value <= 0):
-        if status == "keep":
+        if status == TrialStatus.KEEP:
             return Problem(f"a keep with val_bpb {raw_val}: there is no result to keep")
-        if status == "discard":
+        if status == TrialStatus.DISCARD:
             notes.append(f"val_bpb {raw_val}: no result recorded")
         return None
-    if value is None and status != "crash":
-        if status == "keep":
+    if value is None and status != TrialStatus.CRASH:
+        if status == TrialStatus.KEEP:
             return Problem("a keep with no val_bpb: there is no result to keep")
         notes.append("no val_bpb recorded")
-    elif status == "crash" and value is not None:
+    elif status == TrialStatus.CRASH and value is not None:
         notes.append(f"a crash with val_bpb {raw_val}: the value is kept but not trusted")
     return value
 
@@ -300,7 +304,7 @@ def _parse_row(number: int, body: str, header: list[str]) -> UpstreamRow | Unrea
     commit = cols.get("commit", "").strip()
     if commit.lower() in NO_COMMIT:
         commit = ""
-        notes.append("no commit hash" + (" (a baseline row)" if status == "keep" else ""))
+        notes.append("no commit hash" + (" (a baseline row)" if status == TrialStatus.KEEP else ""))
     elif " " in commit:
         return Unreadable(number, body, f"the commit {commit!r} has spaces in it")
 
@@ -382,20 +386,20 @@ def _noise_for(noise_sd: float | None, noise_values: list[float] | None,
     return noise_sd, None
 
 
-def _decision(status: str, gain: float | None, floor: float | None, factor: float, sd: float | None,
+def _decision(status: TrialStatus, gain: float | None, floor: float | None, factor: float, sd: float | None,
               parent_id: int | None, flagged: bool) -> str:
     """Upstream's decision, and what the noise floor says about it, in one sentence."""
-    if status == "crash":
+    if status == TrialStatus.CRASH:
         return "upstream recorded a crash"
-    verb = "kept" if status == "keep" else "discarded"
+    verb = "kept" if status == TrialStatus.KEEP else "discarded"
     if parent_id is None:
         return f"upstream {verb} it; no keep before it to compare against" + \
-            (" (the baseline)" if status == "keep" else "")
+            (" (the baseline)" if status == TrialStatus.KEEP else "")
     if gain is None:
         return f"upstream {verb} it; no val_bpb to compare with trial {parent_id}"
     floor_words = "" if floor is None else f"the noise floor {fmt_change(floor, signed=False)} " \
                                            f"({factor:g} x sd {fmt_change(sd or 0.0, signed=False)})"
-    if status == "keep":
+    if status == TrialStatus.KEEP:
         if gain <= 0:
             return (f"upstream kept it, but it is {'no better than' if gain == 0 else 'worse than'} its parent "
                     f"(trial {parent_id}) by {fmt_change(-gain, signed=False)}: flagged")
@@ -409,6 +413,16 @@ def _decision(status: str, gain: float | None, floor: float | None, factor: floa
         return f"upstream discarded it: {change}"
     within = " (within the noise)" if abs(gain) < floor else ""
     return f"upstream discarded it: {change}, {abs(gain) / floor:.1f}x {floor_words}{within}"
+
+
+@dataclass(frozen=True)
+class _ParentKeep:
+    """The last keep before a line: what the next trials are measured against."""
+
+    id: int
+    val: float | None
+    commit: Any | None  # the git commit object, when --repo has it
+    ref: str | None  # the commit as the file wrote it
 
 
 @dataclass
@@ -425,7 +439,7 @@ class _Rows:
     missing: list[str] = field(default_factory=list)
     recovered: int = 0
 
-    def diff_for(self, row: UpstreamRow, parent: dict[str, Any] | None) -> tuple[Any | None, str]:
+    def diff_for(self, row: UpstreamRow, parent: _ParentKeep | None) -> tuple[Any | None, str]:
         """The row's commit object (None when not found or no --repo) and its diff against the parent keep."""
         if self.diffs is None or not row.commit:
             return None, ""
@@ -436,7 +450,7 @@ class _Rows:
             return None, ""
         if parent is None:
             return commit_obj, ""
-        base = parent["commit"]
+        base = parent.commit
         if base is None and commit_obj.parents:
             base = commit_obj.parents[0]
             row.notes.append("the parent keep has no commit here: diffed against the commit's git parent")
@@ -445,14 +459,14 @@ class _Rows:
         self.recovered += 1
         return commit_obj, self.diffs.diff(base, commit_obj)
 
-    def fields(self, row: UpstreamRow, parent: dict[str, Any] | None) -> tuple[dict[str, Any], Any | None]:
+    def fields(self, row: UpstreamRow, parent: _ParentKeep | None) -> tuple[dict[str, Any], Any | None]:
         """The ledger fields of one imported trial, and its commit object."""
         commit_obj, diff = self.diff_for(row, parent)
         gain = flagged = None
-        if parent is not None and row.val_bpb is not None and row.status != "crash":
-            decided = self.policy.decide([parent["val"]], [row.val_bpb], self.sd)
+        if parent is not None and row.val_bpb is not None and row.status != TrialStatus.CRASH:
+            decided = self.policy.decide([parent.val], [row.val_bpb], self.sd)
             gain = decided.gain
-            flagged = row.status == "keep" and (decided.flagged or (gain is not None and gain <= 0))
+            flagged = row.status == TrialStatus.KEEP and (decided.flagged or (gain is not None and gain <= 0))
         category_column = next((row.columns[c] for c in CATEGORY_COLUMNS if row.columns.get(c)), None)
         summary = {"source_line": str(row.line),
                    **{k: v for k, v in row.columns.items() if v and k != "description"}}
@@ -461,19 +475,19 @@ class _Rows:
         fields: dict[str, Any] = {
             "commit_sha": commit_obj.hexsha if commit_obj is not None else row.commit,
             "parent_commit": None if parent is None else (
-                parent["commit"].hexsha if parent["commit"] is not None else parent["ref"]),
-            "parent_trial": None if parent is None else parent["id"],
+                parent.commit.hexsha if parent.commit is not None else parent.ref),
+            "parent_trial": None if parent is None else parent.id,
             "description": row.description,
             # Only a category the file states is stored; the graveyard and report infer the rest and say so.
             "category": normalize_category(category_column),
             "status": row.status,
             "val_bpb": row.val_bpb,
-            "parent_val_bpb": None if parent is None else parent["val"],
+            "parent_val_bpb": None if parent is None else parent.val,
             "delta": None if gain is None else -gain,
             "flagged": bool(flagged),
             "decision": _decision(row.status, gain, self.floor, self.floor_factor, self.sd,
-                                  None if parent is None else parent["id"], bool(flagged)),
-            "crash_reason": "upstream recorded a crash (no val_bpb)" if row.status == "crash" else None,
+                                  None if parent is None else parent.id, bool(flagged)),
+            "crash_reason": "upstream recorded a crash (no val_bpb)" if row.status == TrialStatus.CRASH else None,
             "diff": diff,
             "summary": summary,
             "budget_s": self.budget_s,
@@ -502,7 +516,7 @@ def _write_run(run_dir: Path, tag: str, config: RunConfig, rows: list[dict[str, 
     """Create the run folder and its ledger from the computed rows; on any failure remove what was made."""
     created_dir = not run_dir.exists()
     try:
-        ledger = Ledger(run_dir / "ledger.sqlite", create=True)
+        ledger = Ledger(RunPaths(run_dir).ledger, create=True)
         try:
             ledger.init_run(tag, config.to_json())
             ids = ledger.insert_imported_trials(rows)
@@ -514,7 +528,7 @@ def _write_run(run_dir: Path, tag: str, config: RunConfig, rows: list[dict[str, 
                                  values=[] if measurement is None else measurement.values, sd=sd,
                                  factor=config.floor_factor)
             detail = f"imported from {path.resolve()}" + (f", diffs from {Path(repo).resolve()}" if repo else "")
-            ledger.set_state(IMPORTED_STATE, detail)
+            ledger.set_state(RunState.IMPORTED, detail)
             JournalFiles(ledger, run_dir).render_all()
         finally:
             ledger.close()
@@ -523,8 +537,10 @@ def _write_run(run_dir: Path, tag: str, config: RunConfig, rows: list[dict[str, 
         if created_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
-            for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"):
-                (run_dir / name).unlink(missing_ok=True)
+            ledger_path = RunPaths(run_dir).ledger
+            for path_to_remove in (ledger_path, ledger_path.with_name(f"{ledger_path.name}-wal"),
+                                   ledger_path.with_name(f"{ledger_path.name}-shm")):
+                path_to_remove.unlink(missing_ok=True)
         raise
     return ids
 
@@ -547,7 +563,7 @@ def import_results(path: Path, tag: str, *, journals_root: Path, noise_sd: float
     config = RunConfig(tag=tag, journals_root=Path(journals_root), budget_s=budget_s, policy="flag",
                        floor_factor=floor_factor, agent="imported")
     run_dir = config.run_dir
-    if (run_dir / "ledger.sqlite").exists():
+    if RunPaths(run_dir).ledger.exists():
         raise ResultsImportError(f"run {tag!r} already exists in {journals_root}; choose another --tag "
                                  f"(or move {run_dir} aside to import again)")
     text, decode_notes = decode(path.read_bytes())
@@ -559,15 +575,15 @@ def import_results(path: Path, tag: str, *, journals_root: Path, noise_sd: float
     builder = _Rows(CommitDiffs(repo) if repo is not None else None, policy, sd, policy.floor_for(sd),
                     floor_factor, budget_s, path.name)
     rows: list[dict[str, Any]] = []
-    parent: dict[str, Any] | None = None  # the last keep: {"id", "val", "commit" (object or None), "ref"}
+    parent: _ParentKeep | None = None
     for index, row in enumerate(parsed.rows, start=1):
         fields, commit_obj = builder.fields(row, parent)
         rows.append(fields)
-        if row.status == "keep":
-            parent = {"id": index, "val": row.val_bpb, "commit": commit_obj, "ref": row.commit}
+        if row.status == TrialStatus.KEEP:
+            parent = _ParentKeep(index, row.val_bpb, commit_obj, row.commit)
 
     # Everything is computed: only now is the run folder made, and removed again if writing fails.
     ids = _write_run(run_dir, tag, config, rows, path=path, repo=repo, sd=sd, measurement=measurement)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("keep", "discard", "crash")}
+    counts = {str(s): sum(r["status"] == s for r in rows) for s in FINISHED_STATUSES}
     return ImportResult(tag, run_dir, parsed, ids, counts, sum(bool(r["flagged"]) for r in rows), builder.floor,
                         builder.missing, builder.recovered)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from supervisor.core.types import PlanStatus, Trial, TrialStatus
 from supervisor.morning.graveyard import (
     RunView,
     floor_text,
@@ -33,7 +34,7 @@ from supervisor.morning.graveyard import (
     versus_floor,
 )
 from supervisor.store.journal_files import atomic_write
-from supervisor.store.ledger import Ledger, Trial
+from supervisor.store.ledger import Ledger
 
 COLORS = {
     "keep": "#2a9d4b", "discard": "#8d949b", "crash": "#d62728", "flagged": "#f28e2b",
@@ -101,9 +102,10 @@ def _value_limits(values: list[float], keeps: list[float], floor: float | None) 
 
 
 def _status_points(view: RunView) -> dict[str, list[Trial]]:
+    """The chart's marker groups: one per finished status, flagged keeps apart (they get their own marker)."""
     groups: dict[str, list[Trial]] = {"keep": [], "flagged": [], "discard": [], "crash": []}
     for t in view.finished:
-        if t.status == "keep":
+        if t.status == TrialStatus.KEEP:
             groups["flagged" if t.flagged else "keep"].append(t)
         else:
             groups[t.status].append(t)
@@ -112,7 +114,7 @@ def _status_points(view: RunView) -> dict[str, list[Trial]]:
 
 def _keep_levels(view: RunView, xs_end: float) -> tuple[list[float], list[float]]:
     """The staircase: from each keep to the next, the keep's val_bpb."""
-    keeps = [t for t in view.by_status("keep") if t.val_bpb is not None]
+    keeps = [t for t in view.by_status(TrialStatus.KEEP) if t.val_bpb is not None]
     xs = [float(t.id) for t in keeps]
     ys = [float(t.val_bpb) for t in keeps if t.val_bpb is not None]
     if xs:
@@ -126,14 +128,14 @@ def chart_trajectory(view: RunView):
     fig, axes = _new_figure(4.6)
     ax = axes[0][0]
     finished = view.finished
-    valued = [t for t in finished if t.val_bpb is not None and t.status != "crash"]
+    valued = [t for t in finished if t.val_bpb is not None and t.status != TrialStatus.CRASH]
     if not valued:
         _empty(ax, "no trial has produced a val_bpb yet")
         return fig
     floor = view.floor()
     last_x = float(max(t.id for t in finished))
     values = [float(t.val_bpb) for t in valued if t.val_bpb is not None]
-    keep_values = [float(t.val_bpb) for t in valued if t.status == "keep" and t.val_bpb is not None]
+    keep_values = [float(t.val_bpb) for t in valued if t.status == TrialStatus.KEEP and t.val_bpb is not None]
     lo, hi = _value_limits(values, keep_values, floor)
 
     xs, ys = _keep_levels(view, last_x + 0.5)
@@ -173,8 +175,8 @@ def chart_trajectory(view: RunView):
         ax.scatter([t.id for t in groups["crash"]], [TOP_ROW] * len(groups["crash"]), transform=edge, marker="x",
                    s=44 * k, color=COLORS["crash"], linewidths=1.8 * max(k, 0.5), label="crash (no val_bpb)",
                    zorder=5, clip_on=False)
-    best = min(valued, key=lambda t: t.val_bpb if t.status == "keep" else math.inf)
-    if best.status == "keep" and best.val_bpb is not None:
+    best = min(valued, key=lambda t: t.val_bpb if t.status == TrialStatus.KEEP else math.inf)
+    if best.status == TrialStatus.KEEP and best.val_bpb is not None:
         # In a corner, not beside the point: late in a long run the point sits in a crowd.
         ax.text(0.01, 0.02, f"best {best.val_bpb:.4f} (trial {best.id})", transform=ax.transAxes, fontsize=9,
                 color=COLORS["stair"], ha="left", va="bottom", fontweight="bold")
@@ -195,7 +197,7 @@ def chart_trajectory(view: RunView):
 
 
 def chart_gains(view: RunView):
-    keeps = [t for t in view.by_status("keep") if t.delta is not None]
+    keeps = [t for t in view.by_status(TrialStatus.KEEP) if t.delta is not None]
     fig, axes = _new_figure(3.4 if keeps else 2.0)
     ax = axes[0][0]
     if not keeps:
@@ -231,7 +233,7 @@ def chart_gains(view: RunView):
 
 
 def chart_cost(view: RunView):
-    trials = [t for t in view.finished if t.val_bpb is not None and t.status != "crash"]
+    trials = [t for t in view.finished if t.val_bpb is not None and t.status != TrialStatus.CRASH]
     params = [t for t in trials if t.num_params_m]
     vram = [t for t in trials if t.peak_vram_mb]
     panels = [(p, key, label) for p, key, label in (
@@ -244,7 +246,7 @@ def chart_cost(view: RunView):
 
     fig, axes = _new_figure(3.8, 1, len(panels))
     values = [float(t.val_bpb) for t in trials if t.val_bpb is not None]
-    keeps = [float(t.val_bpb) for t in trials if t.status == "keep" and t.val_bpb is not None]
+    keeps = [float(t.val_bpb) for t in trials if t.status == TrialStatus.KEEP and t.val_bpb is not None]
     lo, hi = _value_limits(values, keeps, view.floor())
     k = _marker_scale(len(trials))
     styles = (("discard", dict(color=COLORS["discard"], s=24 * k, alpha=0.8, label="discard")),
@@ -259,7 +261,7 @@ def chart_cost(view: RunView):
             return getattr(t, key) * scale
 
         for name, style in styles:
-            pts = [t for t in group if (t.status == "keep" and t.flagged == (name == "flagged"))
+            pts = [t for t in group if (t.status == TrialStatus.KEEP and t.flagged == (name == "flagged"))
                    or t.status == name]
             inside = [t for t in pts if t.val_bpb <= hi]
             above = [t for t in pts if t.val_bpb > hi]
@@ -268,11 +270,11 @@ def chart_cost(view: RunView):
             if above:
                 ax.scatter([x_of(t) for t in above], [TOP_ROW] * len(above), transform=edge, marker="^", s=36,
                            color=style["color"], zorder=3, clip_on=False)
-        path = [t for t in group if t.status == "keep" and t.val_bpb <= hi]
+        path = [t for t in group if t.status == TrialStatus.KEEP and t.val_bpb <= hi]
         if len(path) > 1:  # how the keeps moved through size and memory, in order
             ax.plot([x_of(t) for t in path], [t.val_bpb for t in path], color=COLORS["stair"], linewidth=0.8,
                     alpha=0.6, linestyle="--", zorder=2, label="keeps in order")
-        best = min((t for t in group if t.status == "keep"), key=lambda t: t.val_bpb, default=None)
+        best = min((t for t in group if t.status == TrialStatus.KEEP), key=lambda t: t.val_bpb, default=None)
         if best is not None:
             ax.annotate(f"best #{best.id}", (x_of(best), best.val_bpb), xytext=(6, -12),
                         textcoords="offset points", fontsize=8, color=COLORS["stair"])
@@ -297,7 +299,7 @@ def chart_cost(view: RunView):
 
 
 def chart_throughput(view: RunView):
-    finished = [t for t in view.finished if t.status != "crash"]
+    finished = [t for t in view.finished if t.status != TrialStatus.CRASH]
     series = [
         ("num_steps", "steps", 1.0),
         ("tokens_per_s", "tokens/s", 1.0),
@@ -307,7 +309,7 @@ def chart_throughput(view: RunView):
         return None
     fig, axes = _new_figure(5.6, len(series), 1, sharex=True)
     last_x = float(max(t.id for t in view.finished))
-    crashes = view.by_status("crash")
+    crashes = view.by_status(TrialStatus.CRASH)
     for ax, (key, label, scale) in zip(axes[:, 0], series, strict=True):
         have = [t for t in finished if getattr(t, key) is not None]
         if not have:
@@ -320,16 +322,16 @@ def chart_throughput(view: RunView):
             ax.set_ylabel(label, fontsize=9)
             continue
         k = _marker_scale(len(finished))
-        for status, color, size in (("discard", COLORS["discard"], 18 * k), ("keep", COLORS["keep"], 30 * k)):
+        for status, size in ((TrialStatus.DISCARD, 18 * k), (TrialStatus.KEEP, 30 * k)):
             pts = [t for t in have if t.status == status]
             if pts:
-                ax.scatter([t.id for t in pts], [getattr(t, key) * scale for t in pts], s=size, color=color,
-                           zorder=3, label=status)
+                ax.scatter([t.id for t in pts], [getattr(t, key) * scale for t in pts], s=size,
+                           color=COLORS[status], zorder=3, label=str(status))
         flagged = [t for t in have if t.flagged]
         if flagged:
             ax.scatter([t.id for t in flagged], [getattr(t, key) * scale for t in flagged], s=40 * k, marker="D",
                        color=COLORS["flagged"], edgecolor="black", linewidth=0.6 * k, zorder=4, label="flagged keep")
-        keeps = [t for t in have if t.status == "keep"]
+        keeps = [t for t in have if t.status == TrialStatus.KEEP]
         if keeps:
             xs = [float(t.id) for t in keeps] + [last_x + 0.5]
             ys = [getattr(t, key) * scale for t in keeps]
@@ -356,16 +358,16 @@ def chart_throughput(view: RunView):
 
 
 def chart_noise(view: RunView):
-    rows = [r for r in view.noise_rows if r["values"]]
+    rows = [r for r in view.noise_rows if r.values]
     if not rows:
         return None
     fig, axes = _new_figure(3.2)
     ax = axes[0][0]
     factor = view.config.floor_factor
     for i, r in enumerate(rows):
-        values = r["values"]
+        values = r.values
         mean = statistics.fmean(values)
-        sd = r["sd"]
+        sd = r.sd
         if sd:
             ax.fill_between([i - 0.3, i + 0.3], [mean - sd] * 2, [mean + sd] * 2, color=COLORS["band"], alpha=0.18,
                             linewidth=0, label="mean ± sd" if i == 0 else None)
@@ -379,8 +381,8 @@ def chart_noise(view: RunView):
         offsets = [(j - (len(values) - 1) / 2) * (0.4 / max(1, len(values))) for j in range(len(values))]
         ax.scatter([i + o for o in offsets], values, color="black", s=22, zorder=3,
                    label="one seed" if i == 0 else None)
-    ax.set_xticks(range(len(rows)), [f"measurement {r['id']}\n{str(r['commit_sha'])[:7]}, {r['budget_s']:g} s, "
-                                      f"{len(r['values'])} seeds" for r in rows], fontsize=8)
+    ax.set_xticks(range(len(rows)), [f"measurement {r.id}\n{str(r.commit_sha)[:7]}, {r.budget_s:g} s, "
+                                      f"{len(r.values)} seeds" for r in rows], fontsize=8)
     ax.set_xlim(-0.6, len(rows) - 0.1)
     ax.margins(y=0.12)
     ax.set_ylabel("val_bpb")
@@ -453,13 +455,14 @@ def _num(v: float | None, fmt: str) -> str:
 
 def _overview(view: RunView) -> list[str]:
     finished = view.finished
-    keeps = view.by_status("keep")
-    c = {s: len(view.by_status(s)) for s in ("keep", "discard", "crash", "aborted")}
+    keeps = view.by_status(TrialStatus.KEEP)
+    c = {str(s): len(view.by_status(s)) for s in (TrialStatus.KEEP, TrialStatus.DISCARD, TrialStatus.CRASH,
+                                                   TrialStatus.ABORTED)}
     flagged = sum(t.flagged for t in keeps)
     lines = []
-    origin = md_text(view.run["state_detail"] or "imported") if view.imported else \
+    origin = md_text(view.run.state_detail or "imported") if view.imported else \
         f"agent `{view.config.agent}`" + (f", model `{view.config.model}`" if view.config.model else "")
-    lines.append(f"- **Run:** `{view.tag}`, {origin}; state {view.run['state']}")
+    lines.append(f"- **Run:** `{view.tag}`, {origin}; state {view.run.state}")
     starts = [t.started for t in finished if t.started]
     ends = [t.finished for t in finished if t.finished]
     if starts and ends:
@@ -487,7 +490,7 @@ def _overview(view: RunView) -> list[str]:
 
 
 def _keeps_table(view: RunView) -> list[str]:
-    keeps = view.by_status("keep")
+    keeps = view.by_status(TrialStatus.KEEP)
     if not keeps:
         return ["No keeps yet."]
     out = ["| # | trial | val_bpb | gain over parent | vs floor | flag | steps | tokens/s | MFU % | VRAM GB | "
@@ -518,37 +521,37 @@ def _reflections(view: RunView) -> list[str]:
         return ["None yet."]
     out = []
     for r in view.reflections:
-        triggers = "; ".join(r["triggers"]) or "requested"
-        out += [f"### Reflection {r['id']} (after trial {r['after_trial']})", "",
-                f"*{_stamp(r['created'])} · triggered by: {md_text(triggers)}*", "",
-                f"- **What is load-bearing.** {md_text(r['load_bearing'])}",
-                f"- **Dead ends.** {md_text(r['dead_ends'])}",
-                f"- **Re-test under current conditions.** {md_text(r['retest'])}",
-                f"- **Updated plan.** {md_text(r['plan'])}", ""]
+        triggers = "; ".join(r.triggers) or "requested"
+        out += [f"### Reflection {r.id} (after trial {r.after_trial})", "",
+                f"*{_stamp(r.created)} · triggered by: {md_text(triggers)}*", "",
+                f"- **What is load-bearing.** {md_text(r.load_bearing)}",
+                f"- **Dead ends.** {md_text(r.dead_ends)}",
+                f"- **Re-test under current conditions.** {md_text(r.retest)}",
+                f"- **Updated plan.** {md_text(r.plan)}", ""]
     return out
 
 
 def _plans(view: RunView) -> list[str]:
     if not view.plans:
         return ["None: upstream autoresearch keeps no plan queue."] if view.imported else ["The plan queue is empty."]
-    counts = {s: sum(p["status"] == s for p in view.plans) for s in ("open", "tried", "dropped")}
-    out = [f"{counts['open']} open, {counts['tried']} tried, {counts['dropped']} dropped.", "",
-           "| # | status | idea | rationale | outcome |", "|---:|---|---|---|---|"]
+    counts = {s: sum(p.status == s for p in view.plans) for s in PlanStatus}
+    out = [f"{counts[PlanStatus.OPEN]} open, {counts[PlanStatus.TRIED]} tried, {counts[PlanStatus.DROPPED]} dropped.",
+           "", "| # | status | idea | rationale | outcome |", "|---:|---|---|---|---|"]
     for p in view.plans:
-        if p["status"] == "tried" and p["trial_id"]:
-            t = view.trial(p["trial_id"])
-            outcome = f"trial {p['trial_id']}" + (f": {t.status}" + (" (flagged)" if t.flagged else "") if t else "")
-        elif p["status"] == "dropped":
-            outcome = f"dropped: {p['reason']}"
+        if p.status == PlanStatus.TRIED and p.trial_id:
+            t = view.trial(p.trial_id)
+            outcome = f"trial {p.trial_id}" + (f": {t.status}" + (" (flagged)" if t.flagged else "") if t else "")
+        elif p.status == PlanStatus.DROPPED:
+            outcome = f"dropped: {p.reason}"
         else:
             outcome = ""
-        out.append(f"| {p['id']} | {p['status']} | {md_cell(p['idea'])} | {md_cell(p['rationale'] or '')} | "
+        out.append(f"| {p.id} | {p.status} | {md_cell(p.idea)} | {md_cell(p.rationale or '')} | "
                    f"{md_cell(outcome)} |")
-    dropped = [p for p in view.plans if p["status"] == "dropped"]
+    dropped = [p for p in view.plans if p.status == PlanStatus.DROPPED]
     if dropped:
         out += ["", "### Dropped plans and why", ""]
         for p in dropped:
-            out.append(f"- **#{p['id']} {md_text(p['idea'])}** (dropped {_stamp(p['closed'])}): {md_text(p['reason'])}")
+            out.append(f"- **#{p.id} {md_text(p.idea)}** (dropped {_stamp(p.closed)}): {md_text(p.reason)}")
     return out
 
 
@@ -594,7 +597,7 @@ def report_markdown(view: RunView, charts: dict[str, list[Path]], charts_rel: st
     if view.steering:
         out += ["## Steering from the person", ""]
         for s in view.steering:
-            out.append(f"- {_stamp(s['created'])}: {md_text(s['message'])}")
+            out.append(f"- {_stamp(s.created)}: {md_text(s.message)}")
         out.append("")
     out += ["## The graveyard", ""]
     groups = graveyard_groups(view)
@@ -617,10 +620,10 @@ def _noise_section(view: RunView) -> list[str]:
                 "Not given: pass `--noise-sd` (or `--noise-values`) to `autoresearch import` to flag the keeps."]
     out = ["| # | commit | budget | seeds | values | sd | floor |", "|---:|---|---:|---:|---|---:|---:|"]
     for r in view.noise_rows:
-        values = ", ".join(f"{v:.6f}" for v in r["values"]) or "(sd given)"
-        floor = None if r["sd"] is None else r["sd"] * view.config.floor_factor
-        out.append(f"| {r['id']} | `{str(r['commit_sha'])[:7]}` | {r['budget_s']:g} s | {len(r['values'])} | "
-                   f"{values} | {_num(r['sd'], '.6f')} | {_num(floor, '.6f')} |")
+        values = ", ".join(f"{v:.6f}" for v in r.values) or "(sd given)"
+        floor = None if r.sd is None else r.sd * view.config.floor_factor
+        out.append(f"| {r.id} | `{str(r.commit_sha)[:7]}` | {r.budget_s:g} s | {len(r.values)} | "
+                   f"{values} | {_num(r.sd, '.6f')} | {_num(floor, '.6f')} |")
     return out
 
 

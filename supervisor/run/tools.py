@@ -10,10 +10,16 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from supervisor.agents.base import ToolCall, ToolOutcome
+from supervisor.core import events as ev
+from supervisor.core import prompts
 from supervisor.core.categories import CATEGORIES
+from supervisor.core.failpoints import failpoint
+from supervisor.core.types import JournalEntry, PlanStatus, Reflection, Trial
+from supervisor.store.journal_files import JournalFiles
 from supervisor.store.ledger import Ledger
 from supervisor.trial.edits import EditError, edit_file, read_file
 
@@ -137,32 +143,47 @@ PLACEHOLDERS = {
 MIN_FIELD_WORDS = 3
 
 
-class Host(Protocol):
-    """What the tools need from the loop. The loop implements it; tests may too."""
-
-    ledger: Ledger
+class TrialHost(Protocol):
+    """What the tools need of the trials (the loop's TrialExecutor implements it; tests may too)."""
 
     @property
-    def workspace_root(self) -> Any: ...
+    def root(self) -> Path: ...
 
     @property
     def editable(self) -> str: ...
-
-    def obligation(self) -> tuple[str | None, str]: ...
 
     def trial_budget_left(self) -> int | None: ...
 
     def run_trial(self, description: str, category: str | None, plan_id: int | None) -> ToolOutcome: ...
 
-    def write_journal(self, fields: dict[str, str]) -> ToolOutcome: ...
+    def working_diff(self) -> str: ...
 
-    def write_reflection(self, fields: dict[str, str]) -> ToolOutcome: ...
+    def result_text(self, trial: Trial, parent: Trial | None) -> str: ...
 
     def results_table(self, last: int | None = None, status: str | None = None) -> str: ...
 
-    def working_diff(self) -> str: ...
 
-    def notify_plan(self, plan_id: int, status: str) -> None: ...
+def obligation(ledger: Ledger) -> tuple[str | None, str]:
+    """What must happen before anything else, derived from the ledger: ("journal" | "reflection", why)."""
+    missing = ledger.trials_missing_journal()
+    if missing:
+        t = missing[0]
+        return "journal", prompts.OBLIGATION_JOURNAL.format(
+            trial_id=t.id, status=t.status, val_bpb=prompts.fmt(t.val_bpb), fields=", ".join(JOURNAL_FIELDS))
+    triggers = ledger.open_triggers()
+    if triggers:
+        why = "; ".join(f"{t.kind}: {t.detail}" for t in triggers)
+        return "reflection", prompts.OBLIGATION_REFLECTION.format(why=why, fields=", ".join(REFLECTION_FIELDS))
+    return None, ""
+
+
+def call_problem(call: ToolCall) -> str | None:
+    """Why a call cannot be run as sent (unreadable, an unknown tool, input off the schema), or None."""
+    if call.problem:
+        return f"{call.name}: {call.problem}"
+    if call.name not in TOOL_NAMES:
+        return f"unknown tool {call.name!r}"
+    return validate_input(call.name, call.input)
 
 
 def _type_ok(value: Any, spec: dict[str, Any]) -> bool:
@@ -178,48 +199,60 @@ def validate_input(name: str, args: Any) -> str | None:
     """None when the input fits the tool's schema, else an error for the model."""
     schema = _SCHEMA_BY_NAME[name]["input_schema"]
     if not isinstance(args, dict):
-        return f"{name}: the input must be a JSON object with fields {list(schema['properties'])}"
+        return prompts.INPUT_NOT_OBJECT.format(name=name, fields=list(schema["properties"]))
     missing = [k for k in schema.get("required", []) if k not in args or args[k] is None]
     if missing:
-        return f"{name}: missing required field(s): {', '.join(missing)}"
+        return prompts.INPUT_MISSING.format(name=name, missing=", ".join(missing))
     unknown = sorted(set(args) - set(schema["properties"]))
     if unknown:
-        return f"{name}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(schema['properties'])}"
+        return prompts.INPUT_UNKNOWN.format(name=name, unknown=", ".join(unknown),
+                                            fields=", ".join(schema["properties"]))
     for key, value in args.items():
         spec = schema["properties"][key]
         if value is not None and not _type_ok(value, spec):
-            return f"{name}: field {key!r} must be a {spec.get('type')}, got {type(value).__name__}"
+            return prompts.INPUT_WRONG_TYPE.format(name=name, key=key, kind=spec.get("type"),
+                                                   got=type(value).__name__)
         if "enum" in spec and value is not None and value not in spec["enum"]:
-            return f"{name}: field {key!r} must be one of {', '.join(spec['enum'])}, got {value!r}"
+            return prompts.INPUT_NOT_IN_ENUM.format(name=name, key=key, choices=", ".join(spec["enum"]), value=value)
     return None
 
 
+def _normal(text: Any) -> str:
+    return " ".join(str(text or "").lower().split())
+
+
 def entry_problems(fields: dict[str, str], names: tuple[str, ...],
-                   previous: dict[str, str] | None = None) -> list[str]:
-    """Why an entry is empty or boilerplate (an empty list: it is acceptable)."""
+                   previous: JournalEntry | Reflection | None = None) -> list[str]:
+    """Why an entry is empty or boilerplate (an empty list: it is acceptable); `previous` is the last entry."""
     problems = []
     for name in names:
         text = " ".join(str(fields.get(name) or "").split())
         if text.lower().strip(" .!") in PLACEHOLDERS:
-            problems.append(f"{name} is empty or a placeholder")
+            problems.append(prompts.FIELD_PLACEHOLDER.format(name=name))
         elif len(re.findall(r"[A-Za-z0-9][\w.+-]*", text)) < MIN_FIELD_WORDS:
-            problems.append(f"{name} is too short to say anything (write at least one real sentence)")
-    norm = [" ".join(str(fields.get(n) or "").lower().split()) for n in names]
+            problems.append(prompts.FIELD_TOO_SHORT.format(name=name))
+    norm = [_normal(fields.get(n)) for n in names]
     if len(names) > 1 and len(set(norm)) == 1 and norm[0]:
-        problems.append("all fields are the same text")
+        problems.append(prompts.FIELDS_ALL_SAME)
     if previous and not problems:
-        repeated = [n for n in names if norm[names.index(n)] and
-                    norm[names.index(n)] == " ".join(str(previous.get(n) or "").lower().split())]
+        repeated = [n for n, text in zip(names, norm, strict=True) if text and text == _normal(getattr(previous, n, None))]
         if len(repeated) >= max(2, len(names) // 2):
-            problems.append(f"{', '.join(repeated)} repeat the previous entry word for word")
+            problems.append(prompts.FIELDS_REPEATED.format(names=", ".join(repeated)))
     return problems
 
 
 class ToolBox:
-    """Dispatches the agent's tool calls to the loop, behind the journal/reflection gate."""
+    """Every tool's handler, behind the journal/reflection gate.
 
-    def __init__(self, host: Host) -> None:
-        self.host = host
+    Narrow collaborators: the ledger (the record), the journal files and the event bus (to show what
+    changed), and the trials (commit, run, decide: the loop's TrialExecutor).
+    """
+
+    def __init__(self, ledger: Ledger, files: JournalFiles, bus: ev.EventBus, trials: TrialHost) -> None:
+        self.ledger = ledger
+        self.files = files
+        self.bus = bus
+        self.trials = trials
         self._handlers: dict[str, Callable[[dict[str, Any]], ToolOutcome]] = {
             "read_file": self._read_file,
             "edit_file": self._edit_file,
@@ -236,107 +269,141 @@ class ToolBox:
         name = call.name
         if name not in self._handlers:
             close = difflib.get_close_matches(name, TOOL_NAMES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            return self._error(call, f"unknown tool {name!r}.{hint} The tools are: {', '.join(TOOL_NAMES)}.")
+            hint = prompts.UNKNOWN_TOOL_HINT.format(close=close[0]) if close else ""
+            return self._error(call, prompts.UNKNOWN_TOOL.format(name=name, hint=hint, tools=", ".join(TOOL_NAMES)))
         problem = validate_input(name, call.input)
         if problem:
             return self._error(call, problem)
-        kind, message = self.host.obligation()
+        kind, message = obligation(self.ledger)
         allowed = {"journal": "write_journal", "reflection": "write_reflection"}.get(kind or "")
         if allowed and name != allowed:
             return ToolOutcome(name, ok=False, refused=True, call_id=call.id,
-                               content=f"refused: {message}")
+                               content=prompts.REFUSED.format(message=message))
         try:
             outcome = self._handlers[name](call.input)
         except EditError as exc:
-            outcome = ToolOutcome(name, ok=False, content=f"error: {exc}")
+            outcome = ToolOutcome(name, ok=False, content=prompts.ERROR.format(message=exc))
         outcome.call_id = call.id
         return outcome
 
     @staticmethod
     def _error(call: ToolCall, message: str) -> ToolOutcome:
-        return ToolOutcome(call.name, ok=False, content=f"error: {message}", call_id=call.id)
+        return ToolOutcome(call.name, ok=False, content=prompts.ERROR.format(message=message), call_id=call.id)
 
-    # ---- handlers --------------------------------------------------------------------------------------
+    def _notify_plan(self, plan_id: int, status: str) -> None:
+        self.files.render()
+        self.bus.emit(ev.PLAN, plan_id=plan_id, status=status)
+
+    # ---- the workspace -----------------------------------------------------------------------------------
     def _read_file(self, args: dict[str, Any]) -> ToolOutcome:
-        text = read_file(self.host.workspace_root, self._path(args["path"]), args.get("start_line"),
-                         args.get("end_line"), editable=self.host.editable)
+        text = read_file(self.trials.root, self._path(args["path"]), args.get("start_line"),
+                         args.get("end_line"), editable=self.trials.editable)
         return ToolOutcome("read_file", ok=True, content=text)
 
     def _path(self, path: str) -> str:
         """Let the model say `train.py` for the editable file, whatever the layout."""
-        editable = self.host.editable
+        editable = self.trials.editable
         if path.strip() in (editable.rsplit("/", 1)[-1], "./" + editable):
             return editable
         return path
 
     def _edit_file(self, args: dict[str, Any]) -> ToolOutcome:
-        result = edit_file(self.host.workspace_root, self._path(args["path"]), args["search"], args["replace"],
-                           editable=self.host.editable)
-        return ToolOutcome("edit_file", ok=True, content=f"edited {self.host.editable} "
-                                                          f"(lines {result.start_line}-{result.end_line}):\n{result.diff}")
-
-    def _run_trial(self, args: dict[str, Any]) -> ToolOutcome:
-        description = " ".join(args["description"].split())
-        if not description:
-            return ToolOutcome("run_trial", ok=False, content="error: the description is empty; say in one line "
-                                                              "what this trial changes")
-        if len(description) > 200:
-            return ToolOutcome("run_trial", ok=False,
-                               content="error: the description must be one line of at most 200 characters")
-        left = self.host.trial_budget_left()
-        if left is not None and left <= 0:
-            return ToolOutcome("run_trial", ok=False, refused=True,
-                               content="refused: this run's trial budget (--max-trials) is spent; no more trials")
-        plan_id = args.get("plan_id")
-        if plan_id is not None:
-            plan = self.host.ledger.plan(plan_id)
-            if plan is None or plan["status"] != "open":
-                return ToolOutcome("run_trial", ok=False,
-                                   content=f"error: plan #{plan_id} is not an open plan; see the plan queue")
-        return self.host.run_trial(description, args.get("category"), plan_id)
-
-    def _write_journal(self, args: dict[str, Any]) -> ToolOutcome:
-        return self.host.write_journal({k: args[k] for k in JOURNAL_FIELDS})
-
-    def _write_reflection(self, args: dict[str, Any]) -> ToolOutcome:
-        return self.host.write_reflection({k: args[k] for k in REFLECTION_FIELDS})
-
-    def _get_results(self, args: dict[str, Any]) -> ToolOutcome:
-        status = args.get("status")
-        return ToolOutcome("get_results", ok=True,
-                           content=self.host.results_table(args.get("last"), None if status == "all" else status))
+        result = edit_file(self.trials.root, self._path(args["path"]), args["search"], args["replace"],
+                           editable=self.trials.editable)
+        return ToolOutcome("edit_file", ok=True, content=prompts.EDITED.format(
+            editable=self.trials.editable, start=result.start_line, end=result.end_line, diff=result.diff))
 
     def _show_diff(self, args: dict[str, Any]) -> ToolOutcome:
         trial_id = args.get("trial_id")
         if trial_id is None:
-            diff = self.host.working_diff()
-            return ToolOutcome("show_diff", ok=True, content=diff or "(no uncommitted change)")
-        trial = self.host.ledger.trial(trial_id)
+            diff = self.trials.working_diff()
+            return ToolOutcome("show_diff", ok=True, content=diff or prompts.NO_UNCOMMITTED_CHANGE)
+        trial = self.ledger.trial(trial_id)
         if trial is None:
-            return ToolOutcome("show_diff", ok=False, content=f"error: there is no trial {trial_id}")
-        head = f"trial {trial.id} ({trial.status}): {trial.description}\n"
-        return ToolOutcome("show_diff", ok=True, content=head + (trial.diff or "(no change: a baseline or re-run)"))
+            return ToolOutcome("show_diff", ok=False, content=prompts.NO_SUCH_TRIAL.format(trial_id=trial_id))
+        head = prompts.DIFF_HEAD.format(trial_id=trial.id, status=trial.status, description=trial.description)
+        return ToolOutcome("show_diff", ok=True, content=head + (trial.diff or prompts.DIFF_EMPTY))
 
+    # ---- trials ------------------------------------------------------------------------------------------
+    def _run_trial(self, args: dict[str, Any]) -> ToolOutcome:
+        description = " ".join(args["description"].split())
+        if not description:
+            return ToolOutcome("run_trial", ok=False, content=prompts.DESCRIPTION_EMPTY)
+        if len(description) > 200:
+            return ToolOutcome("run_trial", ok=False, content=prompts.DESCRIPTION_TOO_LONG)
+        left = self.trials.trial_budget_left()
+        if left is not None and left <= 0:
+            return ToolOutcome("run_trial", ok=False, refused=True, content=prompts.TRIAL_BUDGET_SPENT)
+        plan_id = args.get("plan_id")
+        if plan_id is not None:
+            plan = self.ledger.plan(plan_id)
+            if plan is None or plan.status != PlanStatus.OPEN:
+                return ToolOutcome("run_trial", ok=False, content=prompts.PLAN_NOT_OPEN.format(plan_id=plan_id))
+        return self.trials.run_trial(description, args.get("category"), plan_id)
+
+    def _get_results(self, args: dict[str, Any]) -> ToolOutcome:
+        status = args.get("status")
+        return ToolOutcome("get_results", ok=True,
+                           content=self.trials.results_table(args.get("last"), None if status == "all" else status))
+
+    # ---- the journal and reflections ----------------------------------------------------------------------
+    def _write_journal(self, args: dict[str, Any]) -> ToolOutcome:
+        fields = {k: args[k] for k in JOURNAL_FIELDS}
+        missing = self.ledger.trials_missing_journal()
+        if not missing:
+            return ToolOutcome("write_journal", ok=False, content=prompts.NO_JOURNAL_PENDING)
+        trial = missing[0]
+        entries = self.ledger.journal_entries()
+        problems = entry_problems(fields, JOURNAL_FIELDS, entries[-1] if entries else None)
+        if problems:
+            return ToolOutcome("write_journal", ok=False, refused=True, content=prompts.JOURNAL_REFUSED.format(
+                trial_id=trial.id, problems="; ".join(problems)))
+        parent = self.ledger.trial(trial.parent_trial) if trial.parent_trial else None
+        result = prompts.JOURNAL_RESULT.format(status=trial.status, flag=" (flagged)" if trial.flagged else "",
+                                               result=self.trials.result_text(trial, parent), decision=trial.decision)
+        self.ledger.add_journal(trial.id, result=result, **{k: " ".join(fields[k].split()) for k in JOURNAL_FIELDS})
+        failpoint("journal_recorded")
+        self.files.render()
+        self.bus.emit(ev.JOURNAL, trial_id=trial.id)
+        kind, message = obligation(self.ledger)
+        follow = prompts.JOURNAL_NEXT.format(message=message) if kind else ""
+        return ToolOutcome("write_journal", ok=True,
+                           content=prompts.JOURNAL_RECORDED.format(trial_id=trial.id, follow=follow))
+
+    def _write_reflection(self, args: dict[str, Any]) -> ToolOutcome:
+        fields = {k: args[k] for k in REFLECTION_FIELDS}
+        previous = self.ledger.reflections()
+        problems = entry_problems(fields, REFLECTION_FIELDS, previous[-1] if previous else None)
+        if problems:
+            return ToolOutcome("write_reflection", ok=False, refused=True,
+                               content=prompts.REFLECTION_REFUSED.format(problems="; ".join(problems)))
+        finished = self.ledger.finished_trials()
+        rid = self.ledger.add_reflection(after_trial=finished[-1].id if finished else None,
+                                         **{k: fields[k].strip() for k in REFLECTION_FIELDS})
+        failpoint("reflection_recorded")
+        self.files.render()
+        self.bus.emit(ev.REFLECTION, reflection_id=rid)
+        return ToolOutcome("write_reflection", ok=True, content=prompts.REFLECTION_RECORDED.format(reflection_id=rid))
+
+    # ---- the plan queue -----------------------------------------------------------------------------------
     def _plan_add(self, args: dict[str, Any]) -> ToolOutcome:
         idea = " ".join(args["idea"].split())
         if len(idea) < 5:
-            return ToolOutcome("plan_add", ok=False, content="error: describe the idea in a few words")
-        plan_id = self.host.ledger.add_plan(idea, args.get("rationale") or "")
-        self.host.notify_plan(plan_id, "open")
-        return ToolOutcome("plan_add", ok=True, content=f"added plan #{plan_id}: {idea}")
+            return ToolOutcome("plan_add", ok=False, content=prompts.PLAN_IDEA_TOO_SHORT)
+        plan_id = self.ledger.add_plan(idea, args.get("rationale") or "")
+        self._notify_plan(plan_id, PlanStatus.OPEN)
+        return ToolOutcome("plan_add", ok=True, content=prompts.PLAN_ADDED.format(plan_id=plan_id, idea=idea))
 
     def _plan_drop(self, args: dict[str, Any]) -> ToolOutcome:
-        plan = self.host.ledger.plan(args["plan_id"])
+        plan = self.ledger.plan(args["plan_id"])
         if plan is None:
-            return ToolOutcome("plan_drop", ok=False, content=f"error: there is no plan #{args['plan_id']}")
-        if plan["status"] != "open":
-            return ToolOutcome("plan_drop", ok=False, content=f"error: plan #{plan['id']} is already {plan['status']}")
+            return ToolOutcome("plan_drop", ok=False, content=prompts.NO_SUCH_PLAN.format(plan_id=args["plan_id"]))
+        if plan.status != PlanStatus.OPEN:
+            return ToolOutcome("plan_drop", ok=False, content=prompts.PLAN_NOT_OPEN_ANY_MORE.format(
+                plan_id=plan.id, status=plan.status))
         reason = " ".join(args["reason"].split())
         if entry_problems({"reason": reason}, ("reason",)):
-            return ToolOutcome("plan_drop", ok=False, refused=True,
-                               content="refused: dropping a plan needs a stated reason (a real sentence): why is "
-                                       "it no longer worth trying?")
-        self.host.ledger.drop_plan(plan["id"], reason)
-        self.host.notify_plan(plan["id"], "dropped")
-        return ToolOutcome("plan_drop", ok=True, content=f"dropped plan #{plan['id']}: {reason}")
+            return ToolOutcome("plan_drop", ok=False, refused=True, content=prompts.PLAN_DROP_NEEDS_REASON)
+        self.ledger.drop_plan(plan.id, reason)
+        self._notify_plan(plan.id, PlanStatus.DROPPED)
+        return ToolOutcome("plan_drop", ok=True, content=prompts.PLAN_DROPPED.format(plan_id=plan.id, reason=reason))

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.core.failpoints import failpoint
-from supervisor.store.ledger import Ledger, Trial
+from supervisor.core.paths import RunPaths
+from supervisor.core.types import JournalEntry, Plan, PlanStatus, Reflection, Trial, TrialStatus, Turn
+from supervisor.store.ledger import Ledger
 
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
@@ -41,9 +43,9 @@ def _clean_field(text: str) -> str:
 def results_tsv(trials: list[Trial]) -> str:
     lines = [RESULTS_HEADER]
     for t in trials:
-        if t.status not in ("keep", "discard", "crash"):
+        if not t.status.finished:
             continue
-        val = 0.0 if t.status == "crash" or t.val_bpb is None else t.val_bpb
+        val = 0.0 if t.status == TrialStatus.CRASH or t.val_bpb is None else t.val_bpb
         mem = (t.peak_vram_mb or 0.0) / 1024.0
         lines.append(f"{t.short_commit}\t{val:.6f}\t{mem:.1f}\t{t.status}\t{_clean_field(t.description)}\n")
     return "".join(lines)
@@ -62,39 +64,39 @@ def trial_heading(t: Trial) -> str:
     return f"Trial {t.id} · {t.status}{flag} · `{t.short_commit}` · {t.description}"
 
 
-def journal_entry_markdown(t: Trial, j: dict[str, Any]) -> str:
+def journal_entry_markdown(t: Trial, j: JournalEntry) -> str:
     """One journal entry as markdown (journal.md and the terminal UI show the same text)."""
     return "\n".join([
         f"## {trial_heading(t)}",
-        f"*{_stamp(j['created'])}*",
+        f"*{_stamp(j.created)}*",
         "",
-        f"**Hypothesis.** {j['hypothesis']}",
+        f"**Hypothesis.** {j.hypothesis}",
         "",
-        f"**Change.** {j['change']}",
+        f"**Change.** {j.change}",
         "",
-        f"**Result.** {j['result']}",
+        f"**Result.** {j.result}",
         "",
-        f"**Interpretation.** {j['interpretation']}",
+        f"**Interpretation.** {j.interpretation}",
         "",
-        f"**Next.** {j['next_step']}",
+        f"**Next.** {j.next_step}",
         "",
     ])
 
 
-def reflection_markdown(r: dict[str, Any]) -> str:
+def reflection_markdown(r: Reflection) -> str:
     """One reflection as markdown (journal.md and the terminal UI show the same text)."""
-    triggers = "; ".join(r["triggers"]) or "requested"
+    triggers = "; ".join(r.triggers) or "requested"
     return "\n".join([
-        f"## Reflection {r['id']} (after trial {r['after_trial']})",
-        f"*{_stamp(r['created'])} · triggered by: {triggers}*",
+        f"## Reflection {r.id} (after trial {r.after_trial})",
+        f"*{_stamp(r.created)} · triggered by: {triggers}*",
         "",
-        f"**What is load-bearing.** {r['load_bearing']}",
+        f"**What is load-bearing.** {r.load_bearing}",
         "",
-        f"**Dead ends.** {r['dead_ends']}",
+        f"**Dead ends.** {r.dead_ends}",
         "",
-        f"**Re-test under current conditions.** {r['retest']}",
+        f"**Re-test under current conditions.** {r.retest}",
         "",
-        f"**Updated plan.** {r['plan']}",
+        f"**Updated plan.** {r.plan}",
         "",
     ])
 
@@ -104,9 +106,9 @@ def journal_markdown(ledger: Ledger) -> str:
     run = ledger.run_row()
     timeline = _timeline(ledger)
     header = [
-        f"# Lab journal: {run['tag']}",
+        f"# Lab journal: {run.tag}",
         "",
-        f"Started {_stamp(run['created'])}. {len(ledger.finished_trials())} finished trials.",
+        f"Started {_stamp(run.created)}. {len(ledger.finished_trials())} finished trials.",
         "",
     ]
     header += _plan_queue(ledger.plans())
@@ -118,65 +120,61 @@ def _timeline(ledger: Ledger) -> list[tuple[float, int, str]]:
     trials = {t.id: t for t in ledger.trials()}
     items: list[tuple[float, int, str]] = []
     for j in ledger.journal_entries():
-        t = trials.get(j["trial_id"])
+        t = trials.get(j.trial_id)
         if t is None:
             continue
-        items.append((j["created"], 1, journal_entry_markdown(t, j)))
+        items.append((j.created, 1, journal_entry_markdown(t, j)))
     for r in ledger.reflections():
-        items.append((r["created"], 2, reflection_markdown(r)))
+        items.append((r.created, 2, reflection_markdown(r)))
     for s in ledger.steering():
-        items.append((s["created"], 0, f"> **Steering from the person** ({_stamp(s['created'])}): {s['message']}\n"))
+        items.append((s.created, 0, f"> **Steering from the person** ({_stamp(s.created)}): {s.message}\n"))
     items += _noise_rows(ledger)
     items.sort(key=lambda x: (x[0], x[1]))
     return items
 
 
-def _plan_queue(plans: list[dict[str, Any]]) -> list[str]:
+def _plan_queue(plans: list[Plan]) -> list[str]:
     if not plans:
         return []
     lines = ["### Plan queue", ""]
     for p in plans:
-        extra = f" (dropped: {p['reason']})" if p["status"] == "dropped" else ""
-        if p["status"] == "tried" and p["trial_id"]:
-            extra = f" (tried in trial {p['trial_id']})"
-        lines.append(f"- [{p['status']}] #{p['id']} {p['idea']}{extra}")
+        extra = f" (dropped: {p.reason})" if p.status == PlanStatus.DROPPED else ""
+        if p.status == PlanStatus.TRIED and p.trial_id:
+            extra = f" (tried in trial {p.trial_id})"
+        lines.append(f"- [{p.status}] #{p.id} {p.idea}{extra}")
     lines.append("")
     return lines
 
 
 def _noise_rows(ledger: Ledger) -> list[tuple[float, int, str]]:
     out = []
-    rows = ledger._query("SELECT * FROM noise ORDER BY id")  # read-only helper
-    for r in rows:
-        values = json.loads(r["values_json"])
-        sd = r["sd"]
-        floor = None if sd is None else sd * r["factor"]
-        vals = ", ".join(f"{v:.6f}" for v in values)
-        if values:
-            what = (f"### Noise floor measured ({_stamp(r['created'])})\n\n"
-                    f"Commit `{r['commit_sha'][:7]}`, budget {r['budget_s']:.0f} s, {len(values)} seeds: {vals}. ")
+    for r in ledger.noise_records():
+        vals = ", ".join(f"{v:.6f}" for v in r.values)
+        if r.values:
+            what = (f"### Noise floor measured ({_stamp(r.created)})\n\n"
+                    f"Commit `{r.commit_sha[:7]}`, budget {r.budget_s:.0f} s, {len(r.values)} seeds: {vals}. ")
         else:  # an sd given by the person (`import --noise-sd`), with no seeds behind it here
-            what = (f"### Noise floor given ({_stamp(r['created'])})\n\n"
-                    f"Budget {r['budget_s']:.0f} s, {r['platform']}: not measured in this run. ")
-        out.append((r["created"], 3, what + f"sd {_fmt(sd)}, floor ({r['factor']:g} x sd) {_fmt(floor)}.\n"))
+            what = (f"### Noise floor given ({_stamp(r.created)})\n\n"
+                    f"Budget {r.budget_s:.0f} s, {r.platform}: not measured in this run. ")
+        out.append((r.created, 3, what + f"sd {_fmt(r.sd)}, floor ({r.factor:g} x sd) {_fmt(r.floor)}.\n"))
     return out
 
 
-def transcript_line(turn: dict[str, Any]) -> str:
-    record = {
-        "id": turn["id"],
-        "time": turn["created"],
-        "role": turn["role"],
-        "text": turn["text"],
+def transcript_line(turn: Turn) -> str:
+    record: dict[str, Any] = {
+        "id": turn.id,
+        "time": turn.created,
+        "role": turn.role,
+        "text": turn.text,
     }
-    if turn.get("tool"):
-        record["tool"] = turn["tool"]
-    if turn.get("input") is not None:
-        record["input"] = turn["input"]
-    if turn["role"] == "tool":
-        record["refused"] = bool(turn["refused"])
-    if turn.get("usage"):
-        record["usage"] = turn["usage"]
+    if turn.tool:
+        record["tool"] = turn.tool
+    if turn.input is not None:
+        record["input"] = turn.input
+    if turn.role == "tool":
+        record["refused"] = turn.refused
+    if turn.usage:
+        record["usage"] = turn.usage
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
@@ -186,19 +184,20 @@ class JournalFiles:
     def __init__(self, ledger: Ledger, run_dir: Path) -> None:
         self.ledger = ledger
         self.run_dir = Path(run_dir)
+        self.paths = RunPaths(self.run_dir)
         self._last_turn = 0
 
     @property
     def results_path(self) -> Path:
-        return self.run_dir / "results.tsv"
+        return self.paths.results_tsv
 
     @property
     def journal_path(self) -> Path:
-        return self.run_dir / "journal.md"
+        return self.paths.journal_md
 
     @property
     def transcript_path(self) -> Path:
-        return self.run_dir / "transcript.jsonl"
+        return self.paths.transcript
 
     def render(self) -> None:
         atomic_write(self.results_path, results_tsv(self.ledger.trials()))
@@ -208,7 +207,7 @@ class JournalFiles:
     def rebuild_transcript(self) -> None:
         turns = self.ledger.turns()
         atomic_write(self.transcript_path, "".join(transcript_line(t) for t in turns))
-        self._last_turn = turns[-1]["id"] if turns else 0
+        self._last_turn = turns[-1].id if turns else 0
 
     def append_transcript(self) -> None:
         """Append the turns recorded since the last call (one line each)."""
@@ -219,7 +218,7 @@ class JournalFiles:
             fh.write("".join(transcript_line(t) for t in turns))
             fh.flush()
             os.fsync(fh.fileno())
-        self._last_turn = turns[-1]["id"]
+        self._last_turn = turns[-1].id
 
     def render_all(self) -> None:
         self.render()

@@ -15,11 +15,29 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from supervisor.core.errors import UserError
+from supervisor.core.types import (
+    FINISHED_STATUSES,
+    Command,
+    JournalEntry,
+    NoiseRecord,
+    Plan,
+    PlanStatus,
+    Reflection,
+    RunRecord,
+    RunState,
+    Steering,
+    Trial,
+    TrialKind,
+    TrialStatus,
+    Trigger,
+    Turn,
+)
+
+__all__ = ["Ledger", "LedgerError", "Trial"]  # Trial is re-exported for old imports; it lives in core.types
 
 SCHEMA_VERSION = 1
 
@@ -149,63 +167,11 @@ CREATE TABLE IF NOT EXISTS commands (
 );
 """
 
-FINISHED = ("keep", "discard", "crash")
 JSON_FIELDS = ("summary", "platform", "extra_values", "suspicions")
 
 
 class LedgerError(UserError, RuntimeError):
     """The ledger file is missing, corrupt or from an unknown version; the message says what to do."""
-
-
-@dataclass
-class Trial:
-    id: int
-    kind: str
-    commit_sha: str | None
-    parent_commit: str | None
-    parent_trial: int | None
-    description: str
-    category: str | None
-    plan_id: int | None
-    status: str
-    val_bpb: float | None
-    extra_values: list[float]
-    parent_val_bpb: float | None
-    delta: float | None
-    flagged: bool
-    decision: str
-    crash_reason: str | None
-    diff: str
-    log_tail: str
-    summary: dict[str, str]
-    budget_s: float | None
-    platform: dict[str, str]
-    seed: int | None
-    started: float | None
-    finished: float | None
-    wall_seconds: float | None
-    training_seconds: float | None
-    num_steps: int | None
-    tokens_per_s: float | None
-    mfu_percent: float | None
-    peak_vram_mb: float | None
-    num_params_m: float | None
-    pid: int | None = None
-    suspicions: list[str] = field(default_factory=list)
-
-    @property
-    def all_values(self) -> list[float]:
-        first = [self.val_bpb] if self.val_bpb is not None else []
-        return first + list(self.extra_values)
-
-    @property
-    def mean_val_bpb(self) -> float | None:
-        values = self.all_values
-        return sum(values) / len(values) if values else None
-
-    @property
-    def short_commit(self) -> str:
-        return (self.commit_sha or "")[:7]
 
 
 def _encode_trial_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -218,12 +184,33 @@ def _encode_trial_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _trial_from_row(row: sqlite3.Row) -> Trial:
     data = dict(row)
-    data["extra_values"] = json.loads(data["extra_values"] or "[]")
+    data["kind"] = TrialKind(data["kind"])
+    data["status"] = TrialStatus(data["status"])
+    data["extra_values"] = tuple(json.loads(data["extra_values"] or "[]"))
     data["summary"] = json.loads(data["summary"] or "{}")
     data["platform"] = json.loads(data["platform"] or "{}")
-    data["suspicions"] = json.loads(data.get("suspicions") or "[]")
+    data["suspicions"] = tuple(json.loads(data.get("suspicions") or "[]"))
     data["flagged"] = bool(data["flagged"])
     return Trial(**data)
+
+
+def _reflection_from_row(row: sqlite3.Row) -> Reflection:
+    return Reflection(**{**dict(row), "triggers": tuple(json.loads(row["triggers"]))})
+
+
+def _plan_from_row(row: sqlite3.Row) -> Plan:
+    return Plan(**{**dict(row), "status": PlanStatus(row["status"])})
+
+
+def _turn_from_row(row: sqlite3.Row) -> Turn:
+    return Turn(**{**dict(row), "input": json.loads(row["input"]) if row["input"] else None,
+                   "usage": json.loads(row["usage"]) if row["usage"] else None, "refused": bool(row["refused"])})
+
+
+def _noise_from_row(row: sqlite3.Row) -> NoiseRecord:
+    data = dict(row)
+    data["values"] = tuple(json.loads(data.pop("values_json")))
+    return NoiseRecord(**data)
 
 
 class Ledger:
@@ -303,21 +290,21 @@ class Ledger:
         now = time.time()
         with self.transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO run (id, tag, created, config, state, updated) VALUES (1, ?, ?, ?, 'new', ?)",
-                (tag, now, config_json, now),
+                "INSERT OR IGNORE INTO run (id, tag, created, config, state, updated) VALUES (1, ?, ?, ?, ?, ?)",
+                (tag, now, config_json, RunState.NEW, now),
             )
 
     def update_config(self, config_json: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE run SET config=?, updated=? WHERE id=1", (config_json, time.time()))
 
-    def run_row(self) -> dict[str, Any]:
-        rows = self._query("SELECT * FROM run WHERE id=1")
+    def run_row(self) -> RunRecord:
+        rows = self._query("SELECT tag, created, config, state, state_detail, pid, updated FROM run WHERE id=1")
         if not rows:
             raise LedgerError(f"the ledger {self.path} has no run record")
-        return dict(rows[0])
+        return RunRecord(**{**dict(rows[0]), "state": RunState(rows[0]["state"])})
 
-    def set_state(self, state: str, detail: str = "", pid: int | None = None) -> None:
+    def set_state(self, state: RunState, detail: str = "", pid: int | None = None) -> None:
         with self.transaction() as db:
             db.execute(
                 "UPDATE run SET state=?, state_detail=?, pid=COALESCE(?, pid), updated=? WHERE id=1",
@@ -331,13 +318,13 @@ class Ledger:
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO trials (commit_sha, parent_commit, parent_trial, description, category, plan_id,"
-                " status, diff, budget_s, platform, seed, started) VALUES (?,?,?,?,?,?, 'running', ?,?,?,?,?)",
-                (commit_sha, parent_commit, parent_trial, description, category, plan_id, diff, budget_s,
-                 json.dumps(platform), seed, time.time()),
+                " status, diff, budget_s, platform, seed, started) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (commit_sha, parent_commit, parent_trial, description, category, plan_id, TrialStatus.RUNNING,
+                 diff, budget_s, json.dumps(platform), seed, time.time()),
             )
             if plan_id is not None:
-                db.execute("UPDATE plans SET status='tried', trial_id=?, closed=? WHERE id=? AND status='open'",
-                           (cur.lastrowid, time.time(), plan_id))
+                db.execute("UPDATE plans SET status=?, trial_id=?, closed=? WHERE id=? AND status=?",
+                           (PlanStatus.TRIED, cur.lastrowid, time.time(), plan_id, PlanStatus.OPEN))
             return int(cur.lastrowid)
 
     def add_metrics(self, trial_id: int, first_seq: int, rows: Sequence[dict[str, Any]]) -> None:
@@ -381,7 +368,7 @@ class Ledger:
         ids = []
         with self.transaction() as db:
             for row in rows:
-                encoded = _encode_trial_fields({"kind": "imported", **row})
+                encoded = _encode_trial_fields({"kind": TrialKind.IMPORTED, **row})
                 cols = ", ".join(encoded)
                 marks = ", ".join("?" for _ in encoded)
                 cur = db.execute(f"INSERT INTO trials ({cols}) VALUES ({marks})", tuple(encoded.values()))
@@ -392,7 +379,7 @@ class Ledger:
         rows = self._query("SELECT * FROM trials WHERE id=?", (trial_id,))
         return _trial_from_row(rows[0]) if rows else None
 
-    def trials(self, statuses: Sequence[str] | None = None) -> list[Trial]:
+    def trials(self, statuses: Sequence[TrialStatus] | None = None) -> list[Trial]:
         if statuses:
             marks = ",".join("?" for _ in statuses)
             rows = self._query(f"SELECT * FROM trials WHERE status IN ({marks}) ORDER BY id", tuple(statuses))
@@ -401,14 +388,14 @@ class Ledger:
         return [_trial_from_row(r) for r in rows]
 
     def finished_trials(self) -> list[Trial]:
-        return self.trials(FINISHED)
+        return self.trials(FINISHED_STATUSES)
 
     def running_trials(self) -> list[Trial]:
-        return self.trials(["running"])
+        return self.trials([TrialStatus.RUNNING])
 
     def best_keep(self) -> Trial | None:
         """The branch's head: the most recent keep (keeps only ever improve on their parent)."""
-        rows = self._query("SELECT * FROM trials WHERE status='keep' ORDER BY id DESC LIMIT 1")
+        rows = self._query("SELECT * FROM trials WHERE status=? ORDER BY id DESC LIMIT 1", (TrialStatus.KEEP,))
         return _trial_from_row(rows[0]) if rows else None
 
     def metrics(self, trial_id: int, after_seq: int = -1) -> list[dict[str, Any]]:
@@ -430,17 +417,19 @@ class Ledger:
             )
             return int(cur.lastrowid)
 
-    def journal_entries(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query("SELECT * FROM journal ORDER BY trial_id")]
+    def journal_entries(self) -> list[JournalEntry]:
+        return [JournalEntry(**r) for r in self._query("SELECT * FROM journal ORDER BY trial_id")]
 
-    def journal_for(self, trial_id: int) -> dict[str, Any] | None:
+    def journal_for(self, trial_id: int) -> JournalEntry | None:
         rows = self._query("SELECT * FROM journal WHERE trial_id=?", (trial_id,))
-        return dict(rows[0]) if rows else None
+        return JournalEntry(**rows[0]) if rows else None
 
     def trials_missing_journal(self) -> list[Trial]:
+        marks = ",".join("?" for _ in FINISHED_STATUSES)
         rows = self._query(
             "SELECT t.* FROM trials t LEFT JOIN journal j ON j.trial_id = t.id "
-            "WHERE t.status IN ('keep','discard','crash') AND t.kind='trial' AND j.id IS NULL ORDER BY t.id"
+            f"WHERE t.status IN ({marks}) AND t.kind=? AND j.id IS NULL ORDER BY t.id",
+            (*FINISHED_STATUSES, TrialKind.TRIAL),
         )
         return [_trial_from_row(r) for r in rows]
 
@@ -448,8 +437,8 @@ class Ledger:
         with self.transaction() as db:
             db.execute("INSERT INTO triggers (created, kind, detail) VALUES (?,?,?)", (time.time(), kind, detail))
 
-    def open_triggers(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query("SELECT * FROM triggers WHERE reflection_id IS NULL ORDER BY id")]
+    def open_triggers(self) -> list[Trigger]:
+        return [Trigger(**r) for r in self._query("SELECT * FROM triggers WHERE reflection_id IS NULL ORDER BY id")]
 
     def add_reflection(self, *, after_trial: int | None, load_bearing: str, dead_ends: str, retest: str,
                        plan: str) -> int:
@@ -464,13 +453,8 @@ class Ledger:
             db.execute("UPDATE triggers SET reflection_id=? WHERE reflection_id IS NULL", (cur.lastrowid,))
             return int(cur.lastrowid)
 
-    def reflections(self) -> list[dict[str, Any]]:
-        out = []
-        for r in self._query("SELECT * FROM reflections ORDER BY id"):
-            d = dict(r)
-            d["triggers"] = json.loads(d["triggers"])
-            out.append(d)
-        return out
+    def reflections(self) -> list[Reflection]:
+        return [_reflection_from_row(r) for r in self._query("SELECT * FROM reflections ORDER BY id")]
 
     # ---- plans and steering ------------------------------------------------------------------------------
     def add_plan(self, idea: str, rationale: str = "") -> int:
@@ -481,31 +465,31 @@ class Ledger:
 
     def drop_plan(self, plan_id: int, reason: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE plans SET status='dropped', reason=?, closed=? WHERE id=?",
-                       (reason, time.time(), plan_id))
+            db.execute("UPDATE plans SET status=?, reason=?, closed=? WHERE id=?",
+                       (PlanStatus.DROPPED, reason, time.time(), plan_id))
 
-    def plan(self, plan_id: int) -> dict[str, Any] | None:
+    def plan(self, plan_id: int) -> Plan | None:
         rows = self._query("SELECT * FROM plans WHERE id=?", (plan_id,))
-        return dict(rows[0]) if rows else None
+        return _plan_from_row(rows[0]) if rows else None
 
-    def plans(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query("SELECT * FROM plans ORDER BY id")]
+    def plans(self) -> list[Plan]:
+        return [_plan_from_row(r) for r in self._query("SELECT * FROM plans ORDER BY id")]
 
     def add_steering(self, message: str) -> int:
         with self.transaction() as db:
             cur = db.execute("INSERT INTO steering (created, message) VALUES (?,?)", (time.time(), message))
             return int(cur.lastrowid)
 
-    def pending_steering(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query("SELECT * FROM steering WHERE delivered IS NULL ORDER BY id")]
+    def pending_steering(self) -> list[Steering]:
+        return [Steering(**r) for r in self._query("SELECT * FROM steering WHERE delivered IS NULL ORDER BY id")]
 
     def mark_steering_delivered(self, ids: Sequence[int], turn_id: int) -> None:
         with self.transaction() as db:
             db.executemany("UPDATE steering SET delivered=?, delivered_turn=? WHERE id=?",
                            [(time.time(), turn_id, i) for i in ids])
 
-    def steering(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query("SELECT * FROM steering ORDER BY id")]
+    def steering(self) -> list[Steering]:
+        return [Steering(**r) for r in self._query("SELECT * FROM steering ORDER BY id")]
 
     # ---- the agent's transcript ---------------------------------------------------------------------------
     def add_turn(self, role: str, text: str = "", *, tool: str | None = None, input: Any = None,
@@ -518,15 +502,8 @@ class Ledger:
             )
             return int(cur.lastrowid)
 
-    def turns(self, after_id: int = 0) -> list[dict[str, Any]]:
-        out = []
-        for r in self._query("SELECT * FROM turns WHERE id > ? ORDER BY id", (after_id,)):
-            d = dict(r)
-            d["input"] = json.loads(d["input"]) if d["input"] else None
-            d["usage"] = json.loads(d["usage"]) if d["usage"] else None
-            d["refused"] = bool(d["refused"])
-            out.append(d)
-        return out
+    def turns(self, after_id: int = 0) -> list[Turn]:
+        return [_turn_from_row(r) for r in self._query("SELECT * FROM turns WHERE id > ? ORDER BY id", (after_id,))]
 
     def refusal_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM turns WHERE refused=1")[0][0])
@@ -542,18 +519,18 @@ class Ledger:
             )
             return int(cur.lastrowid)
 
-    def latest_noise(self, budget_s: float | None = None) -> dict[str, Any] | None:
+    def noise_records(self) -> list[NoiseRecord]:
+        """Every noise measurement of the run, oldest first."""
+        return [_noise_from_row(r) for r in self._query("SELECT * FROM noise ORDER BY id")]
+
+    def latest_noise(self, budget_s: float | None = None) -> NoiseRecord | None:
         """The newest noise measurement, for this budget when given (results compare only within one)."""
         if budget_s is None:
             rows = self._query("SELECT * FROM noise ORDER BY id DESC LIMIT 1")
         else:
             rows = self._query("SELECT * FROM noise WHERE abs(budget_s - ?) < 1e-6 ORDER BY id DESC LIMIT 1",
                                (budget_s,))
-        if not rows:
-            return None
-        d = dict(rows[0])
-        d["values"] = json.loads(d.pop("values_json"))
-        return d
+        return _noise_from_row(rows[0]) if rows else None
 
     # ---- commands from other processes ------------------------------------------------------------------------
     def send_command(self, command: str, arg: str = "") -> int:
@@ -562,11 +539,11 @@ class Ledger:
                              (time.time(), command, arg))
             return int(cur.lastrowid)
 
-    def take_commands(self) -> list[dict[str, Any]]:
+    def take_commands(self) -> list[Command]:
         """Pending commands, marked consumed in the same transaction so each is handled once."""
         with self.transaction() as db:
-            rows = [dict(r) for r in db.execute("SELECT * FROM commands WHERE consumed IS NULL ORDER BY id")]
+            rows = [Command(**r) for r in db.execute("SELECT * FROM commands WHERE consumed IS NULL ORDER BY id")]
             if rows:
                 db.execute("UPDATE commands SET consumed=? WHERE consumed IS NULL AND id <= ?",
-                           (time.time(), rows[-1]["id"]))
+                           (time.time(), rows[-1].id))
             return rows

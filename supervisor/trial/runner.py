@@ -19,9 +19,7 @@ because it can read ``/proc``.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
 import signal
@@ -33,6 +31,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from supervisor.trial.process import MetricsTail, ProcessSweeper, has_exited
+from supervisor.trial.summary import (
+    MeasuredBpb,
+    exit_reason,
+    fail_line,
+    log_tail,
+    measured_val_bpb,
+    parse_summary,
+    read_eval_record,
+    read_log_end,
+    summary_float,
+)
 
 if TYPE_CHECKING:
     from supervisor.trial.warm_start import WarmStarter
@@ -53,20 +64,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 # How often the runner wakes up to read metrics and check the deadline: 10 Hz keeps the live
 # loss curve smooth and costs nothing measurable.
 POLL_INTERVAL_S = 0.1
-# How much of the end of the log is read for the summary and the tail: the summary is a dozen
-# short lines, and a log can be gigabytes when a trainer prints every step.
-LOG_WINDOW_BYTES = 64 * 1024
-TAIL_LINES = 60
-# Descendants are snapshotted this often so that children that escape the process group
-# (setsid) can still be found and killed after the main process is gone.
-DESCENDANT_SNAPSHOT_INTERVAL_S = 1.0
-# A metrics line longer than this is garbage (or an attack on our memory): skip it.
-MAX_METRIC_LINE_BYTES = 1024 * 1024
-# Read at most this much of the metrics file per poll so that one poll never stalls the loop.
-METRICS_READ_CHUNK = 4 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,341 +248,6 @@ class TrialOutcome:
 
 
 # ---------------------------------------------------------------------------------------------
-# Summary and log parsing
-# ---------------------------------------------------------------------------------------------
-
-# A summary line: an identifier-like key, a colon, the value. Traceback lines
-# ('  File "x.py", line 3') and prose do not match, so stray output after the block is ignored.
-_SUMMARY_LINE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*:\s?(.*)$")
-_LEADING_NUMBER_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_UNKNOWN_VALUES = frozenset({"", "unknown", "nan", "none", "null", "n/a", "na", "-"})
-
-
-def parse_summary(text: str) -> dict[str, str]:
-    """Parse the ``key: value`` lines after the LAST line that is exactly ``---``.
-
-    A trainer may print an earlier (even forged) block; the last one supersedes it. Values are
-    kept as strings (stripped); use :func:`summary_float` for numbers. No ``---`` line means no
-    summary: ``{}``. Later duplicates of a key win.
-    """
-    lines = text.splitlines()
-    start = None
-    for index in range(len(lines) - 1, -1, -1):
-        if lines[index].strip() == "---":
-            start = index + 1
-            break
-    if start is None:
-        return {}
-    summary: dict[str, str] = {}
-    for line in lines[start:]:
-        match = _SUMMARY_LINE_RE.match(line)
-        if match:
-            summary[match.group(1)] = match.group(2).strip()
-    return summary
-
-
-def summary_float(summary: Mapping[str, str], key: str) -> float | None:
-    """The value of ``key`` as a finite float, or ``None`` when it is missing, ``unknown``,
-    NaN, infinite or not a number. A trailing unit (``"38.5%"``, ``"12.0 MB"``) is tolerated.
-    """
-    raw = summary.get(key)
-    if raw is None:
-        return None
-    text = raw.strip()
-    if text.lower() in _UNKNOWN_VALUES:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        match = _LEADING_NUMBER_RE.match(text)
-        if not match:
-            return None
-        value = float(match.group(0))
-    return value if math.isfinite(value) else None
-
-
-def read_log_end(path: Path, max_bytes: int = LOG_WINDOW_BYTES) -> str:
-    """The last ``max_bytes`` of a log as text, starting at a line boundary.
-
-    Never reads the whole file: logs can be huge. Undecodable bytes are replaced.
-    """
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            start = max(0, size - max_bytes)
-            handle.seek(start)
-            data = handle.read(max_bytes)
-    except OSError:
-        return ""
-    if start > 0:
-        # The window began mid-line; that fragment would parse as garbage.
-        newline = data.find(b"\n")
-        data = data[newline + 1 :] if newline >= 0 else data
-    return data.decode("utf-8", errors="replace")
-
-
-def log_tail(text: str, lines: int = TAIL_LINES) -> str:
-    """The last ``lines`` lines of ``text``."""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _fail_line(text: str) -> str | None:
-    # The contract: a NaN or exploding loss exits non-zero with a line starting "FAIL:".
-    for line in reversed(text.splitlines()):
-        if line.lstrip().startswith("FAIL:"):
-            return line.strip()
-    return None
-
-
-def _exception_line(text: str) -> str | None:
-    # For an unhandled Python exception the most useful words are the last line of the
-    # traceback ("torch.OutOfMemoryError: CUDA out of memory..."): it goes into the journal.
-    lines = text.splitlines()
-    for index in range(len(lines) - 1, -1, -1):
-        if lines[index].startswith("Traceback (most recent call last):"):
-            return _traceback_error(lines[index + 1 :])
-    return _compile_error(lines)
-
-
-def _traceback_error(after_header: list[str]) -> str | None:
-    # The error is the last unindented line; the indented ones are the stack.
-    for line in reversed(after_header):
-        if line.strip() and not line[:1].isspace():
-            return line.strip()[:300]
-    return None
-
-
-def _compile_error(lines: list[str]) -> str | None:
-    # A script that does not even compile gets no "Traceback" header, just the place and the error.
-    tail = [line for line in lines[-6:] if line.strip()]
-    if tail and _COMPILE_ERROR_RE.match(tail[-1]) and any(line.lstrip().startswith('File "') for line in tail):
-        return tail[-1].strip()[:300]
-    return None
-
-
-_COMPILE_ERROR_RE = re.compile(r"^(SyntaxError|IndentationError|TabError): ")
-
-
-def _read_eval_record(path: Path) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _record_val_bpb(record: dict) -> tuple[bool, float | None]:
-    """(has_key, finite value or None) for an eval record's val_bpb."""
-    if "val_bpb" not in record:
-        return False, None
-    value = record["val_bpb"]
-    if isinstance(value, bool):
-        return True, None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return True, None
-    return True, number if math.isfinite(number) else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Live metrics
-# ---------------------------------------------------------------------------------------------
-
-
-class _MetricsTail:
-    """Incrementally reads a JSON-lines file that another process is appending to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-        self.skipping = False  # inside an over-long line: drop bytes up to the next newline
-
-    def poll(self, final: bool = False) -> list[dict]:
-        records: list[dict] = []
-        while True:
-            data = self._read_chunk()
-            records.extend(self._feed(data))
-            # While running, one chunk per poll keeps the loop responsive; at the end, drain.
-            if not final or len(data) < METRICS_READ_CHUNK:
-                break
-        if final and self.partial and not self.skipping:
-            # The trainer may not terminate its last line.
-            records.extend(self._parse_lines([self.partial]))
-            self.partial = b""
-        return records
-
-    def _read_chunk(self) -> bytes:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                if size < self.offset:
-                    # Truncated or replaced (a trainer reopening with "w"): start over.
-                    self.offset, self.partial, self.skipping = 0, b"", False
-                handle.seek(self.offset)
-                data = handle.read(METRICS_READ_CHUNK)
-        except OSError:
-            return b""
-        self.offset += len(data)
-        return data
-
-    def _feed(self, data: bytes) -> list[dict]:
-        if not data:
-            return []
-        if self.skipping:
-            newline = data.find(b"\n")
-            if newline < 0:
-                return []
-            data = data[newline + 1 :]
-            self.skipping = False
-        pieces = (self.partial + data).split(b"\n")
-        self.partial = pieces.pop()
-        if len(self.partial) > MAX_METRIC_LINE_BYTES:
-            self.partial, self.skipping = b"", True
-        return self._parse_lines(pieces)
-
-    @staticmethod
-    def _parse_lines(lines: list[bytes]) -> list[dict]:
-        records = []
-        for raw in lines:
-            if len(raw) > MAX_METRIC_LINE_BYTES:
-                continue
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a stray print into the metrics file is not a metric
-            if isinstance(record, dict):
-                records.append(record)
-        return records
-
-
-# ---------------------------------------------------------------------------------------------
-# Process tree cleanup
-# ---------------------------------------------------------------------------------------------
-
-
-def _proc_stat_table() -> dict[int, tuple[str, int, int, int, int]] | None:
-    """pid -> (state, ppid, pgid, sid, starttime) from /proc, or None where there is no /proc."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    table: dict[int, tuple[str, int, int, int, int]] = {}
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                raw = handle.read()
-        except OSError:
-            continue  # exited meanwhile
-        # The command name is in parentheses and may itself contain spaces or ')'.
-        fields = raw[raw.rfind(b")") + 2 :].split()
-        try:
-            table[int(entry)] = (
-                fields[0].decode(),
-                int(fields[1]),
-                int(fields[2]),
-                int(fields[3]),
-                int(fields[19]),
-            )
-        except (IndexError, ValueError):
-            continue
-    return table
-
-
-class _ProcessSweeper:
-    """Finds and kills everything a trial started.
-
-    The process group (= session, from start_new_session) catches almost everything: DataLoader
-    workers, compile workers, shells. A child that calls setsid() leaves both, so on Linux the
-    sweeper also remembers the trial's descendants (pid + start time, so a recycled pid is never
-    hit) while the main process is alive, and kills them at the end. That is best effort: a
-    child born and detached between two snapshots can still escape.
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid  # also the pgid and sid of the trial
-        self.known: dict[int, int] = {}  # pid -> starttime
-        self.last_snapshot = 0.0
-
-    def maybe_snapshot(self) -> None:
-        now = time.monotonic()
-        if now - self.last_snapshot >= DESCENDANT_SNAPSHOT_INTERVAL_S:
-            self.last_snapshot = now
-            self.snapshot()
-
-    def snapshot(self) -> None:
-        table = _proc_stat_table()
-        if table is None:
-            return
-        children: dict[int, list[int]] = {}
-        for pid, (_state, ppid, _pgid, _sid, _start) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        stack = list(children.get(self.pid, []))
-        while stack:
-            pid = stack.pop()
-            if pid in self.known or pid not in table:
-                continue
-            self.known[pid] = table[pid][4]
-            stack.extend(children.get(pid, []))
-        for pid, (_state, _ppid, pgid, sid, start) in table.items():
-            if pid != self.pid and (pgid == self.pid or sid == self.pid):
-                self.known.setdefault(pid, start)
-
-    def signal_group(self, signum: int) -> None:
-        try:
-            os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def kill_all(self) -> None:
-        """SIGKILL the group and every remembered descendant still alive.
-
-        Called while the main process is still unreaped (a zombie keeps its pid, hence the
-        pgid, reserved), so killpg cannot hit an unrelated group that reused the number.
-        """
-        self.snapshot()
-        for _ in range(2):  # a second pass catches what forked while the first one ran
-            self.signal_group(signal.SIGKILL)
-            table = _proc_stat_table()
-            if table is None:
-                return
-            for pid, start in list(self.known.items()):
-                info = table.get(pid)
-                if info is None or info[4] != start or info[0] in ("Z", "X"):
-                    continue
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            self.snapshot()
-
-
-def _has_exited(proc: subprocess.Popen) -> bool:
-    """Whether the main process has exited, WITHOUT reaping it where the OS allows."""
-    if proc.returncode is not None:
-        return True
-    waitid = getattr(os, "waitid", None)
-    if waitid is None:  # macOS: fall back to reaping; the pgid race is then merely unlikely
-        return proc.poll() is not None
-    try:
-        result = waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        # Someone else reaped it (a stray os.wait() elsewhere); poll() records that.
-        proc.poll()
-        return True
-    return result is not None
-
-
-# ---------------------------------------------------------------------------------------------
 # Running a trial
 # ---------------------------------------------------------------------------------------------
 
@@ -606,12 +272,6 @@ def launch_command(command: list[str], memory_limit_mb: int | None) -> list[str]
     limit_bytes = int(memory_limit_mb) * 1024 * 1024
     return [sys.executable, "-I", "-c", _RLIMIT_SHIM, str(limit_bytes), *command]
 
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def _deliver(on_metric: Callable[[dict], None] | None, records: list[dict], sink: list[dict]) -> None:
@@ -753,8 +413,8 @@ class _TrialWatch:
         self.stop_event = stop_event
         self.deadline = deadline
         self.max_log_bytes = None if spec.max_log_mb is None else int(spec.max_log_mb * 2**20)
-        self.sweeper = _ProcessSweeper(proc.pid)
-        self.tail = _MetricsTail(spec.metrics_path)
+        self.sweeper = ProcessSweeper(proc.pid)
+        self.tail = MetricsTail(spec.metrics_path)
         self.metrics: list[dict] = []
 
     def run(self) -> _EarlyEnd | None:
@@ -762,7 +422,7 @@ class _TrialWatch:
         try:
             while True:
                 _deliver(self.on_metric, self.tail.poll(), self.metrics)
-                if _has_exited(self.proc):
+                if has_exited(self.proc):
                     return None
                 ending = self._reason_to_end()
                 if ending is not None:
@@ -794,7 +454,7 @@ class _TrialWatch:
         self.sweeper.snapshot()
         self.sweeper.signal_group(signal.SIGTERM)
         until = time.monotonic() + self.spec.term_timeout_s
-        while time.monotonic() < until and not _has_exited(self.proc):
+        while time.monotonic() < until and not has_exited(self.proc):
             time.sleep(0.05)
 
     def _pause(self) -> None:
@@ -804,38 +464,9 @@ class _TrialWatch:
         else:
             time.sleep(POLL_INTERVAL_S)
 
-
 # ---------------------------------------------------------------------------------------------
 # The outcome
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _MeasuredBpb:
-    """The val_bpb a trial produced, where it came from, and what an unusable one said."""
-
-    value: float | None = None
-    source: Literal["eval_record", "summary"] | None = None
-    bad_value: str | None = None
-
-
-def _measured_val_bpb(record: dict | None, summary: Mapping[str, str]) -> _MeasuredBpb:
-    has_key, record_value = _record_val_bpb(record) if record is not None else (False, None)
-    if has_key:
-        assert record is not None  # has_key comes from the record
-        # The harness measured it: its number stands, even a NaN (a trainer that printed a
-        # finite number over a NaN evaluation must not get a keep).
-        if record_value is None:
-            return _MeasuredBpb(None, "eval_record", f"{str(record['val_bpb']).lower()} (harness eval record)")
-        printed = summary_float(summary, "val_bpb")
-        if printed is not None and abs(printed - record_value) > 1e-6:
-            log.warning("trial printed val_bpb %s but the harness measured %s", printed, record_value)
-        return _MeasuredBpb(record_value, "eval_record")
-    if "val_bpb" in summary:
-        value = summary_float(summary, "val_bpb")
-        bad_value = None if value is not None else (summary["val_bpb"].strip().lower() or "empty")
-        return _MeasuredBpb(value, "summary", bad_value)
-    return _MeasuredBpb()
 
 
 def _outcome(
@@ -848,8 +479,8 @@ def _outcome(
 ) -> TrialOutcome:
     window = read_log_end(spec.log_path)
     summary = parse_summary(window)
-    record = _read_eval_record(spec.eval_record_path)
-    measured = _measured_val_bpb(record, summary)
+    record = read_eval_record(spec.eval_record_path)
+    measured = measured_val_bpb(record, summary)
     reason = _reason(spec, ending, exit_code, window, summary, measured)
     ok = reason == "ok"
     return TrialOutcome(
@@ -875,13 +506,13 @@ def _reason(
     exit_code: int | None,
     window: str,
     summary: Mapping[str, str],
-    measured: _MeasuredBpb,
+    measured: MeasuredBpb,
 ) -> str:
     """``"ok"``, or why the trial is a crash, in words for the journal."""
     if ending is not None:
         return _early_end_reason(spec, ending)
     if exit_code != 0:
-        return _fail_line(window) or _exit_reason(exit_code, window)
+        return fail_line(window) or exit_reason(exit_code, window)
     if measured.value is None:
         if measured.bad_value is not None:
             return f"val_bpb is {measured.bad_value}"
@@ -900,12 +531,3 @@ def _early_end_reason(spec: TrialSpec, ending: _EarlyEnd) -> str:
     )
 
 
-def _exit_reason(exit_code: int | None, window: str) -> str:
-    if exit_code is not None and exit_code < 0:
-        reason = f"killed by signal {_signal_name(-exit_code)}"
-        if -exit_code == signal.SIGKILL:
-            reason += " (out of memory?)"
-    else:
-        reason = f"exit code {exit_code}"
-    exception = _exception_line(window)
-    return f"{reason}: {exception}" if exception else reason

@@ -16,8 +16,12 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from supervisor.core.commands import PAUSE, RESUME, STEER, STOP
+from supervisor.core.paths import RunPaths
+from supervisor.core.types import RunState
 from supervisor.store.ledger import Ledger
 from supervisor.tui import state as st
+from supervisor.tui.control import ControlError, RunControl
 from supervisor.tui.screens import (
     HelpScreen,
     LiveScreen,
@@ -26,7 +30,7 @@ from supervisor.tui.screens import (
     RunScreen,
     TrialScreen,
 )
-from supervisor.tui.widgets import FILTERS, SORTS
+from supervisor.tui.state import FILTERS, SORTS
 
 POLL_S = 1.0
 LIGHT_THEME, DARK_THEME = "textual-light", "textual-dark"
@@ -56,7 +60,7 @@ class SupervisorApp(App[str | None]):
         self.poll_s = poll_s
         self.clock = clock  # wall clock for the budget's progress (screenshots pin it)
         # Review has no control at all: it cannot send a command even by mistake.
-        self.control = None if review else st.RunControl(ledger, self.run_dir)
+        self.control = None if review else RunControl(ledger, self.run_dir)
         self.watcher = st.RunWatcher(ledger, self.run_dir, telemetry=None if review else telemetry,
                                      telemetry_every_s=telemetry_every_s, monotonic=monotonic)
         self.view = st.RunView(run_dir=self.run_dir)
@@ -106,7 +110,7 @@ class SupervisorApp(App[str | None]):
         self.view = view
         if st.RUN in changed:
             self._announce(view)
-        if view.state == "paused" or view.state not in st.LIVE_STATES:
+        if view.state == RunState.PAUSED or not view.state.live:
             self._pause_requested = False
         for screen in self.screen_stack:
             update = getattr(screen, "update_view", None)
@@ -115,7 +119,7 @@ class SupervisorApp(App[str | None]):
 
     def _announce(self, view: st.RunView) -> None:
         if self._was_live is not None and self._was_live and not view.live:
-            log = self.run_dir / "supervisor.log"
+            log = RunPaths(self.run_dir).log
             where = f"; its output is in {log}" if log.exists() else ""
             self.notify(f"the supervisor process has ended: the run is {view.state_label}{where}", timeout=10)
         elif self._was_live is None and view.over and not self.review:
@@ -138,7 +142,7 @@ class SupervisorApp(App[str | None]):
         assert self.control is not None
         try:
             message = self.control.send(command, arg)
-        except st.ControlError as exc:
+        except ControlError as exc:
             self._call(self.notify, str(exc), severity="warning", timeout=6)
             return
         except Exception as exc:  # noqa: BLE001 - e.g. the disk is full: say so, keep the app
@@ -149,16 +153,16 @@ class SupervisorApp(App[str | None]):
         self._call(self.request_poll)
 
     def toggle_pause(self) -> None:
-        if self.view.state == "paused" or self._pause_requested:
+        if self.view.state == RunState.PAUSED or self._pause_requested:
             self._pause_requested = False
-            self.send_command("resume")
+            self.send_command(RESUME)
         else:
             self._pause_requested = self.view.live
-            self.send_command("pause")
+            self.send_command(PAUSE)
 
     def send_steering(self, message: str | None) -> None:
         if message:
-            self.send_command("steer", message)
+            self.send_command(STEER, message)
 
     def open_trial(self, trial_id: int) -> None:
         self.push_screen(TrialScreen(trial_id))
@@ -206,8 +210,8 @@ class SupervisorApp(App[str | None]):
         if answer == "stop":
             try:
                 assert self.control is not None
-                self.control.send("stop")
-            except st.ControlError:
+                self.control.send(STOP)
+            except ControlError:
                 pass  # it ended meanwhile: nothing to stop
             self.exit("stop")
         elif answer == "leave":

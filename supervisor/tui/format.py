@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-STATUS_SYMBOL = {"keep": "●", "discard": "○", "crash": "✗", "aborted": "–", "running": "▶"}
+from supervisor.core.types import TrialStatus
+
+STATUS_SYMBOL = {TrialStatus.KEEP: "●", TrialStatus.DISCARD: "○", TrialStatus.CRASH: "✗", TrialStatus.ABORTED: "–",
+                 TrialStatus.RUNNING: "▶"}
 
 
 def num(value: Any, digits: int = 4, default: str = "—") -> str:

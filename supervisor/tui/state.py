@@ -7,10 +7,13 @@ and the names of the sections that changed, so the app redraws only those.
 
 While the noise floor is measured there is no trial to follow: the watcher reads the loop's
 noise/progress.json (which seed runs, what the finished ones scored) and tails the running seed's
-metrics.jsonl, the files a UI in another process can see.
+metrics.jsonl, the files a UI in another process can see (supervisor.tui.progress reads them).
 
-`RunControl` sends the person's commands through the ledger's commands table, the path `autoresearch
-control` uses; the review mode has none, so it cannot send anything.
+The ledger's rows are read as their types (supervisor.core.types); the status (`run_status`, the `status
+--json` document) is kept as the JSON document it is, for the run's summary numbers: counts, policy, agent,
+trial budget, noise floor, spend.
+
+The person's commands go the other way: supervisor.tui.control.
 """
 
 from __future__ import annotations
@@ -23,11 +26,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from supervisor.core.errors import UserError
+from supervisor.core.paths import RunPaths
+from supervisor.core.types import (
+    JournalEntry,
+    Plan,
+    Reflection,
+    RunState,
+    Steering,
+    Trial,
+    TrialStatus,
+    Turn,
+)
 from supervisor.run.status import run_status
-from supervisor.store.ledger import Ledger, Trial
+from supervisor.store.ledger import Ledger
 from supervisor.store.lock import RunLock
 from supervisor.tui import format as fmt
+from supervisor.tui.progress import (
+    BudgetProgress,
+    MetricsTail,
+    NoiseView,
+    budget_progress,
+    parse_noise_progress,
+)
 
 # Sections of a RunView; poll() says which changed.
 RUN = "run"                # state, detail, whether a supervisor is live
@@ -42,11 +62,13 @@ JOURNAL = "journal"        # the latest journal entry and reflection
 TELEMETRY = "telemetry"    # GPU or CPU/RAM reading
 NOISE = "noise"            # the noise-floor measurement in progress (its seeds, the running seed's curve)
 
-LIVE_STATES = ("running", "trial", "paused", "noise", "ready")
 # A finished run is over: a resume finds its trial budget spent and ends at once, before any agent turn.
-OVER_STATES = ("finished",)
-STATE_WORDS = {"running": "agent's turn", "trial": "training", "noise": "measuring the noise floor",
-               "ready": "starting"}
+OVER_STATES = (RunState.FINISHED,)
+STATE_WORDS = {RunState.RUNNING: "agent's turn", RunState.TRIAL: "training", RunState.NOISE: "measuring the noise floor",
+               RunState.READY: "starting"}
+# In a trial's or a noise seed's folder (RunPaths names the folders, not yet these files):
+METRICS_FILE = "metrics.jsonl"  # the trainer's live metrics
+TRIAL_LOG_FILE = "log.txt"      # the trainer's output
 TRANSCRIPT_LIMIT = 2000
 TELEMETRY_HISTORY = 120
 
@@ -69,23 +91,22 @@ def _tool_failed(text: str) -> bool:
     return head.startswith(("error", "refused"))
 
 
-def transcript_items_from_turn(turn: dict[str, Any]) -> list[TranscriptItem]:
-    role = turn["role"]
-    key = f"turn:{turn['id']}"
-    text = turn.get("text") or ""
+def transcript_items_from_turn(turn: Turn) -> list[TranscriptItem]:
+    role = turn.role
+    key = f"turn:{turn.id}"
+    text = turn.text or ""
     if role == "tool":
-        kind = "refused" if turn.get("refused") else ("error" if _tool_failed(text) else "tool")
-        return [TranscriptItem(key, turn["created"], kind, turn.get("tool") or "tool", text, turn.get("tool"),
-                               turn.get("input"))]
+        kind = "refused" if turn.refused else ("error" if _tool_failed(text) else "tool")
+        return [TranscriptItem(key, turn.created, kind, turn.tool or "tool", text, turn.tool, turn.input)]
     if role == "agent":
         if not text.strip():
             return []
-        return [TranscriptItem(key, turn["created"], "agent", "agent", text)]
+        return [TranscriptItem(key, turn.created, "agent", "agent", text)]
     if role == "system":
-        return [TranscriptItem(key, turn["created"], "system", "supervisor", text)]
+        return [TranscriptItem(key, turn.created, "system", "supervisor", text)]
     # Roles an agent adapter may add (e.g. "thinking"): shown as what they are, never dropped.
     kind = "thinking" if "think" in role else "agent"
-    return [TranscriptItem(key, turn["created"], kind, role, text)] if text.strip() else []
+    return [TranscriptItem(key, turn.created, kind, role, text)] if text.strip() else []
 
 
 def tool_input_summary(tool: str | None, data: Any, limit: int = 160) -> str:
@@ -138,128 +159,33 @@ def _usage_tokens(usage: Any) -> tuple[int, int]:
         return 0, 0
 
 
-@dataclass(frozen=True)
-class BudgetProgress:
-    phase: str              # starting | training | evaluating
-    elapsed_s: float        # training seconds reported by the trainer
-    budget_s: float
-    wall_s: float           # since the trial started, start-up and evaluation included
 
-    @property
-    def fraction(self) -> float:
-        return max(0.0, min(1.0, self.elapsed_s / self.budget_s)) if self.budget_s else 0.0
+# The experiments table's filters and sorts: which trials a filter name means is the run's vocabulary.
+FILTERS = ("all", "keeps", "flagged", "crashes", "graveyard")
+SORTS = ("id", "val_bpb", "delta", "steps", "MFU", "VRAM")
+# The Trial attribute each sort reads.
+SORT_ATTRIBUTE = {"id": "id", "val_bpb": "val_bpb", "delta": "delta", "steps": "num_steps", "MFU": "mfu_percent",
+                  "VRAM": "peak_vram_mb"}
+GRAVEYARD_STATUSES = (TrialStatus.DISCARD, TrialStatus.CRASH, TrialStatus.ABORTED)
 
 
-def budget_progress(metrics: list[dict[str, Any]], budget_s: float, started: float | None,
-                    now: float) -> BudgetProgress:
-    """How far a run of the trainer (a trial or a noise seed) is into its budget."""
-    wall = max(0.0, now - (started or now))
-    if not metrics:
-        return BudgetProgress("starting", 0.0, budget_s, wall)
-    elapsed = float(metrics[-1].get("elapsed") or 0.0)
-    phase = "evaluating" if elapsed >= budget_s - 0.5 else "training"
-    return BudgetProgress(phase, elapsed, budget_s, wall)
+def filter_trials(trials: list[Trial], name: str) -> list[Trial]:
+    if name == "keeps":
+        return [t for t in trials if t.status == TrialStatus.KEEP]
+    if name == "flagged":
+        return [t for t in trials if t.flagged]
+    if name == "crashes":
+        return [t for t in trials if t.status == TrialStatus.CRASH]
+    if name == "graveyard":  # everything tried that did not make it: discards, crashes, aborted
+        return [t for t in trials if t.status in GRAVEYARD_STATUSES]
+    return list(trials)
 
 
-@dataclass(frozen=True)
-class NoiseSeed:
-    """One run of the unchanged code with a new seed, as the loop's noise/progress.json reports it."""
-
-    index: int                  # 1-based
-    seed: int | None
-    status: str                 # running | ok | crash | stopped
-    started: float | None
-    val_bpb: float | None = None
-    num_steps: int | None = None
-    dir: str = ""               # relative to the run folder; its metrics.jsonl is the live curve
-
-
-@dataclass
-class NoiseView:
-    """The noise-floor measurement in progress: the same code run `repeats` times with new seeds."""
-
-    repeats: int
-    commit: str
-    budget_s: float | None
-    seeds: list[NoiseSeed] = field(default_factory=list)
-    metrics: list[dict[str, Any]] = field(default_factory=list)        # the latest seed's curve
-    curves: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # finished seeds' curves, by index
-
-    @property
-    def current(self) -> NoiseSeed | None:
-        """The seed running now (None between seeds and before the first)."""
-        return self.seeds[-1] if self.seeds and self.seeds[-1].status == "running" else None
-
-    @property
-    def finished(self) -> list[NoiseSeed]:
-        return [s for s in self.seeds if s.status != "running"]
-
-    def progress(self, now: float) -> BudgetProgress | None:
-        seed = self.current
-        if seed is None or not self.budget_s:
-            return None
-        return budget_progress(self.metrics, self.budget_s, seed.started, now)
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def parse_noise_progress(data: Any) -> NoiseView | None:
-    """The loop's noise/progress.json as a NoiseView; None when it is not what the loop writes."""
-    if not isinstance(data, dict) or not isinstance(data.get("seeds"), list):
-        return None
-    seeds = []
-    for raw in data["seeds"]:
-        if not isinstance(raw, dict) or not isinstance(raw.get("index"), int):
-            continue
-        folder = str(raw.get("dir") or "")
-        if folder.startswith("/") or ".." in Path(folder).parts:
-            continue  # a seed's folder is inside the run folder; the UI reads nothing else
-        steps = _number(raw.get("num_steps"))
-        seeds.append(NoiseSeed(index=raw["index"], seed=raw.get("seed") if isinstance(raw.get("seed"), int) else None,
-                               status=str(raw.get("status") or "running"), started=_number(raw.get("started")),
-                               val_bpb=_number(raw.get("val_bpb")), num_steps=None if steps is None else int(steps),
-                               dir=folder))
-    repeats = data.get("repeats")
-    return NoiseView(repeats=repeats if isinstance(repeats, int) else len(seeds), commit=str(data.get("commit") or ""),
-                     budget_s=_number(data.get("budget_s")), seeds=seeds)
-
-
-class MetricsTail:
-    """Reads the new complete lines of a JSON-lines metrics file another process appends to."""
-
-    CHUNK = 1 << 20          # at most this much per poll, so one poll never stalls
-    MAX_LINE = 4096          # longer is not a metric (the trainer is untrusted)
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read(self.CHUNK)
-        except OSError:
-            return []
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        if len(self.partial) > self.MAX_LINE:
-            self.partial = b""  # an over-long line: its rest parses as garbage and is skipped too
-        rows = []
-        for line in lines:
-            if not line.strip() or len(line) > self.MAX_LINE:
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a stray print into the metrics file
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+def sort_trials(trials: list[Trial], name: str, reverse: bool = False) -> list[Trial]:
+    attribute = SORT_ATTRIBUTE[name]
+    present = [t for t in trials if getattr(t, attribute) is not None]
+    missing = [t for t in trials if getattr(t, attribute) is None]  # no value: always last, whatever the direction
+    return sorted(present, key=lambda t: getattr(t, attribute), reverse=reverse) + missing
 
 
 @dataclass
@@ -268,20 +194,22 @@ class RunView:
 
     tag: str = ""
     run_dir: Path = Path(".")
-    state: str = "new"
+    state: RunState = RunState.NEW
     detail: str = ""
     live: bool = False                      # a supervisor process holds the run's lock now
     supervisor: str | None = None           # who holds it
-    status: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)  # the `status --json` document: the run's summary numbers
+    trials: list[Trial] = field(default_factory=list)     # every trial, oldest first
+    plans: list[Plan] = field(default_factory=list)
     focus: Trial | None = None              # the running trial, else the latest one
     focus_metrics: list[dict[str, Any]] = field(default_factory=list)
     reference: Trial | None = None          # the focus trial's parent (the best keep it was built on)
     reference_metrics: list[dict[str, Any]] = field(default_factory=list)
     transcript: list[TranscriptItem] = field(default_factory=list)
     new_transcript: list[TranscriptItem] = field(default_factory=list)  # items added by the last poll
-    latest_journal: dict[str, Any] | None = None
+    latest_journal: JournalEntry | None = None
     latest_journal_trial: Trial | None = None
-    latest_reflection: dict[str, Any] | None = None
+    latest_reflection: Reflection | None = None
     telemetry: dict[str, Any] | None = None
     telemetry_history: list[float] = field(default_factory=list)  # GPU (or CPU) utilisation, oldest first
     noise: NoiseView | None = None          # while the noise floor is measured
@@ -291,12 +219,16 @@ class RunView:
     error: str | None = None
 
     @property
-    def trials(self) -> list[dict[str, Any]]:
-        return self.status.get("trials", [])
+    def best(self) -> Trial | None:
+        """The best keep, as the status names it."""
+        best = self.status.get("best")
+        best_id = best.get("id") if isinstance(best, dict) else None
+        return next((t for t in self.trials if t.id == best_id), None)
 
     @property
-    def best(self) -> dict[str, Any] | None:
-        return self.status.get("best")
+    def flagged(self) -> list[Trial]:
+        """Finished keeps whose gain is under the noise floor."""
+        return [t for t in self.trials if t.status.finished and t.flagged]
 
     @property
     def noise_floor(self) -> float | None:
@@ -304,14 +236,14 @@ class RunView:
 
     @property
     def running(self) -> bool:
-        return self.focus is not None and self.focus.status == "running"
+        return self.focus is not None and self.focus.status == TrialStatus.RUNNING
 
     @property
     def state_label(self) -> str:
         """The run's state in words a person reads at a glance."""
-        if self.state in LIVE_STATES and not self.live:
-            return "interrupted"
-        return STATE_WORDS.get(self.state, self.state)
+        if self.state.live and not self.live:
+            return str(RunState.INTERRUPTED)
+        return STATE_WORDS.get(self.state, str(self.state))
 
     @property
     def over(self) -> bool:
@@ -320,7 +252,7 @@ class RunView:
 
     def budget_progress(self, now: float | None = None) -> BudgetProgress | None:
         trial = self.focus
-        if trial is None or trial.status != "running" or not trial.budget_s:
+        if trial is None or trial.status != TrialStatus.RUNNING or not trial.budget_s:
             return None
         return budget_progress(self.focus_metrics, trial.budget_s, trial.started, time.time() if now is None else now)
 
@@ -343,7 +275,8 @@ class RunWatcher:
                  monotonic: Callable[[], float] | None = None) -> None:
         self.ledger = ledger
         self.run_dir = Path(run_dir)
-        self.lock_path = self.run_dir / "run.lock"
+        self.paths = RunPaths(self.run_dir)
+        self.lock_path = self.paths.lock
         self.telemetry = telemetry
         self.telemetry_every_s = telemetry_every_s
         self.status_every_s = status_every_s
@@ -362,6 +295,8 @@ class RunWatcher:
         self._usage = {"in": 0, "out": 0}
         self._force_status = True
         self._steering_state: list[tuple[int, bool]] = []
+        self._reflections: list[Reflection] = []
+        self._journaled: set[int] = set()   # ids of the trials with a journal entry
 
     def invalidate(self) -> None:
         """Re-read the status on the next poll (after this app sent a command or a steering message)."""
@@ -369,7 +304,7 @@ class RunWatcher:
 
     def _read_live_reply(self) -> str:
         """The streaming reply the loop writes while a model answers (removed once the turn is recorded)."""
-        path = self.run_dir / "agent_reply.live"
+        path = self.paths.live_reply
         try:
             with open(path, "rb") as fh:
                 fh.seek(0, 2)
@@ -388,35 +323,37 @@ class RunWatcher:
         run = self.ledger.run_row()
         holder = RunLock.holder(self.lock_path)
         live = holder is not None
-        if (run["state"], run["state_detail"], live) != (view.state, view.detail, view.live) or not view.tag:
+        if (run.state, run.state_detail, live) != (view.state, view.detail, view.live) or not view.tag:
             changed.add(RUN)
         view.tag, view.state, view.detail, view.live, view.supervisor = (
-            run["tag"], run["state"], run["state_detail"], live, holder)
+            run.tag, run.state, run.state_detail, live, holder)
 
         new_items: list[TranscriptItem] = []
         turns = self.ledger.turns(after_id=self._last_turn)
         for turn in turns:
             new_items.extend(transcript_items_from_turn(turn))
-            tokens_in, tokens_out = _usage_tokens(turn.get("usage"))
+            tokens_in, tokens_out = _usage_tokens(turn.usage)
             self._usage["in"] += tokens_in
             self._usage["out"] += tokens_out
         if turns:
-            self._last_turn = turns[-1]["id"]
+            self._last_turn = turns[-1].id
 
         # Steering can arrive from another process (`control`, the loop taking this app's command) with no
         # turn and no state change; the table is tiny, so it is compared on every poll.
-        steering = [(s["id"], s["delivered"] is not None) for s in self.ledger.steering()]
-        if (self._force_status or turns or run["updated"] != self._run_updated or RUN in changed
-                or steering != self._steering_state or _due(self._status_at, now, self.status_every_s)):
-            self._steering_state = steering
+        steering = self.ledger.steering()
+        steering_state = [(s.id, s.delivered is not None) for s in steering]
+        if (self._force_status or turns or run.updated != self._run_updated or RUN in changed
+                or steering_state != self._steering_state or _due(self._status_at, now, self.status_every_s)):
+            self._steering_state = steering_state
             self._force_status = False
-            self._run_updated = run["updated"]
+            self._run_updated = run.updated
             self._status_at = now
             status = run_status(self.ledger, self.lock_path)
             if status != view.status:
                 changed.add(STATUS)
                 view.status = status
-                new_items.extend(self._steering_items(status.get("steering", [])))
+                self._read_rows(view)
+                new_items.extend(self._steering_items(steering))
                 self._refresh_journal(view, changed)
             cost = cost_text(status, self._usage)
             if cost != view.cost:
@@ -451,39 +388,45 @@ class RunWatcher:
         return copy.copy(view), frozenset(changed)
 
     # ---- parts of a poll ------------------------------------------------------------------------------
-    def _steering_items(self, steering: list[dict[str, Any]]) -> list[TranscriptItem]:
+    def _read_rows(self, view: RunView) -> None:
+        """The ledger's rows the screens show, read with the status they go with."""
+        view.trials = self.ledger.trials()
+        view.plans = self.ledger.plans()
+        self._reflections = self.ledger.reflections()
+        self._journaled = {entry.trial_id for entry in self.ledger.journal_entries()}
+
+    def _steering_items(self, steering: list[Steering]) -> list[TranscriptItem]:
         items = []
         for s in steering:
-            delivered = s.get("delivered") is not None
-            seen = self._steering_seen.get(s["id"])
+            delivered = s.delivered is not None
+            seen = self._steering_seen.get(s.id)
             if seen is None:
-                items.append(TranscriptItem(f"steer:{s['id']}", s["created"], "steering", "you", s["message"]))
-            if delivered and not seen:
+                items.append(TranscriptItem(f"steer:{s.id}", s.created, "steering", "you", s.message))
+            if s.delivered is not None and not seen:
                 items.append(TranscriptItem(
-                    f"steer:{s['id']}:delivered", s["delivered"], "delivered", "delivered",
-                    f"steering message {s['id']} was given to the agent at turn {s.get('delivered_turn')}"))
-            self._steering_seen[s["id"]] = delivered
+                    f"steer:{s.id}:delivered", s.delivered, "delivered", "delivered",
+                    f"steering message {s.id} was given to the agent at turn {s.delivered_turn}"))
+            self._steering_seen[s.id] = delivered
         return items
 
     def _refresh_journal(self, view: RunView, changed: set[str]) -> None:
-        journaled = [t["id"] for t in view.trials if t.get("journal")]
+        journaled = [t.id for t in view.trials if t.id in self._journaled]
         latest_id = journaled[-1] if journaled else None
-        current = view.latest_journal["trial_id"] if view.latest_journal else None
-        reflections = view.status.get("reflections") or []
-        reflection = reflections[-1] if reflections else None
+        current = view.latest_journal.trial_id if view.latest_journal else None
+        reflection = self._reflections[-1] if self._reflections else None
         if latest_id != current:
             view.latest_journal = self.ledger.journal_for(latest_id) if latest_id is not None else None
             view.latest_journal_trial = self.ledger.trial(latest_id) if latest_id is not None else None
             changed.add(JOURNAL)
-        if (reflection or {}).get("id") != (view.latest_reflection or {}).get("id"):
+        if (reflection.id if reflection else None) != (view.latest_reflection.id if view.latest_reflection else None):
             view.latest_reflection = reflection
             changed.add(JOURNAL)
 
     def _refresh_focus(self, view: RunView, changed: set[str]) -> None:
         trials = view.trials
-        running = [t for t in trials if t["status"] == "running"]
+        running = [t for t in trials if t.status == TrialStatus.RUNNING]
         target = running[-1] if running else (trials[-1] if trials else None)
-        target_id = target["id"] if target else None
+        target_id = target.id if target else None
         focus = view.focus
         if target_id is None:
             if focus is not None:
@@ -495,12 +438,12 @@ class RunWatcher:
             view.focus_metrics = []
             self._metric_seq = -1
             changed.update((TRIAL, METRICS))
-        elif focus.status != target["status"]:
+        elif target is not None and focus.status != target.status:
             view.focus = self.ledger.trial(target_id)  # finished: its numbers and decision are in
             changed.add(TRIAL)
         if view.focus is None:
             return
-        if view.focus.status == "running" or TRIAL in changed:
+        if view.focus.status == TrialStatus.RUNNING or TRIAL in changed:
             rows = self.ledger.metrics(view.focus.id, after_seq=self._metric_seq)
             if rows:
                 self._metric_seq = rows[-1]["seq"]
@@ -515,7 +458,7 @@ class RunWatcher:
 
     def _refresh_noise(self, view: RunView, changed: set[str]) -> None:
         """While the noise floor is measured: which seed runs, the finished ones' results, the live curve."""
-        if view.state != "noise":
+        if view.state != RunState.NOISE:
             if view.noise is not None:
                 view.noise, self._noise_stamp, self._noise_tail = None, None, None
                 changed.add(NOISE)
@@ -527,11 +470,11 @@ class RunWatcher:
             # Seeds that ended (also those ended before this app opened): their whole curves, read once.
             ended = [s for s in noise.seeds[:-1] if s.index not in noise.curves]
             if ended:
-                curves = {s.index: _loss_rows(MetricsTail(self.run_dir / s.dir / "metrics.jsonl").read())
+                curves = {s.index: _loss_rows(MetricsTail(self.run_dir / s.dir / METRICS_FILE).read())
                           for s in ended}
                 noise = replace(noise, curves={**noise.curves, **curves})
                 changed.add(NOISE)
-            latest = self.run_dir / noise.seeds[-1].dir / "metrics.jsonl"
+            latest = self.run_dir / noise.seeds[-1].dir / METRICS_FILE
             if self._noise_tail is None or self._noise_tail.path != latest:
                 self._noise_tail = MetricsTail(latest)
                 noise = replace(noise, metrics=[])
@@ -544,7 +487,7 @@ class RunWatcher:
 
     def _read_noise_progress(self, noise: NoiseView | None) -> NoiseView | None:
         """The loop's noise/progress.json when it changed (curves carried over within one measurement)."""
-        path = self.run_dir / "noise" / "progress.json"
+        path = self.paths.noise_progress
         try:
             stat = path.stat()
         except OSError:
@@ -572,46 +515,3 @@ def _loss_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _due(last: float | None, now: float, every_s: float) -> bool:
     return last is None or now - last >= every_s
-
-
-class ControlError(UserError):
-    """A command the run cannot take now; the message says why."""
-
-
-class RunControl:
-    """Sends the person's commands to the loop through the ledger, like `autoresearch control`."""
-
-    def __init__(self, ledger: Ledger, run_dir: Path) -> None:
-        self.ledger = ledger
-        self.lock_path = Path(run_dir) / "run.lock"
-
-    def is_live(self) -> bool:
-        return RunLock.holder(self.lock_path) is not None
-
-    def send(self, command: str, arg: str = "") -> str:
-        """Send one command; returns what to tell the person. Raises ControlError when it cannot be sent."""
-        from supervisor.run.loop import COMMANDS
-
-        if command not in COMMANDS:
-            raise ControlError(f"unknown command {command!r}: use one of {', '.join(COMMANDS)}")
-        arg = arg.strip()
-        if command == "steer" and not arg:
-            raise ControlError("a steering message needs some text")
-        if not self.is_live():
-            if self.ledger.run_row()["state"] in OVER_STATES:
-                # A resume of a finished run ends at once: a stored message would never be read.
-                raise ControlError(f"the run is over (finished): there is nothing to {command}")
-            if command == "steer":
-                # Nobody runs the loop: store it; the next --resume delivers it at the first turn.
-                self.ledger.add_steering(arg)
-                return "no supervisor is running this run: the message is stored and delivered on --resume"
-            # A stale pause or stop would fire the moment the run is resumed; refuse instead.
-            raise ControlError(f"no supervisor is running this run, so there is nothing to {command}")
-        self.ledger.send_command(command, arg)
-        return {
-            "pause": "pause sent: the loop pauses at its next safe point (after the current trial)",
-            "resume": "resume sent",
-            "stop-trial": "stop-trial sent: the current trial is stopped, recorded as aborted and reverted",
-            "steer": "steering message sent: the agent gets it at its next turn",
-            "stop": "stop sent: the run stops (the current trial is recorded as aborted)",
-        }[command]

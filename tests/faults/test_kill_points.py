@@ -77,7 +77,7 @@ def check_invariants(tmp_path: Path, source: Path) -> None:
         rows = (config.run_dir / "results.tsv").read_text().splitlines()[1:]
         assert [r.split("\t")[0] for r in rows] == [t.short_commit for t in finished]
         entries = ledger.journal_entries()
-        assert sorted(e["trial_id"] for e in entries) == [t.id for t in finished]
+        assert sorted(e.trial_id for e in entries) == [t.id for t in finished]
         journal_md = (config.run_dir / "journal.md").read_text()
         for t in finished:
             assert journal_md.count(f"## Trial {t.id} ·") == 1
@@ -90,7 +90,7 @@ def check_invariants(tmp_path: Path, source: Path) -> None:
                 assert not alive, f"trial {t.id} (pid {t.pid}) outlived its supervisor"
         transcript = (config.run_dir / "transcript.jsonl").read_text().splitlines()
         assert len(transcript) == len(ledger.turns())
-        assert ledger.run_row()["state"] == "finished"
+        assert ledger.run_row().state == "finished"
     finally:
         ledger.close()
 

@@ -30,7 +30,7 @@ def _full_disk_child(tmp_path: Path, source: Path, out: Path) -> None:
         message = "finished without hitting the limit"
     except SupervisorError as exc:
         message = f"error: {exc}"
-    except BaseException as exc:  # noqa: BLE001 - the test reports it
+    except BaseException as exc:
         message = f"unexpected {type(exc).__name__}: {exc}"
     out.write_text(message)
     os._exit(0)

@@ -1,0 +1,216 @@
+"""Every text the agent reads, in one place: the system prompt, the turn's fixed texts, tool results,
+refusals and what to do now.
+
+Plain `str.format` templates with named fields, so a reader sees the whole wording at once; the few
+renderers below only fill them in. The wording is part of the behaviour: tests compare it byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from supervisor.core.types import Trial
+
+# ---- the system prompt and the fixed parts of a turn (supervisor.agents.llm) -----------------------------
+SYSTEM_PROMPT = """\
+You are the research agent of an autoresearch run. You lower val_bpb (bits per byte on held-out text; lower \
+is better) of a small GPT trained for a fixed wall-clock budget, by editing one file: the training script. \
+A supervisor runs every trial, keeps or reverts your change by its own noise-aware policy, and keeps the \
+lab journal that the person who owns this machine reads in the morning.
+
+How your turns work:
+- You have no memory between turns except what is shown to you. Every turn is rebuilt from the run's \
+durable record: the research program, the training script as it is now, a compact results table, your \
+latest journal entries, the latest reflection, the plan queue, messages from the person, and your previous \
+reply with the results of its tool calls. Write down what you want to remember: in journal entries, \
+reflections and the plan queue.
+- Act only through the tools. One reply may call several tools; they run in the order given, and when \
+one fails or is refused, the ones after it in that reply are not run.
+- A cycle: optionally read a file, edit the training script with edit_file, run_trial with a one-line \
+description (edit and run may go in the same reply), then write_journal for that trial. After a trial the \
+supervisor accepts nothing but write_journal; when a reflection is due, nothing but write_reflection.
+- edit_file is an exact search-and-replace: copy the search text character for character from the \
+training script shown to you, with enough lines to be unique.
+- One idea per trial, so each result means something. On a fixed budget, speed is quality: watch tokens/s \
+and MFU, not only val_bpb. A gain smaller than the noise floor is probably luck.
+- Messages from the person take precedence over your own plan.
+- Tool errors and refusals come back as text that says how to fix the call: read them and fix it.
+- Keep the text of a reply short (what you do and why, in a sentence or two); reasoning that matters \
+belongs in the journal.
+"""
+
+PROGRAM_INTRO = "# The research program (program.md, written by the person; re-read at every turn)\n\n"
+PROGRAM_EMPTY = "(program.md is empty)"
+PREVIOUS_NOTE = ("Your previous reply follows, with the results of its tool calls; after them comes the "
+                 "current state of the run.")
+CODE = ("The training script `{editable}` as it is now (the only file you may edit; copy edit_file's "
+        "search text from here exactly):\n\n```python\n{code}\n```")
+WHOLE_SCRIPT_SHOWN = "(the whole of {editable} is shown above as it is now)"
+RESULT_CUT = "\n... [{left} more characters not shown; read a line range]"
+
+# A tool call whose arguments could not be read: the model gets the reason and sends it again.
+ARGS_CUT_OFF = ("your reply was cut off at the output limit ({max_tokens} tokens) in the middle of "
+                "this call, so its arguments are incomplete JSON. Make the call shorter (a smaller "
+                "search text, one call per reply) and send it again.")
+ARGS_NOT_JSON = ("the arguments are not valid JSON ({msg} at character {pos}): {snippet!r}. "
+                 "Send them again as one JSON object.")
+ARGS_NOT_OBJECT = "the arguments must be a JSON object, got {kind}"
+ARGS_NOT_NAMED = "the arguments must be a JSON object with named fields, got a JSON {kind}"
+
+# ---- what to do now (the last part of every turn) -----------------------------------------------------
+TASK_HEADING = "## What to do now"
+TASK_NO_TOOL_CALLED = "Your previous reply called no tool: act through the tools."
+TASK_REFLECT = "Step back from single trials: use the whole results table, the journal and the plan queue."
+TASK_BASELINE = ("No trial has run yet. Run the unmodified training script first as the baseline "
+                 "(run_trial with a description such as 'baseline'), so later changes have a reference.")
+TASK_TRIALS_LEFT = " {left} trials are left in this run."
+TASK_NEXT_EXPERIMENT = ("Propose the next experiment: one idea, edit the training script with edit_file, then "
+                        "run_trial with a one-line description (both may go in one reply). Put ideas you cannot "
+                        "try now in the plan queue with plan_add.{left}")
+TASK_LAST_REFUSED = "Your last refused call ({tool}) was told: {content}"
+
+OBLIGATION_JOURNAL = ("trial {trial_id} ({status}, val_bpb {val_bpb}) has no journal entry yet. Call write_journal "
+                      "with {fields} (the supervisor fills in the numbers) before anything else.")
+OBLIGATION_REFLECTION = ("a reflection is due ({why}). Call write_reflection with {fields} "
+                         "before the next trial.")
+
+# ---- tool calls: the gate, errors and refusals (supervisor.run.tools, supervisor.run.loop) --------------
+REFUSED = "refused: {message}"
+ERROR = "error: {message}"
+CALL_UNREADABLE = "error: {tool}: {problem}"
+CALL_SKIPPED = ("not run: the earlier {tool} call in this reply did not succeed, and this call may "
+                "depend on it. Deal with that first, then send this call again if it still makes sense.")
+UNKNOWN_TOOL = "unknown tool {name!r}.{hint} The tools are: {tools}."
+UNKNOWN_TOOL_HINT = " Did you mean {close!r}?"
+INPUT_NOT_OBJECT = "{name}: the input must be a JSON object with fields {fields}"
+INPUT_MISSING = "{name}: missing required field(s): {missing}"
+INPUT_UNKNOWN = "{name}: unknown field(s) {unknown}; the fields are {fields}"
+INPUT_WRONG_TYPE = "{name}: field {key!r} must be a {kind}, got {got}"
+INPUT_NOT_IN_ENUM = "{name}: field {key!r} must be one of {choices}, got {value!r}"
+FIELD_PLACEHOLDER = "{name} is empty or a placeholder"
+FIELD_TOO_SHORT = "{name} is too short to say anything (write at least one real sentence)"
+FIELDS_ALL_SAME = "all fields are the same text"
+FIELDS_REPEATED = "{names} repeat the previous entry word for word"
+
+EDITED = "edited {editable} (lines {start}-{end}):\n{diff}"
+DESCRIPTION_EMPTY = "error: the description is empty; say in one line what this trial changes"
+DESCRIPTION_TOO_LONG = "error: the description must be one line of at most 200 characters"
+TRIAL_BUDGET_SPENT = "refused: this run's trial budget (--max-trials) is spent; no more trials"
+PLAN_NOT_OPEN = "error: plan #{plan_id} is not an open plan; see the plan queue"
+NO_UNCOMMITTED_CHANGE = "(no uncommitted change)"
+NO_SUCH_TRIAL = "error: there is no trial {trial_id}"
+DIFF_HEAD = "trial {trial_id} ({status}): {description}\n"
+DIFF_EMPTY = "(no change: a baseline or re-run)"
+PLAN_IDEA_TOO_SHORT = "error: describe the idea in a few words"
+PLAN_ADDED = "added plan #{plan_id}: {idea}"
+NO_SUCH_PLAN = "error: there is no plan #{plan_id}"
+PLAN_NOT_OPEN_ANY_MORE = "error: plan #{plan_id} is already {status}"
+PLAN_DROP_NEEDS_REASON = ("refused: dropping a plan needs a stated reason (a real sentence): why is "
+                          "it no longer worth trying?")
+PLAN_DROPPED = "dropped plan #{plan_id}: {reason}"
+
+NO_JOURNAL_PENDING = "error: no trial is waiting for a journal entry"
+JOURNAL_REFUSED = ("refused: the journal entry for trial {trial_id} is not acceptable: {problems}. "
+                   "Write each field as real sentences about this trial.")
+JOURNAL_RESULT = "{status}{flag}. {result}. Decision: {decision}"
+JOURNAL_RECORDED = "journal entry for trial {trial_id} recorded.{follow}"
+JOURNAL_NEXT = " Next: {message}"
+REFLECTION_REFUSED = ("refused: the reflection is not acceptable: {problems}. Look at the whole run "
+                      "(get_results is available after the reflection; the table is in your context).")
+REFLECTION_RECORDED = "reflection {reflection_id} recorded."
+
+# ---- a trial (supervisor.run.executor) --------------------------------------------------------------------
+HARNESS_CHANGED = ("refused: the harness ({harness}) was changed. It is read-only and "
+                   "has been restored. Only the training script may change; make your change there.")
+EVAL_DATA_CHANGED = ("refused: the validation data changed since the run began ({changed} in "
+                     "{cache_dir}). The person must look at this; no trial runs until the cache is "
+                     "restored (`autoresearch prepare` repairs it).")
+TRIAL_STOPPED_BY_PERSON = ("trial {trial_id} was stopped by the person and is not counted; the change was reverted "
+                           "(its diff stays in the ledger).")
+RUN_STOPPED_DURING_TRIAL = "the run was stopped during the trial"
+TRIAL_REPORT_HEAD = "trial {trial_id} finished: {status}{flag}"
+TRIAL_REPORT_DECISION = "decision: {decision}"
+TRIAL_REPORT_LOG = "log tail:\n{log_tail}"
+TRIAL_REPORT_NEXT = "Now write the journal entry for this trial with write_journal."
+
+# Decisions: stored with the trial, and what the agent reads after "decision:".
+DECISION_UNTRUSTED = "{what} changed during the trial: result not trusted"
+DECISION_CRASHED = "crashed: {reason}"
+DECISION_CONFIRMATION_CRASHED = ("{reason}; a confirmation run with seed {seed} crashed "
+                                 "({crash}): discarded")
+DECISION_CONFIRMATION_INTERRUPTED = "confirmation re-runs were interrupted: discarded"
+STOPPED_BY_PERSON = "stopped by the person"  # a trial's crash reason, also how the loop finds stopped trials
+
+RESULTS_EMPTY = "(no finished trials yet)"
+RESULTS_HEAD = "noise floor: {floor}; policy: {policy}"
+RESULTS_COLUMNS = "id  status   val_bpb   delta     flag  steps  MFU%   VRAM_MB  description"
+
+
+def fmt(value: float | None, digits: int = 6) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _delta(new: float | None, old: float | None, digits: int = 0, pct: bool = False) -> str:
+    if new is None or old is None:
+        return ""
+    if pct and old:
+        return f" ({(new - old) / old * 100:+.1f}%)"
+    return f" ({new - old:+.{digits}f})"
+
+
+def _throughput_parts(t: Trial, p: Trial | None) -> list[str]:
+    return [
+        f"steps {t.num_steps if t.num_steps is not None else 'n/a'}" + (_delta(t.num_steps, p.num_steps) if p else ""),
+        f"tokens/s {t.tokens_per_s:,.0f}" + (_delta(t.tokens_per_s, p.tokens_per_s, pct=True) if p else "")
+        if t.tokens_per_s is not None else "tokens/s n/a",
+        f"MFU {t.mfu_percent:.1f}%" + (_delta(t.mfu_percent, p.mfu_percent, 1) if p else "")
+        if t.mfu_percent is not None else "MFU n/a",
+        f"peak VRAM {t.peak_vram_mb:.0f} MB" + (_delta(t.peak_vram_mb, p.peak_vram_mb) if p else "")
+        if t.peak_vram_mb is not None else "peak VRAM n/a",
+    ]
+
+
+def result_text(t: Trial, parent: Trial | None, noise_floor: float | None) -> str:
+    """The numbers of a trial with their deltas to the parent; the journal's 'result' field."""
+    if t.status == "crash":
+        return f"crash: {t.crash_reason}"
+    parts = [f"val_bpb {fmt(t.val_bpb)}"]
+    if parent is not None and t.parent_val_bpb is not None and t.val_bpb is not None:
+        parts[0] += f" vs parent {fmt(t.parent_val_bpb)} (delta {t.val_bpb - t.parent_val_bpb:+.6f})"
+    parts.append(f"noise floor {fmt(noise_floor)}" if noise_floor is not None else "noise floor not measured")
+    if len(t.extra_values):
+        parts.append(f"confirmation runs {', '.join(fmt(v) for v in t.extra_values)}")
+    parts += _throughput_parts(t, parent)
+    parts.append(f"budget {t.budget_s:g}s" if t.budget_s else "")
+    return "; ".join(x for x in parts if x)
+
+
+def trial_report(t: Trial, parent: Trial | None, noise_floor: float | None) -> str:
+    """What run_trial returns to the agent."""
+    lines = [TRIAL_REPORT_HEAD.format(trial_id=t.id, status=t.status.upper(), flag=" (FLAGGED)" if t.flagged else ""),
+             TRIAL_REPORT_DECISION.format(decision=t.decision)]
+    if t.status == "crash":
+        lines.append(TRIAL_REPORT_LOG.format(log_tail=t.log_tail[-2000:]))
+    else:
+        lines.append(result_text(t, parent, noise_floor))
+    lines.append(TRIAL_REPORT_NEXT)
+    return "\n".join(lines)
+
+
+def results_table(trials: list[Trial], noise_floor: float | None, policy: str) -> str:
+    """The get_results tool's table."""
+    if not trials:
+        return RESULTS_EMPTY
+    lines = [RESULTS_HEAD.format(floor=fmt(noise_floor) if noise_floor is not None else "not measured",
+                                 policy=policy),
+             RESULTS_COLUMNS]
+    for t in trials:
+        lines.append(
+            f"{t.id:<3} {t.status:<8} {fmt(t.val_bpb):<9} "
+            f"{(f'{t.delta:+.5f}' if t.delta is not None else ''):<9} {'FLAG' if t.flagged else '':<5} "
+            f"{t.num_steps if t.num_steps is not None else '':<6} "
+            f"{(f'{t.mfu_percent:.1f}' if t.mfu_percent is not None else ''):<6} "
+            f"{(f'{t.peak_vram_mb:.0f}' if t.peak_vram_mb is not None else ''):<8} {t.description}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,458 @@
+"""The trial executor: commit, run, decide, record and reset one trial.
+
+The only part of the loop that touches git (through Workspace) and the trainer (through the runner). The
+loop hands it a description; it hands back what the agent reads. Killed at any failpoint, the ledger says
+what happened: a started trial without a result is marked aborted on --resume, never half-recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor.agents.base import ToolOutcome
+from supervisor.core import events as ev
+from supervisor.core import prompts
+from supervisor.core.config import RunConfig
+from supervisor.core.failpoints import failpoint
+from supervisor.core.paths import RunPaths
+from supervisor.core.policy import KeepPolicy, Verdict
+from supervisor.core.types import RunState, Trial, TrialKind, TrialStatus
+from supervisor.store.journal_files import JournalFiles
+from supervisor.store.ledger import Ledger
+from supervisor.trial.guards import eval_fingerprint, fingerprint_changes, scan_diff
+from supervisor.trial.platform_info import platform_info
+from supervisor.trial.runner import TrialOutcome, TrialSpec, run_trial, summary_float
+from supervisor.trial.warm_start import COMPILE_MODULES, WarmStarter
+from supervisor.trial.workspace import Workspace
+
+PRIMARY_SEED = 42
+CONFIRM_SEED_BASE = 1000
+METRIC_FLUSH_S = 1.0
+
+SetState = Callable[[RunState, str], None]
+
+
+@dataclass
+class _Verdict:
+    status: TrialStatus
+    flagged: bool
+    decision: str
+
+
+class TrialExecutor:
+    """Runs trials in the run's workspace and records them in the ledger."""
+
+    def __init__(self, config: RunConfig, ledger: Ledger, files: JournalFiles, bus: ev.EventBus, *,
+                 set_state: SetState, run_stopping: Callable[[], bool],
+                 runner: Callable[..., TrialOutcome] = run_trial, warm: WarmStarter | None = None) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.files = files
+        self.bus = bus
+        self.paths = RunPaths(config.run_dir)
+        self.platform = platform_info()
+        self.trial_stop = threading.Event()  # set to stop the trial that runs now (stop-trial, stop)
+        self.warm = warm
+        self.last_compiled = False  # whether the last trial compiled: its successor's warm start preloads inductor
+        self.set_state = set_state
+        self._run_stopping = run_stopping
+        self._runner = runner
+        self._harness_hash = ""
+
+    # ---- the workspace ------------------------------------------------------------------------------------
+    def create_workspace(self) -> None:
+        """A new run: clone the research repo (or adopt an upstream checkout). Raises WorkspaceError."""
+        cfg = self.config
+        if cfg.upstream_repo:
+            self.workspace = Workspace.adopt(cfg.upstream_repo, cfg.layout, cfg.branch)
+        else:
+            self.workspace = Workspace.create(cfg.workspace, cfg.source_dir, cfg.layout, cfg.branch)
+        self._harness_hash = self.workspace.committed_harness_hash()
+        self.ledger.set_meta("eval_fingerprint", eval_fingerprint(cfg.cache_dir))
+
+    def open_workspace(self) -> None:
+        """A resumed run: the existing workspace on its branch. Raises WorkspaceError."""
+        self.workspace = Workspace(self.config.workspace, self.config.layout, self.config.branch)
+        self.workspace.ensure_branch()
+        self._harness_hash = self.workspace.committed_harness_hash()
+
+    def abort_interrupted(self) -> list[int]:
+        """Trials a killed supervisor left running: killed if still alive, marked aborted, not counted."""
+        ids = []
+        for trial in self.ledger.running_trials():
+            if trial.pid:
+                kill_orphan_trial(trial.pid, self.config.layout.command)
+            self.ledger.finish_trial(trial.id, status=TrialStatus.ABORTED,
+                                     crash_reason="the supervisor stopped during this trial; it was not finished")
+            ids.append(trial.id)
+        return ids
+
+    def restore_branch(self) -> None:
+        """Back to the last keep, harness as committed; remember whether the last trial compiled."""
+        self.workspace.reset_to(self.branch_target())
+        if self.workspace.harness_hash() != self._harness_hash:
+            self.workspace.restore_harness()
+        finished = self.ledger.finished_trials()
+        if finished:
+            self.last_compiled = str(finished[-1].summary.get("compiled", "")).strip().lower() == "true"
+
+    def branch_target(self) -> str:
+        """Where the branch must be: the last keep, or the initial commit before any keep."""
+        best = self.ledger.best_keep()
+        if best and best.commit_sha:
+            return best.commit_sha
+        return self.workspace.repo.git.rev_list("--max-parents=0", self.config.branch).splitlines()[0]
+
+    @property
+    def root(self) -> Path:
+        return self.workspace.root
+
+    @property
+    def editable(self) -> str:
+        return self.config.layout.editable
+
+    def editable_text(self) -> str:
+        return self.workspace.editable_path.read_text(encoding="utf-8")
+
+    def working_diff(self) -> str:
+        return self.workspace.working_diff()
+
+    # ---- what the run knows about its trials ---------------------------------------------------------------
+    def trials_done(self) -> int:
+        return len([t for t in self.ledger.finished_trials() if t.kind == TrialKind.TRIAL])
+
+    def trial_budget_left(self) -> int | None:
+        if self.config.max_trials is None:
+            return None
+        return self.config.max_trials - self.trials_done()
+
+    def noise_sd(self) -> float | None:
+        noise = self.ledger.latest_noise(self.config.budget_s)
+        return None if noise is None else noise.sd
+
+    def noise_floor(self) -> float | None:
+        sd = self.noise_sd()
+        return None if sd is None else sd * self.config.floor_factor
+
+    def policy(self) -> KeepPolicy:
+        return KeepPolicy(self.config.policy, self.config.floor_factor, self.config.confirm_seeds)
+
+    def result_text(self, trial: Trial, parent: Trial | None) -> str:
+        return prompts.result_text(trial, parent, self.noise_floor())
+
+    def results_table(self, last: int | None = None, status: str | None = None) -> str:
+        trials = self.ledger.finished_trials()
+        if status:
+            trials = [t for t in trials if t.status == status]
+        if last:
+            trials = trials[-last:]
+        return prompts.results_table(trials, self.noise_floor(), self.config.policy)
+
+    # ---- one trial -----------------------------------------------------------------------------------------
+    def run_trial(self, description: str, category: str | None, plan_id: int | None) -> ToolOutcome:
+        """Commit, run, decide, record, reset. Called by the run_trial tool."""
+        refusal = self._refusal()
+        if refusal:
+            return ToolOutcome("run_trial", ok=False, refused=True, content=refusal)
+        self._only_editable_changed()
+        best = self.ledger.best_keep()
+        ws = self.workspace
+        parent_commit = ws.head()
+        diff = ws.working_diff()
+        failpoint("before_commit")
+        commit = ws.commit_trial(f"trial: {description}")
+        failpoint("after_commit")
+        trial_id = self.ledger.start_trial(
+            commit_sha=commit, parent_commit=parent_commit, parent_trial=best.id if best else None,
+            description=description, category=category, plan_id=plan_id, diff=diff,
+            budget_s=self.config.budget_s, platform=self.platform, seed=PRIMARY_SEED,
+        )
+        failpoint("trial_started")
+        self.trial_stop.clear()
+        self.set_state(RunState.TRIAL, f"trial {trial_id}: {description}")
+        self.bus.emit(ev.TRIAL_STARTED, trial_id=trial_id, commit=commit, parent=parent_commit,
+                      description=description, budget_s=self.config.budget_s, seed=PRIMARY_SEED,
+                      parent_trial=best.id if best else None)
+        outcome = self.execute(trial_id, self.paths.trial_dir(trial_id), PRIMARY_SEED, live=True)
+        harness_intact, eval_changed, suspicions = self._check_after(diff)
+        if outcome.stopped:
+            return self._stopped(trial_id, outcome, parent_commit)
+        return self._record(trial_id, outcome, best, parent_commit, suspicions,
+                            untrusted="" if harness_intact and not eval_changed else
+                            "the harness" if not harness_intact else "the validation data")
+
+    def _refusal(self) -> str | None:
+        """Why no trial may run now (a changed harness, changed validation data), or None."""
+        if not self._harness_ok():
+            self.workspace.restore_harness()
+            return prompts.HARNESS_CHANGED.format(harness=", ".join(self.config.layout.harness))
+        changed = self._eval_data_changed()
+        if changed:
+            return prompts.EVAL_DATA_CHANGED.format(changed=", ".join(changed), cache_dir=self.config.cache_dir)
+        return None
+
+    def _only_editable_changed(self) -> None:
+        """Only the editable file may differ from the last keep: revert every other tracked change."""
+        ws = self.workspace
+        untracked = set(ws.repo.untracked_files)
+        stray = [p for p in ws.dirty_paths() if p != self.editable and p not in untracked]
+        if stray:
+            ws.repo.git.checkout("HEAD", "--", *stray)
+
+    def _check_after(self, diff: str) -> tuple[bool, list[str], list[str]]:
+        """After the run: restore a changed harness; what looks suspicious about the trial."""
+        harness_intact = self._harness_ok()
+        if not harness_intact:
+            self.workspace.restore_harness()
+        eval_changed = self._eval_data_changed()
+        suspicions = scan_diff(diff)
+        if not harness_intact:
+            suspicions.append("harness: the trial changed the read-only harness while it ran")
+        if eval_changed:
+            suspicions.append(f"validation data: the trial changed {', '.join(eval_changed)} while it ran")
+        return harness_intact, eval_changed, suspicions
+
+    def _stopped(self, trial_id: int, outcome: TrialOutcome, parent_commit: str) -> ToolOutcome:
+        if not self._run_stopping():
+            self.ledger.finish_trial(trial_id, status=TrialStatus.ABORTED, crash_reason=prompts.STOPPED_BY_PERSON,
+                                     log_tail=outcome.log_tail, wall_seconds=outcome.wall_seconds)
+            self.workspace.reset_to(parent_commit)
+            self.set_state(RunState.RUNNING, "")
+            self.bus.emit(ev.TRIAL_FINISHED, trial_id=trial_id, status=TrialStatus.ABORTED, val_bpb=None, delta=None,
+                          flagged=False, decision=prompts.STOPPED_BY_PERSON)
+            return ToolOutcome("run_trial", ok=False,
+                               content=prompts.TRIAL_STOPPED_BY_PERSON.format(trial_id=trial_id))
+        # The whole run is stopping: leave it for --resume to mark aborted.
+        self.ledger.finish_trial(trial_id, status=TrialStatus.ABORTED, crash_reason="the run was stopped",
+                                 log_tail=outcome.log_tail)
+        self.workspace.reset_to(parent_commit)
+        return ToolOutcome("run_trial", ok=False, content=prompts.RUN_STOPPED_DURING_TRIAL)
+
+    def _record(self, trial_id: int, outcome: TrialOutcome, best: Trial | None, parent_commit: str,
+                suspicions: list[str], untrusted: str) -> ToolOutcome:
+        fields = outcome_fields(outcome)
+        parent_mean = best.mean_val_bpb if best else None
+        verdict = self._verdict(trial_id, outcome, best.all_values if best else [], untrusted)
+        if verdict.status == TrialStatus.CRASH:
+            fields["crash_reason"] = outcome.reason if not untrusted else verdict.decision
+        val = fields.get("val_bpb")
+        delta = None if (val is None or parent_mean is None or verdict.status == TrialStatus.CRASH) else val - parent_mean
+        self.ledger.finish_trial(
+            trial_id, status=verdict.status, flagged=verdict.flagged, decision=verdict.decision,
+            parent_val_bpb=parent_mean, delta=delta, suspicions=suspicions, **fields,
+        )
+        failpoint("trial_recorded")
+        if verdict.status != TrialStatus.KEEP:
+            self.workspace.reset_to(parent_commit)
+        failpoint("branch_reset")
+        self._add_triggers()
+        self.files.render()
+        trial = self.ledger.trial(trial_id)
+        assert trial is not None
+        self.set_state(RunState.RUNNING, "")
+        self.bus.emit(ev.TRIAL_FINISHED, trial_id=trial_id, status=verdict.status, val_bpb=trial.val_bpb,
+                      delta=delta, flagged=verdict.flagged, decision=verdict.decision)
+        return ToolOutcome("run_trial", ok=verdict.status != TrialStatus.CRASH,
+                           content=prompts.trial_report(trial, best, self.noise_floor()))
+
+    def _verdict(self, trial_id: int, outcome: TrialOutcome, parent_values: list[float],
+                 untrusted: str) -> _Verdict:
+        if untrusted:
+            return _Verdict(TrialStatus.CRASH, False, prompts.DECISION_UNTRUSTED.format(what=untrusted))
+        if outcome.status != "ok" or outcome.val_bpb is None:
+            return _Verdict(TrialStatus.CRASH, False, prompts.DECISION_CRASHED.format(reason=outcome.reason))
+        return self._decide(trial_id, parent_values, outcome.val_bpb)
+
+    def _decide(self, trial_id: int, parent_values: list[float], value: float) -> _Verdict:
+        """The keep policy's verdict, after the confirmation re-runs it asks for."""
+        policy = self.policy()
+        sd = self.noise_sd()
+        values = [value]
+        decision = policy.decide(parent_values, values, sd)
+        if decision.verdict is Verdict.RETEST:
+            self.bus.emit(ev.NOTICE, level="info", message=f"trial {trial_id}: {decision.reason}")
+            for i in range(decision.seeds_needed):
+                if self.trial_stop.is_set():
+                    break
+                seed = CONFIRM_SEED_BASE + trial_id * 10 + i
+                rerun = self.execute(trial_id, self.paths.trial_dir(trial_id, i + 1), seed, live=False)
+                if rerun.status != "ok" or rerun.val_bpb is None:
+                    return _Verdict(TrialStatus.DISCARD, False, prompts.DECISION_CONFIRMATION_CRASHED.format(
+                        reason=decision.reason, seed=seed, crash=rerun.reason))
+                self.ledger.add_extra_value(trial_id, rerun.val_bpb)
+                values.append(rerun.val_bpb)
+            decision = policy.decide(parent_values, values, sd)
+            if decision.verdict is Verdict.RETEST:  # a stop cut the re-runs short: do not keep on one run
+                return _Verdict(TrialStatus.DISCARD, False, prompts.DECISION_CONFIRMATION_INTERRUPTED)
+        return _Verdict(TrialStatus.KEEP if decision.verdict is Verdict.KEEP else TrialStatus.DISCARD, decision.flagged, decision.reason)
+
+    def _add_triggers(self) -> None:
+        """Reflection triggers that the trial just recorded may have set off."""
+        cfg = self.config
+        trials = [t for t in self.ledger.finished_trials() if t.kind == TrialKind.TRIAL]
+        n = len(trials)
+        if n and n % cfg.reflect_every == 0:
+            self.ledger.add_trigger("checkpoint", f"{n} trials done (a reflection every {cfg.reflect_every})")
+        # A streak triggers when it reaches K, 2K, ...: once per K trials, whatever came between.
+        no_keep = _streak(trials, lambda t: t.status != TrialStatus.KEEP)
+        if no_keep and no_keep % cfg.plateau_trials == 0:
+            self.ledger.add_trigger("plateau", f"{no_keep} trials in a row without a keep")
+        crashes = _streak(trials, lambda t: t.status == TrialStatus.CRASH)
+        if crashes and crashes % cfg.crash_streak == 0:
+            self.ledger.add_trigger("crashes", f"{crashes} crashes in a row")
+
+    # ---- running the trainer -------------------------------------------------------------------------------
+    def execute(self, trial_id: int | None, out_dir: Path, seed: int, live: bool) -> TrialOutcome:
+        """Run the trainer once; stream metrics to the bus and (for the primary run) to the ledger."""
+        metrics = _MetricStream(self.ledger, self.bus, trial_id if live else None)
+
+        def on_start(pid: int) -> None:
+            if trial_id is not None and live:
+                self.ledger.set_trial_pid(trial_id, pid)
+
+        outcome = self._runner(self.spec(out_dir, seed), on_metric=metrics.add, stop_event=self.trial_stop,
+                               on_start=on_start, warm_start=self.warm)
+        metrics.flush()
+        if "compiled" in outcome.summary:
+            self.last_compiled = outcome.summary["compiled"].strip().lower() == "true"
+        self.warm_next_trial()
+        return outcome
+
+    def warm_next_trial(self) -> None:
+        """Start the next trial's interpreter now, so its imports overlap the agent's turns, not training."""
+        if self.warm is not None and not self._run_stopping():
+            self.warm.prepare(self.spec(self.paths.trials, PRIMARY_SEED, create=False),
+                              also=COMPILE_MODULES if self.last_compiled else ())
+
+    def spec(self, out_dir: Path, seed: int, create: bool = True) -> TrialSpec:
+        if create:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        return TrialSpec(
+            command=list(self.config.layout.command),
+            cwd=self.workspace.root,
+            log_path=out_dir / "log.txt",
+            metrics_path=out_dir / "metrics.jsonl",
+            eval_record_path=out_dir / "eval.json",
+            budget_s=self.config.budget_s,
+            grace_s=self.config.effective_grace_s,
+            seed=seed,
+            extra_env={"AUTORESEARCH_CACHE": str(self.config.cache_dir),
+                       "AUTORESEARCH_DEVICE": self.config.device,
+                       # A compile cache of the run's own (surviving reboots, unlike /tmp): a trial whose
+                       # graphs did not change loads its kernels instead of recompiling them.
+                       "TORCHINDUCTOR_CACHE_DIR": str(self.config.run_dir / "compile-cache" / "inductor"),
+                       "TRITON_CACHE_DIR": str(self.config.run_dir / "compile-cache" / "triton")},
+            memory_limit_mb=self._memory_limit_mb(),
+        )
+
+    def _memory_limit_mb(self) -> int | None:
+        """The person's cap, else on a CPU-only machine 80% of RAM, so a runaway trial dies alone.
+
+        No default cap with a GPU: RLIMIT_AS caps virtual memory, and CUDA reserves far more of it than it uses.
+        """
+        if self.config.memory_limit_mb is not None:
+            return self.config.memory_limit_mb or None  # 0 turns the cap off
+        if self.platform.get("accelerator", "cpu") != "cpu" or self.config.device not in ("auto", "cpu"):
+            return None
+        try:
+            pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+        return int(pages * page_size * 0.8 / 2**20)
+
+    def _eval_data_changed(self) -> list[str]:
+        """Evaluation inputs in the cache that differ from their fingerprint at the start of the run."""
+        expected = self.ledger.get_meta("eval_fingerprint")
+        return fingerprint_changes(expected, self.config.cache_dir) if expected else []
+
+    def _harness_ok(self) -> bool:
+        return self.workspace.harness_hash() == self._harness_hash
+
+    def discard_warm(self) -> None:
+        if self.warm is not None:
+            self.warm.discard()
+
+
+class _MetricStream:
+    """A primary run's metrics: on the bus as they come, into the ledger in batches (one write a second)."""
+
+    def __init__(self, ledger: Ledger, bus: ev.EventBus, trial_id: int | None) -> None:
+        self._ledger, self._bus, self._trial_id = ledger, bus, trial_id
+        self._buffer: list[dict[str, Any]] = []
+        self._seq = 0
+        self._flushed = time.monotonic()
+
+    def add(self, metric: dict[str, Any]) -> None:
+        if self._trial_id is None:
+            return
+        self._buffer.append(metric)
+        self._bus.emit(ev.METRIC, trial_id=self._trial_id, metric=metric)
+        if time.monotonic() - self._flushed >= METRIC_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer and self._trial_id is not None:
+            rows = list(self._buffer)
+            self._buffer.clear()
+            self._ledger.add_metrics(self._trial_id, self._seq, rows)
+            self._seq += len(rows)
+            failpoint("metrics_flushed")
+        self._flushed = time.monotonic()
+
+
+def outcome_fields(outcome: TrialOutcome) -> dict[str, Any]:
+    """A trainer run's numbers as the ledger's trial columns."""
+    s = outcome.summary
+
+    def num(key: str) -> float | None:
+        return summary_float(s, key)
+
+    steps = num("num_steps")
+    return {
+        "val_bpb": outcome.val_bpb if outcome.status == "ok" else None,
+        "summary": s,
+        "log_tail": outcome.log_tail,
+        "wall_seconds": outcome.wall_seconds,
+        "training_seconds": num("training_seconds"),
+        "num_steps": int(steps) if steps is not None else None,
+        "tokens_per_s": num("tokens_per_s"),
+        "mfu_percent": num("mfu_percent"),
+        "peak_vram_mb": num("peak_vram_mb"),
+        "num_params_m": num("num_params_M"),
+    }
+
+
+def _streak(trials: list[Trial], predicate: Callable[[Trial], bool]) -> int:
+    """How many of the last trials in a row satisfy `predicate`."""
+    n = 0
+    for t in reversed(trials):
+        if not predicate(t):
+            break
+        n += 1
+    return n
+
+
+def kill_orphan_trial(pid: int, command: list[str]) -> bool:
+    """Kill the process group of a trial left running by a supervisor that died (SIGKILL, power cut).
+
+    Only if that process still looks like our trial (its command line holds the trial's command), so a
+    recycled pid is never hit.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    if not command or command[-1] not in cmdline:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
