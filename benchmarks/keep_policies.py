@@ -9,7 +9,7 @@ do nothing or harm, a few are real gains, and gains shrink as the campaign close
 policy never sees a true effect, only runs observed through Gaussian noise of standard deviation `sigma`.
 
 Each policy decides with `supervisor.core.policy.KeepPolicy.decide`, the code the live loop runs, and is driven
-the way `supervisor/loop.py` drives it: the parent's values are the observed runs of the last keep (its
+the way `supervisor/run/loop.py` drives it: the parent's values are the observed runs of the last keep (its
 confirmation runs included); a RETEST is answered with `seeds_needed` new runs and a second `decide`; the floor
 is `NoiseMeasurement.sd` over R repeats of the starting code, measured at the start, as `--noise-repeats R` does.
 
@@ -192,7 +192,7 @@ class CampaignResult:
 
 def run_campaign(stream: ProposalStream, scenario: Scenario, setup: Setup, sigma: float, budget: int
                  ) -> CampaignResult:
-    """One campaign of `budget` runs under one policy, driven as supervisor/loop.py drives it."""
+    """One campaign of `budget` runs under one policy, driven as supervisor/run/loop.py drives it."""
     if sigma < 0:
         raise ValueError("sigma must be >= 0")
     floor_runs = setup.noise_repeats if setup.measures_floor else 0

@@ -14,7 +14,7 @@ seconds per turn (a stand-in for the model's thinking time, which is what a warm
               (a copy of trainer/ without the final os._exit)
   fast exit   the trainer as shipped (os._exit once its summary is written), trials still start cold
   after       as shipped: fast exit and warm start (the next trial's interpreter and imports start as
-              soon as a trial ends, while the agent writes; supervisor/warm_start.py)
+              soon as a trial ends, while the agent writes; supervisor/trial/warm_start.py)
 
 With --compile every variant's trainer has COMPILE = True (as on a GPU), its first cycle (which fills the
 run's empty compile cache) is left out of the means, and a fourth variant, the warm start without the compile-stack preload, measures

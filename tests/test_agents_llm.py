@@ -46,7 +46,7 @@ from tests.loop_support import fake_config
 def context(**overrides) -> TurnContext:
     fields = dict(
         program="# Program\nLower val_bpb.", editable="trainer/train.py", train_py="LR = 0.02\n",
-        results_table="", results=[], recent_journal=[], latest_reflection=None, plans=[], steering=[],
+        results=[], recent_journal=[], latest_reflection=None, plans=[], steering=[],
         last_outcomes=[], obligation=None, obligation_message="", pending_trial=None, trials_done=0,
         max_trials=None, budget_s=300.0, policy="flag", noise_floor=None, best=None, profile=None,
         tools=TOOL_SCHEMAS,

@@ -76,7 +76,7 @@ def test_no_option_takes_a_bare_int_or_float(command, dest, action):
     """int('-5') and float('nan') are accepted by argparse as they are: every number needs a range check."""
     assert action.type not in (int, float), (
         f"`autoresearch {command}` option {dest!r} is a bare {action.type.__name__}: use a checked type from "
-        "supervisor/config.py (positive_int, finite_positive_float, port_number, ...)")
+        "supervisor/core/config.py (positive_int, finite_positive_float, port_number, ...)")
 
 
 @pytest.mark.parametrize(("command", "dest", "action"), VALUE_OPTIONS, ids=OPTION_IDS)
@@ -90,7 +90,7 @@ def test_every_option_is_checked_as_it_is_read(command, dest, action):
     elif (command.split(" ")[-1], dest) not in FREE_TEXT:
         assert action.choices or action.type in NUMBER_TYPES | {cli_module.agent_spec, cfg.base_url,
                                                                  cfg.command_line}, (
-            f"`autoresearch {command}` option {dest!r} has no check: give it a type from supervisor/config.py, "
+            f"`autoresearch {command}` option {dest!r} has no check: give it a type from supervisor/core/config.py, "
             "choices, or add it to FREE_TEXT in this test with a reason")
 
 

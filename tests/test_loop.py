@@ -395,7 +395,7 @@ def test_turn_context_is_built_from_durable_state(tmp_path):
     assert "LR = 0.02" in seen[0].train_py and seen[0].tools
     assert seen[1].obligation == "journal" and seen[1].pending_trial["id"] == 1
     assert seen[1].last_outcomes[0].tool == "run_trial" and "KEEP" in seen[1].last_outcomes[0].content
-    assert "baseline" in seen[2].results_table and seen[2].recent_journal
+    assert "baseline" in seen[2].results[0]["description"] and seen[2].recent_journal
 
 
 def test_resume_after_a_clean_stop_goes_on(tmp_path):

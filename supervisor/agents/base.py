@@ -49,7 +49,6 @@ class TurnContext:
     program: str
     editable: str
     train_py: str
-    results_table: str
     results: list[dict[str, Any]]
     recent_journal: list[JournalEntry]
     latest_reflection: Reflection | None

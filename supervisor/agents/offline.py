@@ -31,7 +31,7 @@ NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 POWER = re.compile(r"^(\d+)\s*\*\*\s*(\d+)$")
 BASELINE = "baseline: the unmodified training script"
 SKIP_NAMES = {"SEED", "PROFILE"}
-# What the loop answers a run_trial whose trial the person stopped (supervisor/loop.py), and the reason it records.
+# What the loop answers a run_trial whose trial the person stopped (supervisor/core/prompts.py), and the reason it records.
 STOPPED_OUTCOME = re.compile(r"^trial (?P<id>\d+) was stopped by the person")
 STOPPED_REASON = "stopped by the person"
 STEER_WITH = "--agent anthropic or --agent openai"

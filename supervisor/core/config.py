@@ -277,7 +277,7 @@ class RunConfig:
     noise_repeats: int = 0  # >0: measure the noise floor at the start of the run
     device: str = "auto"
     memory_limit_mb: int | None = None
-    warm_start: bool = True  # start the next trial's interpreter while the agent writes (supervisor/warm_start.py)
+    warm_start: bool = True  # start the next trial's interpreter while the agent writes (supervisor/trial/warm_start.py)
     agent: str = "offline"
     model: str | None = None
     base_url: str | None = None

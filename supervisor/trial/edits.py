@@ -39,13 +39,6 @@ class EditResult:
     start_line: int  # first line of the replacement in the new file
     end_line: int  # last line of the replacement in the new file (== start_line for a deletion)
 
-    @property
-    def summary(self) -> str:
-        lines = f"line {self.start_line}" if self.start_line == self.end_line else (
-            f"lines {self.start_line}-{self.end_line}"
-        )
-        return f"edited {self.path}: {lines}"
-
 
 # --- paths ------------------------------------------------------------------------------------------
 

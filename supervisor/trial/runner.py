@@ -243,7 +243,7 @@ class TrialOutcome:
     val_bpb_source: Literal["eval_record", "summary"] | None = None
     # The harness's JSON record when one was written and readable.
     eval_record: dict | None = None
-    # Whether it ran in an interpreter started ahead (supervisor/warm_start.py) rather than a fresh one.
+    # Whether it ran in an interpreter started ahead (supervisor/trial/warm_start.py) rather than a fresh one.
     started_warm: bool = False
 
 
