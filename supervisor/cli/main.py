@@ -344,11 +344,19 @@ def _load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = No
     ledger_path = RunPaths(journals / args.tag).ledger
     if not ledger_path.exists():
         raise CliError(f"no run {args.tag!r} in {journals} (list them with `ls {journals}`)")
-    from supervisor.store.ledger import Ledger
+    from supervisor.store.ledger import Ledger, LedgerError
+    from supervisor.store.lock import RunLock
 
     ledger = Ledger(ledger_path, readonly=True)  # reading the settings must not write to a damaged ledger
     try:
         row = ledger.run_row()
+    except LedgerError:
+        holder = RunLock.holder(RunPaths(journals / args.tag).lock)
+        if holder is None:
+            raise
+        # A supervisor is creating this run right now: its ledger exists, its run record not yet.
+        raise CliError(f"run {args.tag!r} is already being supervised ({holder}); watch or steer it with "
+                       f"`autoresearch attach --tag {args.tag}`") from None
     finally:
         ledger.close()
     if row.state == RunState.IMPORTED:

@@ -108,11 +108,12 @@ class Supervisor:
                 f"run {cfg.tag!r} already exists in {cfg.run_dir}; continue it with --resume, or pick another --tag"
             )
         self.ledger = Ledger(self.paths.ledger, create=not resume)
+        if not resume:  # at once: another process that finds the ledger finds the run in it
+            self.ledger.init_run(cfg.tag, cfg.to_json())
         self.files = JournalFiles(self.ledger, cfg.run_dir)
         self.executor = TrialExecutor(cfg, self.ledger, self.files, self.bus, set_state=self._set_state,
                                       run_stopping=lambda: self._stop, runner=self._runner, warm=self._warm)
         if not resume:
-            self.ledger.init_run(cfg.tag, cfg.to_json())
             try:
                 self.executor.create_workspace()
             except WorkspaceError as exc:
