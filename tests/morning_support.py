@@ -95,7 +95,7 @@ def build_run(tmp_path: Path, tag: str = "night") -> RunConfig:
             return [{"tool": "plan_add", "input": {"idea": "double the model width", "rationale": "capacity"}},
                     {"tool": "plan_add", "input": {"idea": "sliding-window attention on half the layers",
                                                    "rationale": "cheaper attention, more steps"}}]
-        plan_ids[:] = [p["id"] for p in ctx.plans]
+        plan_ids[:] = [p.id for p in ctx.plans]
         if len(ctx.results) >= 6 and not state["dropped"]:
             state["dropped"] = True
             return [{"tool": "plan_drop", "input": {

@@ -110,7 +110,7 @@ def _finished_trials(run_dir: Path) -> int:
 def _run_state(run_dir: Path) -> str:
     ledger = Ledger(run_dir / "ledger.sqlite", readonly=True)
     try:
-        return ledger.run_row()["state"]
+        return ledger.run_row().state
     finally:
         ledger.close()
 
