@@ -163,7 +163,7 @@ def _cpu_count() -> str:
 
 
 def _probe_torch(python: str) -> dict[str, str]:
-    from supervisor.trial.runner import scrub_environment
+    from supervisor.trial.environment import scrub_environment
 
     try:
         result = subprocess.run(
