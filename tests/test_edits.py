@@ -1,9 +1,11 @@
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+from supervisor.trial import edits
 from supervisor.trial.edits import (
     EditError,
     EditResult,
@@ -11,6 +13,7 @@ from supervisor.trial.edits import (
     check_editable,
     edit_file,
     read_file,
+    read_text_in_workspace,
     resolve_in_workspace,
 )
 
@@ -321,3 +324,101 @@ def test_read_empty_and_binary(ws):
 def test_read_file_without_trailing_newline(ws):
     (ws / "n.txt").write_text("a\nb")
     assert read_file(ws, "n.txt") == "     1\ta\n     2\tb"
+
+
+# --- files a trial may have left: hard links, FIFOs, swapped symlinks, huge files ------------------------
+
+
+def test_hard_link_is_neither_read_nor_edited(ws, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("LR = 0.04\nprivate\n")
+    os.link(secret, ws / "leak.txt")
+    with pytest.raises(EditError, match="has 2 hard links"):
+        read_file(ws, "leak.txt")
+    train = ws / "trainer" / "train.py"
+    train.unlink()
+    os.link(secret, train)
+    with pytest.raises(EditError, match="hard links"):
+        edit_file(ws, "train.py", "LR = 0.04", "LR = 0.05")
+    assert secret.read_text() == "LR = 0.04\nprivate\n"
+    with pytest.raises(EditError, match="hard links"):
+        read_text_in_workspace(ws, "train.py")
+
+
+def test_fifo_is_refused_without_blocking(ws):
+    os.mkfifo(ws / "pipe")
+    with pytest.raises(EditError, match="FIFO"):
+        read_file(ws, "pipe")
+
+
+def test_symlink_swapped_in_after_the_check_is_not_followed(ws, tmp_path, monkeypatch):
+    (ws / "data").mkdir()
+    (ws / "data" / "notes.txt").write_text("inside\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "notes.txt").write_text("outside\n")
+    real_resolve = edits._resolve_unguarded
+
+    def resolve_then_swap(*args, **kwargs):
+        result = real_resolve(*args, **kwargs)
+        shutil.rmtree(ws / "data")
+        os.symlink(outside, ws / "data")  # what a racing trial could do between check and open
+        return result
+
+    monkeypatch.setattr(edits, "_resolve_unguarded", resolve_then_swap)
+    with pytest.raises(EditError, match="changed while it was being opened"):
+        read_file(ws, "data/notes.txt")
+
+
+def test_control_characters_and_long_paths_are_refused(ws):
+    for path in ("train\x00.py", "a\nb", "\udcff", "x\x1b[31m"):
+        with pytest.raises(EditError, match="the path contains the character"):
+            read_file(ws, path)
+    with pytest.raises(EditError, match="at most 1024 are accepted"):
+        read_file(ws, "a/" * 1000)
+    with pytest.raises(EditError, match="does not exist|cannot be opened"):
+        read_file(ws, "a" * 300)  # a name longer than the file system allows
+    with pytest.raises(EditError, match=r"inside \.git"):
+        read_file(ws, ".GIT/config")
+
+
+def test_edit_text_must_be_valid(ws):
+    with pytest.raises(EditError, match="lone surrogate"):
+        edit_file(ws, "train.py", "LR = 0.04", "LR = \udcff")
+    with pytest.raises(EditError, match="NUL byte"):
+        edit_file(ws, "train.py", "LR = 0.04", "LR = 0.05\x00")
+    with pytest.raises(EditError, match="must be a string"):
+        edit_file(ws, "train.py", "LR = 0.04", None)
+
+
+def test_edit_may_not_grow_the_script_past_the_limit(ws, monkeypatch):
+    monkeypatch.setattr(edits, "MAX_EDIT_BYTES", 1000)
+    with pytest.raises(EditError, match="would be .* bytes, over the limit of 1,000 bytes"):
+        edit_file(ws, "train.py", "LR = 0.04", "LR = 0.04\n" + "# pad\n" * 200)
+    (ws / "trainer" / "train.py").write_text("x = 1\n" * 500)
+    with pytest.raises(EditError, match="larger than 1,000 bytes"):
+        edit_file(ws, "train.py", "x = 1", "x = 2")
+
+
+def test_very_ambiguous_search_is_counted_up_to_a_limit():
+    with pytest.raises(EditError, match="occurs at least 1000 times"):
+        apply_edit("a\n" * 5000, "a", "b")
+
+
+def test_read_text_in_workspace(ws):
+    assert read_text_in_workspace(ws, "train.py") == TRAIN
+    with pytest.raises(EditError, match="symlink that points outside"):
+        os.symlink("/etc/hostname", ws / "host")
+        read_text_in_workspace(ws, "host")
+
+
+def test_huge_file_is_read_within_the_scan_limit(ws, monkeypatch):
+    monkeypatch.setattr(edits, "MAX_SCAN_BYTES", 2**20)
+    (ws / "big.txt").write_text("".join(f"line {i:06d}\n" for i in range(300_000)))  # 3.6 MB
+    out = read_file(ws, "big.txt", start_line=100, end_line=101)
+    assert out == ("   100\tline 000099\n   101\tline 000100\n[lines 100-101; read_file stops after the first "
+                   "1 MB of a file, so the rest cannot be shown]")
+    assert read_file(ws, "big.txt", start_line=80_000, end_line=80_000).startswith(" 80000\tline 079999")
+    with pytest.raises(EditError, match="reads only the first 1 MB of a file, which hold 87381 whole lines, "
+                                        "and start_line 200000 is beyond them"):
+        read_file(ws, "big.txt", start_line=200_000)

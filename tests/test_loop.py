@@ -187,7 +187,7 @@ def test_trial_environment_has_no_secrets(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf-secret")
     sup, config, _ = scripted(tmp_path, [trial("baseline"), journal(1)])
     sup.run()
-    env = json.loads((config.run_dir / "trials/0001/metrics.jsonl.env.json").read_text())
+    env = json.loads((config.run_dir / "exchange/metrics.jsonl.env.json").read_text())  # the trial wrote it there
     assert not any(v in ("sk-ant-secret-for-test", "sk-openai-secret-for-test", "hf-secret") for v in env.values())
     assert "ANTHROPIC_API_KEY" not in env and "OPENAI_API_KEY" not in env and "HF_TOKEN" not in env
     assert env["AUTORESEARCH_TIME_BUDGET"].startswith("5") and env["AUTORESEARCH_SEED"] == "42"
@@ -213,14 +213,18 @@ def test_changed_harness_stops_the_trial(tmp_path):
     assert "EVIL" not in (config.workspace / "trainer/prepare.py").read_text()
 
 
-def test_harness_changed_during_the_trial_is_a_crash(tmp_path):
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+def test_harness_changed_during_the_trial_is_a_crash(tmp_path, sandbox):
     steps = [edit('MODE = "ok"', 'MODE = "tamper"'), trial("rewrites the harness"), journal(1)]
-    sup, config, _ = scripted(tmp_path, steps)
+    sup, config, _ = scripted(tmp_path, steps, sandbox=sandbox)
     sup.run()
     from supervisor.store.ledger import Ledger
 
     t = Ledger(config.run_dir / "ledger.sqlite").trial(1)
-    assert t.status == "crash" and "harness changed" in t.decision
+    if sup.executor.setup.choice.active:  # the sandbox does not even let it write
+        assert t.status == "crash" and "Read-only file system" in t.decision
+    else:  # unsandboxed: the change is seen after the trial, the harness restored, the number void
+        assert t.status == "crash" and "harness changed" in t.decision
     assert "rewrote the harness" not in (config.workspace / "trainer/prepare.py").read_text()
 
 

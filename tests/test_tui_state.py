@@ -234,3 +234,22 @@ def test_chart_legend_and_empty_text_fit_a_narrow_pane():
         assert all(label in legend for label in ("discard", "crash", "best keep", "⚑ flagged")), width
     empty = _lines(Chart([], empty_text="no metrics yet: the curve appears with the first step").render_lines(22, 4))
     assert " ".join(line.strip() for line in empty).strip() == "no metrics yet: the curve appears with the first step"
+
+
+def test_held_and_unsandboxed_trials_show_in_the_table(night):
+    """A held trial is in the graveyard and the suspicious filter; its row says held, an unsandboxed one says so."""
+    from supervisor.tui.widgets.experiments import HELD_SYMBOL, UNSANDBOXED_MARK, description_cell, status_cell
+
+    run_dir, ledger = night
+    ledger.finish_trial(13, status="held", val_bpb=1.2, decision="held for review, not kept: the guards found 1",
+                        suspicions=["environment: reads the environment (line 3): `os.environ`"],
+                        sandbox="none: bwrap is not installed")
+    view, _ = st.RunWatcher(ledger, run_dir).poll()
+    held = next(t for t in view.trials if t.id == 13)
+    assert held.held and held.unsandboxed and held.status.finished and not held.flagged
+    assert st.filter_trials(view.trials, "suspicious") == [held]
+    assert held in st.filter_trials(view.trials, "graveyard") and "suspicious" in st.FILTERS
+    colors = {"warning": "yellow", "success": "green", "error": "red", "primary": "cyan"}
+    assert status_cell(held, colors).plain == f"{HELD_SYMBOL} held"
+    assert description_cell(held, colors).plain.startswith(UNSANDBOXED_MARK)
+    assert view.status["counts"]["held"] == 1 and view.status["counts"]["unsandboxed"] == 1

@@ -13,11 +13,39 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.trial.runner import TrialSpec, run_trial
-from supervisor.trial.warm_start import WarmStarter, is_python_script, modules_to_preload, writes_environment
-from tests.loop_support import PROJECT, CallbackAgent, edit, fake_config, journal, process_alive, trial
+from supervisor.trial.environment import scrub_environment
+from supervisor.trial.evaluation import EvaluatorSpec
+from supervisor.trial.runner import TrialSpec, run_trial, trial_argv
+from supervisor.trial.sandbox import Mount, plan, probe
+from supervisor.trial.warm_start import (
+    LATE_VARIABLES,
+    WarmStarter,
+    is_python_script,
+    modules_to_preload,
+    writes_environment,
+)
+from tests.loop_support import (
+    FAKE_SOURCE,
+    PROJECT,
+    CallbackAgent,
+    edit,
+    fake_config,
+    journal,
+    process_alive,
+    trial,
+)
 
 pytestmark = pytest.mark.timeout(120)
+
+# How a trial ends: it hands over its "model" (the stand-in harness's JSON) for the evaluator to measure.
+HAND_OVER = """
+def hand_over(val_bpb):
+    import json, os
+    path = os.environ["AUTORESEARCH_MODEL_OUT"]
+    with open(path + ".part", "w") as fh:
+        json.dump({"val_bpb": val_bpb}, fh)
+    os.replace(path + ".part", path)
+"""
 
 # Prints what a script can see of how it was started; everything but the first line must match cold vs warm.
 PROBE = """
@@ -33,13 +61,16 @@ print(json.dumps({
     "path0": sys.path[0],
     "cwd": os.getcwd(),
     "stdin": sys.stdin.read(),
-    "env": {k: v for k, v in os.environ.items() if k.startswith(("AUTORESEARCH_", "PROBE_"))},
+    "env": {k: v for k, v in os.environ.items() if k.startswith("AUTORESEARCH_")},
+    "home": os.environ.get("HOME"),
     "pythonunbuffered": os.environ.get("PYTHONUNBUFFERED"),
     "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
     "pgid_is_pid": os.getpgid(0) == os.getpid(),
 }), flush=True)
+""" + HAND_OVER + """
+hand_over(1.25)
 print("---")
-print("val_bpb: 1.25")
+print("num_steps: 1")
 """
 
 
@@ -50,11 +81,19 @@ def write_trainer(root: Path, body: str) -> Path:
     return script
 
 
+def stand_in_evaluator(root: Path, out: str) -> EvaluatorSpec:
+    """The stand-in harness's evaluator (tests/fake_trainer/trainer/prepare.py --serve-evaluation)."""
+    return EvaluatorSpec(
+        command=[sys.executable, str(FAKE_SOURCE / "trainer" / "prepare.py"), "--serve-evaluation"],
+        env=scrub_environment(os.environ), cwd=root, job_dir=root / out, expected=None, device="cpu")
+
+
 def spec_for(root: Path, out: str, seed: int = 42, **overrides) -> TrialSpec:
     fields = dict(
         command=[sys.executable, "trainer/train.py"], cwd=root, log_path=root / out / "log.txt",
         metrics_path=root / out / "metrics.jsonl", eval_record_path=root / out / "eval.json", budget_s=5.0,
-        grace_s=10.0, seed=seed, extra_env={"PROBE_FIXED": "same"},
+        grace_s=10.0, seed=seed, extra_env={"AUTORESEARCH_PROBE_FIXED": "same"},
+        evaluator=stand_in_evaluator(root, out),
     )
     fields.update(overrides)
     return TrialSpec(**fields)
@@ -119,7 +158,8 @@ def test_a_warm_trial_sees_what_a_cold_one_sees(tmp_path: Path, memory_limit_mb:
     warm_spec = spec_for(tmp_path, "warm", seed=7, memory_limit_mb=memory_limit_mb)
     started: list[int] = []
     hot = run_trial(warm_spec, warm_start=warm, on_start=lambda pid: started.append(pid))
-    assert (cold.status, cold.started_warm, hot.status, hot.started_warm) == ("ok", False, "ok", True)
+    assert (cold.status, cold.started_warm, hot.status, hot.started_warm) == ("ok", False, "ok", True), hot.reason
+    assert hot.val_bpb == cold.val_bpb == 1.25 and hot.val_bpb_source == "evaluator"
     assert started == [waiting]  # the waiting process became the trial: its pid is what the ledger records
     assert warm.waiting_pid is None  # handed over, not kept
 
@@ -127,9 +167,11 @@ def test_a_warm_trial_sees_what_a_cold_one_sees(tmp_path: Path, memory_limit_mb:
     assert (seen_cold.pop("preloaded"), seen_warm.pop("preloaded")) == (False, True)
     # Per-trial variables reach it at hand-over (seed 7, the warm trial's own paths), not the prepared ones.
     assert seen_warm["env"]["AUTORESEARCH_SEED"] == "7"
-    assert seen_warm["env"]["AUTORESEARCH_METRICS"] == str(warm_spec.metrics_path)
-    seen_warm["env"]["AUTORESEARCH_METRICS"] = str(cold_spec.metrics_path)
-    seen_warm["env"]["AUTORESEARCH_EVAL_RECORD"] = str(cold_spec.eval_record_path)
+    assert seen_warm["env"]["AUTORESEARCH_METRICS"] == str(warm_spec.offered_metrics_path)
+    assert seen_warm["env"]["AUTORESEARCH_MODEL_OUT"] == str(warm_spec.offered_model_path)
+    assert "AUTORESEARCH_EVAL_RECORD" not in seen_warm["env"]
+    seen_warm["env"]["AUTORESEARCH_METRICS"] = str(cold_spec.offered_metrics_path)
+    seen_warm["env"]["AUTORESEARCH_MODEL_OUT"] = str(cold_spec.offered_model_path)
     assert seen_warm == seen_cold
     assert seen_cold["name"] == "__main__" and seen_cold["stdin"] == "" and seen_cold["pgid_is_pid"]
     if memory_limit_mb:
@@ -176,7 +218,7 @@ def test_a_script_that_writes_its_environment_starts_cold(tmp_path: Path) -> Non
 def test_changed_settings_start_cold_and_a_dead_interpreter_is_not_used(tmp_path: Path) -> None:
     write_trainer(tmp_path, PROBE)
     warm = WarmStarter(tmp_path / "staging")
-    warm.prepare(spec_for(tmp_path, "x", extra_env={"PROBE_FIXED": "old"}))
+    warm.prepare(spec_for(tmp_path, "x", extra_env={"AUTORESEARCH_PROBE_FIXED": "old"}))
     first = warm.waiting_pid
     outcome = run_trial(spec_for(tmp_path, "a"), warm_start=warm)
     assert not outcome.started_warm and outcome.status == "ok" and first is not None and wait_gone(first)
@@ -255,15 +297,15 @@ def test_the_loop_starts_trials_warm_and_no_warm_start_turns_it_off(tmp_path: Pa
 
 def test_compile_modules_are_preloaded_only_for_a_torch_script(tmp_path: Path) -> None:
     """After a trial that compiled, the next interpreter also imports the compile stack, but only for torch."""
-    probe = 'import sys\nahead = "fractions" in sys.modules\nimport torch\nprint(ahead)\nprint("---")\nprint("val_bpb: 1")\n'
-    write_trainer(tmp_path, probe)
+    source = 'import sys\nahead = "fractions" in sys.modules\nimport torch\nprint(ahead)\n' + HAND_OVER + "hand_over(1.0)\n"
+    write_trainer(tmp_path, source)
     warm = WarmStarter(tmp_path / "staging")
     warm.prepare(spec_for(tmp_path, "x"), also=("fractions",))
     spec = spec_for(tmp_path, "a")
     assert run_trial(spec, warm_start=warm).started_warm
     assert spec.log_path.read_text().splitlines()[0] == "True"
 
-    write_trainer(tmp_path, probe.replace("import torch\n", ""))
+    write_trainer(tmp_path, source.replace("import torch\n", ""))
     warm.prepare(spec_for(tmp_path, "x"), also=("fractions",))
     spec = spec_for(tmp_path, "b")
     assert run_trial(spec, warm_start=warm).started_warm
@@ -297,3 +339,55 @@ def test_the_loop_preloads_the_compile_stack_after_a_trial_that_compiled(tmp_pat
     sup._warm.prepare = prepare
     assert sup.run() == "finished"
     assert asked == [(), COMPILE_MODULES, ()]  # run start, after the compiled trial, after the eager one
+
+
+def test_late_variables_are_the_per_trial_ones_and_the_key_is_the_whole_command_line(tmp_path: Path) -> None:
+    assert set(LATE_VARIABLES) == {"AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_SEED", "AUTORESEARCH_METRICS",
+                                   "AUTORESEARCH_MODEL_OUT"}
+    write_trainer(tmp_path, PROBE)
+    spec = spec_for(tmp_path, "x", memory_limit_mb=4096)
+    # The memory cap is inside the command line a warm process is started with (and compared by).
+    assert trial_argv(spec, spec.command)[-2:] == spec.command and "-I" in trial_argv(spec, spec.command)
+
+
+def test_a_warm_start_works_inside_a_real_sandbox(tmp_path: Path) -> None:
+    choice = probe()
+    if not choice.active:
+        pytest.skip(f"no sandbox on this machine: {choice.why_not}")
+    assert choice.bwrap is not None
+    write_trainer(tmp_path, PROBE)
+    exchange = tmp_path / "exchange"
+    exchange.mkdir()
+    # As TrialSetup.trial_plan mounts them: the trainer's folder read-only under /trial, the exchange writable.
+    sandbox = plan(choice.bwrap, [Mount(tmp_path / "trainer", "/trial/trainer"), Mount(exchange, "/out", writable=True)],
+                   "/trial")
+
+    def sandboxed(out: str, seed: int = 7) -> TrialSpec:
+        return spec_for(tmp_path, out, seed=seed, exchange_dir=exchange, sandbox=sandbox, sandbox_label="bwrap")
+
+    cold_spec = sandboxed("cold")
+    cold = run_trial(cold_spec)
+    assert cold.status == "ok" and cold.sandboxed and not cold.started_warm, (cold.reason, cold.log_tail)
+
+    warm = WarmStarter(tmp_path / "staging")
+    warm.prepare(sandboxed("ignored", seed=42))
+    waiting = warm.waiting_pid
+    assert waiting is not None
+    warm_spec = sandboxed("warm")
+    started: list[int] = []
+    hot = run_trial(warm_spec, warm_start=warm, on_start=started.append)
+    assert (hot.status, hot.started_warm, hot.sandboxed, hot.sandbox) == ("ok", True, True, "bwrap"), \
+        (hot.reason, hot.log_tail)
+    assert started == [waiting] and warm.waiting_pid is None
+    assert hot.val_bpb == 1.25 and hot.val_bpb_source == "evaluator"
+
+    seen_cold, seen_warm = probe_output(cold_spec), probe_output(warm_spec)
+    assert (seen_cold.pop("preloaded"), seen_warm.pop("preloaded")) == (False, True)
+    assert seen_warm == seen_cold  # the same exchange folder, so even the paths agree
+    # What the trial saw is the sandbox's view: its own paths, its private home, the seed of this trial.
+    assert seen_warm["file"] == "/trial/trainer/train.py" and seen_warm["cwd"] == "/trial"
+    assert seen_warm["env"]["AUTORESEARCH_METRICS"] == "/out/metrics.jsonl"
+    assert seen_warm["env"]["AUTORESEARCH_MODEL_OUT"] == "/out/model.pt2"
+    assert seen_warm["env"]["AUTORESEARCH_SEED"] == "7"
+    assert seen_warm["home"] == "/tmp/home"
+    assert not list((tmp_path / "staging").glob(".warm-*"))

@@ -26,10 +26,14 @@ The cache (`AUTORESEARCH_CACHE`, default `~/.cache/autoresearch`) holds:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import math
+import operator
 import os
 import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -84,6 +88,10 @@ DownloadError = corpus.DownloadError  # a shard could not be downloaded or faile
 
 class CacheNotReadyError(PrepareError):
     """The cache has not been prepared (or is incomplete)."""
+
+
+class EvaluationError(PrepareError):
+    """A handed-over model gets no val_bpb: the message says why (for the journal and the agent)."""
 
 
 def cache_dir() -> Path:
@@ -196,21 +204,29 @@ _OPEN_CACHES: dict[tuple[str, float], dict] = {}
 
 
 def _open_cache(cache: str | Path | None = None) -> dict:
-    """Manifest plus memory-mapped token streams and the byte-length table (cheap checks only)."""
+    """Manifest plus memory-mapped token streams and the byte-length table (cheap checks only).
+
+    A trial sees a training view of the cache: the validation tokens are not there (the supervisor's
+    evaluator reads them, never a trial), and "val" is then None.
+    """
     cache = Path(cache) if cache is not None else cache_dir()
     manifest = load_manifest(cache)
     key = (str(cache.resolve()), (cache / MANIFEST_NAME).stat().st_mtime)
     if key in _OPEN_CACHES:
         return _OPEN_CACHES[key]
-    for name, info in manifest["files"].items():
-        path = cache / name
-        if not path.is_file() or path.stat().st_size != info["size"]:
+    val_name = manifest["val_tokens"]
+    for name in (manifest["train_tokens"], manifest["token_bytes"], manifest["tokenizer"], val_name):
+        path, info = cache / name, manifest["files"].get(name, {})
+        if name == val_name and not path.exists():
+            continue  # the training view
+        if not path.is_file() or path.stat().st_size != info.get("size"):
             raise _not_ready(cache, f"{name} is missing or has the wrong size")
+    val_path = cache / val_name
     opened = {
         "manifest": manifest,
         "cache": cache,
         "train": np.memmap(cache / manifest["train_tokens"], dtype=np.uint16, mode="r"),
-        "val": np.memmap(cache / manifest["val_tokens"], dtype=np.uint16, mode="r"),
+        "val": np.memmap(val_path, dtype=np.uint16, mode="r") if val_path.is_file() else None,
         "token_bytes": np.load(cache / manifest["token_bytes"]),
     }
     _OPEN_CACHES.clear()  # one cache at a time is enough; do not keep stale memmaps open
@@ -292,18 +308,39 @@ def make_dataloader(
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     opened = _open_cache(cache)
+    if opened[split] is None:
+        raise ValueError("the validation split is not available to a trial: the supervisor evaluates the model "
+                         "that hand_over(model) leaves for it")
     seq_len = seq_len or opened["manifest"]["max_seq_len"]
     return DataLoader(opened[split], batch_size, seq_len, device, seed, shuffle=(split == "train"))
 
 
+def _row_batches(tokens: np.ndarray, n_rows: int, T: int, batch_size: int):
+    """(count, idx, targets) for consecutive rows of T targets; the last batch is padded with its last row."""
+    window = np.arange(T + 1, dtype=np.int64)
+    for first_row in range(0, n_rows, batch_size):
+        count = min(batch_size, n_rows - first_row)
+        rows = np.arange(first_row, first_row + batch_size).clip(max=n_rows - 1)
+        chunk = torch.from_numpy(tokens[rows[:, None] * T + window])
+        yield count, chunk[:, :-1], chunk[:, 1:]
+
+
+def _token_nats(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in nats of every target under the logits, computed here, never by the model."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # summed in float64 by the caller
+    return -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+
+
 @torch.no_grad()
 def evaluate_bpb(
-    model: torch.nn.Module,
+    logits_fn,
     batch_size: int,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
     cache: str | Path | None = None,
-) -> float:
-    """Bits per byte of the model on the first EVAL_TOKENS validation targets. Lower is better.
+    tokens: np.ndarray | None = None,
+    token_bytes: np.ndarray | None = None,
+) -> dict:
+    """Bits per byte of a model on the first EVAL_TOKENS validation targets. Lower is better.
 
         val_bpb = sum of cross-entropy (nats) over targets / (ln 2 * sum of UTF-8 bytes of targets)
 
@@ -312,75 +349,110 @@ def evaluate_bpb(
     vocabulary: a tokenizer change is judged on the same scale.
 
     The validation stream is cut into consecutive rows of MAX_SEQ_LEN targets (each row sees only
-    its own context). `model(idx, targets, reduction="none")` must return the per-token loss in
-    nats, shape (B, T). The last batch is padded by repeating a row whose loss is then dropped, so
-    every call has the same shape and the result does not depend on batch_size.
-    Runs in eval mode without gradients (restores the mode afterwards). When
-    $AUTORESEARCH_EVAL_RECORD is set, writes a JSON record of the result there: the supervisor
-    trusts that record over what train.py prints.
+    its own context). `logits_fn(idx)` must return logits of shape (B, T, V) with V >= the vocabulary;
+    the cross-entropy and the byte counts are computed here, from the logits, never by the model.
+    The last batch is padded by repeating a row, so every call has the same shape. Returns a dict:
+    val_bpb, nats, bytes, tokens, scored_tokens. Run by the supervisor's evaluator (section 5), on
+    validation tokens it has checked; `tokens`/`token_bytes` default to the cache's.
     """
-    opened = _open_cache(cache)
-    manifest = opened["manifest"]
-    T, eval_tokens = manifest["max_seq_len"], manifest["eval_tokens"]
+    if tokens is None or token_bytes is None:
+        opened = _open_cache(cache)
+        tokens = opened["val"] if tokens is None else tokens
+        token_bytes = opened["token_bytes"] if token_bytes is None else token_bytes
+    manifest = load_manifest(cache)
+    T, eval_tokens, vocab = manifest["max_seq_len"], manifest["eval_tokens"], manifest["vocab_size"]
     n_rows = eval_tokens // T
-    if device is None:
-        first = next(iter(model.parameters()), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
-    tokens = np.asarray(opened["val"][: n_rows * T + 1], dtype=np.int64)
-    token_bytes = torch.as_tensor(opened["token_bytes"], dtype=torch.int64, device=device)
-    window = np.arange(T + 1, dtype=np.int64)
+    if tokens is None:
+        raise ValueError("the validation tokens are not in this cache view")
+    tokens = np.asarray(tokens[: n_rows * T + 1], dtype=np.int64)
+    table = torch.as_tensor(token_bytes, dtype=torch.int64, device=device)
+    total_nats, total_bytes, scored = 0.0, 0, 0
+    for count, idx, targets in _row_batches(tokens, n_rows, T, batch_size):
+        idx, targets = idx.to(device), targets.to(device)
+        logits = logits_fn(idx)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != (batch_size, T) \
+                or logits.shape[2] < vocab:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise EvaluationError(f"the model must return logits of shape ({batch_size}, {T}, >= {vocab}), got {shape}")
+        if not bool(torch.isfinite(logits[:count]).all()):
+            raise EvaluationError("the model's logits are not all finite (nan or inf)")
+        nats = _token_nats(logits[:count], targets[:count])
+        nbytes = table[targets[:count]]
+        counted = nbytes > 0
+        total_nats += float(torch.where(counted, nats, torch.zeros_like(nats)).sum())
+        total_bytes += int(nbytes.sum())
+        scored += int(counted.sum())
+    return {"val_bpb": total_nats / (math.log(2) * total_bytes), "nats": total_nats, "bytes": total_bytes,
+            "tokens": n_rows * T, "scored_tokens": scored, "seq_len": T, "batch_size": batch_size}
 
-    was_training = model.training
-    model.eval()
-    t0 = time.time()
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    scored = torch.zeros((), dtype=torch.int64, device=device)
+
+# ---------------------------------------------------------------------------------------------
+# 2b. The end of a trial: hand the model over
+# ---------------------------------------------------------------------------------------------
+
+MODEL_OUT_ENV = "AUTORESEARCH_MODEL_OUT"  # where hand_over() leaves the model; set by the supervisor
+EVAL_BATCH_SIZE = 8  # rows per call of the handed-over model (its exported input shape is fixed)
+
+
+class HandOverError(PrepareError):
+    """The model cannot be handed over for evaluation (the message says why and what to change)."""
+
+
+class _Logits(torch.nn.Module):
+    """What the evaluator runs: idx (B, T) -> logits (B, T, V). Nothing else of the model is called."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+
+@torch.no_grad()
+def hand_over(model: torch.nn.Module) -> Path | None:
+    """End a trial: export `model(idx) -> logits` as a program and leave it for the supervisor's evaluator.
+
+    The supervisor computes val_bpb in a separate process that runs this exported program (a graph of
+    PyTorch operators, saved with torch.export) on the validation rows, computes the cross-entropy and
+    the byte counts itself, and checks that the logits at a position do not change when later tokens
+    change. No code of train.py runs there. Call it once, after training, in the autocast context the
+    model trains in. Returns the file written, or None when no supervisor asked for one.
+    """
+    out = os.environ.get(MODEL_OUT_ENV, "").strip()
+    if not out:
+        return None
+    opened = _open_cache()
+    T, vocab = opened["manifest"]["max_seq_len"], opened["manifest"]["vocab_size"]
+    target = getattr(model, "_orig_mod", model)  # a torch.compile'd model exports as its original module
+    first = next(iter(target.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    example = torch.randint(0, vocab, (EVAL_BATCH_SIZE, T), dtype=torch.int64, device=device)
+    was_training = target.training
+    wrapped = _Logits(target).eval()
     try:
-        for first_row in range(0, n_rows, batch_size):
-            count = min(batch_size, n_rows - first_row)
-            rows = np.arange(first_row, first_row + batch_size).clip(max=n_rows - 1)
-            chunk = torch.from_numpy(tokens[rows[:, None] * T + window]).to(device)
-            idx, targets = chunk[:, :-1], chunk[:, 1:]
-            loss = model(idx, targets, reduction="none")
-            if tuple(loss.shape) != (batch_size, T):
-                raise ValueError(
-                    f'model(idx, targets, reduction="none") must return the per-token loss of shape '
-                    f"{(batch_size, T)}, got {tuple(loss.shape)}"
-                )
-            loss, targets = loss[:count].double(), targets[:count]
-            nbytes = token_bytes[targets]
-            counted = nbytes > 0
-            total_nats += torch.where(counted, loss, torch.zeros_like(loss)).sum()
-            total_bytes += nbytes.sum()
-            scored += counted.sum()
+        logits = wrapped(example)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape[:2]) != (EVAL_BATCH_SIZE, T) \
+                or logits.dim() != 3 or logits.shape[2] < vocab:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise HandOverError(f"model(idx) must return logits of shape (batch, {T}, >= {vocab}) for the "
+                                f"evaluator, got {shape}")
+        try:
+            program = torch.export.export(wrapped, (example,), strict=False)
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise HandOverError(
+                "the model could not be exported for the supervisor's evaluation (torch.export): "
+                f"{type(exc).__name__}: {first_line}. The evaluator runs forward(idx) -> logits as a graph of "
+                "PyTorch operators: keep Python control flow in forward independent of tensor values "
+                "(no .item(), no if on a tensor), and no custom autograd Functions or Python-side state") from exc
     finally:
-        model.train(was_training)
-    nats, nbytes_total = total_nats.item(), int(total_bytes.item())
-    bpb = nats / (math.log(2) * nbytes_total)
-    seconds = time.time() - t0
-
-    record_path = os.environ.get("AUTORESEARCH_EVAL_RECORD", "").strip()
-    if record_path:
-        record = {
-            "val_bpb": bpb,
-            "tokens": n_rows * T,
-            "scored_tokens": int(scored.item()),
-            "bytes": nbytes_total,
-            "nats": nats,
-            "seconds": round(seconds, 3),
-            "seq_len": T,
-            "batch_size": batch_size,
-            "profile": manifest["profile"],
-            "vocab_size": manifest["vocab_size"],
-            "val_tokens_sha256": manifest["files"][manifest["val_tokens"]]["sha256"],
-            "time": time.time(),
-        }
-        corpus.atomic_write_bytes(Path(record_path), (json.dumps(record, indent=2) + "\n").encode())
-    return bpb
-
-
+        target.train(was_training)
+    path = Path(out)
+    tmp = path.with_name(f".part-{path.name}")  # torch.export.save wants the .pt2 suffix
+    torch.export.save(program, str(tmp))
+    os.replace(tmp, path)  # complete when it appears: the supervisor takes the first one
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,6 +701,230 @@ def verify_cache(cache: str | Path | None = None, deep: bool = True) -> list[str
 
 
 # ---------------------------------------------------------------------------------------------
+# 5. The evaluator (run by the supervisor from its own copy of this file, never by a trial)
+# ---------------------------------------------------------------------------------------------
+
+# Operators a handed-over program may contain: PyTorch's own. Anything else (a custom op would be code the
+# agent registered) is refused before the program runs.
+_ALLOWED_NAMESPACES = ("aten", "prims")
+_ALLOWED_HIGHER_ORDER = ("wrap_with_autocast", "wrap_with_set_grad_enabled")
+CHECK_TOLERANCE = 1e-3  # of the logits' scale: more than this is a dependence, not rounding
+
+
+def _verified_bytes(cache: Path, name: str, expected: dict[str, str] | None, manifest: dict) -> bytes:
+    """A file's bytes, read once and hashed in this process just before use (no second read to swap)."""
+    data = (cache / name).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    wanted = [manifest["files"].get(name, {}).get("sha256")]
+    if expected and name not in expected:
+        raise EvaluationError(f"the manifest names {name}, not the validation file the run started with: the "
+                              "cache was redirected")
+    if expected:
+        wanted.append(expected[name])
+    if any(w is not None and w != digest for w in wanted):
+        raise EvaluationError(f"{name} does not match its recorded sha256: the validation data changed")
+    return data
+
+
+class _NoPickle:
+    """Stands in for the pickle module while a program loads: everything but loading objects."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        if name in ("load", "loads", "Unpickler"):
+            return _refuse_pickle
+        return getattr(self._real, name)
+
+
+def _refuse_pickle(*args, **kwargs):
+    raise EvaluationError("the handed-over model holds pickled Python objects, which the evaluator never loads "
+                          "(they could run code): hand over a plain module of tensors and PyTorch operators")
+
+
+def _load_without_pickle(data: bytes):
+    """torch.export.load, with every way it has of unpickling arbitrary objects closed.
+
+    torch.export.load falls back to ``torch.load(weights_only=False)`` and ``pickle.loads`` for some constants:
+    on a file the agent wrote, that is code execution in the evaluator. Here torch.load is held to
+    weights_only=True (tensors and plain containers only) and the raw unpicklers refuse.
+    """
+    from torch.export.pt2_archive import _package
+
+    real_load, real_pickle_obj, real_pickle = torch.load, getattr(torch._C, "_pickle_load_obj", None), _package.pickle
+
+    def weights_only_load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        return real_load(f, *args, **kwargs)
+
+    torch.load = weights_only_load
+    torch._C._pickle_load_obj = _refuse_pickle
+    _package.pickle = _NoPickle(real_pickle)
+    try:
+        return torch.export.load(io.BytesIO(data))
+    finally:
+        torch.load, _package.pickle = real_load, real_pickle
+        if real_pickle_obj is not None:
+            torch._C._pickle_load_obj = real_pickle_obj
+
+
+def _load_program(path: Path):
+    """The handed-over program, refused unless it is a plain file of PyTorch's own operators."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise EvaluationError(f"no model was handed over ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise EvaluationError("the handed-over model is not a regular file")
+        data = handle.read()
+    try:
+        program = _load_without_pickle(data)
+    except EvaluationError:
+        raise
+    except Exception as exc:
+        raise EvaluationError(f"the handed-over model could not be loaded: {type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0][:200]}") from exc
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = node.target
+        namespace = getattr(target, "namespace", None)
+        name = getattr(target, "__name__", str(target))
+        if namespace in _ALLOWED_NAMESPACES or name in _ALLOWED_HIGHER_ORDER or target is operator.getitem:
+            continue
+        raise EvaluationError(f"the handed-over model calls {name!s}, which is not one of PyTorch's operators")
+    if len(program.graph_signature.user_inputs) != 1:
+        raise EvaluationError("the handed-over model must take exactly one input, the token ids")
+    return program, hashlib.sha256(data).hexdigest()
+
+
+def _max_deviation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+
+
+class _CheckedModel:
+    """The handed-over model as the metric calls it, checked on the way for causality and repeatability.
+
+    Before the pass, random validation rows and a random cut in each are drawn (a trial cannot predict
+    them); their logits are kept as the pass computes them, with the first batch's. After the pass
+    (:meth:`verify`), one probe batch holds those rows with every token after the cut replaced by another
+    real row's, in reversed order: the logits up to and including the cut must not move, or the model looks
+    ahead (or at the other rows of its batch). The first batch is run again and must give the same logits,
+    or the model keeps state between calls. Two extra calls in all.
+    """
+
+    def __init__(self, module, tokens: np.ndarray, n_rows: int, T: int, batch_size: int, rng: np.random.Generator):
+        self.module, self.tokens, self.T, self.batch_size = module, tokens, T, batch_size
+        count = min(batch_size, n_rows)
+        self.rows = rng.choice(n_rows, size=count, replace=False) if n_rows >= count else np.arange(count)
+        self.donors = (self.rows + rng.integers(1, max(2, n_rows), size=count)) % n_rows
+        self.cuts = rng.integers(0, T - 1, size=count)
+        self.kept: dict[int, torch.Tensor] = {}
+        self.first: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.calls = 0
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = self.module(idx)
+        if self.first is None:
+            self.first = (idx.clone(), logits.detach().float().cpu())
+        first_row = self.calls * self.batch_size
+        for i, row in enumerate(self.rows):
+            if first_row <= row < first_row + idx.shape[0] and isinstance(logits, torch.Tensor):
+                self.kept[i] = logits[row - first_row, : self.cuts[i] + 1].detach().float().cpu()
+        self.calls += 1
+        return logits
+
+    def _window(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.tokens[rows[:, None] * self.T + np.arange(self.T, dtype=np.int64)])
+
+    def verify(self, device) -> dict:
+        idx, donor = self._window(self.rows), self._window(self.donors)
+        for i, cut in enumerate(self.cuts):
+            idx[i, cut + 1:] = donor[i, cut + 1:]
+        padded = torch.cat([idx.flip(0), idx[:1].expand(self.batch_size - len(idx), -1)]) if len(idx) < self.batch_size \
+            else idx.flip(0)
+        probe = self.module(padded.to(device))[: len(idx)].flip(0).detach().float().cpu()
+        scale = max([1.0, *(float(k.abs().max()) for k in self.kept.values())])
+        causal = max((_max_deviation(self.kept[i], probe[i, : cut + 1]) for i, cut in enumerate(self.cuts)
+                      if i in self.kept), default=0.0) / scale
+        assert self.first is not None
+        repeat = _max_deviation(self.first[1], self.module(self.first[0]).detach().float().cpu()) / scale
+        if causal > CHECK_TOLERANCE:
+            raise EvaluationError(
+                f"causality check failed: the logits at a position changed by {causal:.3g} (of their scale) when "
+                "only later tokens, or other rows of the batch, changed. The model looks ahead: check the attention "
+                "mask")
+        if repeat > CHECK_TOLERANCE:
+            raise EvaluationError(f"repeatability check failed: the same rows gave logits {repeat:.3g} apart on a "
+                                  "second call. The model keeps state between calls")
+        return {"causality_deviation": causal, "repeat_deviation": repeat, "rows_checked": len(self.kept)}
+
+
+def evaluate_handed_over(model_path: str | Path, device: str = "cpu", expected: dict[str, str] | None = None,
+                         cache: str | Path | None = None) -> dict:
+    """The whole trusted evaluation of one handed-over model: the record the supervisor keeps."""
+    started = time.time()
+    cache = Path(cache) if cache is not None else cache_dir()
+    manifest = load_manifest(cache)
+    val = np.frombuffer(_verified_bytes(cache, manifest["val_tokens"], expected, manifest), dtype=np.uint16)
+    table = np.load(io.BytesIO(_verified_bytes(cache, manifest["token_bytes"], expected, manifest)))
+    program, artifact_sha = _load_program(Path(model_path))
+    module = program.module()
+    T, n_rows = manifest["max_seq_len"], manifest["eval_tokens"] // manifest["max_seq_len"]
+    if n_rows < 1 or len(val) < n_rows * T + 1:
+        raise EvaluationError("the validation split is smaller than one row")
+
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # rows a trial cannot predict
+    checked = _CheckedModel(module, np.asarray(val[: n_rows * T + 1], dtype=np.int64), n_rows, T, EVAL_BATCH_SIZE, rng)
+    with torch.no_grad():
+        result = evaluate_bpb(checked, EVAL_BATCH_SIZE, device=device, cache=cache, tokens=val, token_bytes=table)
+        checks = checked.verify(device)
+    if not math.isfinite(result["val_bpb"]):
+        raise EvaluationError(f"val_bpb is {result['val_bpb']}")
+    return {**result, **checks, "seconds": round(time.time() - started, 3), "profile": manifest["profile"],
+            "vocab_size": manifest["vocab_size"], "artifact_sha256": artifact_sha,
+            "val_tokens_sha256": manifest["files"][manifest["val_tokens"]]["sha256"], "evaluator": "exported program",
+            "time": time.time()}
+
+
+def _evaluation_device(requested: str) -> str:
+    want = (requested or "auto").strip().lower()
+    if want in ("cuda", "rocm") or (want == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if want == "mps" or (want == "auto" and torch.backends.mps.is_available()):
+        return "mps"
+    return "cpu"
+
+
+def serve_evaluation(stream=None) -> int:
+    """`prepare.py --serve-evaluation`: started ahead (its imports overlap the trial), then one job on stdin.
+
+    The job is one JSON line: {"model": path, "record": path, "expected": {file: sha256}, "device": ...}.
+    The record (JSON) is written atomically either way: {"ok": true, "val_bpb": ...} or {"ok": false, "error": ...}.
+    EOF instead of a job: the trial needs no evaluation; exit quietly.
+    """
+    import torch._export.serde.serialize  # noqa: F401  (ahead of the job: torch.export.load needs it)
+
+    line = (stream or sys.stdin).readline()
+    if not line.strip():
+        return 0
+    job = json.loads(line)
+    try:
+        record = {"ok": True, **evaluate_handed_over(job["model"], _evaluation_device(job.get("device", "auto")),
+                                                     job.get("expected"))}
+    except (EvaluationError, PrepareError) as exc:
+        record = {"ok": False, "error": str(exc)}
+    except Exception as exc:  # a hostile program may make torch raise anything: still a record, not a traceback
+        record = {"ok": False, "error": f"the handed-over model failed to run: {type(exc).__name__}: "
+                                        f"{(str(exc).splitlines() or [''])[0][:300]}"}
+    corpus.atomic_write_bytes(Path(job["record"]), (json.dumps(record, indent=2) + "\n").encode())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # 4. Command line
 # ---------------------------------------------------------------------------------------------
 
@@ -654,6 +950,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`python trainer/prepare.py ...` and `autoresearch prepare ...`. Returns an exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve-evaluation"]:  # the supervisor's evaluator (section 5); not for people
+        return serve_evaluation()
     args = _parser().parse_args(argv)
     try:
         prepare(source=args.source, profile=args.profile, cache=args.cache,

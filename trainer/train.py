@@ -7,7 +7,7 @@ setup, training loop, summary.
 
 Run: `python trainer/train.py` (after `autoresearch prepare`). Environment (set by the supervisor):
 AUTORESEARCH_CACHE, AUTORESEARCH_TIME_BUDGET, AUTORESEARCH_METRICS, AUTORESEARCH_SEED,
-AUTORESEARCH_EVAL_RECORD, AUTORESEARCH_DEVICE (auto|cuda|mps|cpu).
+AUTORESEARCH_MODEL_OUT, AUTORESEARCH_DEVICE (auto|cuda|mps|cpu).
 
 Output: one JSON line of metrics per optimizer step (to $AUTORESEARCH_METRICS, or stdout), then a
 line `---` and the summary as `key: value` lines on stdout. A NaN or exploding loss prints a line
@@ -33,7 +33,7 @@ from prepare import (  # noqa: E402
     MAX_SEQ_LEN,
     PROFILE,
     VOCAB_SIZE,
-    evaluate_bpb,
+    hand_over,
     make_dataloader,
     peak_flops,
     time_budget,
@@ -436,19 +436,18 @@ def step_record(step, training_seconds, loss_value, lrm, tok_s, mem, flops_per_t
     }
 
 
-def print_summary(val_bpb, training_seconds, compile_seconds, eval_seconds, peak_mem, mfu, total_tokens, steps,
+def print_summary(training_seconds, compile_seconds, handover_seconds, peak_mem, mfu, total_tokens, steps,
                   num_params, kind, device_name, compiled, tokens_per_s):
     """The `---` line and the `key: value` lines the supervisor reads."""
 
     def fmt(value, spec):
         return "unknown" if value is None else format(value, spec)
 
-    print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
+    print("---")  # val_bpb is not here: the supervisor measures it on the model handed over
     print(f"training_seconds: {training_seconds:.1f}")
     print(f"total_seconds:    {time.time() - T_START:.1f}")
     print(f"compile_seconds:  {compile_seconds:.1f}")
-    print(f"eval_seconds:     {eval_seconds:.1f}")
+    print(f"handover_seconds: {handover_seconds:.1f}")
     print(f"peak_vram_mb:     {fmt(peak_mem, '.1f')}")
     print(f"mfu_percent:      {fmt(mfu, '.2f')}")
     print(f"total_tokens_M:   {total_tokens / 1e6:.3f}")
@@ -537,18 +536,20 @@ def main():
     if metrics is not sys.stdout:
         metrics.close()
 
-    # Evaluation on the fixed validation tokens, with the eager model (no recompilation for eval).
-    t_eval = time.time()
-    with autocast:
-        val_bpb = evaluate_bpb(model, DEVICE_BATCH_SIZE, device=device)
-    eval_seconds = time.time() - t_eval
-    if not math.isfinite(val_bpb):
-        fail(f"val_bpb is {val_bpb}")
+    # Hand the eager model over (exported as a graph): the supervisor's evaluator computes val_bpb on
+    # validation data this process never sees.
+    t_handover = time.time()
+    try:
+        with autocast:
+            hand_over(model)
+    except prepare.HandOverError as exc:
+        fail(str(exc))
+    handover_seconds = time.time() - t_handover
 
     tokens_per_s = timed_tokens / training_seconds if training_seconds > 0 else None
     mfu = 100 * flops_per_token * tokens_per_s / peak if peak and tokens_per_s else None
     peak_mem = memory_mb(kind) if kind in ("cuda", "rocm") else peak_mem
-    print_summary(val_bpb, training_seconds, compile_seconds, eval_seconds, peak_mem, mfu, total_tokens, step,
+    print_summary(training_seconds, compile_seconds, handover_seconds, peak_mem, mfu, total_tokens, step,
                   num_params, kind, device_name, use_compile, tokens_per_s)
     # Everything is written and closed: skip the interpreter's teardown of torch's modules, which
     # takes 0.3-0.7 s that every trial would otherwise spend after its result is known.

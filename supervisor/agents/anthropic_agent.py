@@ -6,14 +6,15 @@ not) becomes a ModelReply. The turn itself, reading
 tool calls and counting cost live in llm.py.
 
 The key comes from the environment only: ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN for a bearer token);
-the base URL from --base-url or ANTHROPIC_BASE_URL. The SDK retries 408/409/429/5xx/529 and dropped
+the base URL from --base-url or ANTHROPIC_BASE_URL. The `autoresearch` command moves these out of its own
+environment at start (supervisor/core/secrets.py), so they are read from that store and passed to the client
+explicitly. The SDK retries 408/409/429/5xx/529 and dropped
 connections itself (max_retries, honouring retry-after); what is still failing after that is handed to the
 loop as AgentUnavailable, which waits longer and pauses the run after a long outage.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import anthropic
@@ -33,9 +34,11 @@ from supervisor.agents.llm import (
     status_error,
 )
 from supervisor.core.pricing import price_for
+from supervisor.core.secrets import credential, lookup
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 KEY_VARIABLE = "ANTHROPIC_API_KEY"
+TOKEN_VARIABLE = "ANTHROPIC_AUTH_TOKEN"
 
 # An error sent inside a 200 stream carries only its type; these are the statuses the same error has
 # when it comes as an HTTP response.
@@ -46,6 +49,20 @@ ERROR_TYPE_STATUS = {
 }
 
 
+def _custom_headers() -> dict[str, str] | None:
+    """ANTHROPIC_CUSTOM_HEADERS ("Name: value" lines), parsed as the SDK does: the SDK reads it from the
+    environment, where the entry point no longer leaves it (a gateway may authenticate through it)."""
+    text = lookup("ANTHROPIC_CUSTOM_HEADERS")
+    if not text:
+        return None
+    headers = {}
+    for line in text.split("\n"):
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip()] = value.strip()
+    return headers or None
+
+
 class AnthropicAdapter:
     provider = "anthropic"
 
@@ -53,9 +70,11 @@ class AnthropicAdapter:
                  max_tokens: int = 16384, timeout_s: float = 300.0, max_retries: int = 3,
                  cache_ttl: str = "5m") -> None:
         self.model = model or DEFAULT_MODEL
-        base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-        key = os.environ.get(KEY_VARIABLE, "").strip()
-        token = os.environ.get("ANTHROPIC_AUTH_TOKEN", "").strip()
+        # From the process's secrets (the entry point moved them out of the environment), else the
+        # environment; always handed to the client explicitly, so the SDK never looks for them itself.
+        base_url = base_url or lookup("ANTHROPIC_BASE_URL") or None
+        key = credential(KEY_VARIABLE)
+        token = credential(TOKEN_VARIABLE)
         if not key and not token:
             if base_url is None:
                 raise AgentAuthError(f"--agent anthropic needs an API key: set {KEY_VARIABLE} in the environment "
@@ -68,9 +87,9 @@ class AnthropicAdapter:
         self.cache_control: dict[str, Any] = {"type": "ephemeral"}
         if cache_ttl != "5m":
             self.cache_control["ttl"] = cache_ttl
-        credential = {"api_key": key} if key else {"auth_token": token}
+        given = {"api_key": key} if key else {"auth_token": token}
         self.client = anthropic.Anthropic(
-            **credential, base_url=base_url, max_retries=max_retries,
+            **given, base_url=base_url, max_retries=max_retries, default_headers=_custom_headers(),
             timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
         )
 

@@ -5,6 +5,8 @@ The same protocol is spoken by vLLM, Ollama, llama.cpp's server, LM Studio and m
 tool calls and the cost live in llm.py.
 
 The key comes from OPENAI_API_KEY only. A local server usually needs none: then the SDK gets a placeholder.
+The `autoresearch` command moves OPENAI_* out of its own environment at start (supervisor/core/secrets.py), so
+the key, base URL, organization and project are read from that store and passed to the client explicitly.
 OpenAI caches prompt prefixes by itself; the prompt's stable parts come first so the cache sees them, and
 `prompt_cache_key` keeps turns of one run on the same cache. Parameters only api.openai.com understands
 (`max_completion_tokens`, `prompt_cache_key`) are not sent to other servers, which get `max_tokens`.
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from typing import Any
 
@@ -42,6 +43,7 @@ from supervisor.agents.llm import (
 )
 from supervisor.core.pricing import canonical_model, price_for
 from supervisor.core.prompts import PREVIOUS_NOTE
+from supervisor.core.secrets import credential, lookup
 
 DEFAULT_MODEL = "gpt-5.4"
 KEY_VARIABLE = "OPENAI_API_KEY"
@@ -55,14 +57,16 @@ class OpenAIAdapter:
     def __init__(self, model: str | None = None, *, base_url: str | None = None, stream: bool = True,
                  max_tokens: int | None = None, timeout_s: float = 300.0, max_retries: int = 3,
                  official: bool | None = None) -> None:
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        # From the process's secrets (the entry point moved them out of the environment), else the
+        # environment; always handed to the client explicitly, so the SDK never looks for them itself.
+        base_url = base_url or lookup("OPENAI_BASE_URL") or None
         # api.openai.com itself, or a server that speaks its newest dialect (official=True)
         self.official = official if official is not None else (base_url is None or "api.openai.com" in base_url)
         if model is None and not self.official:
             raise AgentConfigError(f"--agent openai with the server at {base_url} needs --model: the name that "
                                    "server knows the model by (`ollama list`, or GET /v1/models on the server)")
         self.model = model or DEFAULT_MODEL
-        key = os.environ.get(KEY_VARIABLE, "").strip()
+        key = credential(KEY_VARIABLE)
         if not key:
             if self.official:
                 raise AgentAuthError(f"--agent openai needs an API key: set {KEY_VARIABLE} in the environment, or "
@@ -74,6 +78,8 @@ class OpenAIAdapter:
         # Reasoning models spend output tokens on thinking; a small local model's context is short.
         self.max_tokens = max_tokens or (16384 if self.official else 4096)
         self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries,
+                                    organization=lookup("OPENAI_ORG_ID") or None,
+                                    project=lookup("OPENAI_PROJECT_ID") or None,
                                     timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)))
 
     # ---- the request ------------------------------------------------------------------------------------

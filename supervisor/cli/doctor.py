@@ -10,7 +10,6 @@ torch is imported inside the checks, never at module level (the supervisor does 
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.core.config import PROJECT_ROOT, absolute_path
+from supervisor.core.secrets import credential
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 MIN_FREE_GB = 5.0
@@ -277,7 +277,8 @@ class Doctor:
 
     def check_keys(self) -> list[Check]:
         # Only whether a key is set; its value is never read out, printed or stored.
-        names = [n for n in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY") if os.environ.get(n)]
+        # The store, then the environment: an entry point that moved them out keeps them in the store.
+        names = [n for n in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY") if credential(n)]
         detail = ("set: " + ", ".join(names)) if names else "none set: --agent offline works without one"
         return [Check("api keys", INFO, detail)]
 

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from supervisor.cli.secret_handoff import popen_with_secrets, secrets_for_child
 from supervisor.core.config import PROJECT_ROOT, RunConfig
 from supervisor.core.errors import UserError
 from supervisor.core.paths import RunPaths
@@ -65,12 +66,15 @@ def start_loop(config: RunConfig, resume: bool) -> subprocess.Popen:
     env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("TEXTUAL_DRIVER", None)
+    # The loop needs the agent's key, but not in its environment, where its trials could read it: it gets
+    # the keys over a pipe, as this process got them from its own entry point.
+    secrets = secrets_for_child(env)
     with open(paths.log, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(loop_command(config, resume))}\n".encode())
         log.flush()
-        return subprocess.Popen(loop_command(config, resume), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env,
-                                cwd=os.getcwd())
+        return popen_with_secrets(loop_command(config, resume), secrets, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                  cwd=os.getcwd())
 
 
 def _log_tail(run_dir: Path, lines: int = 12) -> str:

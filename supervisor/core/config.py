@@ -24,6 +24,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # supervisor/core/config.py 
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 POLICY_NAMES = ("greedy", "flag", "confirm", "strict")
+SANDBOX_SETTINGS = ("auto", "bwrap", "off")  # the same as supervisor.trial.sandbox's (core imports no trial code)
 
 
 class ConfigError(UserError, ValueError):
@@ -278,6 +279,7 @@ class RunConfig:
     device: str = "auto"
     memory_limit_mb: int | None = None
     warm_start: bool = True  # start the next trial's interpreter while the agent writes (supervisor/trial/warm_start.py)
+    sandbox: str = "auto"  # auto | bwrap | off: the OS sandbox of every trial (supervisor/trial/sandbox.py)
     agent: str = "offline"
     model: str | None = None
     base_url: str | None = None
@@ -316,6 +318,8 @@ class RunConfig:
                                                       f"{self.budget_s}"),
             (fails(self.grace_s, (self.grace_s or 0) >= 0), f"--grace must be >= 0 seconds, got {self.grace_s}"),
             (self.max_trials is not None and self.max_trials < 1, "--max-trials must be at least 1"),
+            (self.sandbox not in SANDBOX_SETTINGS, f"--sandbox must be one of {', '.join(SANDBOX_SETTINGS)}, "
+                                                   f"got {self.sandbox!r}"),
             (self.reflect_every < 1, "--reflect-every must be at least 1"),
             (self.plateau_trials < 1, "--plateau must be at least 1"),
             (self.crash_streak < 1, "the crash streak must be at least 1"),
@@ -348,8 +352,9 @@ class RunConfig:
     def effective_grace_s(self) -> float:
         if self.grace_s is not None:
             return self.grace_s
-        # Startup, torch.compile and the final evaluation are outside the training budget.
-        return max(60.0, 0.5 * self.budget_s)
+        # The warm-up allowance: start-up, torch.compile and the hand-over (export) are outside the training
+        # budget; the evaluation is the supervisor's and not counted. A hand-over after budget + this is void.
+        return max(30.0, 0.25 * self.budget_s)
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -55,6 +55,21 @@ class RunPaths:
         return self.trials / f"{trial_id:04d}{suffix}"
 
     @property
+    def exchange(self) -> Path:
+        """Where a sandboxed trial writes its metrics and hands over its model (its only writable folder
+        besides the compile cache); emptied before every trial."""
+        return self.run_dir / "exchange"
+
+    @property
+    def harness(self) -> Path:
+        """The supervisor's pristine copy of the harness, as committed when the run began: the evaluator runs it."""
+        return self.run_dir / "harness"
+
+    @property
+    def compile_cache(self) -> Path:
+        return self.run_dir / "compile-cache"
+
+    @property
     def noise(self) -> Path:
         return self.run_dir / "noise"
 

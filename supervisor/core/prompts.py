@@ -214,3 +214,40 @@ def results_table(trials: list[Trial], noise_floor: float | None, policy: str) -
             f"{(f'{t.peak_vram_mb:.0f}' if t.peak_vram_mb is not None else ''):<8} {t.description}"
         )
     return "\n".join(lines)
+
+
+# ---- tool input that cannot be used (supervisor.run.tools): what was wrong, and what is accepted --------------
+INPUT_WRONG_KIND = "{name}: field {key!r} must be {kind}, got {got}. Send it again as {kind}."
+INPUT_TOO_LONG = ("{name}: field {key!r} is {length:,} characters long; at most {limit:,} are accepted. "
+                  "Send it again, shorter.")
+INPUT_TOO_SHORT = "{name}: field {key!r} is empty; it needs at least {limit} character(s)."
+INPUT_BAD_CHARACTER = ("{name}: field {key!r} contains {what} ({char}) at character {pos}, which is not accepted: "
+                       "text fields take printable unicode text with newlines and tabs. Send the field again "
+                       "without it.")
+INPUT_OUT_OF_RANGE = ("{name}: field {key!r} must be a whole number from {minimum} to {maximum}, got {value}. "
+                      "Send it again with a value in that range.")
+INPUT_NOT_ONE_OF = "{name}: field {key!r} must be one of {choices}, got {value}."
+INPUT_UNKNOWN_FIELDS = ("{name}: unknown field(s) {unknown}; the fields are {fields}. Send the call again with "
+                        "those fields only.")
+TOOL_NAME_NOT_TEXT = "the tool name must be a string naming one of the tools, got {got}. The tools are: {tools}."
+TOOL_FAILED = ("the supervisor failed while running {tool} ({kind}: {detail}). This is a fault in the supervisor, "
+               "logged for the person, and the run goes on. Whether the call changed anything is unknown: check "
+               "(read the file or the results again) before relying on it, then try once more or differently.")
+
+# ---- the sandbox (issue 15) ---------------------------------------------------------------------------------
+UNSANDBOXED_RUN = ("Trials run UNSANDBOXED ({why}): a trial could read or change files outside its folder. "
+                   "Every trial is marked unsandboxed in the ledger, results.tsv, the journal and the report.")
+
+# ---- held for review: guard findings stop a keep (issue 15, supervisor.run.executor) --------------------------
+DECISION_HELD = ("held for review, not kept: the guards found {count} construct(s) in the training script that a "
+                 "training recipe has no business with ({rules}); the keep policy said: {decision}")
+DECISION_DISCARD_WITH_FINDINGS = "{decision} (the guards also found: {rules})"
+TRIAL_HELD = ("This trial is HELD FOR REVIEW and was not kept, whatever its val_bpb: the branch is back at its "
+              "parent and the person will look at it. The guards found:\n{findings}\n"
+              "The training script may only train the model: no environment, files, network, processes, dynamic "
+              "code or interpreter internals, and nothing of the evaluation or its data. If the idea does not need "
+              "these, make the same change without them and run it again.")
+
+# ---- tool input (supervisor.run.tools), continued: a missing field names every field ------------------------
+INPUT_MISSING_FIELDS = ("{name}: missing required field(s): {missing}. The fields are {fields}; {required} are "
+                        "required (null counts as missing).")

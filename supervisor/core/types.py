@@ -20,14 +20,29 @@ class TrialStatus(StrEnum):
     DISCARD = "discard"
     CRASH = "crash"
     ABORTED = "aborted"  # killed mid-trial (supervisor died, run stopped, or the person stopped it): not judged
+    # Judged and not kept because a guard found something in its script: the number is recorded, the branch is
+    # back at the parent (as for a discard), and the person decides. results.tsv writes it as a discard.
+    HELD = "held"
 
     @property
     def finished(self) -> bool:
-        """Judged: it has a result that counts (results.tsv's statuses)."""
+        """Judged: it has a result that counts (results.tsv's statuses, held written as discard)."""
         return self in FINISHED_STATUSES
 
+    @property
+    def upstream(self) -> str:
+        """The status in upstream's results.tsv vocabulary (keep, discard, crash)."""
+        return str(TrialStatus.DISCARD) if self is TrialStatus.HELD else str(self)
 
-FINISHED_STATUSES = (TrialStatus.KEEP, TrialStatus.DISCARD, TrialStatus.CRASH)
+
+FINISHED_STATUSES = (TrialStatus.KEEP, TrialStatus.DISCARD, TrialStatus.CRASH, TrialStatus.HELD)
+# How a trial that ran without the sandbox is recorded: its `sandbox` column starts with this word.
+UNSANDBOXED_PREFIX = "none"
+
+
+def is_unsandboxed(sandbox: str | None) -> bool:
+    """Whether a trial's recorded sandbox says it ran without one (None: not recorded, unknown)."""
+    return bool(sandbox) and str(sandbox).strip().lower().startswith(UNSANDBOXED_PREFIX)
 
 
 class TrialKind(StrEnum):
@@ -97,6 +112,16 @@ class Trial:
     num_params_m: float | None
     pid: int | None = None
     suspicions: tuple[str, ...] = ()
+    # How the trial's process was confined: "bwrap", ..., or "none: <why>"; None when not recorded (old ledgers).
+    sandbox: str | None = None
+
+    @property
+    def unsandboxed(self) -> bool:
+        return is_unsandboxed(self.sandbox)
+
+    @property
+    def held(self) -> bool:
+        return self.status == TrialStatus.HELD
 
     @property
     def all_values(self) -> list[float]:
@@ -220,7 +245,8 @@ class Command:
 STATUS_RECORD_KEYS = (
     "id", "kind", "commit", "parent_commit", "parent_trial", "description", "category", "status", "val_bpb",
     "extra_values", "delta", "flagged", "decision", "crash_reason", "journal", "budget_s", "training_seconds",
-    "wall_seconds", "num_steps", "tokens_per_s", "mfu_percent", "peak_vram_mb", "platform", "suspicious", "usage",
+    "wall_seconds", "num_steps", "tokens_per_s", "mfu_percent", "peak_vram_mb", "platform", "suspicious", "sandbox",
+    "usage",
 )
 AGENT_RECORD_KEYS = (
     "id", "status", "commit", "parent_trial", "description", "category", "val_bpb", "parent_val_bpb", "delta",
@@ -246,7 +272,7 @@ def trial_record(t: Trial, *, for_agent: bool = False, journal: bool = False,
         "budget_s": t.budget_s, "training_seconds": t.training_seconds, "wall_seconds": t.wall_seconds,
         "num_steps": t.num_steps, "tokens_per_s": t.tokens_per_s, "mfu_percent": t.mfu_percent,
         "peak_vram_mb": t.peak_vram_mb, "platform": t.platform, "suspicious": list(t.suspicions),
-        "usage": usage, "log_tail": t.log_tail[-AGENT_LOG_TAIL_CHARS:],
+        "sandbox": t.sandbox, "usage": usage, "log_tail": t.log_tail[-AGENT_LOG_TAIL_CHARS:],
     }
     return {key: values[key] for key in (AGENT_RECORD_KEYS if for_agent else STATUS_RECORD_KEYS)}
 

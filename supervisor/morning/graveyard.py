@@ -1,4 +1,4 @@
-"""The graveyard: every discarded and crashed trial of a run, as markdown to read and share.
+"""The graveyard: every discarded, crashed and held trial of a run, as markdown to read and share.
 
 Grouped by what was tried (the agent's own category, or one inferred from the description and diff),
 each trial with its val_bpb against its parent, the change measured against the noise floor, the
@@ -241,10 +241,10 @@ class Group:
 
 
 def graveyard_groups(view: RunView) -> list[Group]:
-    """Discarded and crashed trials by category: the most-tried first, then the categories' order."""
+    """Discarded, crashed and held trials by category: the most-tried first, then the categories' order."""
     buckets: dict[str, list[Trial]] = {}
     given: dict[str, int] = {}
-    for t in view.by_status(TrialStatus.DISCARD, TrialStatus.CRASH):
+    for t in view.by_status(TrialStatus.DISCARD, TrialStatus.CRASH, TrialStatus.HELD):
         cat = view.category(t)
         buckets.setdefault(cat.name, []).append(t)
         given[cat.name] = given.get(cat.name, 0) + (cat.source == "agent")
@@ -262,8 +262,9 @@ def _loss_stats(trials: Iterable[Trial]) -> tuple[float | None, float | None]:
 
 
 def _trial_section(view: RunView, t: Trial, diff_lines: int, log_lines: int) -> str:
-    head = f"#### Trial {t.id} · {t.status}" + (f" · `{t.short_commit}`" if t.commit_sha else "") + \
-           f" · {md_text(t.description)}"
+    status = "held for review" if t.status == TrialStatus.HELD else str(t.status)
+    head = f"#### Trial {t.id} · {status}" + (" · unsandboxed" if t.unsandboxed else "") + \
+           (f" · `{t.short_commit}`" if t.commit_sha else "") + f" · {md_text(t.description)}"
     lines = [f'<a id="trial-{t.id}"></a>', "", head, ""]
     lines += _result_lines(view, t)
     if t.decision and t.status != TrialStatus.CRASH:
@@ -271,6 +272,8 @@ def _trial_section(view: RunView, t: Trial, diff_lines: int, log_lines: int) -> 
     lines.append(_interpretation_line(view, t))
     for suspicion in t.suspicions:
         lines.append(f"- **Suspicious:** {md_text(suspicion)}")
+    if t.unsandboxed:
+        lines.append(f"- **Unsandboxed:** the trial ran without the sandbox ({md_text(t.sandbox)})")
     lines.append(_category_line(view, t))
     lines.append("")
     lines += [_diff_block(t, diff_lines), ""]
@@ -358,14 +361,16 @@ def graveyard_markdown(view: RunView, *, diff_lines: int = DIFF_LINES, log_lines
 def _introduction(view: RunView, generated: float | None) -> list[str]:
     discards = view.by_status(TrialStatus.DISCARD)
     crashes = view.by_status(TrialStatus.CRASH)
+    held = view.by_status(TrialStatus.HELD)
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(generated if generated is not None else time.time()))
     source = " (imported from an upstream results.tsv)" if view.imported else ""
     out = [
         f"# Graveyard: {md_text(view.tag)}",
         "",
         f"Every discarded and crashed trial of run `{view.tag}`{source}: {len(discards)} discarded and "
-        f"{len(crashes)} crashed of {len(view.finished)} finished trials. Policy `{view.config.policy}`, "
-        f"{floor_text(view)}. Generated {stamp}.",
+        f"{len(crashes)} crashed of {len(view.finished)} finished trials"
+        + (f", and {len(held)} held for review (not kept: the guards found something in the script)" if held
+           else "") + f". Policy `{view.config.policy}`, {floor_text(view)}. Generated {stamp}.",
         "",
         "Δ is the trial's val_bpb minus its parent's (the keep it was built on): negative is better. "
         "\"x floor\" is the size of Δ in noise floors; under 1 it is within the noise, so the idea is not "
@@ -389,8 +394,10 @@ def _contents(groups: list[Group]) -> list[str]:
 
 def _group_section(view: RunView, g: Group, diff_lines: int, log_lines: int) -> list[str]:
     crashed = sum(t.status == TrialStatus.CRASH for t in g.trials)
+    held = sum(t.status == TrialStatus.HELD for t in g.trials)
     out = [f"## {g.label.capitalize()}", "",
-           f"{len(g.trials)} tried: {len(g.trials) - crashed} discarded, {crashed} crashed ({_how_categorised(g)}).",
+           f"{len(g.trials)} tried: {len(g.trials) - crashed - held} discarded, {crashed} crashed"
+           + (f", {held} held for review" if held else "") + f" ({_how_categorised(g)}).",
            "",
            "| trial | status | val_bpb | parent | Δ | vs floor | description |",
            "|---:|---|---:|---:|---:|---|---|"]

@@ -33,11 +33,11 @@ from supervisor.morning.graveyard import (
     md_text,
     versus_floor,
 )
-from supervisor.store.journal_files import atomic_write
+from supervisor.store.journal_files import atomic_write, compact_finding
 from supervisor.store.ledger import Ledger
 
 COLORS = {
-    "keep": "#2a9d4b", "discard": "#8d949b", "crash": "#d62728", "flagged": "#f28e2b",
+    "keep": "#2a9d4b", "discard": "#8d949b", "crash": "#d62728", "flagged": "#f28e2b", "held": "#9467bd",
     "stair": "#1b6e35", "band": "#4c78a8", "text": "#333333",
 }
 FIG_WIDTH = 9.0
@@ -103,12 +103,12 @@ def _value_limits(values: list[float], keeps: list[float], floor: float | None) 
 
 def _status_points(view: RunView) -> dict[str, list[Trial]]:
     """The chart's marker groups: one per finished status, flagged keeps apart (they get their own marker)."""
-    groups: dict[str, list[Trial]] = {"keep": [], "flagged": [], "discard": [], "crash": []}
+    groups: dict[str, list[Trial]] = {"keep": [], "flagged": [], "discard": [], "crash": [], "held": []}
     for t in view.finished:
         if t.status == TrialStatus.KEEP:
             groups["flagged" if t.flagged else "keep"].append(t)
         else:
-            groups[t.status].append(t)
+            groups.setdefault(str(t.status), []).append(t)
     return groups
 
 
@@ -156,8 +156,10 @@ def chart_trajectory(view: RunView):
         "keep": dict(marker="o", s=46 * k, color=COLORS["keep"], edgecolor="white", linewidth=0.6 * k, label="keep"),
         "flagged": dict(marker="D", s=52 * k, color=COLORS["flagged"], edgecolor="black", linewidth=0.7 * k,
                         label="keep under the noise floor (flagged)"),
+        "held": dict(marker="s", s=40 * k, facecolor="none", edgecolor=COLORS["held"], color=COLORS["held"],
+                     linewidth=1.4 * max(k, 0.5), label="held for review (guard findings, not kept)"),
     }
-    for name in ("discard", "keep", "flagged"):
+    for name in ("discard", "held", "keep", "flagged"):
         pts = [t for t in groups[name] if t.val_bpb is not None]
         inside = [t for t in pts if t.val_bpb <= hi]
         above = [t for t in pts if t.val_bpb > hi]
@@ -252,7 +254,8 @@ def chart_cost(view: RunView):
     styles = (("discard", dict(color=COLORS["discard"], s=24 * k, alpha=0.8, label="discard")),
               ("keep", dict(color=COLORS["keep"], s=40 * k, edgecolor="white", linewidth=0.6 * k, label="keep")),
               ("flagged", dict(color=COLORS["flagged"], s=48 * k, marker="D", edgecolor="black", linewidth=0.6 * k,
-                               label="flagged keep")))
+                               label="flagged keep")),
+              ("held", dict(color=COLORS["held"], s=30 * k, marker="s", label="held for review")))
     for ax, (group, key, label) in zip(axes[0], panels, strict=True):
         scale = 1 / 1024 if key == "peak_vram_mb" else 1.0
         edge = blended_transform_factory(ax.transData, ax.transAxes)
@@ -322,7 +325,7 @@ def chart_throughput(view: RunView):
             ax.set_ylabel(label, fontsize=9)
             continue
         k = _marker_scale(len(finished))
-        for status, size in ((TrialStatus.DISCARD, 18 * k), (TrialStatus.KEEP, 30 * k)):
+        for status, size in ((TrialStatus.DISCARD, 18 * k), (TrialStatus.HELD, 18 * k), (TrialStatus.KEEP, 30 * k)):
             pts = [t for t in have if t.status == status]
             if pts:
                 ax.scatter([t.id for t in pts], [getattr(t, key) * scale for t in pts], s=size,
@@ -457,7 +460,7 @@ def _overview(view: RunView) -> list[str]:
     finished = view.finished
     keeps = view.by_status(TrialStatus.KEEP)
     c = {str(s): len(view.by_status(s)) for s in (TrialStatus.KEEP, TrialStatus.DISCARD, TrialStatus.CRASH,
-                                                   TrialStatus.ABORTED)}
+                                                   TrialStatus.HELD, TrialStatus.ABORTED)}
     flagged = sum(t.flagged for t in keeps)
     lines = []
     origin = md_text(view.run.state_detail or "imported") if view.imported else \
@@ -474,8 +477,14 @@ def _overview(view: RunView) -> list[str]:
                  + (" (changed during the run: results compare only within one budget)" if len(budgets) > 1 else ""))
     lines.append(f"- **Platform:** {md_text(view.platform_line())}")
     lines.append(f"- **Trials:** {len(finished)} finished: {c['keep']} keep ({flagged} flagged), "
-                 f"{c['discard']} discard, {c['crash']} crash" + (f"; {c['aborted']} stopped, not counted"
-                                                                    if c["aborted"] else ""))
+                 f"{c['discard']} discard, {c['crash']} crash"
+                 + (f", {c['held']} held for review (guard findings, not kept)" if c["held"] else "")
+                 + (f"; {c['aborted']} stopped, not counted" if c["aborted"] else ""))
+    unsandboxed = [t for t in view.trials if t.unsandboxed]
+    if unsandboxed:
+        lines.append(f"- **Unsandboxed:** {len(unsandboxed)} trial{'s' if len(unsandboxed) != 1 else ''} ran "
+                     f"without the sandbox ({md_text(unsandboxed[0].sandbox)}): their numbers were measured on "
+                     "code that could reach outside its folder")
     lines.append(f"- **Keep policy:** `{view.config.policy}`; {floor_text(view)}")
     valued = [t for t in keeps if t.val_bpb is not None]
     if valued:
@@ -511,6 +520,37 @@ def _keeps_table(view: RunView) -> list[str]:
         out += ["", f"**Flagged keeps** ({len(flagged)}): their gain is under the noise floor, so they may be luck. "
                 "Re-test them with new seeds before building on them: "
                 + ", ".join(f"trial {t.id} ({md_text(t.description)})" for t in flagged) + "."]
+    return out
+
+
+def _guards(view: RunView) -> list[str]:
+    """Held trials, every guard finding, and the trials that ran without the sandbox."""
+    held = view.by_status(TrialStatus.HELD)
+    found = [t for t in view.trials if t.suspicions and t.status != TrialStatus.HELD]
+    unsandboxed = [t for t in view.trials if t.unsandboxed]
+    if not (held or found or unsandboxed):
+        return ["No trial was held for review and the guards recorded no finding."]
+    out: list[str] = []
+    if held:
+        out += [f"{len(held)} trial{'s were' if len(held) != 1 else ' was'} held for review: the keep policy would "
+                "have kept (or re-tested) the number, but the guards found something in the training script, so "
+                "the branch went back to the parent. Read the findings and the diff (graveyard), then re-run the "
+                "idea without the construct if it was innocent.", "",
+                "| trial | val_bpb | Δ vs parent | findings | description |", "|---:|---:|---:|---|---|"]
+        for t in held:
+            findings = "<br>".join(md_cell(compact_finding(f)) for f in t.suspicions) or md_cell(t.decision)
+            out.append(f"| {t.id} | {fmt_val(t.val_bpb)} | {fmt_change(t.delta) if t.delta is not None else '—'} | "
+                       f"{findings} | {md_cell(t.description)} |")
+        out.append("")
+    if found:
+        out += ["Guard findings on trials that were not kept anyway:", ""]
+        out += [f"- Trial {t.id} ({t.status}): " + "; ".join(md_text(compact_finding(f)) for f in t.suspicions)
+                for t in found]
+        out.append("")
+    if unsandboxed:
+        ids = ", ".join(str(t.id) for t in unsandboxed)
+        out += [f"Ran **without the sandbox** ({md_text(unsandboxed[0].sandbox)}): trial{'s' if len(unsandboxed) > 1 else ''} "
+                f"{ids}.", ""]
     return out
 
 
@@ -580,6 +620,7 @@ def report_markdown(view: RunView, charts: dict[str, list[Path]], charts_rel: st
     out += image("trajectory", "val_bpb of every trial, keeps as a staircase")
     out += ["## Keeps in order", ""] + image("gains", "gain of each keep over its parent, against the noise floor")
     out += _keeps_table(view) + [""]
+    out += ["## Held for review and guard findings", ""] + _guards(view) + [""]
     out += ["## What the results cost", ""]
     out += image("cost", "val_bpb against parameter count and peak VRAM",
                  "No trial recorded its parameter count or peak VRAM (upstream writes memory_gb 0.0 on CPU and MPS).")
@@ -604,7 +645,7 @@ def report_markdown(view: RunView, charts: dict[str, list[Path]], charts_rel: st
     if groups:
         summary = ", ".join(f"{g.label} {len(g.trials)}" for g in groups)
         link = f"[{graveyard_name}]({graveyard_name})" if graveyard_name else "`autoresearch export graveyard`"
-        out.append(f"{sum(len(g.trials) for g in groups)} trials discarded or crashed ({summary}); every one with "
+        out.append(f"{sum(len(g.trials) for g in groups)} trials discarded, crashed or held ({summary}); every one with "
                    f"its diff, its log and the agent's interpretation is in {link}.")
     else:
         out.append("Nothing was discarded and nothing crashed.")

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,18 @@ from supervisor.core.config import RunConfig
 from supervisor.core.failpoints import failpoint
 from supervisor.core.paths import RunPaths
 from supervisor.core.policy import KeepPolicy, Verdict
-from supervisor.core.types import RunState, Trial, TrialKind, TrialStatus
+from supervisor.core.types import UNSANDBOXED_PREFIX, RunState, Trial, TrialKind, TrialStatus, is_unsandboxed
+from supervisor.run.trial_setup import TrialSetup
 from supervisor.store.journal_files import JournalFiles
 from supervisor.store.ledger import Ledger
-from supervisor.trial.guards import eval_fingerprint, fingerprint_changes, scan_diff
+from supervisor.trial.edits import EditError, read_text_in_workspace
+from supervisor.trial.guards import (
+    eval_fingerprint,
+    finding_rules,
+    fingerprint_changes,
+    scan_diff,
+    scan_source,
+)
 from supervisor.trial.platform_info import platform_info
 from supervisor.trial.runner import TrialOutcome, TrialSpec, run_trial, summary_float
 from supervisor.trial.warm_start import COMPILE_MODULES, WarmStarter
@@ -35,6 +43,7 @@ from supervisor.trial.workspace import Workspace
 PRIMARY_SEED = 42
 CONFIRM_SEED_BASE = 1000
 METRIC_FLUSH_S = 1.0
+METRICS_KEPT_FULLY = 20_000  # a trial's metric records stored one for one; beyond, ever more thinly
 
 SetState = Callable[[RunState, str], None]
 
@@ -44,6 +53,46 @@ class _Verdict:
     status: TrialStatus
     flagged: bool
     decision: str
+
+
+@dataclass
+class _Guard:
+    """What the guards found about one trial: its script against its parent's, and the harness and data after."""
+
+    findings: list[str]  # constructs in the script (guards.scan_source): the number is never kept
+    harness_intact: bool = True
+    eval_changed: list[str] = field(default_factory=list)
+
+    @property
+    def untrusted(self) -> str:
+        """What the trial changed that voids its number ("" when nothing): a crash."""
+        if not self.harness_intact:
+            return "the harness"
+        return "the validation data" if self.eval_changed else ""
+
+    @property
+    def suspicions(self) -> list[str]:
+        """Every finding, one sentence each, as the ledger keeps them."""
+        out = list(self.findings)
+        if not self.harness_intact:
+            out.append("harness: the trial changed the read-only harness while it ran")
+        if self.eval_changed:
+            out.append(f"validation data: the trial changed {', '.join(self.eval_changed)} while it ran")
+        return out
+
+
+def sandbox_text(outcome: TrialOutcome) -> str | None:
+    """How a run was confined, as the ledger records it: the runner's word, "none: <why>" when it ran
+    without a sandbox, None when the runner did not say (until it does, a run counts as sandboxed)."""
+    how = str(getattr(outcome, "sandbox", "") or "").strip()
+    if getattr(outcome, "sandboxed", True):
+        return how or None
+    return how if is_unsandboxed(how) else f"{UNSANDBOXED_PREFIX}: {how or 'the trial ran without a sandbox'}"
+
+
+def combined_sandbox(runs: list[str | None]) -> str | None:
+    """One trial's runs (the primary and its confirmation re-runs): unsandboxed if any run was."""
+    return next((r for r in runs if is_unsandboxed(r)), None) or next((r for r in runs if r), None)
 
 
 class TrialExecutor:
@@ -65,6 +114,7 @@ class TrialExecutor:
         self._run_stopping = run_stopping
         self._runner = runner
         self._harness_hash = ""
+        self._sandboxes: list[str | None] = []  # how each run of the current trial was confined
 
     # ---- the workspace ------------------------------------------------------------------------------------
     def create_workspace(self) -> None:
@@ -76,12 +126,24 @@ class TrialExecutor:
             self.workspace = Workspace.create(cfg.workspace, cfg.source_dir, cfg.layout, cfg.branch)
         self._harness_hash = self.workspace.committed_harness_hash()
         self.ledger.set_meta("eval_fingerprint", eval_fingerprint(cfg.cache_dir))
+        self._set_up_trials()
 
     def open_workspace(self) -> None:
         """A resumed run: the existing workspace on its branch. Raises WorkspaceError."""
         self.workspace = Workspace(self.config.workspace, self.config.layout, self.config.branch)
         self.workspace.ensure_branch()
         self._harness_hash = self.workspace.committed_harness_hash()
+        self._set_up_trials()
+
+    def _set_up_trials(self) -> None:
+        """The sandbox and the trusted evaluator of this run's trials; an unsandboxed run says so now."""
+        self.setup = TrialSetup(self.config, self.workspace.root, self.ledger.get_meta("eval_fingerprint"))
+        root = self.workspace.repo.git.rev_list("--max-parents=0", "HEAD").splitlines()[0]
+        self.setup.write_pristine_harness({rel: self.workspace.show_file(root, rel)
+                                           for rel in self.config.layout.harness})
+        if not self.setup.choice.active:
+            self.bus.emit(ev.NOTICE, level="warning", message=prompts.UNSANDBOXED_RUN.format(
+                why=self.setup.choice.why_not))
 
     def abort_interrupted(self) -> list[int]:
         """Trials a killed supervisor left running: killed if still alive, marked aborted, not counted."""
@@ -119,7 +181,11 @@ class TrialExecutor:
         return self.config.layout.editable
 
     def editable_text(self) -> str:
-        return self.workspace.editable_path.read_text(encoding="utf-8")
+        # Opened as read_file opens it: an unsandboxed trial may have left a FIFO or a hard link there.
+        try:
+            return read_text_in_workspace(self.workspace.root, self.editable, editable=self.editable)
+        except EditError as exc:
+            return f"(the editable file cannot be shown: {exc})"
 
     def working_diff(self) -> str:
         return self.workspace.working_diff()
@@ -169,6 +235,8 @@ class TrialExecutor:
         failpoint("before_commit")
         commit = ws.commit_trial(f"trial: {description}")
         failpoint("after_commit")
+        findings = self.scan(parent_commit, commit, diff)
+        self._sandboxes = []
         trial_id = self.ledger.start_trial(
             commit_sha=commit, parent_commit=parent_commit, parent_trial=best.id if best else None,
             description=description, category=category, plan_id=plan_id, diff=diff,
@@ -181,12 +249,21 @@ class TrialExecutor:
                       description=description, budget_s=self.config.budget_s, seed=PRIMARY_SEED,
                       parent_trial=best.id if best else None)
         outcome = self.execute(trial_id, self.paths.trial_dir(trial_id), PRIMARY_SEED, live=True)
-        harness_intact, eval_changed, suspicions = self._check_after(diff)
+        guard = self._check_after(findings)
         if outcome.stopped:
             return self._stopped(trial_id, outcome, parent_commit)
-        return self._record(trial_id, outcome, best, parent_commit, suspicions,
-                            untrusted="" if harness_intact and not eval_changed else
-                            "the harness" if not harness_intact else "the validation data")
+        return self._record(trial_id, outcome, best, parent_commit, guard)
+
+    def scan(self, parent_commit: str, commit: str, diff: str) -> list[str]:
+        """The guards' findings in the committed script, against its parent's (what the parent already did is
+        not reported again); from the diff alone when either side cannot be read as Python source."""
+        if not self.editable.endswith(".py"):
+            return scan_diff(diff)
+        try:
+            new, old = self.workspace.show_file(commit), self.workspace.show_file(parent_commit)
+        except Exception:  # noqa: BLE001 - git could not show a side (a new file): the diff is what there is
+            return scan_diff(diff)
+        return [] if new == old else scan_source(new, old)
 
     def _refusal(self) -> str | None:
         """Why no trial may run now (a changed harness, changed validation data), or None."""
@@ -206,23 +283,18 @@ class TrialExecutor:
         if stray:
             ws.repo.git.checkout("HEAD", "--", *stray)
 
-    def _check_after(self, diff: str) -> tuple[bool, list[str], list[str]]:
-        """After the run: restore a changed harness; what looks suspicious about the trial."""
+    def _check_after(self, findings: list[str]) -> _Guard:
+        """After the run: restore a changed harness; everything the guards found about the trial."""
         harness_intact = self._harness_ok()
         if not harness_intact:
             self.workspace.restore_harness()
-        eval_changed = self._eval_data_changed()
-        suspicions = scan_diff(diff)
-        if not harness_intact:
-            suspicions.append("harness: the trial changed the read-only harness while it ran")
-        if eval_changed:
-            suspicions.append(f"validation data: the trial changed {', '.join(eval_changed)} while it ran")
-        return harness_intact, eval_changed, suspicions
+        return _Guard(findings, harness_intact, self._eval_data_changed())
 
     def _stopped(self, trial_id: int, outcome: TrialOutcome, parent_commit: str) -> ToolOutcome:
         if not self._run_stopping():
             self.ledger.finish_trial(trial_id, status=TrialStatus.ABORTED, crash_reason=prompts.STOPPED_BY_PERSON,
-                                     log_tail=outcome.log_tail, wall_seconds=outcome.wall_seconds)
+                                     log_tail=outcome.log_tail, wall_seconds=outcome.wall_seconds,
+                                     sandbox=combined_sandbox(self._sandboxes))
             self.workspace.reset_to(parent_commit)
             self.set_state(RunState.RUNNING, "")
             self.bus.emit(ev.TRIAL_FINISHED, trial_id=trial_id, status=TrialStatus.ABORTED, val_bpb=None, delta=None,
@@ -231,22 +303,24 @@ class TrialExecutor:
                                content=prompts.TRIAL_STOPPED_BY_PERSON.format(trial_id=trial_id))
         # The whole run is stopping: leave it for --resume to mark aborted.
         self.ledger.finish_trial(trial_id, status=TrialStatus.ABORTED, crash_reason="the run was stopped",
-                                 log_tail=outcome.log_tail)
+                                 log_tail=outcome.log_tail, sandbox=combined_sandbox(self._sandboxes))
         self.workspace.reset_to(parent_commit)
         return ToolOutcome("run_trial", ok=False, content=prompts.RUN_STOPPED_DURING_TRIAL)
 
     def _record(self, trial_id: int, outcome: TrialOutcome, best: Trial | None, parent_commit: str,
-                suspicions: list[str], untrusted: str) -> ToolOutcome:
+                guard: _Guard) -> ToolOutcome:
         fields = outcome_fields(outcome)
         parent_mean = best.mean_val_bpb if best else None
-        verdict = self._verdict(trial_id, outcome, best.all_values if best else [], untrusted)
+        verdict = self._verdict(trial_id, outcome, best.all_values if best else [], guard)
         if verdict.status == TrialStatus.CRASH:
-            fields["crash_reason"] = outcome.reason if not untrusted else verdict.decision
+            # The runner's reason (a sandbox violation, the budget, causality...) goes on word for word.
+            fields["crash_reason"] = verdict.decision if guard.untrusted else outcome.reason
         val = fields.get("val_bpb")
         delta = None if (val is None or parent_mean is None or verdict.status == TrialStatus.CRASH) else val - parent_mean
         self.ledger.finish_trial(
             trial_id, status=verdict.status, flagged=verdict.flagged, decision=verdict.decision,
-            parent_val_bpb=parent_mean, delta=delta, suspicions=suspicions, **fields,
+            parent_val_bpb=parent_mean, delta=delta, suspicions=guard.suspicions,
+            sandbox=combined_sandbox(self._sandboxes), **fields,
         )
         failpoint("trial_recorded")
         if verdict.status != TrialStatus.KEEP:
@@ -259,16 +333,32 @@ class TrialExecutor:
         self.set_state(RunState.RUNNING, "")
         self.bus.emit(ev.TRIAL_FINISHED, trial_id=trial_id, status=verdict.status, val_bpb=trial.val_bpb,
                       delta=delta, flagged=verdict.flagged, decision=verdict.decision)
-        return ToolOutcome("run_trial", ok=verdict.status != TrialStatus.CRASH,
-                           content=prompts.trial_report(trial, best, self.noise_floor()))
+        report = prompts.trial_report(trial, best, self.noise_floor())
+        if verdict.status == TrialStatus.HELD:
+            held = prompts.TRIAL_HELD.format(findings="\n".join(f"- {f}" for f in guard.findings))
+            head, _, tail = report.rpartition(prompts.TRIAL_REPORT_NEXT)
+            report = f"{head}{held}\n{prompts.TRIAL_REPORT_NEXT}{tail}" if head else f"{report}\n{held}"
+        return ToolOutcome("run_trial", ok=verdict.status != TrialStatus.CRASH, content=report)
 
-    def _verdict(self, trial_id: int, outcome: TrialOutcome, parent_values: list[float],
-                 untrusted: str) -> _Verdict:
-        if untrusted:
-            return _Verdict(TrialStatus.CRASH, False, prompts.DECISION_UNTRUSTED.format(what=untrusted))
+    def _verdict(self, trial_id: int, outcome: TrialOutcome, parent_values: list[float], guard: _Guard) -> _Verdict:
+        if guard.untrusted:
+            return _Verdict(TrialStatus.CRASH, False, prompts.DECISION_UNTRUSTED.format(what=guard.untrusted))
         if outcome.status != "ok" or outcome.val_bpb is None:
             return _Verdict(TrialStatus.CRASH, False, prompts.DECISION_CRASHED.format(reason=outcome.reason))
+        if guard.findings:
+            return self._hold(parent_values, outcome.val_bpb, guard.findings)
         return self._decide(trial_id, parent_values, outcome.val_bpb)
+
+    def _hold(self, parent_values: list[float], value: float, findings: list[str]) -> _Verdict:
+        """A trial the guards found something in is never kept: held for review where the policy would keep it
+        (or re-test it: no confirmation runs are spent on it), else discarded with the findings noted."""
+        decision = self.policy().decide(parent_values, [value], self.noise_sd())
+        rules = ", ".join(finding_rules(findings))
+        if decision.verdict is Verdict.DISCARD:
+            return _Verdict(TrialStatus.DISCARD, False,
+                            prompts.DECISION_DISCARD_WITH_FINDINGS.format(decision=decision.reason, rules=rules))
+        return _Verdict(TrialStatus.HELD, False,
+                        prompts.DECISION_HELD.format(count=len(findings), rules=rules, decision=decision.reason))
 
     def _decide(self, trial_id: int, parent_values: list[float], value: float) -> _Verdict:
         """The keep policy's verdict, after the confirmation re-runs it asks for."""
@@ -320,6 +410,8 @@ class TrialExecutor:
         outcome = self._runner(self.spec(out_dir, seed), on_metric=metrics.add, stop_event=self.trial_stop,
                                on_start=on_start, warm_start=self.warm)
         metrics.flush()
+        if trial_id is not None:
+            self._sandboxes.append(sandbox_text(outcome))
         if "compiled" in outcome.summary:
             self.last_compiled = outcome.summary["compiled"].strip().lower() == "true"
         self.warm_next_trial()
@@ -350,6 +442,7 @@ class TrialExecutor:
                        "TORCHINDUCTOR_CACHE_DIR": str(self.config.run_dir / "compile-cache" / "inductor"),
                        "TRITON_CACHE_DIR": str(self.config.run_dir / "compile-cache" / "triton")},
             memory_limit_mb=self._memory_limit_mb(),
+            **self.setup.spec_fields(out_dir),
         )
 
     def _memory_limit_mb(self) -> int | None:
@@ -387,10 +480,17 @@ class _MetricStream:
         self._ledger, self._bus, self._trial_id = ledger, bus, trial_id
         self._buffer: list[dict[str, Any]] = []
         self._seq = 0
+        self._seen = 0
         self._flushed = time.monotonic()
 
     def add(self, metric: dict[str, Any]) -> None:
         if self._trial_id is None:
+            return
+        # A trial that writes millions of records gets a thinned curve, not millions of rows and events:
+        # past METRICS_KEPT_FULLY, every 2nd, then every 4th... (the stride doubles with each further block).
+        self._seen += 1
+        stride = 1 << min(60, (self._seen - 1) // METRICS_KEPT_FULLY)
+        if stride > 1 and self._seen % stride:
             return
         self._buffer.append(metric)
         self._bus.emit(ev.METRIC, trial_id=self._trial_id, metric=metric)

@@ -353,22 +353,24 @@ class Supervisor:
         return outcomes
 
     def _dispatch(self, call: ToolCall) -> ToolOutcome:
-        self.bus.emit(ev.TOOL_CALL, tool=call.name, input=call.input)
+        name = _storable(call.name)  # the model's text: it may hold anything, surrogates included
+        self.bus.emit(ev.TOOL_CALL, tool=name, input=call.input)
         if call.problem:  # the model's call could not be read: it gets the reason, nothing runs
-            outcome = ToolOutcome(call.name, ok=False, call_id=call.id,
-                                  content=prompts.CALL_UNREADABLE.format(tool=call.name, problem=call.problem))
+            outcome = ToolOutcome(name, ok=False, call_id=call.id,
+                                  content=prompts.CALL_UNREADABLE.format(tool=name, problem=_storable(call.problem)))
         else:
             outcome = self.toolbox.dispatch(call)
-        self.ledger.add_turn("tool", outcome.content, tool=call.name, input=call.input, refused=outcome.refused)
-        self.bus.emit(ev.TOOL_RESULT, tool=call.name, ok=outcome.ok, refused=outcome.refused,
+        self.ledger.add_turn("tool", outcome.content, tool=name, input=call.input, refused=outcome.refused)
+        self.bus.emit(ev.TOOL_RESULT, tool=name, ok=outcome.ok, refused=outcome.refused,
                       content=outcome.content)
         return outcome
 
     def _skip(self, call: ToolCall, failed: ToolOutcome) -> ToolOutcome:
+        name = _storable(call.name)
         content = prompts.CALL_SKIPPED.format(tool=failed.tool)
-        self.ledger.add_turn("tool", content, tool=call.name, input=call.input)
-        self.bus.emit(ev.TOOL_RESULT, tool=call.name, ok=False, refused=False, content=content)
-        return ToolOutcome(call.name, ok=False, content=content, call_id=call.id)
+        self.ledger.add_turn("tool", content, tool=name, input=call.input)
+        self.bus.emit(ev.TOOL_RESULT, tool=name, ok=False, refused=False, content=content)
+        return ToolOutcome(name, ok=False, content=content, call_id=call.id)
 
     # ---- what ApiHealth may ask of the loop (its HealthSink) ------------------------------------------------
     def record(self, text: str, *, usage: dict[str, Any] | None = None, transcript: bool = True) -> None:
@@ -464,3 +466,8 @@ def storage_failure_message(exc: BaseException, run_dir: Path) -> str:
 
 
 __all__ = ["Supervisor", "SupervisorError", "storage_failure_message"]
+
+
+def _storable(text: object, limit: int = 200) -> str:
+    """A model-given name as text the ledger can store: valid UTF-8, bounded."""
+    return str(text)[:limit].encode("utf-8", "replace").decode("utf-8")

@@ -66,6 +66,11 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
         "flagged": [records[t.id] for t in finished if t.flagged],
         "suspicious": [{"id": t.id, "description": t.description, "findings": list(t.suspicions)}
                        for t in trials if t.suspicions],
+        # Judged but not kept because the guards found something: for the person to look at (and re-run).
+        "held": [{"id": t.id, "description": t.description, "val_bpb": t.val_bpb, "decision": t.decision,
+                  "findings": list(t.suspicions)} for t in trials if t.status == TrialStatus.HELD],
+        "unsandboxed": [{"id": t.id, "description": t.description, "sandbox": t.sandbox}
+                        for t in trials if t.unsandboxed],
         "reflections": [row_record(r) for r in ledger.reflections()],
         "plans": [row_record(p) for p in ledger.plans()],
         "steering": [row_record(s) for s in ledger.steering()],
@@ -84,6 +89,7 @@ def _counts(ledger: Ledger, trials: list[Trial]) -> dict[str, int]:
         "aborted": sum(t.status == TrialStatus.ABORTED for t in trials),
         "flagged": sum(t.flagged for t in finished),
         "suspicious": sum(bool(t.suspicions) for t in trials),
+        "unsandboxed": sum(t.unsandboxed for t in trials),
         "refusals": ledger.refusal_count(),
     }
 

@@ -3,12 +3,23 @@
 Every call comes back as a ToolOutcome the model can act on: a refusal says what is missing and which tool
 to call instead. The gate is the supervisor's discipline: after a trial, only `write_journal`; when a
 reflection is due, only `write_reflection`.
+
+The model is an adversary of the metric and sometimes simply wrong, so no input may crash the supervisor:
+every field is checked against its schema (type, bool is not an integer, integer bounds that fit SQLite,
+string lengths, no NUL bytes, control characters or lone surrogates) before any handler sees it, each refusal
+says what was wrong and what is accepted, and `ToolBox.dispatch` turns any exception that still escapes
+a handler into a tool error (logged with its traceback), so that one bad call does not end the night.
+Only a failing machine gets through: storage errors (OSError, sqlite3.Error), which the loop turns into a
+clean stop that `--resume` continues, and UserError, which the person must fix.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
+import math
 import re
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,16 +28,54 @@ from supervisor.agents.base import ToolCall, ToolOutcome
 from supervisor.core import events as ev
 from supervisor.core import prompts
 from supervisor.core.categories import CATEGORIES
+from supervisor.core.errors import UserError
 from supervisor.core.failpoints import failpoint
 from supervisor.core.types import JournalEntry, PlanStatus, Reflection, Trial
 from supervisor.store.journal_files import JournalFiles
 from supervisor.store.ledger import Ledger
-from supervisor.trial.edits import EditError, edit_file, read_file
+from supervisor.trial.edits import MAX_PATH_CHARS, EditError, check_path_text, edit_file, printable, read_file
+
+log = logging.getLogger(__name__)
 
 JOURNAL_FIELDS = ("hypothesis", "change", "interpretation", "next_step")
 REFLECTION_FIELDS = ("load_bearing", "dead_ends", "retest", "plan")
 
-_text = {"type": "string"}
+# Bounds of the tools' input, in their schemas (so the model is told them) and enforced by validate_input.
+MAX_ID = 2**63 - 1  # plan and trial ids are SQLite integers: 64-bit
+MAX_LINE_NUMBER = 1_000_000_000
+MAX_RESULTS_ROWS = 10_000
+MAX_EDIT_TEXT_CHARS = 100_000  # search or replace: the whole training script is ~30 KB
+MAX_DESCRIPTION_CHARS = 200
+MAX_JOURNAL_FIELD_CHARS = 4_000
+MAX_REFLECTION_FIELD_CHARS = 8_000
+MAX_PLAN_TEXT_CHARS = 2_000
+# What a schema leaves unbounded: a string field without maxLength, an integer without minimum/maximum.
+DEFAULT_MAX_STRING_CHARS = 10_000
+_INT64 = (-(2**63), 2**63 - 1)
+_MAX_NAME_CHARS = 100  # a tool name longer than this names no tool
+# NUL and the other control characters but tab, newline, carriage return and form feed; C1 controls;
+# lone surrogates (not encodable: SQLite and every file would refuse them).
+_BAD_TEXT_CHAR = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _text(limit: int, description: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "string", "maxLength": limit}
+    if description:
+        spec["description"] = description
+    return spec
+
+
+def _id(description: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+    if description:
+        spec["description"] = description
+    return spec
+
+
+_path = _text(MAX_PATH_CHARS)
+_line = {"type": "integer", "minimum": 1, "maximum": MAX_LINE_NUMBER}
+_edit_text = _text(MAX_EDIT_TEXT_CHARS)
+_plan_text = _text(MAX_PLAN_TEXT_CHARS)
 
 TOOL_SCHEMAS: list[dict[str, Any]] = [
     {
@@ -35,7 +84,7 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
                        "program.md). Optionally a line range.",
         "input_schema": {
             "type": "object",
-            "properties": {"path": _text, "start_line": {"type": "integer"}, "end_line": {"type": "integer"}},
+            "properties": {"path": _path, "start_line": _line, "end_line": _line},
             "required": ["path"],
         },
     },
@@ -46,7 +95,7 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
                        "Only the training script may be edited.",
         "input_schema": {
             "type": "object",
-            "properties": {"path": _text, "search": _text, "replace": _text},
+            "properties": {"path": _path, "search": _edit_text, "replace": _edit_text},
             "required": ["path", "search", "replace"],
         },
     },
@@ -58,9 +107,9 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "input_schema": {
             "type": "object",
             "properties": {
-                "description": {"type": "string", "description": "one line: what this trial changes"},
+                "description": _text(MAX_DESCRIPTION_CHARS, "one line: what this trial changes"),
                 "category": {"type": "string", "enum": list(CATEGORIES)},
-                "plan_id": {"type": "integer", "description": "the plan queue item this trial tries, if any"},
+                "plan_id": _id("the plan queue item this trial tries, if any"),
             },
             "required": ["description"],
         },
@@ -73,10 +122,10 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "input_schema": {
             "type": "object",
             "properties": {
-                "hypothesis": {"type": "string", "description": "what you expected and why"},
-                "change": {"type": "string", "description": "what exactly changed in the code"},
-                "interpretation": {"type": "string", "description": "what the result means, noise included"},
-                "next_step": {"type": "string", "description": "what to do next because of it"},
+                "hypothesis": _text(MAX_JOURNAL_FIELD_CHARS, "what you expected and why"),
+                "change": _text(MAX_JOURNAL_FIELD_CHARS, "what exactly changed in the code"),
+                "interpretation": _text(MAX_JOURNAL_FIELD_CHARS, "what the result means, noise included"),
+                "next_step": _text(MAX_JOURNAL_FIELD_CHARS, "what to do next because of it"),
             },
             "required": list(JOURNAL_FIELDS),
         },
@@ -87,10 +136,12 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "input_schema": {
             "type": "object",
             "properties": {
-                "load_bearing": {"type": "string", "description": "what in the current script matters, and the evidence"},
-                "dead_ends": {"type": "string", "description": "directions that failed and should be left alone"},
-                "retest": {"type": "string", "description": "earlier near-misses worth re-testing under current conditions"},
-                "plan": {"type": "string", "description": "the updated plan for the next trials"},
+                "load_bearing": _text(MAX_REFLECTION_FIELD_CHARS,
+                                      "what in the current script matters, and the evidence"),
+                "dead_ends": _text(MAX_REFLECTION_FIELD_CHARS, "directions that failed and should be left alone"),
+                "retest": _text(MAX_REFLECTION_FIELD_CHARS,
+                                "earlier near-misses worth re-testing under current conditions"),
+                "plan": _text(MAX_REFLECTION_FIELD_CHARS, "the updated plan for the next trials"),
             },
             "required": list(REFLECTION_FIELDS),
         },
@@ -102,7 +153,8 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "input_schema": {
             "type": "object",
             "properties": {
-                "last": {"type": "integer", "description": "only the last N trials"},
+                "last": {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS_ROWS,
+                         "description": "only the last N trials"},
                 "status": {"type": "string", "enum": ["all", "keep", "discard", "crash"]},
             },
         },
@@ -111,14 +163,14 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "name": "show_diff",
         "description": "A trial's diff against its parent, or with no trial_id the uncommitted change to the "
                        "training script.",
-        "input_schema": {"type": "object", "properties": {"trial_id": {"type": "integer"}}},
+        "input_schema": {"type": "object", "properties": {"trial_id": _id()}},
     },
     {
         "name": "plan_add",
         "description": "Add an idea to the plan queue (ambitious ideas belong here, so they are not forgotten).",
         "input_schema": {
             "type": "object",
-            "properties": {"idea": _text, "rationale": _text},
+            "properties": {"idea": _plan_text, "rationale": _plan_text},
             "required": ["idea"],
         },
     },
@@ -127,7 +179,7 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "description": "Drop a planned idea. A stated reason is required; dropped plans stay visible.",
         "input_schema": {
             "type": "object",
-            "properties": {"plan_id": {"type": "integer"}, "reason": _text},
+            "properties": {"plan_id": _id(), "reason": _plan_text},
             "required": ["plan_id", "reason"],
         },
     },
@@ -180,10 +232,21 @@ def obligation(ledger: Ledger) -> tuple[str | None, str]:
 def call_problem(call: ToolCall) -> str | None:
     """Why a call cannot be run as sent (unreadable, an unknown tool, input off the schema), or None."""
     if call.problem:
-        return f"{call.name}: {call.problem}"
-    if call.name not in TOOL_NAMES:
-        return f"unknown tool {call.name!r}"
+        return f"{_label(call.name)}: {printable(str(call.problem), 2000)}"
+    if not isinstance(call.name, str) or call.name not in TOOL_NAMES:
+        return f"unknown tool {_shown(call.name)}"
     return validate_input(call.name, call.input)
+
+
+# ---- input validation: each refusal says what was wrong and what is accepted ----------------------------------
+_KINDS = {
+    "string": "a string",
+    "integer": "a whole number (a JSON integer: not a string, a boolean or a decimal)",
+    "number": "a finite number",
+    "boolean": "true or false",
+    "array": "a JSON array",
+    "object": "a JSON object",
+}
 
 
 def _type_ok(value: Any, spec: dict[str, Any]) -> bool:
@@ -192,28 +255,119 @@ def _type_ok(value: Any, spec: dict[str, Any]) -> bool:
         return isinstance(value, str)
     if kind == "integer":
         return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "array":
+        return isinstance(value, list)
+    if kind == "object":
+        return isinstance(value, dict)
     return True
 
 
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, list | tuple):
+        return "a JSON array"
+    return f"a {type(value).__name__}"
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A short, printable rendering of a value the model sent (never the whole of a huge one)."""
+    if isinstance(value, bool) or value is None:
+        return "null" if value is None else str(value).lower()
+    if isinstance(value, int):
+        if value.bit_length() > 128:
+            return f"an integer of {len(str(abs(value))) if value.bit_length() < 10_000 else 'thousands of'} digits"
+        text = str(value)
+    elif isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = repr(value[:limit]) + ("..." if len(value) > limit else "")
+    else:
+        return _json_kind(value)
+    return printable(text, limit)
+
+
+def _label(name: Any) -> str:
+    """A tool name fit to show and to store, whatever the model sent as one."""
+    if isinstance(name, str) and len(name) <= _MAX_NAME_CHARS and not _BAD_TEXT_CHAR.search(name):
+        return name
+    return _shown(name, 40)
+
+
 def validate_input(name: str, args: Any) -> str | None:
-    """None when the input fits the tool's schema, else an error for the model."""
+    """None when the input fits the tool's schema, else an error for the model (what was wrong, what is accepted)."""
     schema = _SCHEMA_BY_NAME[name]["input_schema"]
+    props: dict[str, dict[str, Any]] = schema["properties"]
     if not isinstance(args, dict):
-        return prompts.INPUT_NOT_OBJECT.format(name=name, fields=list(schema["properties"]))
-    missing = [k for k in schema.get("required", []) if k not in args or args[k] is None]
+        return prompts.INPUT_NOT_OBJECT.format(name=name, fields=list(props))
+    required = schema.get("required", [])
+    missing = [k for k in required if args.get(k) is None]
     if missing:
-        return prompts.INPUT_MISSING.format(name=name, missing=", ".join(missing))
-    unknown = sorted(set(args) - set(schema["properties"]))
+        return prompts.INPUT_MISSING_FIELDS.format(name=name, missing=", ".join(missing), fields=", ".join(props),
+                                                   required=", ".join(required))
+    unknown = [k for k in args if not isinstance(k, str) or k not in props]
     if unknown:
-        return prompts.INPUT_UNKNOWN.format(name=name, unknown=", ".join(unknown),
-                                            fields=", ".join(schema["properties"]))
+        shown = ", ".join(_shown(k, 40) for k in unknown[:5]) + (f" (and {len(unknown) - 5} more)"
+                                                               if len(unknown) > 5 else "")
+        return prompts.INPUT_UNKNOWN_FIELDS.format(name=name, unknown=shown, fields=", ".join(props))
     for key, value in args.items():
-        spec = schema["properties"][key]
-        if value is not None and not _type_ok(value, spec):
-            return prompts.INPUT_WRONG_TYPE.format(name=name, key=key, kind=spec.get("type"),
-                                                   got=type(value).__name__)
-        if "enum" in spec and value is not None and value not in spec["enum"]:
-            return prompts.INPUT_NOT_IN_ENUM.format(name=name, key=key, choices=", ".join(spec["enum"]), value=value)
+        if value is not None:
+            problem = _value_problem(name, key, value, props[key])
+            if problem:
+                return problem
+    return None
+
+
+def _value_problem(name: str, key: str, value: Any, spec: dict[str, Any]) -> str | None:
+    kind = spec.get("type")
+    if not _type_ok(value, spec):
+        got = _json_kind(value)
+        if isinstance(value, str | int | float):
+            got += f" ({_shown(value)})"
+        return prompts.INPUT_WRONG_KIND.format(name=name, key=key, kind=_KINDS.get(str(kind), str(kind)), got=got)
+    if "enum" in spec and value not in spec["enum"]:
+        return prompts.INPUT_NOT_ONE_OF.format(name=name, key=key, choices=", ".join(map(str, spec["enum"])),
+                                               value=_shown(value))
+    if kind == "string":
+        return _string_problem(name, key, value, spec)
+    if kind == "integer":
+        low, high = spec.get("minimum", _INT64[0]), spec.get("maximum", _INT64[1])
+        if not low <= value <= high:
+            return prompts.INPUT_OUT_OF_RANGE.format(name=name, key=key, minimum=low, maximum=high, value=_shown(value))
+    return None
+
+
+def _string_problem(name: str, key: str, value: str, spec: dict[str, Any]) -> str | None:
+    limit = spec.get("maxLength", DEFAULT_MAX_STRING_CHARS)
+    if len(value) > limit:
+        return prompts.INPUT_TOO_LONG.format(name=name, key=key, length=len(value), limit=limit)
+    if len(value) < spec.get("minLength", 0):
+        return prompts.INPUT_TOO_SHORT.format(name=name, key=key, limit=spec["minLength"])
+    bad = _BAD_TEXT_CHAR.search(value)
+    if bad:
+        char = bad.group()
+        what = ("a NUL byte" if char == "\0" else "invalid unicode (a lone surrogate)" if "\ud800" <= char <= "\udfff"
+                else "a control character")
+        return prompts.INPUT_BAD_CHARACTER.format(name=name, key=key, what=what, char=ascii(char), pos=bad.start())
+    if key == "path":
+        try:
+            check_path_text(value)
+        except EditError as exc:
+            return f"{name}: {exc}"
     return None
 
 
@@ -241,6 +395,19 @@ def entry_problems(fields: dict[str, str], names: tuple[str, ...],
     return problems
 
 
+# Failures of the machine, not of the call: they stop the run as before (see Supervisor.run).
+_MACHINE_FAILURES = (OSError, sqlite3.Error, UserError)
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, short and printable (its __str__ may itself fail)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return printable(next(iter(text.splitlines()), ""), limit) or "no message"
+
+
 class ToolBox:
     """Every tool's handler, behind the journal/reflection gate.
 
@@ -266,11 +433,36 @@ class ToolBox:
         }
 
     def dispatch(self, call: ToolCall) -> ToolOutcome:
+        """Run one call; whatever its input, the answer is a ToolOutcome and nothing is raised.
+
+        An exception a handler did not foresee is a supervisor bug: it is logged with its traceback and the
+        model gets a tool error naming it, so that the run goes on. What the model cannot fix is not its
+        to see: a storage failure (the disk is full; the loop stops cleanly, every finished trial safe)
+        and a UserError (the person must fix something) propagate as they always did.
+        """
+        try:
+            outcome = self._dispatch(call)
+            if not isinstance(outcome, ToolOutcome) or not isinstance(outcome.content, str):
+                raise TypeError(f"the handler returned {type(outcome).__name__}, not a ToolOutcome with text")
+        except _MACHINE_FAILURES:
+            raise
+        except Exception as exc:  # the last resort: one bad call must not end the night
+            tool = _label(getattr(call, "name", None))
+            log.exception("tool call %s failed inside the supervisor", tool)
+            outcome = ToolOutcome(tool, ok=False, content=prompts.ERROR.format(message=prompts.TOOL_FAILED.format(
+                tool=tool, kind=type(exc).__name__, detail=_first_line(exc))))
+        outcome.call_id = getattr(call, "id", None)
+        return outcome
+
+    def _dispatch(self, call: ToolCall) -> ToolOutcome:
         name = call.name
+        if not isinstance(name, str):
+            return self._error(call, prompts.TOOL_NAME_NOT_TEXT.format(got=_json_kind(name), tools=", ".join(TOOL_NAMES)))
         if name not in self._handlers:
-            close = difflib.get_close_matches(name, TOOL_NAMES, n=1)
+            close = difflib.get_close_matches(name, TOOL_NAMES, n=1) if len(name) <= _MAX_NAME_CHARS else []
             hint = prompts.UNKNOWN_TOOL_HINT.format(close=close[0]) if close else ""
-            return self._error(call, prompts.UNKNOWN_TOOL.format(name=name, hint=hint, tools=", ".join(TOOL_NAMES)))
+            return self._error(call, prompts.UNKNOWN_TOOL.format(name=_label(name), hint=hint,
+                                                                 tools=", ".join(TOOL_NAMES)))
         problem = validate_input(name, call.input)
         if problem:
             return self._error(call, problem)
@@ -288,7 +480,8 @@ class ToolBox:
 
     @staticmethod
     def _error(call: ToolCall, message: str) -> ToolOutcome:
-        return ToolOutcome(call.name, ok=False, content=prompts.ERROR.format(message=message), call_id=call.id)
+        return ToolOutcome(_label(call.name), ok=False, content=prompts.ERROR.format(message=message),
+                           call_id=call.id)
 
     def _notify_plan(self, plan_id: int, status: str) -> None:
         self.files.render()

@@ -13,16 +13,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from supervisor.core.failpoints import failpoint
 from supervisor.core.paths import RunPaths
-from supervisor.core.types import JournalEntry, Plan, PlanStatus, Reflection, Trial, TrialStatus, Turn
+from supervisor.core.types import (
+    JournalEntry,
+    Plan,
+    PlanStatus,
+    Reflection,
+    Trial,
+    TrialKind,
+    TrialStatus,
+    Turn,
+)
 from supervisor.store.ledger import Ledger
 
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+HELD_WORDS = "held for review"
+UNSANDBOXED_WORD = "unsandboxed"
+REASON_CHARS = 1000  # a crash reason longer than this (a flood from the trial) is cut in results.tsv
+COMPACT_SEGMENT_CHARS = 80
+_FINDING = re.compile(r"^(?P<rule>[^:]+):.*?\(line (?P<line>\d+)\): `(?P<segment>.*)`$", re.S)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -40,14 +55,54 @@ def _clean_field(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def compact_finding(finding: str) -> str:
+    """A guard finding in a few words: its rule, line and the start of the offending source."""
+    match = _FINDING.match(finding.strip())
+    if not match:
+        return " ".join(finding.split())
+    segment = match["segment"]
+    if len(segment) > COMPACT_SEGMENT_CHARS:
+        segment = segment[: COMPACT_SEGMENT_CHARS - 1] + "…"
+    return f"{match['rule']} (line {match['line']}): `{segment}`"
+
+
+def status_words(t: Trial) -> str:
+    """A trial's status as a person reads it (held trials are held for review)."""
+    return HELD_WORDS if t.status == TrialStatus.HELD else str(t.status)
+
+
+def trial_marks(t: Trial) -> list[str]:
+    """What a trial's description carries beyond the agent's words: why it was held, the guards' findings,
+    why it crashed, and whether it ran without the sandbox (results.tsv, the report, the UI)."""
+    marks = []
+    findings = "; ".join(compact_finding(f) for f in t.suspicions)
+    if t.status == TrialStatus.HELD:
+        marks.append(f"{HELD_WORDS}: {findings or t.decision}")
+    elif findings:
+        marks.append(f"guard findings: {findings}")
+    if t.status == TrialStatus.CRASH and t.crash_reason and t.kind == TrialKind.TRIAL:
+        reason = " ".join(t.crash_reason.split())
+        marks.append("crash: " + (reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 1] + "…"))
+    if t.unsandboxed:
+        marks.append(UNSANDBOXED_WORD)
+    return marks
+
+
+def marked_description(t: Trial) -> str:
+    """The description with its marks, as results.tsv writes it: `desc [held for review: ...] [unsandboxed]`."""
+    return " ".join([t.description, *(f"[{m}]" for m in trial_marks(t))])
+
+
 def results_tsv(trials: list[Trial]) -> str:
+    """Upstream's five columns; a held trial is a discard there (its marks say why)."""
     lines = [RESULTS_HEADER]
     for t in trials:
         if not t.status.finished:
             continue
         val = 0.0 if t.status == TrialStatus.CRASH or t.val_bpb is None else t.val_bpb
         mem = (t.peak_vram_mb or 0.0) / 1024.0
-        lines.append(f"{t.short_commit}\t{val:.6f}\t{mem:.1f}\t{t.status}\t{_clean_field(t.description)}\n")
+        lines.append(f"{t.short_commit}\t{val:.6f}\t{mem:.1f}\t{t.status.upstream}\t"
+                     f"{_clean_field(marked_description(t))}\n")
     return "".join(lines)
 
 
@@ -61,7 +116,19 @@ def _fmt(v: float | None, digits: int = 6) -> str:
 
 def trial_heading(t: Trial) -> str:
     flag = " ⚑ flagged" if t.flagged else ""
-    return f"Trial {t.id} · {t.status}{flag} · `{t.short_commit}` · {t.description}"
+    unsandboxed = f" · ⚠ {UNSANDBOXED_WORD}" if t.unsandboxed else ""
+    return f"Trial {t.id} · {status_words(t)}{flag}{unsandboxed} · `{t.short_commit}` · {t.description}"
+
+
+def guard_lines(t: Trial) -> list[str]:
+    """The guards' word on a trial, as markdown quote lines (empty when they had none)."""
+    lines = []
+    if t.status == TrialStatus.HELD:
+        lines.append(f"> **Held for review, not kept.** {t.decision}")
+    lines += [f"> **Guard finding.** {f}" for f in t.suspicions]
+    if t.unsandboxed:
+        lines.append(f"> **Unsandboxed.** This trial ran without the sandbox ({t.sandbox}).")
+    return [line + "  " for line in lines[:-1]] + lines[-1:] + [""] if lines else []
 
 
 def journal_entry_markdown(t: Trial, j: JournalEntry) -> str:
@@ -70,6 +137,7 @@ def journal_entry_markdown(t: Trial, j: JournalEntry) -> str:
         f"## {trial_heading(t)}",
         f"*{_stamp(j.created)}*",
         "",
+        *guard_lines(t),
         f"**Hypothesis.** {j.hypothesis}",
         "",
         f"**Change.** {j.change}",
@@ -105,14 +173,27 @@ def journal_markdown(ledger: Ledger) -> str:
     """journal.md: the plan queue, then entries, reflections, steering and noise floors in time order."""
     run = ledger.run_row()
     timeline = _timeline(ledger)
+    finished = ledger.finished_trials()
     header = [
         f"# Lab journal: {run.tag}",
         "",
-        f"Started {_stamp(run.created)}. {len(ledger.finished_trials())} finished trials.",
+        f"Started {_stamp(run.created)}. {len(finished)} finished trials.{_trust_summary(finished)}",
         "",
     ]
     header += _plan_queue(ledger.plans())
     return "\n".join(header) + "\n" + "\n".join(md for _, _, md in timeline)
+
+
+def _trust_summary(trials: list[Trial]) -> str:
+    """" N held for review (...). M ran unsandboxed." for the journal's header; "" when neither."""
+    held = [str(t.id) for t in trials if t.status == TrialStatus.HELD]
+    unsandboxed = [str(t.id) for t in trials if t.unsandboxed]
+    out = ""
+    if held:
+        out += f" {len(held)} held for review, not kept (guard findings): trial {', '.join(held)}."
+    if unsandboxed:
+        out += f" {len(unsandboxed)} ran {UNSANDBOXED_WORD}: trial {', '.join(unsandboxed)}."
+    return out
 
 
 def _timeline(ledger: Ledger) -> list[tuple[float, int, str]]:

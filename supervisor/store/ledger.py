@@ -39,7 +39,9 @@ from supervisor.core.types import (
 
 __all__ = ["Ledger", "LedgerError", "Trial"]  # Trial is re-exported for old imports; it lives in core.types
 
-SCHEMA_VERSION = 1
+# 2: trials.sandbox (how the trial was confined), and the status "held". Older ledgers are migrated when
+# opened for writing (columns added, nothing rewritten); read-only opens read a missing column as unknown.
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,7 +64,7 @@ CREATE TABLE IF NOT EXISTS trials (
     description TEXT NOT NULL,
     category TEXT,
     plan_id INTEGER,
-    status TEXT NOT NULL,                        -- running | keep | discard | crash | aborted
+    status TEXT NOT NULL,                        -- running | keep | discard | crash | held | aborted
     val_bpb REAL,
     extra_values TEXT NOT NULL DEFAULT '[]',     -- val_bpb of confirmation re-runs (confirm policy)
     parent_val_bpb REAL,
@@ -86,7 +88,8 @@ CREATE TABLE IF NOT EXISTS trials (
     peak_vram_mb REAL,
     num_params_m REAL,
     pid INTEGER,                                 -- the trial's process group while it runs
-    suspicions TEXT NOT NULL DEFAULT '[]'         -- reward-hacking findings for the person (guards.py)
+    suspicions TEXT NOT NULL DEFAULT '[]',        -- reward-hacking findings for the person (guards.py)
+    sandbox TEXT                                 -- "bwrap", ... or "none: <why>"; NULL: not recorded
 );
 CREATE TABLE IF NOT EXISTS metrics (
     trial_id INTEGER NOT NULL,
@@ -168,6 +171,8 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 
 JSON_FIELDS = ("summary", "platform", "extra_values", "suspicions")
+# Trial columns added after the first schema: added to an older ledger when it is opened for writing.
+ADDED_TRIAL_COLUMNS = (("suspicions", "TEXT NOT NULL DEFAULT '[]'"), ("sandbox", "TEXT"))
 
 
 class LedgerError(UserError, RuntimeError):
@@ -190,6 +195,7 @@ def _trial_from_row(row: sqlite3.Row) -> Trial:
     data["summary"] = json.loads(data["summary"] or "{}")
     data["platform"] = json.loads(data["platform"] or "{}")
     data["suspicions"] = tuple(json.loads(data.get("suspicions") or "[]"))
+    data.setdefault("sandbox", None)  # a ledger older than the column, opened read-only: unknown
     data["flagged"] = bool(data["flagged"])
     return Trial(**data)
 
@@ -238,8 +244,9 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(SCHEMA)
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self._check()
+            if not readonly:
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             raise LedgerError(
                 f"the ledger {self.path} cannot be read ({exc}). It may be truncated or corrupted. "
@@ -254,6 +261,17 @@ class Ledger:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row and int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(f"the ledger {self.path} was written by a newer version (schema {row[0]})")
+
+    def _migrate(self) -> None:
+        """Bring an older ledger up to this schema: additive only (new columns), so old rows read unchanged."""
+        with self.transaction() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(trials)")}
+            for name, declaration in ADDED_TRIAL_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE trials ADD COLUMN {name} {declaration}")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version' AND CAST(value AS INTEGER) < ?",
+                       (str(SCHEMA_VERSION), SCHEMA_VERSION))
 
     def close(self) -> None:
         with self._lock:

@@ -3,19 +3,29 @@
 Every refusal is an ``EditError`` whose message is read by the model, so each one says what to do
 instead. Reading is allowed for any file inside the workspace except git internals; editing only for
 the one editable file (``trainer/train.py``, or ``train.py`` when driving an upstream-style checkout).
+
+The workspace is written by trials, which are untrusted: a file is opened one path component at a time
+from the workspace's own directory, never following a symlink at open time (so nothing swapped in after
+the check is followed), without blocking (a FIFO cannot hang the supervisor), and it must then be a
+regular file with a single link (a hard link made by a trial could be a file from outside). Reads are
+capped in bytes, whatever the file's size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 EDITABLE_PATH = "trainer/train.py"
 DEFAULT_MAX_CHARS = 20_000
@@ -26,6 +36,14 @@ _MAX_SHOWN_LINES = 40
 _COUNT_ALL_LINES_BELOW = 10 * 2**20  # past this size, stop reading at the requested range
 _SKIP_DIRS = frozenset({"__pycache__", "node_modules"})
 _LINE_NUMBER_PREFIX = re.compile(r"^\s*\d+\t")
+MAX_PATH_CHARS = 1024  # a path longer than this is not a workspace file
+# Control characters (C0 but for none: a path is one line; C1 too) and lone surrogates (not encodable).
+_BAD_PATH_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+MAX_SCAN_BYTES = 32 * 2**20  # read_file never reads more of a file than this, whatever it is asked
+_MAX_LINE_BYTES = 64 * 1024  # of one line, only this much is kept (it is shown cut at _MAX_LINE_CHARS)
+MAX_EDIT_BYTES = 2 * 2**20  # the editable file is edited only below this size, and never grows past it
+_MAX_MATCHES = 1000  # an ambiguous search is counted up to here
+_MAX_DIR_ENTRIES = 1000  # a directory's listing in an error looks at this many entries
 
 
 class EditError(ValueError):
@@ -47,25 +65,38 @@ def _root(workspace: Path) -> Path:
     return Path(workspace).resolve()
 
 
-def _list_files(root: Path, limit: int = 500) -> list[str]:
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe to show the model and to store: control characters and lone surrogates (an undecodable
+    file name) escaped, cut at ``limit`` characters."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return _BAD_PATH_CHAR.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def _list_files(root: Path, limit: int = 500, max_dirs: int = 2000) -> list[str]:
     """Workspace files for 'did you mean' hints; bounded so a huge data folder cannot stall an error."""
     out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for visited, (dirpath, dirnames, filenames) in enumerate(os.walk(root)):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
         base = Path(dirpath).relative_to(root)
         for name in sorted(filenames):
-            out.append((base / name).as_posix())
+            out.append(printable((base / name).as_posix()))
             if len(out) >= limit:
                 return out
+        if visited >= max_dirs:
+            break
     return out
 
 
 def _lexical(workspace: Path, path: str, editable: str) -> tuple[Path, Path, str]:
     """Refuse what can be refused without touching the disk; return (root, candidate, shown name)."""
     root = _root(workspace)
-    raw = str(path).strip()
+    if not isinstance(path, str):
+        raise EditError(f"the path must be a string, got {type(path).__name__}; e.g. {editable}")
+    raw = path.strip()
     if not raw:
         raise EditError(f"the path is empty; give a path relative to the workspace root, e.g. {editable}")
+    check_path_text(raw, editable)
     p = Path(raw)
     if ".." in p.parts:
         raise EditError(
@@ -75,9 +106,30 @@ def _lexical(workspace: Path, path: str, editable: str) -> tuple[Path, Path, str
     if p.is_absolute():
         p = _inside_workspace(p, workspace, root, raw, editable)
     p = _upstream_alias(p, root, editable)
-    if ".git" in p.parts:
+    if _in_git(p.parts):
         raise EditError(_git_message(raw))
     return root, root / p, raw
+
+
+def _in_git(parts: tuple[str, ...]) -> bool:
+    # .GIT is the same folder on a case-insensitive file system (macOS).
+    return any(part.lower() == ".git" for part in parts)
+
+
+def check_path_text(raw: str, editable: str = EDITABLE_PATH) -> None:
+    """Refuse a path no workspace file can have: over-long, or with a control character or a lone surrogate."""
+    if len(raw) > MAX_PATH_CHARS:
+        raise EditError(
+            f"the path is {len(raw):,} characters long; at most {MAX_PATH_CHARS} are accepted. "
+            f"Give the path of a workspace file relative to its root, e.g. {editable}"
+        )
+    bad = _BAD_PATH_CHAR.search(raw)
+    if bad:
+        raise EditError(
+            f"the path contains the character {ascii(bad.group())} at position {bad.start()}, which no "
+            f"workspace file name has (control characters, NUL bytes and invalid unicode are refused). "
+            f"Give a plain path relative to the workspace root, e.g. {editable}"
+        )
 
 
 def _inside_workspace(p: Path, workspace: Path, root: Path, raw: str, editable: str) -> Path:
@@ -111,7 +163,7 @@ def _git_message(raw: str) -> str:
 
 def _missing_message(root: Path, candidate: Path, raw: str) -> str:
     files = _list_files(root)
-    rel = candidate.relative_to(root).as_posix()
+    rel = printable(candidate.relative_to(root).as_posix(), MAX_PATH_CHARS)
     guesses = difflib.get_close_matches(rel, files, n=3, cutoff=0.8)
     by_name = [f for f in files if PurePosixPath(f).name == PurePosixPath(rel).name and f not in guesses]
     guesses = (by_name + guesses)[:3]
@@ -124,6 +176,23 @@ def _missing_message(root: Path, candidate: Path, raw: str) -> str:
 
 
 def _resolve(workspace: Path, path: str, editable: str) -> tuple[Path, Path, str]:
+    try:
+        return _resolve_unguarded(workspace, path, editable)
+    except EditError:
+        raise
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a loop of links, ...
+        raise EditError(_os_message(str(path)[:200], exc, editable)) from None
+
+
+def _os_message(raw: str, exc: BaseException, editable: str) -> str:
+    reason = getattr(exc, "strerror", None) or next(iter(str(exc).splitlines()), "")[:200] or type(exc).__name__
+    return (
+        f"'{raw}' cannot be opened ({ascii(reason)[1:-1]}). Give the path of an existing workspace file "
+        f"relative to the workspace root, e.g. {editable}"
+    )
+
+
+def _resolve_unguarded(workspace: Path, path: str, editable: str) -> tuple[Path, Path, str]:
     root, candidate, raw = _lexical(workspace, path, editable)
     real = candidate.resolve()
     if not real.is_relative_to(root):
@@ -131,15 +200,115 @@ def _resolve(workspace: Path, path: str, editable: str) -> tuple[Path, Path, str
             f"'{raw}' is a symlink that points outside the workspace; only files inside the workspace "
             f"can be used. Work with the files in the workspace itself, e.g. {editable}"
         )
-    if ".git" in real.relative_to(root).parts:
+    if _in_git(real.relative_to(root).parts):
         raise EditError(_git_message(raw))
-    if not real.exists():
+    if not os.path.lexists(real):
         raise EditError(_missing_message(root, candidate, raw))
     if real.is_dir():
-        entries = sorted(e.name + ("/" if e.is_dir() else "") for e in real.iterdir() if e.name != ".git")
-        shown = ", ".join(entries[:30]) + (", ..." if len(entries) > 30 else "")
+        found = islice((e for e in real.iterdir() if e.name != ".git"), _MAX_DIR_ENTRIES)
+        entries = sorted(printable(e.name) + ("/" if e.is_dir() else "") for e in found)
+        more = len(entries) > 30 or len(entries) == _MAX_DIR_ENTRIES
+        shown = ", ".join(entries[:30]) + (", ..." if more else "")
         raise EditError(f"'{raw}' is a directory, not a file. It contains: {shown or '(nothing)'}")
     return root, real, raw
+
+
+def _open_in_workspace(root: Path, real: Path, raw: str, editable: str) -> int:
+    """A read-only descriptor of ``real`` (a path inside ``root``) that is known to be a regular file of
+    the workspace with a single link; EditError otherwise.
+
+    Opened component by component from the workspace's own directory with O_NOFOLLOW, so a symlink swapped
+    in after ``_resolve`` checked the path is refused, not followed; O_NONBLOCK, so a FIFO cannot block.
+    """
+    parts = real.relative_to(root).parts
+    if not parts:
+        raise EditError(f"'{raw}' is the workspace itself, not a file; e.g. {editable}")
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        if os.open not in os.supports_dir_fd:  # no openat: one open of the whole path, the last part unfollowed
+            fd = os.open(real, flags | nofollow | getattr(os, "O_NONBLOCK", 0))
+        else:
+            fd = _open_by_parts(root, parts, flags, nofollow)
+    except OSError as exc:
+        raise EditError(_open_failed_message(raw, exc, editable)) from None
+    try:
+        _check_opened(fd, raw, editable)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_by_parts(root: Path, parts: tuple[str, ...], flags: int, nofollow: int) -> int:
+    directory = getattr(os, "O_DIRECTORY", 0)
+    dir_fd = os.open(root, flags | directory)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, flags | directory | nofollow, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        return os.open(parts[-1], flags | nofollow | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _open_failed_message(raw: str, exc: OSError, editable: str) -> str:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return (
+            f"'{raw}' changed while it was being opened (a part of it is now a symlink); it is refused. "
+            f"Work with the files the supervisor put in the workspace, e.g. {editable}"
+        )
+    if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):
+        return f"'{raw}' is not a regular file (a socket or a device); only regular text files can be read."
+    return _os_message(raw, exc, editable)
+
+
+def _check_opened(fd: int, raw: str, editable: str) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "not a regular file"
+        raise EditError(f"'{raw}' is {kind}; only regular text files of the workspace can be read or edited.")
+    if info.st_nlink > 1:
+        raise EditError(
+            f"'{raw}' has {info.st_nlink} hard links, so it may be the same file as one outside the workspace "
+            "(a trial can make such links); the supervisor only opens files with a single link. Work with "
+            f"the files the supervisor put in the workspace, e.g. {editable}"
+        )
+
+
+def _read_bytes(fd: int, limit: int) -> bytes:
+    """At most ``limit`` bytes of an open file, then one more byte to tell whether there was more."""
+    with os.fdopen(fd, "rb", closefd=False) as f:
+        return f.read(limit + 1)
+
+
+def read_text_in_workspace(
+    workspace: Path, path: str, *, editable: str = EDITABLE_PATH, max_bytes: int = MAX_EDIT_BYTES
+) -> str:
+    """The UTF-8 text of a workspace file, opened as safely as read_file does; EditError when it is
+    outside the workspace, not a regular file, hard-linked, larger than ``max_bytes`` or not UTF-8.
+
+    For any reader of a file a trial could have replaced (the editable file shown in the agent's turn).
+    """
+    root, real, raw = _resolve(workspace, path, editable)
+    return _read_text_fd(_open_in_workspace(root, real, raw, editable), raw, max_bytes)
+
+
+def _read_text_fd(fd: int, shown: str, max_bytes: int) -> str:
+    try:
+        data = _read_bytes(fd, max_bytes)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise EditError(
+            f"'{shown}' is larger than {max_bytes:,} bytes, more than the supervisor reads of it whole "
+            "(an edit needs the whole file); read parts of it with read_file and a line range."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EditError(f"'{shown}' is not UTF-8 text, so it cannot be edited by search and replace.") from None
 
 
 def resolve_in_workspace(workspace: Path, path: str, *, editable: str = EDITABLE_PATH) -> Path:
@@ -165,6 +334,15 @@ def _not_editable_message(raw: str, editable: str) -> str:
 
 def check_editable(workspace: Path, path: str, *, editable: str = EDITABLE_PATH) -> Path:
     """The real path of the editable file if ``path`` names it, else EditError."""
+    try:
+        return _check_editable(workspace, path, editable)
+    except EditError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise EditError(_os_message(str(path)[:200], exc, editable)) from None
+
+
+def _check_editable(workspace: Path, path: str, editable: str) -> Path:
     root, candidate, raw = _lexical(workspace, path, editable)
     # Decide editability before existence: "only train.py" is the useful answer to a new file too.
     if candidate.resolve() != (root / editable).resolve():
@@ -179,13 +357,23 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def _find_all(text: str, search: str) -> list[int]:
+def _find_all(text: str, search: str, limit: int = _MAX_MATCHES) -> list[int]:
     # Overlapping matches count too: "aa" in "aaa" is ambiguous even though str.count says 1.
     found, pos = [], text.find(search)
-    while pos != -1:
+    while pos != -1 and len(found) < limit:
         found.append(pos)
         pos = text.find(search, pos + 1)
     return found
+
+
+def _lines_of(text: str, positions: list[int]) -> list[int]:
+    """The 1-based line of each of the sorted ``positions``, in one pass over the text."""
+    lines, line, last = [], 1, 0
+    for pos in positions:
+        line += text.count("\n", last, pos)
+        last = pos
+        lines.append(line)
+    return lines
 
 
 def _cut(line: str, limit: int = 200) -> str:
@@ -341,8 +529,24 @@ def _first_difference(search_lines: list[str], window: list[str], start: int) ->
     return ""
 
 
+def _check_edit_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise EditError(f"{name} must be a string, got {type(value).__name__}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EditError(
+            f"{name} contains an invalid character (a lone surrogate, {ascii(value[exc.start])}) at position "
+            f"{exc.start}; send the text as valid unicode."
+        ) from None
+    if "\0" in value:
+        raise EditError(f"{name} contains a NUL byte at position {value.index(chr(0))}; source code has none.")
+    return value
+
+
 def _apply(text: str, search: str, replace: str) -> tuple[str, int, str]:
     """(new text, offset of the replacement, replacement as written)."""
+    search, replace = _check_edit_text("search", search), _check_edit_text("replace", replace)
     if not search:
         raise EditError(
             "the search text is empty. Put the exact lines you want to change in search; to insert new "
@@ -357,10 +561,11 @@ def _apply(text: str, search: str, replace: str) -> tuple[str, int, str]:
     if not found:
         raise EditError(_not_found_message(text.replace("\r\n", "\n"), search.replace("\r\n", "\n")))
     if len(found) > 1:
-        lines = sorted({_line_of(text, pos) for pos in found})
+        lines = sorted(set(_lines_of(text, found)))
         shown = ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
+        times = f"{len(found)} times" if len(found) < _MAX_MATCHES else f"at least {_MAX_MATCHES} times"
         raise EditError(
-            f"the search text occurs {len(found)} times (at line{'s' if len(lines) > 1 else ''} {shown}); "
+            f"the search text occurs {times} (at line{'s' if len(lines) > 1 else ''} {shown}); "
             "it must occur exactly once. Add more surrounding lines to search so that it matches only "
             "the place you mean."
         )
@@ -374,15 +579,6 @@ def apply_edit(text: str, search: str, replace: str) -> str:
 
 
 # --- files ------------------------------------------------------------------------------------------
-
-
-def _read_text(path: Path, shown: str) -> str:
-    try:
-        # newline="" keeps the file's own line endings, so a write does not silently convert them.
-        with open(path, encoding="utf-8", newline="") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise EditError(f"'{shown}' is not UTF-8 text, so it cannot be edited by search and replace.") from None
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -406,10 +602,18 @@ def edit_file(
 ) -> EditResult:
     """Apply one exact search-and-replace to the editable file, atomically; return the diff."""
     real = check_editable(workspace, path, editable=editable)
-    rel = real.relative_to(_root(workspace)).as_posix()
-    old = _read_text(real, rel)
+    root = _root(workspace)
+    rel = real.relative_to(root).as_posix()
+    # Bytes decoded as they are: the file's own line endings stay, so a write does not convert them.
+    old = _read_text_fd(_open_in_workspace(root, real, rel, editable), rel, MAX_EDIT_BYTES)
     new, pos, written = _apply(old, search, replace)
-    _atomic_write(real, new)
+    size = len(new.encode("utf-8"))
+    if size > MAX_EDIT_BYTES:
+        raise EditError(
+            f"after this edit {rel} would be {size:,} bytes, over the limit of {MAX_EDIT_BYTES:,} bytes; "
+            "make the change smaller (the training script should stay a readable single file)."
+        )
+    _atomic_write(real, new)  # an OSError (a full disk) is the machine's, not the model's: it propagates
     start = _line_of(new, pos)
     end = _line_of(new, max(pos, pos + len(written) - 1))
     diff = "".join(
@@ -434,22 +638,113 @@ def read_file(
     """A file's lines numbered like ``cat -n``, optionally a 1-based inclusive range, cut at max_chars.
 
     Any file inside the workspace may be read (not .git). A note at the end says what was left out and
-    how to read on.
+    how to read on. At most MAX_SCAN_BYTES of the file are read, and of one line at most _MAX_LINE_BYTES are
+    kept, so neither a huge file nor a huge line costs more than that.
     """
-    root, real, _ = _resolve(workspace, path, editable)
-    rel = real.relative_to(root).as_posix()
     _check_read_arguments(start_line, end_line, max_chars)
-    size = real.stat().st_size
-    lines = _NumberedLines(start_line or 1, end_line, max_chars, count_all=size <= _COUNT_ALL_LINES_BELOW)
-    with open(real, "rb") as f:
+    root, real, raw = _resolve(workspace, path, editable)
+    rel = printable(real.relative_to(root).as_posix(), MAX_PATH_CHARS)
+    fd = _open_in_workspace(root, real, raw, editable)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         if b"\0" in f.read(8192):
             raise EditError(f"'{rel}' is a binary file ({size} bytes); only text files can be read.")
         f.seek(0)
-        # Split on b"\n" only, the same line numbering apply_edit reports.
-        for number, raw in enumerate(f, 1):
-            if not lines.take(number, raw):
-                break
+        lines = _NumberedLines(start_line or 1, end_line, max_chars, count_all=size <= _COUNT_ALL_LINES_BELOW)
+        _FileScan(f, MAX_SCAN_BYTES).into(lines)
     return lines.render(rel)
+
+
+_BLOCK = 64 * 1024  # lines that are only counted are counted a block at a time
+
+
+class _FileScan:
+    """Reads a file's lines (split on b"\\n" only, the numbering apply_edit reports) into _NumberedLines:
+    the lines before the range and after it are only counted, in blocks; the lines shown are read one by
+    one, each cut at _MAX_LINE_BYTES. Never reads past ``budget`` bytes of the file."""
+
+    def __init__(self, f: BinaryIO, budget: int) -> None:
+        self.f = f
+        self.budget = budget
+
+    def _left(self) -> int:
+        return self.budget - self.f.tell()
+
+    def _more(self) -> bool:
+        """Whether the file goes on past the current position (reads one byte, then steps back)."""
+        byte = self.f.read(1)
+        if byte:
+            self.f.seek(-1, os.SEEK_CUR)
+        return bool(byte)
+
+    def into(self, lines: _NumberedLines) -> None:
+        number = self._skip(lines.first - 1)
+        lines.total = number
+        if number < lines.first - 1:  # the file ended, or the budget ran out, before the range
+            lines.scan_capped = self._left() <= 0 and self._more()
+            return
+        while not lines.full():
+            line = self._line()
+            if not line:
+                lines.scan_capped = self._left() <= 0 and self._more()
+                return
+            number += 1
+            lines.take(number, line)
+        if not self._more():
+            return
+        if not lines.count_all:
+            lines.stopped_early = True
+            return
+        counted, capped = self._count_rest()
+        lines.total = number + counted
+        lines.scan_capped = capped
+
+    def _skip(self, count: int) -> int:
+        """Move past ``count`` lines, fewer if the file or the budget ends first; how many were passed."""
+        passed = 0
+        while passed < count and self._left() > 0:
+            start = self.f.tell()
+            block = self.f.read(min(_BLOCK, self._left()))
+            if not block:
+                break
+            found = block.count(b"\n")
+            if passed + found < count:
+                passed += found
+                continue
+            at = -1
+            for _ in range(count - passed):
+                at = block.index(b"\n", at + 1)
+            self.f.seek(start + at + 1)
+            return count
+        if passed < count and self._left() > 0 and self.f.tell() > 0:
+            # The file ended: a last line without a newline is a line too.
+            self.f.seek(-1, os.SEEK_CUR)
+            passed += self.f.read(1) != b"\n"
+        return passed
+
+    def _line(self) -> bytes:
+        """The next line, at most _MAX_LINE_BYTES of it (the rest is passed over); b"" at the end."""
+        if self._left() <= 0:
+            return b""
+        line = self.f.readline(min(_MAX_LINE_BYTES, self._left()))
+        if line and not line.endswith(b"\n"):
+            while self._left() > 0:
+                rest = self.f.readline(min(_MAX_LINE_BYTES, self._left()))
+                if not rest or rest.endswith(b"\n"):
+                    break
+        return line
+
+    def _count_rest(self) -> tuple[int, bool]:
+        """(lines from here to the end, whether the budget ran out first)."""
+        counted, last = 0, b"\n"
+        while self._left() > 0:
+            block = self.f.read(min(_BLOCK, self._left()))
+            if not block:
+                break
+            counted += block.count(b"\n")
+            last = block[-1:]
+        capped = self._left() <= 0 and self._more()
+        return counted + (last != b"\n" and not capped), capped
 
 
 def _is_positive_int(value: object) -> bool:
@@ -480,24 +775,20 @@ class _NumberedLines:
     total: int = 0  # lines seen so far
     cut: bool = False  # max_chars was reached
     stopped_early: bool = False  # the total is unknown
+    scan_capped: bool = False  # MAX_SCAN_BYTES of the file were read and it went on
 
-    def take(self, number: int, raw: bytes) -> bool:
-        """Take line ``number``; False once nothing more is to be learned from the file."""
-        if self.cut or (self.last_wanted is not None and number > self.last_wanted):
-            if not self.count_all:
-                self.stopped_early = True
-                return False
-            self.total = number  # keep counting so the note can say "of N"
-            return True
+    def full(self) -> bool:
+        """Whether nothing more is to be shown: max_chars reached, or the range's last line taken."""
+        return self.cut or (self.last_wanted is not None and self.total >= self.last_wanted)
+
+    def take(self, number: int, raw: bytes) -> None:
+        """Take line ``number`` (lines come in order, from ``first`` on)."""
         self.total = number
-        if number >= self.first:
-            self._add(number, raw)
-        return True
-
-    def _add(self, number: int, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r")
         if len(line) > _MAX_LINE_CHARS:
-            line = line[:_MAX_LINE_CHARS] + f" ... [line cut: {len(line) - _MAX_LINE_CHARS} more chars]"
+            # A line read only in part (_MAX_LINE_BYTES of it) goes on for longer than can be said.
+            more = "+" if len(raw) >= _MAX_LINE_BYTES and not raw.endswith(b"\n") else ""
+            line = line[:_MAX_LINE_CHARS] + f" ... [line cut: {len(line) - _MAX_LINE_CHARS}{more} more chars]"
         entry = f"{number:6d}\t{line}"
         if self.entries and self.used + len(entry) + 1 > self.max_chars:
             self.cut = True
@@ -508,11 +799,16 @@ class _NumberedLines:
 
     def render(self, rel: str) -> str:
         """The numbered lines and a note saying what was left out and how to read on."""
-        known = not self.stopped_early
+        known = not self.stopped_early and not self.scan_capped
         first, shown_last, total = self.first, self.shown_last, self.total
-        if total == 0:
+        if total == 0 and known:
             return f"[{rel} is empty]"
-        if first > total and known:
+        if first > total and self.scan_capped:
+            raise EditError(
+                f"'{rel}' is too large to read that far: read_file reads only the first {MAX_SCAN_BYTES / 2**20:g} "
+                f"MB of a file, which hold {total} whole lines, and start_line {first} is beyond them."
+            )
+        if first > total:
             raise EditError(f"'{rel}' has {total} lines; start_line {first} is past the end.")
         of = f" of {total}" if known else ""
         text = "\n".join(self.entries)
@@ -521,6 +817,9 @@ class _NumberedLines:
                 f"\n[truncated at {self.max_chars} characters: showing lines {first}-{shown_last}{of}. "
                 f"Call again with start_line={shown_last + 1} to read on.]"
             )
+        if self.scan_capped:
+            return text + (f"\n[lines {first}-{shown_last}; read_file stops after the first "
+                           f"{MAX_SCAN_BYTES / 2**20:g} MB of a file, so the rest cannot be shown]")
         if first > 1 or not known or shown_last < total:
             return text + f"\n[lines {first}-{shown_last}{of}]"
         return text

@@ -1,8 +1,9 @@
 """A running trial's process, watched from outside: its live metrics file and its process tree.
 
-:class:`MetricsTail` reads the JSON-lines metrics a trainer appends; :class:`ProcessSweeper` finds and
-kills everything the trial started; :func:`has_exited` asks without reaping. Used by
-:mod:`supervisor.trial.runner`.
+:class:`MetricsTail` reads the JSON-lines metrics a trainer appends, each record cut to a bounded size
+(:func:`clean_record`); :class:`MetricsBuffer` keeps a trial's records in bounded memory however many it
+writes; :class:`ProcessSweeper` finds and kills everything the trial started; :func:`has_exited` asks
+without reaping. Used by :mod:`supervisor.trial.runner`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,30 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 # Descendants are snapshotted this often so that children that escape the process group
 # (setsid) can still be found and killed after the main process is gone.
 DESCENDANT_SNAPSHOT_INTERVAL_S = 1.0
 # A metrics line longer than this is garbage (or an attack on our memory): skip it.
 MAX_METRIC_LINE_BYTES = 1024 * 1024
-# Read at most this much of the metrics file per poll so that one poll never stalls the loop.
-METRICS_READ_CHUNK = 4 * 1024 * 1024
+# Read at most this much of the metrics file at a time, so that one poll never stalls the loop and the
+# records of one read stay small in memory (a chunk of tiny records is still only a few MB of objects).
+METRICS_READ_CHUNK = 1024 * 1024
+# What is kept of one record: this many keys, keys this long, text values this long (the trainer's
+# records have seven numbers).
+MAX_RECORD_KEYS = 32
+MAX_KEY_CHARS = 64
+MAX_TEXT_VALUE_CHARS = 1024
+# The metrics contract's numbers (docs/architecture.md): anything else under these keys is dropped, so
+# that every reader can do arithmetic and formatting on them and the ledger can store them.
+NUMERIC_KEYS = frozenset({"step", "elapsed", "loss", "lr", "tokens_per_s", "mfu", "vram_mb"})
+# How many records a MetricsBuffer keeps by default: the loss curve of a 5-minute trial at full resolution.
+DEFAULT_KEPT_RECORDS = 20_000
+_INT64 = (-(2**63), 2**63 - 1)
+_DROP = object()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,8 +44,89 @@ METRICS_READ_CHUNK = 4 * 1024 * 1024
 # ---------------------------------------------------------------------------------------------
 
 
+def clean_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics record cut to what the supervisor keeps of one, whatever the trial wrote.
+
+    At most MAX_RECORD_KEYS keys, each a string of at most MAX_KEY_CHARS; values are scalars only: None,
+    booleans, numbers (NaN and infinities kept: a diverging loss is information), integers outside SQLite's
+    64 bits as floats, strings up to MAX_TEXT_VALUE_CHARS. Lists, objects, longer strings and text that is
+    not valid unicode are dropped; under NUMERIC_KEYS only numbers are kept (not None, booleans or text).
+    A record that is already clean (the trainer's: a few numbers) is returned as it is, quickly.
+    """
+    if len(record) <= MAX_RECORD_KEYS and _all_numbers(record) and _plain_keys(record):
+        return record
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if len(out) >= MAX_RECORD_KEYS:
+            break
+        if not isinstance(key, str) or len(key) > MAX_KEY_CHARS or not _encodable(key):
+            continue
+        kept = _clean_value(value, key in NUMERIC_KEYS)
+        if kept is not _DROP:
+            out[key] = kept
+    return out
+
+
+def _all_numbers(record: dict[str, Any]) -> bool:
+    for value in record.values():
+        kind = type(value)
+        if kind is float or (kind is int and _INT64[0] <= value <= _INT64[1]):
+            continue
+        return False
+    return True
+
+
+_PLAIN_KEYSETS: set[tuple[str, ...]] = set()  # key sets already checked (the trainer uses one or two)
+
+
+def _plain_keys(record: dict[str, Any]) -> bool:
+    keys = tuple(record)
+    if keys in _PLAIN_KEYSETS:
+        return True
+    if not all(isinstance(k, str) and len(k) <= MAX_KEY_CHARS and _encodable(k) for k in keys):
+        return False
+    if len(_PLAIN_KEYSETS) < 64:
+        _PLAIN_KEYSETS.add(keys)
+    return True
+
+
+def _clean_value(value: Any, numeric: bool) -> Any:
+    if isinstance(value, float):
+        return value
+    if isinstance(value, bool):
+        return _DROP if numeric else value
+    if isinstance(value, int):
+        if _INT64[0] <= value <= _INT64[1]:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            return _DROP
+    if numeric:
+        return _DROP
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) <= MAX_TEXT_VALUE_CHARS and _encodable(value):
+        return value
+    return _DROP
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid unicode (JSON's \\ud800 escapes give lone surrogates, which nothing can store)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class MetricsTail:
-    """Incrementally reads a JSON-lines file that another process is appending to."""
+    """Incrementally reads a JSON-lines file that another process is appending to.
+
+    Every record comes out through :func:`clean_record`. :meth:`records` yields them one at a time, so a
+    caller that streams them (into a :class:`MetricsBuffer`) holds at most one read's worth in memory;
+    :meth:`poll` returns them as a list (while running, one read's worth; with ``final``, all that is left).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -38,18 +135,21 @@ class MetricsTail:
         self.skipping = False  # inside an over-long line: drop bytes up to the next newline
 
     def poll(self, final: bool = False) -> list[dict]:
-        records: list[dict] = []
+        return list(self.records(final))
+
+    def records(self, final: bool = False) -> Iterator[dict]:
+        """The records appended since the last call, in file order. Consume the iterator to the end before
+        calling again (the position in the file moves as it is consumed)."""
         while True:
             data = self._read_chunk()
-            records.extend(self._feed(data))
+            yield from self._feed(data)
             # While running, one chunk per poll keeps the loop responsive; at the end, drain.
             if not final or len(data) < METRICS_READ_CHUNK:
                 break
         if final and self.partial and not self.skipping:
             # The trainer may not terminate its last line.
-            records.extend(self._parse_lines([self.partial]))
-            self.partial = b""
-        return records
+            last, self.partial = self.partial, b""
+            yield from self._parse_lines([last])
 
     def _read_chunk(self) -> bytes:
         try:
@@ -66,24 +166,40 @@ class MetricsTail:
         self.offset += len(data)
         return data
 
-    def _feed(self, data: bytes) -> list[dict]:
+    def _feed(self, data: bytes) -> Iterator[dict]:
         if not data:
-            return []
+            return
         if self.skipping:
             newline = data.find(b"\n")
             if newline < 0:
-                return []
+                return
             data = data[newline + 1 :]
             self.skipping = False
         pieces = (self.partial + data).split(b"\n")
         self.partial = pieces.pop()
         if len(self.partial) > MAX_METRIC_LINE_BYTES:
             self.partial, self.skipping = b"", True
-        return self._parse_lines(pieces)
+        yield from self._parse_lines(pieces)
+
+    @classmethod
+    def _parse_lines(cls, lines: list[bytes]) -> Iterator[dict]:
+        lines = [raw for raw in lines if len(raw) <= MAX_METRIC_LINE_BYTES]
+        # Well-formed lines (the usual case) are parsed in one go, as a JSON array: many times faster
+        # than line by line. Anything odd in them (a blank line, a stray print, a line holding two
+        # values) and they are parsed line by line instead, each bad one skipped.
+        try:
+            parsed = json.loads(b"[" + b",".join(lines) + b"]") if lines else []
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, list) and len(parsed) == len(lines):
+            for record in parsed:
+                if isinstance(record, dict):
+                    yield clean_record(record)
+            return
+        yield from cls._parse_each(lines)
 
     @staticmethod
-    def _parse_lines(lines: list[bytes]) -> list[dict]:
-        records = []
+    def _parse_each(lines: list[bytes]) -> Iterator[dict]:
         for raw in lines:
             if len(raw) > MAX_METRIC_LINE_BYTES:
                 continue
@@ -92,11 +208,63 @@ class MetricsTail:
                 continue
             try:
                 record = json.loads(line)
-            except ValueError:
-                continue  # a stray print into the metrics file is not a metric
+            except (ValueError, RecursionError):
+                continue  # a stray print into the metrics file is not a metric; nor is "[[[[..." 100,000 deep
             if isinstance(record, dict):
-                records.append(record)
-        return records
+                yield clean_record(record)
+
+
+class MetricsBuffer:
+    """A trial's metrics records in bounded memory, however many the trial writes.
+
+    Keeps every record until ``capacity`` is reached, then every 2nd, every 4th, ... (the stride doubles
+    each time the buffer fills, and the records kept are those whose index is a multiple of it), so the
+    kept records always cover the whole trial evenly; the newest record is always kept besides. Records
+    are passed through :func:`clean_record` as they are kept, so each one is bounded in size too.
+
+    >>> buffer = MetricsBuffer(capacity=4)
+    >>> buffer.add({"step": i} for i in range(10))
+    >>> [r["step"] for r in buffer.records()], buffer.seen, buffer.dropped
+    ([0, 4, 8, 9], 10, 6)
+    """
+
+    def __init__(self, capacity: int = DEFAULT_KEPT_RECORDS) -> None:
+        if capacity < 2:
+            raise ValueError(f"capacity must be at least 2, got {capacity}")
+        self.capacity = capacity
+        self.seen = 0  # records offered to add()
+        self.stride = 1  # every stride-th record is kept
+        self._kept: list[tuple[int, dict[str, Any]]] = []  # (index, cleaned record), index % stride == 0
+        self._newest: tuple[int, dict[str, Any]] | None = None  # (index, record as given)
+
+    def add(self, records: Iterable[dict[str, Any]]) -> None:
+        """Take records in order (a list, or an iterator such as :meth:`MetricsTail.records`)."""
+        for record in records:
+            index = self.seen
+            self.seen += 1
+            self._newest = (index, record)
+            if index % self.stride:
+                continue
+            self._kept.append((index, clean_record(record)))
+            if len(self._kept) >= self.capacity:  # room is left for the newest
+                self.stride *= 2
+                self._kept = [item for item in self._kept if item[0] % self.stride == 0]
+
+    def records(self) -> list[dict[str, Any]]:
+        """The kept records in order, the newest last; at most ``capacity``."""
+        out = [record for _, record in self._kept]
+        if self._newest is not None and (not self._kept or self._kept[-1][0] != self._newest[0]):
+            out.append(clean_record(self._newest[1]))
+        return out
+
+    def __len__(self) -> int:
+        newest_apart = self._newest is not None and (not self._kept or self._kept[-1][0] != self._newest[0])
+        return len(self._kept) + newest_apart
+
+    @property
+    def dropped(self) -> int:
+        """Records seen but not kept."""
+        return self.seen - len(self)
 
 
 # ---------------------------------------------------------------------------------------------

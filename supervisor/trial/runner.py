@@ -19,28 +19,30 @@ because it can read ``/proc``.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from supervisor.trial.environment import is_secret_name, scrub_environment
-from supervisor.trial.process import MetricsTail, ProcessSweeper, has_exited
+from supervisor.trial.environment import drop_credentials, is_secret_name, scrub_environment
+from supervisor.trial.evaluation import MODEL_FILE, Evaluator, EvaluatorSpec, HandOverWatch
+from supervisor.trial.process import MetricsBuffer, MetricsTail, ProcessSweeper, has_exited
+from supervisor.trial.sandbox import SandboxPlan
 from supervisor.trial.summary import (
-    MeasuredBpb,
     exit_reason,
     fail_line,
     log_tail,
-    measured_val_bpb,
     parse_summary,
-    read_eval_record,
     read_log_end,
     summary_float,
 )
@@ -79,22 +81,37 @@ def _format_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+# Variables that hold host paths: inside a sandbox they are rewritten to where the trial sees the path.
+_PATH_VARIABLES = ("AUTORESEARCH_CACHE", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
 def trial_environment(spec: TrialSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The exact environment a trial gets: ``base`` (default ``os.environ``) scrubbed, with
     ``PYTHONUNBUFFERED=1``, the spec's ``extra_env`` and the contract's ``AUTORESEARCH_*``
     variables. ``extra_env`` is scrubbed too: no caller can hand a key to a trial by mistake.
+    In a sandbox every path is the one the trial sees, and HOME and TMPDIR are its private /tmp.
     """
-    merged: dict[str, str] = dict(os.environ if base is None else base)
+    env = scrub_environment(os.environ if base is None else base)
     # Unbuffered so that the log (and the tail shown after a kill) is current, not stuck in a
     # block buffer of the dead process.
-    merged["PYTHONUNBUFFERED"] = "1"
-    merged.update(spec.extra_env)
-    env = scrub_environment(merged)
+    env["PYTHONUNBUFFERED"] = "1"
+    # What the supervisor sets on purpose passes the allowlist, but never a credential.
+    env.update(drop_credentials(spec.extra_env))
     # The contract variables come last: the spec is the single source of truth for them.
     env["AUTORESEARCH_TIME_BUDGET"] = _format_seconds(spec.budget_s)
     env["AUTORESEARCH_SEED"] = str(int(spec.seed))
-    env["AUTORESEARCH_METRICS"] = str(spec.metrics_path)
-    env["AUTORESEARCH_EVAL_RECORD"] = str(spec.eval_record_path)
+    env["AUTORESEARCH_METRICS"] = spec.seen(spec.offered_metrics_path)
+    env["AUTORESEARCH_MODEL_OUT"] = spec.seen(spec.offered_model_path)
+    if spec.sandbox is not None:
+        for name in _PATH_VARIABLES:
+            if name in env:
+                inside = spec.sandbox.inside(env[name])
+                if inside is None:
+                    del env[name]
+                else:
+                    env[name] = inside
+        env.update(spec.sandbox.env_paths)
+        env["HOME"] = env["TMPDIR"] = "/tmp/home"
     return env
 
 
@@ -127,6 +144,41 @@ class TrialSpec:
     term_timeout_s: float = 2.0
     # A trial that writes more output than this is killed: a flood would otherwise fill the disk overnight.
     max_log_mb: float | None = 1024.0
+    # Where the trial writes its metrics and hands over its model (default: an "exchange" folder beside the
+    # log). The supervisor copies both out: the metrics as it reads them, the model when it appears.
+    exchange_dir: Path | None = None
+    # The OS sandbox (None: the trial runs unsandboxed) and how the trial is labelled ("bwrap", "none: why").
+    sandbox: SandboxPlan | None = None
+    sandbox_label: str = "none: no sandbox was set up"
+    # The trusted evaluation of the handed-over model. Without one a trial has no result.
+    evaluator: EvaluatorSpec | None = None
+    # After the hand-over the trial has this long to exit (print its summary) before it is stopped.
+    handover_exit_s: float = 15.0
+
+    @property
+    def exchange(self) -> Path:
+        return self.exchange_dir if self.exchange_dir is not None else self.log_path.parent / "exchange"
+
+    @property
+    def offered_metrics_path(self) -> Path:
+        return self.exchange / "metrics.jsonl"
+
+    @property
+    def offered_model_path(self) -> Path:
+        return self.exchange / MODEL_FILE
+
+    @property
+    def kept_model_path(self) -> Path:
+        return self.evaluator.model_path if self.evaluator is not None else self.log_path.parent / MODEL_FILE
+
+    def seen(self, host: Path) -> str:
+        """A host path as the trial sees it."""
+        if self.sandbox is None:
+            return str(host)
+        inside = self.sandbox.inside(host)
+        if inside is None:
+            raise ValueError(f"{host} is not visible in the trial's sandbox")
+        return inside
 
 
 @dataclass
@@ -148,12 +200,18 @@ class TrialOutcome:
     wall_seconds: float
     timed_out: bool
     stopped: bool
-    # "eval_record" (the harness measured it) or "summary" (the trainer printed it).
-    val_bpb_source: Literal["eval_record", "summary"] | None = None
-    # The harness's JSON record when one was written and readable.
+    # "evaluator": the trusted evaluation measured it (the only source there is).
+    val_bpb_source: Literal["evaluator"] | None = None
+    # The evaluator's JSON record when there was one.
     eval_record: dict | None = None
     # Whether it ran in an interpreter started ahead (supervisor/trial/warm_start.py) rather than a fresh one.
     started_warm: bool = False
+    # Whether the trial ran in the OS sandbox, and its label ("bwrap", or "none: why").
+    sandboxed: bool = False
+    sandbox: str = ""
+    # Seconds from the trial's start to its hand-over, on the supervisor's clock; the evaluation's own time.
+    handover_seconds: float | None = None
+    evaluation_seconds: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,10 +240,19 @@ def launch_command(command: list[str], memory_limit_mb: int | None) -> list[str]
     return [sys.executable, "-I", "-c", _RLIMIT_SHIM, str(limit_bytes), *command]
 
 
+def trial_argv(spec: TrialSpec, command: list[str]) -> list[str]:
+    """The whole command line of a trial process: the memory cap inside the sandbox, when there is one."""
+    inner = launch_command(command, spec.memory_limit_mb)
+    return spec.sandbox.wrap(inner) if spec.sandbox is not None else inner
 
-def _deliver(on_metric: Callable[[dict], None] | None, records: list[dict], sink: list[dict]) -> None:
+
+
+# Records handed on at a time: a flood of metrics goes through in slices, never all at once.
+_DELIVERY_CHUNK = 5000
+
+
+def _deliver(on_metric: Callable[[dict], None] | None, records: list[dict]) -> None:
     for record in records:
-        sink.append(record)
         if on_metric is None:
             continue
         try:
@@ -224,7 +291,7 @@ def run_trial(
     on_start: Callable[[int], None] | None = None,
     warm_start: WarmStarter | None = None,
 ) -> TrialOutcome:
-    """Run one trial to completion (or deadline, or stop) and return its outcome.
+    """Run one trial to its hand-over (or deadline, or stop), evaluate what it handed over, return the outcome.
 
     ``on_start`` gets the trial's pid (also its process-group id) as soon as it runs, so a caller
     can record it durably and kill an orphaned trial after its own crash. ``warm_start`` may hand over an
@@ -238,7 +305,22 @@ def run_trial(
     _prepare_paths(spec)
     if stop_event is not None and stop_event.is_set():
         return _crash("stopped by the person", 0.0, stopped=True)
+    evaluator = Evaluator(spec.evaluator) if spec.evaluator is not None else None
+    if evaluator is not None:
+        evaluator.start()  # its imports overlap the trial's training
+    try:
+        outcome = _run_and_watch(spec, on_metric, stop_event, on_start, warm_start)
+        outcome.sandboxed, outcome.sandbox = spec.sandbox is not None, spec.sandbox_label
+        if outcome.status == "ok":
+            _evaluate(spec, outcome, evaluator, stop_event)
+        return outcome
+    finally:
+        if evaluator is not None:
+            evaluator.close()
 
+
+def _run_and_watch(spec: TrialSpec, on_metric: Callable[[dict], None] | None, stop_event: threading.Event | None,
+                   on_start: Callable[[int], None] | None, warm_start: WarmStarter | None) -> TrialOutcome:
     env = trial_environment(spec)
     started = time.monotonic()
     deadline = started + spec.budget_s + spec.grace_s
@@ -249,28 +331,56 @@ def run_trial(
             proc = _start_cold(spec, env)
         except OSError as exc:
             return _could_not_start(spec, exc, time.monotonic() - started)
-
     _report_start(on_start, proc.pid)
-    watch = _TrialWatch(spec, proc, on_metric, stop_event, deadline)
+    watch = _TrialWatch(spec, proc, on_metric, stop_event, deadline, started)
     ending = watch.run()
     wall = time.monotonic() - started
     watch.deliver_remaining_metrics()
-    return _outcome(spec, proc.returncode, ending, watch.metrics, wall, started_warm)
+    return _outcome(spec, proc.returncode, ending, watch, wall, started_warm)
+
+
+def _evaluate(spec: TrialSpec, outcome: TrialOutcome, evaluator: Evaluator | None,
+              stop_event: threading.Event | None) -> None:
+    """The trusted evaluation of the handed-over model; a trial without one has no result."""
+    if evaluator is None:
+        _void(outcome, "no trusted evaluation was set up for this trial, so it has no result")
+        return
+    began = time.monotonic()
+    record = evaluator.evaluate(stop_requested=lambda: stop_event is not None and stop_event.is_set())
+    outcome.evaluation_seconds = time.monotonic() - began
+    outcome.eval_record = record
+    value = record.get("val_bpb") if record.get("ok") is True else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        error = record.get("error") if record.get("ok") is not True else f"val_bpb is {value!r}"
+        _void(outcome, f"evaluation: {str(error)[:500]}")
+        outcome.stopped = error == "stopped by the person"
+        return
+    outcome.val_bpb, outcome.val_bpb_source = float(value), "evaluator"
+
+
+def _void(outcome: TrialOutcome, reason: str) -> None:
+    outcome.status, outcome.reason, outcome.val_bpb, outcome.val_bpb_source = "crash", reason, None, None
 
 
 def _prepare_paths(spec: TrialSpec) -> None:
-    for path in (spec.log_path, spec.metrics_path, spec.eval_record_path):
+    for path in (spec.log_path, spec.metrics_path, spec.eval_record_path, spec.offered_metrics_path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh trial must not inherit an earlier trial's numbers.
-    for path in (spec.metrics_path, spec.eval_record_path):
+    # A fresh trial must not inherit an earlier trial's numbers, metrics or model.
+    for path in (spec.metrics_path, spec.eval_record_path, spec.offered_metrics_path, spec.offered_model_path,
+                 spec.kept_model_path):
         path.unlink(missing_ok=True)
+    for stray in spec.exchange.iterdir():
+        if stray.is_file() or stray.is_symlink():
+            stray.unlink(missing_ok=True)
+        elif stray.is_dir():
+            shutil.rmtree(stray, ignore_errors=True)
 
 
 def _start_cold(spec: TrialSpec, env: dict[str, str]) -> subprocess.Popen:
     """A fresh interpreter for the trial, in its own session, its output going to the log."""
     with open(spec.log_path, "wb") as log_file:
         return subprocess.Popen(
-            launch_command(spec.command, spec.memory_limit_mb),
+            trial_argv(spec, spec.command),
             cwd=spec.cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -302,11 +412,12 @@ def _report_start(on_start: Callable[[int], None] | None, pid: int) -> None:
 
 
 # Why the runner ended a trial before it exited on its own.
-_EarlyEnd = Literal["stopped", "flooded", "timed_out"]
+_EarlyEnd = Literal["stopped", "flooded", "timed_out", "lingered"]
 
 
 class _TrialWatch:
-    """Watches a running trial: delivers its metrics, and ends it on stop, output flood or deadline."""
+    """Watches a running trial: delivers its metrics, takes its hand-over, and ends it on stop, output flood
+    or deadline (or when it lingers after handing over)."""
 
     def __init__(
         self,
@@ -315,6 +426,7 @@ class _TrialWatch:
         on_metric: Callable[[dict], None] | None,
         stop_event: threading.Event | None,
         deadline: float,
+        started: float,
     ) -> None:
         self.spec = spec
         self.proc = proc
@@ -323,15 +435,21 @@ class _TrialWatch:
         self.deadline = deadline
         self.max_log_bytes = None if spec.max_log_mb is None else int(spec.max_log_mb * 2**20)
         self.sweeper = ProcessSweeper(proc.pid)
-        self.tail = MetricsTail(spec.metrics_path)
-        self.metrics: list[dict] = []
+        self.tail = MetricsTail(spec.offered_metrics_path)
+        self.handover = HandOverWatch(spec.offered_model_path, spec.kept_model_path, started)
+        self.buffer = MetricsBuffer()  # memory stays flat whatever the trial writes
+        self._copy = _MetricsCopy(spec.metrics_path)
 
     def run(self) -> _EarlyEnd | None:
         """Block until the trial is over and its whole process tree is gone; say why it ended early."""
         try:
             while True:
-                _deliver(self.on_metric, self.tail.poll(), self.metrics)
+                self._deliver(self.tail.records())
+                if self.handover.poll():
+                    # Handed over: it has a short while to print its summary and exit.
+                    self.deadline = min(self.deadline, time.monotonic() + self.spec.handover_exit_s)
                 if has_exited(self.proc):
+                    self.handover.poll()  # a model renamed into place just before the exit
                     return None
                 ending = self._reason_to_end()
                 if ending is not None:
@@ -344,9 +462,31 @@ class _TrialWatch:
             # children of a cleanly exited trainer (a forgotten worker) go the same way.
             self.sweeper.kill_all()
             self.proc.wait()
+            self._copy.close()
+
+    @property
+    def metrics(self) -> list[dict]:
+        return self.buffer.records()
 
     def deliver_remaining_metrics(self) -> None:
-        _deliver(self.on_metric, self.tail.poll(final=True), self.metrics)
+        self._deliver(self.tail.records(final=True))
+
+    def _deliver(self, records: Iterable[dict]) -> None:
+        # In chunks, so that a flood of records is never all in memory at once.
+        chunk: list[dict] = []
+        for record in records:
+            chunk.append(record)
+            if len(chunk) >= _DELIVERY_CHUNK:
+                self._deliver_chunk(chunk)
+                chunk = []
+        self._deliver_chunk(chunk)
+
+    def _deliver_chunk(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self._copy.write(records)
+        self.buffer.add(records)
+        _deliver(self.on_metric, records)
 
     def _reason_to_end(self) -> _EarlyEnd | None:
         if self.stop_event is not None and self.stop_event.is_set():
@@ -354,7 +494,7 @@ class _TrialWatch:
         if self.max_log_bytes is not None and _size(self.spec.log_path) > self.max_log_bytes:
             return "flooded"
         if time.monotonic() >= self.deadline:
-            return "timed_out"
+            return "lingered" if self.handover.seconds is not None else "timed_out"
         return None
 
     def _terminate(self) -> None:
@@ -373,59 +513,83 @@ class _TrialWatch:
         else:
             time.sleep(POLL_INTERVAL_S)
 
+
+class _MetricsCopy:
+    """The trial's metrics as the supervisor read them, re-encoded into the trial's folder (the UI reads it
+    there): only well-formed JSON objects, whatever the trial wrote into its own file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = None
+
+    def write(self, records: list[dict]) -> None:
+        if not records:
+            return
+        try:
+            if self.handle is None:
+                self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            self.handle.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+            self.handle.flush()
+        except (OSError, ValueError, TypeError):
+            log.warning("could not copy metrics to %s", self.path)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
 # ---------------------------------------------------------------------------------------------
 # The outcome
 # ---------------------------------------------------------------------------------------------
+
+NO_HANDOVER = ("no model was handed over: train.py must end by calling prepare.hand_over(model), and the "
+               "supervisor measures val_bpb on that model (a printed val_bpb is not a result)")
 
 
 def _outcome(
     spec: TrialSpec,
     exit_code: int | None,
     ending: _EarlyEnd | None,
-    metrics: list[dict],
+    watch: _TrialWatch,
     wall: float,
     started_warm: bool,
 ) -> TrialOutcome:
+    """What the trial itself did, before the evaluation: ``ok`` means it handed over a model in time."""
     window = read_log_end(spec.log_path)
     summary = parse_summary(window)
-    record = read_eval_record(spec.eval_record_path)
-    measured = measured_val_bpb(record, summary)
-    reason = _reason(spec, ending, exit_code, window, summary, measured)
-    ok = reason == "ok"
+    reason = _reason(spec, ending, exit_code, window, watch.handover)
     return TrialOutcome(
-        status="ok" if ok else "crash",
+        status="ok" if reason == "ok" else "crash",
         reason=reason,
         exit_code=exit_code,
         summary=summary,
-        val_bpb=measured.value if ok else None,
-        metrics=metrics,
+        val_bpb=None,
+        metrics=watch.metrics,
         log_tail=log_tail(window),
         wall_seconds=wall,
         timed_out=ending == "timed_out",
         stopped=ending == "stopped",
-        val_bpb_source=measured.source if ok else None,
-        eval_record=record,
         started_warm=started_warm,
+        handover_seconds=watch.handover.seconds,
     )
 
 
-def _reason(
-    spec: TrialSpec,
-    ending: _EarlyEnd | None,
-    exit_code: int | None,
-    window: str,
-    summary: Mapping[str, str],
-    measured: MeasuredBpb,
-) -> str:
+def _reason(spec: TrialSpec, ending: _EarlyEnd | None, exit_code: int | None, window: str,
+            handover: HandOverWatch) -> str:
     """``"ok"``, or why the trial is a crash, in words for the journal."""
-    if ending is not None:
+    if ending is not None and ending != "lingered":
         return _early_end_reason(spec, ending)
-    if exit_code != 0:
+    if exit_code != 0 and ending != "lingered":  # stopped after its hand-over: its exit code does not matter
         return fail_line(window) or exit_reason(exit_code, window)
-    if measured.value is None:
-        if measured.bad_value is not None:
-            return f"val_bpb is {measured.bad_value}"
-        return "no val_bpb in summary" if summary else "no summary"
+    if handover.problem:
+        return handover.problem
+    if handover.seconds is None:
+        return NO_HANDOVER
+    limit = spec.budget_s + spec.grace_s
+    if handover.seconds > limit:
+        return (f"over budget: it handed over its model {handover.seconds:.1f} s after it started; the budget is "
+                f"{_format_seconds(spec.budget_s)} s plus a warm-up allowance of {_format_seconds(spec.grace_s)} s")
     return "ok"
 
 
@@ -436,7 +600,5 @@ def _early_end_reason(spec: TrialSpec, ending: _EarlyEnd) -> str:
         return f"killed: it wrote more than {spec.max_log_mb:g} MB of output (its log is kept)"
     return (
         f"killed at deadline (budget {_format_seconds(spec.budget_s)}s"
-        f" + grace {_format_seconds(spec.grace_s)}s)"
+        f" + grace {_format_seconds(spec.grace_s)}s) without handing over a model"
     )
-
-

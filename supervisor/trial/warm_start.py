@@ -37,13 +37,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from supervisor.trial.runner import TrialSpec, launch_command, trial_environment
+from supervisor.trial.runner import TrialSpec, trial_argv, trial_environment
 
 log = logging.getLogger(__name__)
 
 # Set per trial at hand-over; everything else in the environment must match the warm process's.
 LATE_VARIABLES = ("AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_SEED", "AUTORESEARCH_METRICS",
-                  "AUTORESEARCH_EVAL_RECORD")
+                  "AUTORESEARCH_MODEL_OUT")
 
 # Modules imported lazily by the ones a trainer imports, worth loading ahead: torch.optim's first
 # constructor imports torch._dynamo (1.2 s on the CPU here), whether or not the trainer compiles.
@@ -75,7 +75,7 @@ def _bootstrap():
             libc.prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL: die with the supervisor while waiting
         except Exception:
             libc = None
-    if os.getppid() != parent:  # it died before the line above
+    if parent and os.getppid() != parent:  # it died before the line above (0: in a sandbox, bwrap sees to it)
         os._exit(0)
     # As `python script.py` has them: sys.path[0] is the script's real folder, __file__ its absolute path.
     sys.path[0] = os.path.dirname(os.path.realpath(argv0))
@@ -179,7 +179,8 @@ class WarmStarter:
     @staticmethod
     def _key_for(spec: TrialSpec, stable_env: dict[str, str]) -> tuple:
         """What a waiting interpreter must share with the trial it is handed: all but the per-trial values."""
-        return (tuple(spec.command), str(spec.cwd), spec.memory_limit_mb, tuple(sorted(stable_env.items())))
+        return (tuple(trial_argv(spec, spec.command)), str(spec.cwd), spec.memory_limit_mb,
+                tuple(sorted(stable_env.items())))
 
     def prepare(self, spec: TrialSpec, also: tuple[str, ...] = ()) -> None:
         """Start an interpreter for a trial like ``spec`` (its log and metrics paths do not matter yet),
@@ -200,13 +201,14 @@ class WarmStarter:
             modules += [name for name in also if name not in modules]
         # The script's path ends the command line, as in a cold start: that is how --resume recognises an
         # orphaned trial before killing it (loop.kill_orphan_trial).
-        command = [spec.command[0], "-c", BOOTSTRAP, str(os.getpid()), json.dumps(modules), spec.command[1]]
+        parent = 0 if spec.sandbox is not None else os.getpid()  # the sandbox's pid namespace hides our pid
+        command = [spec.command[0], "-c", BOOTSTRAP, str(parent), json.dumps(modules), spec.command[1]]
         try:
             self.staging_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.staging_dir / f".warm-{os.getpid()}-{id(self)}.log"
             with open(log_path, "wb") as log_file:
                 self._proc = subprocess.Popen(
-                    launch_command(command, spec.memory_limit_mb), cwd=spec.cwd, env=env, stdin=subprocess.PIPE,
+                    trial_argv(spec, command), cwd=spec.cwd, env=env, stdin=subprocess.PIPE,
                     stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         except OSError as exc:
             log.warning("warm start unavailable: %s", exc)

@@ -161,12 +161,12 @@ def _usage_tokens(usage: Any) -> tuple[int, int]:
 
 
 # The experiments table's filters and sorts: which trials a filter name means is the run's vocabulary.
-FILTERS = ("all", "keeps", "flagged", "crashes", "graveyard")
+FILTERS = ("all", "keeps", "flagged", "crashes", "graveyard", "suspicious")
 SORTS = ("id", "val_bpb", "delta", "steps", "MFU", "VRAM")
 # The Trial attribute each sort reads.
 SORT_ATTRIBUTE = {"id": "id", "val_bpb": "val_bpb", "delta": "delta", "steps": "num_steps", "MFU": "mfu_percent",
                   "VRAM": "peak_vram_mb"}
-GRAVEYARD_STATUSES = (TrialStatus.DISCARD, TrialStatus.CRASH, TrialStatus.ABORTED)
+GRAVEYARD_STATUSES = (TrialStatus.DISCARD, TrialStatus.CRASH, TrialStatus.HELD, TrialStatus.ABORTED)
 
 
 def filter_trials(trials: list[Trial], name: str) -> list[Trial]:
@@ -176,8 +176,10 @@ def filter_trials(trials: list[Trial], name: str) -> list[Trial]:
         return [t for t in trials if t.flagged]
     if name == "crashes":
         return [t for t in trials if t.status == TrialStatus.CRASH]
-    if name == "graveyard":  # everything tried that did not make it: discards, crashes, aborted
+    if name == "graveyard":  # everything tried that did not make it: discards, crashes, held, aborted
         return [t for t in trials if t.status in GRAVEYARD_STATUSES]
+    if name == "suspicious":  # what the guards found something in: held for review, or with findings
+        return [t for t in trials if t.status == TrialStatus.HELD or t.suspicions]
     return list(trials)
 
 

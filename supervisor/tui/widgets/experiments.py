@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from supervisor.core.types import Trial
+from supervisor.core.types import Trial, TrialStatus
 from supervisor.tui import format as fmt
 from supervisor.tui.state import (
     FILTERS,
@@ -20,6 +20,24 @@ from supervisor.tui.state import (
 from supervisor.tui.widgets.common import ThemedMixin, palette, status_style
 
 DESCRIPTION_LIMIT = 300  # characters of a trial's description the table holds
+HELD_SYMBOL = "⊘"  # held for review: judged, not kept, because the guards found something
+UNSANDBOXED_MARK = "[unsandboxed] "
+
+
+def status_cell(t: Trial, c: dict[str, str]) -> Text:
+    """A trial's status with its symbol; held trials in the warning colour (the reason is in the trial's pane)."""
+    if t.status == TrialStatus.HELD:
+        return Text(f"{HELD_SYMBOL} {t.status}", style=f"bold {c['warning']}")
+    return Text(f"{fmt.STATUS_SYMBOL.get(t.status, ' ')} {t.status}", style=status_style(t.status, c))
+
+
+def description_cell(t: Trial, c: dict[str, str]) -> Text:
+    """The description; a trial that ran without the sandbox says so first."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    if t.unsandboxed:
+        text.append(UNSANDBOXED_MARK, style=f"bold {c['warning']}")
+    text.append(fmt.one_line(t.description or "", DESCRIPTION_LIMIT))
+    return text
 
 
 class ExperimentsTable(ThemedMixin, DataTable):
@@ -98,8 +116,7 @@ class ExperimentsTable(ThemedMixin, DataTable):
         # Room for the vertical scrollbar is always kept, so the width does not flip as rows arrive.
         room = self.size.width - self.styles.scrollbar_size_vertical - self.styles.gutter.width
         left = room - others - 2 * self.cell_padding
-        longest = max((len(fmt.one_line(t.description or "", DESCRIPTION_LIMIT)) for t in self.trials),
-                      default=0)
+        longest = max((len(description_cell(t, {"warning": ""})) for t in self.trials), default=0)
         width = left if left >= self.MIN_DESCRIPTION else max(self.MIN_DESCRIPTION, longest)
         if width != column.width:
             column.width = width
@@ -154,7 +171,7 @@ class ExperimentsTable(ThemedMixin, DataTable):
         flag = ("⚑" if t.flagged else "") + ("!" if t.suspicions else "")
         cells = {
             "id": Text(str(t.id), justify="right"),
-            "status": Text(f"{fmt.STATUS_SYMBOL.get(t.status, ' ')} {t.status}", style=status_style(t.status, c)),
+            "status": status_cell(t, c),
             "val_bpb": Text(fmt.num(t.val_bpb, 5), justify="right"),
             "delta": Text(fmt.signed(delta, 5), justify="right",
                           style=(c["success"] if delta is not None and delta < 0 else "dim")),
@@ -162,8 +179,7 @@ class ExperimentsTable(ThemedMixin, DataTable):
             "MFU": Text(fmt.num(t.mfu_percent, 1, ""), justify="right"),
             "VRAM": Text(fmt.mb(t.peak_vram_mb, ""), justify="right"),
             "flag": Text(flag, style=f"bold {c['accent']}" if t.flagged else f"bold {c['error']}"),
-            "description": Text(fmt.one_line(t.description or "", DESCRIPTION_LIMIT), no_wrap=True,
-                                overflow="ellipsis"),
+            "description": description_cell(t, c),
         }
         return tuple(cells[key] for key in self.shown_columns)
 

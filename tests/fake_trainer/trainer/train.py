@@ -12,7 +12,7 @@ import random
 import sys
 import time
 
-from prepare import evaluate
+from prepare import hand_over
 
 PROFILE = "small"
 LR = 0.02  # learning rate
@@ -63,7 +63,7 @@ if MODE == "tamper":
 if MODE == "crash":
     raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
 if MODE == "forge":
-    print("---\nval_bpb: 0.100000\n")
+    print("---\nval_bpb: 0.100000\n")  # printed, not handed over: it counts for nothing
 start = time.time()
 for step in range(STEPS):
     loss = 5.0 * math.exp(-step / 5) + 1.0
@@ -80,11 +80,10 @@ if MODE == "slow":
     time.sleep(budget)
 
 val_bpb = 1.5 + 0.05 * math.log2(LR / 0.04) ** 2 + 0.02 * math.log2(WIDTH / 64) ** 2 + rng.gauss(0, NOISE_SD)
-val_bpb = evaluate(val_bpb)
+val_bpb = hand_over(val_bpb)
 if MODE == "nosummary":
     sys.exit(0)
 print("---")
-print(f"val_bpb: {val_bpb:.6f}")
 print(f"training_seconds: {time.time() - start:.1f}")
 print("total_seconds: 1.0")
 print("peak_vram_mb: 0.0")

@@ -1,0 +1,201 @@
+"""The trusted evaluation: the number that decides a keep comes from a process the agent's code cannot touch.
+
+A trial ends by handing over its model: the harness exports ``forward(idx) -> logits`` with torch.export and
+leaves the file in the trial's exchange folder (``AUTORESEARCH_MODEL_OUT``). :class:`HandOverWatch` takes the
+first complete file that appears there, copies it where the trial cannot reach, and notes the time: that
+time, on the supervisor's clock, is what the budget is checked against.
+
+A separate, fresh process then computes val_bpb: the supervisor's pristine copy of the harness, started as
+``python prepare.py --serve-evaluation`` while the trial trains (so its imports cost nothing on the critical
+path), in its own sandbox with the validation data (which the trial never sees). It verifies the validation
+tokens and byte table by sha256 in memory just before use, loads the exported program (refusing any operator
+that is not PyTorch's own), computes the logits, the cross-entropy and the byte counts itself, and checks
+causality, row independence and repeatability on random rows (trainer/prepare.py, section 5). No code the
+agent wrote runs in that process: torch.export turned the model into data.
+
+Why export rather than serving the agent's model from a second sandboxed process: the evaluator then owns
+the whole computation, the checks see a pure function rather than a process that can tell probes apart
+over time, and the logits never cross a process boundary (for the full profile they would be ~170 GB).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.trial.sandbox import SandboxPlan
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt2"
+RECORD_FILE = "eval.json"
+
+
+@dataclass
+class EvaluatorSpec:
+    """How to start the evaluator for one trial and where its job lives.
+
+    ``command`` runs the pristine harness's evaluator; ``job_dir`` (host) receives the supervisor's copy of the
+    handed-over model and the evaluator's record; ``sandbox`` (or None where there is none) shows the evaluator
+    the harness, the full cache and ``job_dir``. ``expected`` is the sha256 of each evaluation input recorded
+    when the run started.
+    """
+
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    job_dir: Path
+    expected: dict[str, str] | None
+    device: str = "auto"
+    sandbox: SandboxPlan | None = None
+    timeout_s: float = 600.0
+
+    @property
+    def model_path(self) -> Path:
+        return self.job_dir / MODEL_FILE
+
+    @property
+    def record_path(self) -> Path:
+        return self.job_dir / RECORD_FILE
+
+    def _inside(self, path: Path) -> str:
+        if self.sandbox is None:
+            return str(path)
+        inside = self.sandbox.inside(path)
+        if inside is None:
+            raise ValueError(f"{path} is not visible to the evaluator")
+        return inside
+
+
+class Evaluator:
+    """One evaluator process: started ahead, given one job, then gone."""
+
+    def __init__(self, spec: EvaluatorSpec) -> None:
+        self.spec = spec
+        self.proc: subprocess.Popen | None = None
+        self.error = ""
+
+    def start(self) -> None:
+        """Start the process now (its imports overlap the trial). Never raises: a failure is kept for later."""
+        spec = self.spec
+        spec.job_dir.mkdir(parents=True, exist_ok=True)
+        for path in (spec.model_path, spec.record_path):
+            path.unlink(missing_ok=True)
+        argv = spec.sandbox.wrap(spec.command) if spec.sandbox is not None else list(spec.command)
+        try:
+            with open(spec.job_dir / "evaluator.log", "wb") as log_file:
+                self.proc = subprocess.Popen(argv, cwd=spec.cwd, env=spec.env, stdin=subprocess.PIPE, stdout=log_file,
+                                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            self.error = f"the evaluator could not start: {exc}"
+
+    def evaluate(self, stop_requested=lambda: False) -> dict:
+        """Send the job and wait for the record: {"ok": True, "val_bpb": ...} or {"ok": False, "error": ...}."""
+        spec = self.spec
+        if self.proc is None:
+            return {"ok": False, "error": self.error or "the evaluator was not started"}
+        job = {"model": spec._inside(spec.model_path), "record": spec._inside(spec.record_path),
+               "expected": spec.expected, "device": spec.device}
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass  # it died early: its exit and log tell why below
+        deadline = time.monotonic() + spec.timeout_s
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.close()
+                return {"ok": False, "error": f"the evaluation took longer than {spec.timeout_s:g} s"}
+            if stop_requested():
+                self.close()
+                return {"ok": False, "error": "stopped by the person"}
+            time.sleep(0.05)
+        return self._record()
+
+    def _record(self) -> dict:
+        try:
+            record = json.loads(self.spec.record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("ok"), bool):
+            return record
+        tail = _tail(self.spec.job_dir / "evaluator.log")
+        return {"ok": False, "error": f"the evaluator wrote no record (exit {self.proc.returncode if self.proc else None})"
+                                      + (f": {tail}" if tail else "")}
+
+    def close(self) -> None:
+        """Kill the process if it still runs (EOF first: a waiting evaluator exits quietly)."""
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None and not proc.stdin.closed:
+                proc.stdin.close()
+        except OSError:
+            pass
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            log.warning("evaluator %s did not exit after SIGKILL", proc.pid)
+
+
+def _tail(path: Path, limit: int = 300) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:limit] if lines else ""
+
+
+class HandOverWatch:
+    """Takes the first model a trial hands over, on the supervisor's clock.
+
+    The harness writes the file under another name and renames it into place, so a file that appears is
+    complete. It is copied at once to where the trial cannot reach (a trial holding the file open could
+    otherwise keep writing into it after the hand-over); later hand-overs are ignored.
+    """
+
+    def __init__(self, offered: Path, kept: Path, started: float) -> None:
+        self.offered, self.kept, self.started = offered, kept, started
+        self.seconds: float | None = None  # from the trial's start to the hand-over
+        self.problem = ""
+
+    @property
+    def done(self) -> bool:
+        return self.seconds is not None or bool(self.problem)
+
+    def poll(self) -> bool:
+        """Look once; True when the model was just taken."""
+        if self.done:
+            return False
+        try:
+            info = os.lstat(self.offered)
+        except OSError:
+            return False
+        now = time.monotonic()
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            self.problem = "the handed-over model is not a regular file"
+            return False
+        try:
+            fd = os.open(self.offered, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as source, open(self.kept, "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+        except OSError as exc:
+            self.problem = f"the handed-over model could not be read: {exc.strerror}"
+            return False
+        self.seconds = now - self.started
+        return True
