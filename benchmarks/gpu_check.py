@@ -72,7 +72,7 @@ STEP_IDS = ("1", "2", "3a", "3b", "3c", "3d", "4", "5", "6")
 # The doctor checks that decide whether the GPU side works (the data cache is step 3a's business).
 GPU_CHECKS = ("torch", "gpu", "bf16", "torch.compile", "max-autotune", "attention", "mfu", "telemetry")
 # Where the sandbox and the trusted evaluator will live; step 5 looks for them (none has landed yet).
-SANDBOX_MODULES = ("supervisor.sandbox", "supervisor.evaluator", "supervisor.trusted_eval")
+SANDBOX_MODULES = ("supervisor.trial.sandbox",)
 DOCTOR_AGAIN_S = 60.0  # kept from doctor --autotune for a run without it, should max-autotune hang
 CLI = [sys.executable, "-c", "import sys; from supervisor.cli.main import main; sys.exit(main())"]
 
@@ -678,8 +678,9 @@ def step_sweep(ctx: Context) -> StepResult:
 
 # ---- step 5: sandbox and trusted evaluator ----------------------------------------------------------------
 def step_sandbox(ctx: Context) -> StepResult:
-    """The sandboxed trial and the trusted evaluator, with the GPU passed through. Neither has landed: this
-    records that. Once one lands, give it `self_check(device) -> dict` and this step runs it, bounded."""
+    """The sandbox with the GPU passed through, and the hand-over path on it: supervisor.trial.sandbox.self_check
+    runs, in bubblewrap (AUTORESEARCH_BWRAP may name a carried binary), a CUDA matmul, a bf16 torch.export of a
+    small causal model, its load with pickle closed, and the repeat and causality deviations."""
     title = "sandbox + trusted evaluator, GPU passed through"
     found = [name for name in SANDBOX_MODULES if importlib.util.find_spec(name) is not None]
     if not found:

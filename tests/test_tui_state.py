@@ -238,7 +238,12 @@ def test_chart_legend_and_empty_text_fit_a_narrow_pane():
 
 def test_held_and_unsandboxed_trials_show_in_the_table(night):
     """A held trial is in the graveyard and the suspicious filter; its row says held, an unsandboxed one says so."""
-    from supervisor.tui.widgets.experiments import HELD_SYMBOL, UNSANDBOXED_MARK, description_cell, status_cell
+    from supervisor.tui.widgets.experiments import (
+        HELD_SYMBOL,
+        UNSANDBOXED_MARK,
+        description_cell,
+        status_cell,
+    )
 
     run_dir, ledger = night
     ledger.finish_trial(13, status="held", val_bpb=1.2, decision="held for review, not kept: the guards found 1",

@@ -515,9 +515,18 @@ def outcome_fields(outcome: TrialOutcome) -> dict[str, Any]:
         return summary_float(s, key)
 
     steps = num("num_steps")
+    # What the supervisor itself measured goes beside what the trainer printed, under names it cannot print.
+    record = outcome.eval_record or {}
+    measured = {"supervisor.handover_seconds": outcome.handover_seconds,
+                "supervisor.evaluation_seconds": outcome.evaluation_seconds,
+                "supervisor.sandbox": outcome.sandbox or None,
+                **{f"evaluator.{k}": record.get(k) for k in ("causality_deviation", "repeat_deviation",
+                                                               "rows_checked", "artifact_sha256", "evaluator")}}
+    summary = {k: v for k, v in s.items() if not k.startswith(("supervisor.", "evaluator."))}
+    summary.update({k: (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in measured.items() if v is not None})
     return {
         "val_bpb": outcome.val_bpb if outcome.status == "ok" else None,
-        "summary": s,
+        "summary": summary,
         "log_tail": outcome.log_tail,
         "wall_seconds": outcome.wall_seconds,
         "training_seconds": num("training_seconds"),

@@ -93,10 +93,14 @@ PREPARE_API = frozenset({"MAX_SEQ_LEN", "PROFILE", "VOCAB_SIZE", "TIME_BUDGET", 
 # The evaluation's entry points: the harness's evaluate_bpb, and hand_over (the model leaves for the trusted
 # evaluator). The starting script calls one of them once; another call, or a changed one, is a finding.
 EVAL_IDENTIFIERS = frozenset({"evaluate_bpb", "EVAL_TOKENS", "hand_over", "EVAL_BATCH_SIZE"})
-# Local names whose statements decide what the evaluation reads: the result, and the per-token loss mode.
-EVAL_LOCALS = frozenset({"val_bpb", "reduction"})
-# A model that behaves differently while it is evaluated games the number.
-EVAL_MODE_IDENTIFIERS = frozenset({"is_grad_enabled", "is_inference_mode_enabled", "is_inference"})
+# Statements that touch the result are the evaluation's business.
+EVAL_LOCALS = frozenset({"val_bpb"})
+# Where the harness's evaluate_bpb asks the model for its own loss (model(x, y, reduction="none")), what the
+# model does in evaluation is the number: statements on the per-token loss mode, a model that behaves
+# differently in eval mode or without gradients, and overrides of eval/train are findings. A script that
+# hands its model over to a trusted evaluator (which computes the loss from logits itself) may do these.
+LOSS_LOCALS = frozenset({"reduction"})
+EVAL_MODE_IDENTIFIERS = frozenset({"is_grad_enabled", "is_inference_mode_enabled", "is_inference", "training"})
 EVAL_METHODS = frozenset({"eval", "train", "__call__", "__getattr__", "__getattribute__", "__setattr__"})
 
 ENV_NAMES = frozenset({"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"})
@@ -331,6 +335,9 @@ class _Scanner:
         self.aliases: dict[str, str] = {k: v for k, v in implicit.items() if k not in bound}
         self.env: dict[str, str] = {}
         self.findings: list[Finding] = []
+        # Whether the model computes the loss the evaluation reads (the script calls evaluate_bpb).
+        # A fragment of a diff cannot tell: it is read as if it did.
+        self.loss_evaluated = fragment or _mentions(tree, "evaluate_bpb")
         self._seen: set[tuple[str, int, str]] = set()
         self._covered: set[int] = set()
 
@@ -472,17 +479,21 @@ class _Scanner:
                 self.report(rule, node)
 
     def _dataloader(self, node: ast.Call) -> None:
+        """Only the "train" split of the run's own cache (no other cache, no splat that hides either)."""
         split = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "split"), None)
         if split is None or not (isinstance(split, ast.Constant) and split.value == "train"):
+            self.report(VALIDATION, node)
+        elif len(node.args) > 5 or any(k.arg in ("cache", None) for k in node.keywords) or \
+                any(isinstance(a, ast.Starred) for a in node.args):
             self.report(VALIDATION, node)
 
     def _attribute(self, node: ast.Attribute) -> None:
         stored = isinstance(node.ctx, ast.Store | ast.Del)
         if node.attr in DUNDER_INTERNALS or (stored and node.attr == "__class__"):
             self.report(INTROSPECTION, node)
-        if node.attr in EVAL_IDENTIFIERS or node.attr in EVAL_MODE_IDENTIFIERS:
+        if node.attr in EVAL_IDENTIFIERS:
             self.report(EVALUATION, node)
-        elif (node.attr == "training" and not stored) or (stored and node.attr in EVAL_METHODS):
+        elif self.loss_evaluated and (node.attr in EVAL_MODE_IDENTIFIERS or (stored and node.attr in EVAL_METHODS)):
             self.report(EVALUATION, node)  # behaves differently in evaluation mode, or replaces model.eval
         qualified = self.qualify(node)
         if qualified is None:
@@ -514,7 +525,8 @@ class _Scanner:
 
     def _name(self, node: ast.Name) -> None:
         name = node.id
-        if name in EVAL_IDENTIFIERS or name in EVAL_LOCALS or name in EVAL_MODE_IDENTIFIERS:
+        if name in EVAL_IDENTIFIERS or name in EVAL_LOCALS or \
+                (self.loss_evaluated and (name in LOSS_LOCALS or name in EVAL_MODE_IDENTIFIERS)):
             self.report(EVALUATION, node)
         if name in self.aliases:
             self._imported_name(node, self.aliases[name])
@@ -543,7 +555,7 @@ class _Scanner:
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         if node.name in BUILTIN_RULES or node.name in ATTRIBUTE_BUILTINS:
             self.report(DYNAMIC, node, key=f"def {node.name}")
-        if node.name in EVAL_METHODS and isinstance(self.parents.get(node), ast.ClassDef):
+        if self.loss_evaluated and node.name in EVAL_METHODS and isinstance(self.parents.get(node), ast.ClassDef):
             self.report(EVALUATION, node, key=f"def {node.name}")
 
     def _text(self, node: ast.expr) -> None:
@@ -573,9 +585,23 @@ class _Scanner:
 
 
 # ---- names and text -------------------------------------------------------------------------------------------
+# Modules that other modules re-export as attributes (`torch.os`, `os.path.os`): reached mid-chain, they are
+# judged as if imported.
+REEXPORTED_MODULES = frozenset({"os", "sys", "builtins", "subprocess", "importlib", "socket", "shutil", "pickle",
+                                "ctypes", "prepare", "corpus"})
+
+
 def _qualified_rule(qualified: str) -> str | None:
     """The rule a dotted name (an import, an attribute of an imported name) falls under, if any."""
     parts = qualified.split(".")
+    for i in range(1, len(parts)):
+        if parts[i] in REEXPORTED_MODULES and (rule := _module_rule(parts[i:])) is not None:
+            return rule
+    return _module_rule(parts)
+
+
+def _module_rule(parts: list[str]) -> str | None:
+    qualified = ".".join(parts)
     top, second = parts[0], (parts[1] if len(parts) > 1 else None)
     if top in FORBIDDEN_MODULES:
         return FORBIDDEN_MODULES[top]
@@ -614,6 +640,16 @@ def _text_rule(text: str, starts: bool = True) -> str | None:
     if (_PATH_TEXT if starts else _PATH_INSIDE).search(text):
         return FILES
     return None
+
+
+def _mentions(tree: ast.Module, identifier: str) -> bool:
+    """Whether a name, an attribute or an import of the module is `identifier`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == identifier or \
+                isinstance(node, ast.Attribute) and node.attr == identifier or \
+                isinstance(node, ast.alias) and node.name.split(".")[-1] == identifier:
+            return True
+    return False
 
 
 def _bound_names(tree: ast.Module) -> set[str]:

@@ -370,6 +370,22 @@ class ProcessSweeper:
             self.snapshot()
 
 
+def wait_group_gone(pgid: int, timeout_s: float = 10.0) -> bool:
+    """Wait until no process of the group is left (a sandbox's processes die with its namespace, a moment
+    after its first process); SIGKILL whatever is still there meanwhile. True when the group is gone."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
 def has_exited(proc: subprocess.Popen) -> bool:
     """Whether the main process has exited, WITHOUT reaping it where the OS allows."""
     if proc.returncode is not None:

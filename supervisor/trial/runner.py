@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Literal
 
 from supervisor.trial.environment import drop_credentials, is_secret_name, scrub_environment
 from supervisor.trial.evaluation import MODEL_FILE, Evaluator, EvaluatorSpec, HandOverWatch
-from supervisor.trial.process import MetricsBuffer, MetricsTail, ProcessSweeper, has_exited
+from supervisor.trial.process import MetricsBuffer, MetricsTail, ProcessSweeper, has_exited, wait_group_gone
 from supervisor.trial.sandbox import SandboxPlan
 from supervisor.trial.summary import (
     exit_reason,
@@ -462,6 +462,8 @@ class _TrialWatch:
             # children of a cleanly exited trainer (a forgotten worker) go the same way.
             self.sweeper.kill_all()
             self.proc.wait()
+            if not wait_group_gone(self.proc.pid):
+                log.warning("trial %s: some of its processes were still dying when it was recorded", self.proc.pid)
             self._copy.close()
 
     @property

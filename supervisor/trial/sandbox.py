@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -183,7 +184,80 @@ def choose(setting: str) -> SandboxChoice:
     ``bwrap`` requires it; ``off`` runs unsandboxed on purpose."""
     if setting == "off":
         return SandboxChoice(None, "turned off with --sandbox off")
-    choice = probe()
+    choice = probe(os.environ.get("AUTORESEARCH_BWRAP") or None)
     if setting == "bwrap" and not choice.active:
         raise SandboxUnavailableError(f"--sandbox bwrap: {choice.why_not}")
     return choice
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU check's probe (benchmarks/gpu_check.py, step 5)
+# ---------------------------------------------------------------------------------------------
+
+_SELF_CHECK_SCRIPT = r"""
+import contextlib, io, json, sys, time
+import torch
+sys.path.insert(0, "/trainer")
+import prepare
+
+out = {"cuda": torch.cuda.is_available(), "pid": __import__("os").getpid(), "proc": len(__import__("os").listdir("/proc"))}
+dev = "cuda" if out["cuda"] else "cpu"
+if out["cuda"]:
+    out["device_name"] = torch.cuda.get_device_name(0)
+    x = torch.randn(2048, 2048, device=dev)
+    out["matmul_ok"] = bool(torch.isfinite(x @ x).all())
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = torch.nn.Embedding(64, 64), torch.nn.Linear(64, 64)
+
+    def forward(self, idx):
+        x = self.emb(idx)[:, None]
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)[:, 0]
+        return self.head(y).float()
+
+
+model = Tiny().to(dev).eval()
+idx = torch.randint(0, 64, (8, 128), device=dev)
+autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev == "cuda" else contextlib.nullcontext()
+started = time.time()
+with torch.no_grad(), autocast:
+    program = torch.export.export(prepare._Logits(model), (idx,), strict=False)
+buffer = io.BytesIO()
+torch.export.save(program, buffer)
+out["export_s"] = round(time.time() - started, 3)
+loaded = prepare._load_without_pickle(buffer.getvalue()).module()
+with torch.no_grad():
+    a, b = loaded(idx), loaded(idx)
+    changed = idx.clone()
+    changed[:, 64:] = torch.randint(0, 64, (8, 64), device=dev)
+    c = loaded(changed)
+out["repeat_deviation"] = float((a - b).abs().max())
+out["causal_deviation"] = float((a[:, :64] - c[:, :64]).abs().max())
+out["graph_ops"] = sorted({str(n.target) for n in program.graph.nodes if n.op == "call_function"})[:30]
+print(json.dumps(out))
+"""
+
+
+def self_check(device: str = "cuda") -> dict:
+    """Can a sandboxed process here use the GPU, and does the hand-over hold on it (export under bf16 autocast,
+    a load with pickle closed, the same logits twice, none moved by later tokens)? For benchmarks/gpu_check.py.
+
+    ``AUTORESEARCH_BWRAP`` may name a bwrap binary (the GPU machine has no package registry: one is carried)."""
+    choice = probe(os.environ.get("AUTORESEARCH_BWRAP") or None)
+    result: dict = {"sandbox": choice.label, "gpu_devices": gpu_device_paths(), "requested_device": device}
+    if not choice.active:
+        return result
+    trainer = Path(__file__).resolve().parents[2] / "trainer"
+    assert choice.bwrap is not None
+    argv = plan(choice.bwrap, [Mount(trainer, "/trainer")], "/tmp").wrap([sys.executable, "-c", _SELF_CHECK_SCRIPT])
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {**result, "error": "the sandboxed check took longer than 300 s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {**result, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return {**result, **json.loads(lines[-1])}
