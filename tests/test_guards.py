@@ -19,6 +19,7 @@ import pytest
 from supervisor.agents.scripted import ScriptedAgent
 from supervisor.morning.graveyard import RunView, graveyard_markdown
 from supervisor.morning.report import report_markdown
+from supervisor.run.executor import combined_sandbox, sandbox_text
 from supervisor.run.loop import Supervisor
 from supervisor.run.status import run_status
 from supervisor.store.ledger import Ledger
@@ -400,6 +401,18 @@ def test_a_runner_crash_reason_reaches_the_files_unchanged(tmp_path):
     assert row[3] == "crash"
     assert row[4] == "baseline [crash: sandbox violation: the trial tried to open /home/me/.ssh/id_rsa for reading]"
     assert "sandbox violation: the trial tried to open" in (config.run_dir / "journal.md").read_text()
+
+
+def test_how_a_run_was_confined_is_recorded():
+    from types import SimpleNamespace as Outcome
+
+    assert sandbox_text(Outcome(sandboxed=True, sandbox="bwrap")) == "bwrap"
+    assert sandbox_text(Outcome(sandboxed=False, sandbox="none: turned off with --sandbox off")).startswith("none:")
+    assert sandbox_text(Outcome(sandboxed=False, sandbox="bwrap failed")) == "none: bwrap failed"
+    assert sandbox_text(Outcome(sandboxed=False, sandbox="")) is None  # never started: unknown
+    assert sandbox_text(Outcome()) is None  # a runner that does not say
+    assert combined_sandbox(["bwrap", "none: the re-run had none", None]) == "none: the re-run had none"
+    assert combined_sandbox([None, "bwrap"]) == "bwrap" and combined_sandbox([]) is None
 
 
 def test_an_old_ledger_is_migrated_and_reads_without_the_new_column(tmp_path):

@@ -339,6 +339,7 @@ def evaluate_bpb(
     cache: str | Path | None = None,
     tokens: np.ndarray | None = None,
     token_bytes: np.ndarray | None = None,
+    manifest: dict | None = None,
 ) -> dict:
     """Bits per byte of a model on the first EVAL_TOKENS validation targets. Lower is better.
 
@@ -359,7 +360,7 @@ def evaluate_bpb(
         opened = _open_cache(cache)
         tokens = opened["val"] if tokens is None else tokens
         token_bytes = opened["token_bytes"] if token_bytes is None else token_bytes
-    manifest = load_manifest(cache)
+    manifest = load_manifest(cache) if manifest is None else manifest
     T, eval_tokens, vocab = manifest["max_seq_len"], manifest["eval_tokens"], manifest["vocab_size"]
     n_rows = eval_tokens // T
     if tokens is None:
@@ -708,12 +709,18 @@ def verify_cache(cache: str | Path | None = None, deep: bool = True) -> list[str
 # agent registered) is refused before the program runs.
 _ALLOWED_NAMESPACES = ("aten", "prims")
 _ALLOWED_HIGHER_ORDER = ("wrap_with_autocast", "wrap_with_set_grad_enabled")
+# PyTorch's own operators that read files, print, or draw random numbers: an evaluated model is a pure function
+# of its input, and a file-reading operator could look for the validation data.
+_REFUSED_OPERATORS = ("from_file", "_print", "set_", "rand", "randn", "randint", "randperm", "rand_like", "randn_like",
+                      "randint_like", "normal", "normal_", "bernoulli", "bernoulli_", "multinomial", "poisson",
+                      "dropout", "native_dropout", "_fused_dropout", "alpha_dropout", "feature_dropout", "uniform_",
+                      "exponential_", "geometric_", "cauchy_", "log_normal", "log_normal_", "random_")
 CHECK_TOLERANCE = 1e-3  # of the logits' scale: more than this is a dependence, not rounding
 
 
-def _verified_bytes(cache: Path, name: str, expected: dict[str, str] | None, manifest: dict) -> bytes:
-    """A file's bytes, read once and hashed in this process just before use (no second read to swap)."""
-    data = (cache / name).read_bytes()
+def _verified(data: bytes, name: str, expected: dict[str, str] | None, manifest: dict) -> bytes:
+    """Bytes the supervisor sent for a cache file, checked here by sha256 just before use, against the manifest
+    and against what the run recorded when it began."""
     digest = hashlib.sha256(data).hexdigest()
     wanted = [manifest["files"].get(name, {}).get("sha256")]
     if expected and name not in expected:
@@ -721,7 +728,7 @@ def _verified_bytes(cache: Path, name: str, expected: dict[str, str] | None, man
                               "cache was redirected")
     if expected:
         wanted.append(expected[name])
-    if any(w is not None and w != digest for w in wanted):
+    if any(w is None or w != digest for w in wanted):
         raise EvaluationError(f"{name} does not match its recorded sha256: the validation data changed")
     return data
 
@@ -793,6 +800,10 @@ def _load_program(path: Path):
         target = node.target
         namespace = getattr(target, "namespace", None)
         name = getattr(target, "__name__", str(target))
+        base = name.split(".")[0]
+        if namespace in _ALLOWED_NAMESPACES and base in _REFUSED_OPERATORS:
+            raise EvaluationError(f"the handed-over model calls {namespace}.{name}, which reads files, prints or draws "
+                                  "random numbers: the evaluated model must be a pure function of the token ids")
         if namespace in _ALLOWED_NAMESPACES or name in _ALLOWED_HIGHER_ORDER or target is operator.getitem:
             continue
         raise EvaluationError(f"the handed-over model calls {name!s}, which is not one of PyTorch's operators")
@@ -863,14 +874,18 @@ class _CheckedModel:
         return {"causality_deviation": causal, "repeat_deviation": repeat, "rows_checked": len(self.kept)}
 
 
-def evaluate_handed_over(model_path: str | Path, device: str = "cpu", expected: dict[str, str] | None = None,
-                         cache: str | Path | None = None) -> dict:
-    """The whole trusted evaluation of one handed-over model: the record the supervisor keeps."""
+def evaluate_handed_over(model_path: str | Path, device: str, expected: dict[str, str] | None, manifest: dict,
+                         val_data: bytes, token_bytes_data: bytes) -> dict:
+    """The whole trusted evaluation of one handed-over model: the record the supervisor keeps.
+
+    The validation tokens and the byte table arrive as bytes (over the evaluator's stdin): no file in the
+    evaluator's view holds them, so nothing the model does can find them there."""
     started = time.time()
-    cache = Path(cache) if cache is not None else cache_dir()
-    manifest = load_manifest(cache)
-    val = np.frombuffer(_verified_bytes(cache, manifest["val_tokens"], expected, manifest), dtype=np.uint16)
-    table = np.load(io.BytesIO(_verified_bytes(cache, manifest["token_bytes"], expected, manifest)))
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise EvaluationError(f"manifest version {manifest.get('version')!r}, expected {MANIFEST_VERSION}")
+    val = np.frombuffer(_verified(val_data, manifest["val_tokens"], expected, manifest), dtype=np.uint16)
+    table = np.load(io.BytesIO(_verified(token_bytes_data, manifest["token_bytes"], expected, manifest)),
+                    allow_pickle=False)
     program, artifact_sha = _load_program(Path(model_path))
     module = program.module()
     T, n_rows = manifest["max_seq_len"], manifest["eval_tokens"] // manifest["max_seq_len"]
@@ -880,7 +895,7 @@ def evaluate_handed_over(model_path: str | Path, device: str = "cpu", expected: 
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # rows a trial cannot predict
     checked = _CheckedModel(module, np.asarray(val[: n_rows * T + 1], dtype=np.int64), n_rows, T, EVAL_BATCH_SIZE, rng)
     with torch.no_grad():
-        result = evaluate_bpb(checked, EVAL_BATCH_SIZE, device=device, cache=cache, tokens=val, token_bytes=table)
+        result = evaluate_bpb(checked, EVAL_BATCH_SIZE, device=device, tokens=val, token_bytes=table, manifest=manifest)
         checks = checked.verify(device)
     if not math.isfinite(result["val_bpb"]):
         raise EvaluationError(f"val_bpb is {result['val_bpb']}")
@@ -899,22 +914,37 @@ def _evaluation_device(requested: str) -> str:
     return "cpu"
 
 
+def _read_exactly(stream, count: int) -> bytes:
+    chunks, left = [], count
+    while left > 0:
+        chunk = stream.read(min(left, 1 << 20))
+        if not chunk:
+            raise EvaluationError(f"the job ended {left} bytes early")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def serve_evaluation(stream=None) -> int:
     """`prepare.py --serve-evaluation`: started ahead (its imports overlap the trial), then one job on stdin.
 
-    The job is one JSON line: {"model": path, "record": path, "expected": {file: sha256}, "device": ...}.
-    The record (JSON) is written atomically either way: {"ok": true, "val_bpb": ...} or {"ok": false, "error": ...}.
-    EOF instead of a job: the trial needs no evaluation; exit quietly.
+    The job is one JSON line, {"model": path, "record": path, "expected": {file: sha256}, "device": ...,
+    "manifest": {...}, "val_size": n, "token_bytes_size": m}, followed by the n bytes of the validation tokens
+    and the m bytes of the byte table. The record (JSON) is written atomically either way: {"ok": true,
+    "val_bpb": ...} or {"ok": false, "error": ...}. EOF instead of a job: no evaluation needed; exit quietly.
     """
     import torch._export.serde.serialize  # noqa: F401  (ahead of the job: torch.export.load needs it)
 
-    line = (stream or sys.stdin).readline()
+    stream = stream or sys.stdin.buffer
+    line = stream.readline()
     if not line.strip():
         return 0
     job = json.loads(line)
     try:
+        val_data = _read_exactly(stream, int(job["val_size"]))
+        table_data = _read_exactly(stream, int(job["token_bytes_size"]))
         record = {"ok": True, **evaluate_handed_over(job["model"], _evaluation_device(job.get("device", "auto")),
-                                                     job.get("expected"))}
+                                                     job.get("expected"), job["manifest"], val_data, table_data)}
     except (EvaluationError, PrepareError) as exc:
         record = {"ok": False, "error": str(exc)}
     except Exception as exc:  # a hostile program may make torch raise anything: still a record, not a traceback

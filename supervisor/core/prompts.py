@@ -251,3 +251,5 @@ TRIAL_HELD = ("This trial is HELD FOR REVIEW and was not kept, whatever its val_
 # ---- tool input (supervisor.run.tools), continued: a missing field names every field ------------------------
 INPUT_MISSING_FIELDS = ("{name}: missing required field(s): {missing}. The fields are {fields}; {required} are "
                         "required (null counts as missing).")
+GUARD_FAILED = ("unparsed: the guards failed while reading the training script ({error}), so it could not be "
+                "checked; the trial cannot be kept until a person has looked at it")

@@ -82,12 +82,12 @@ class _Guard:
 
 
 def sandbox_text(outcome: TrialOutcome) -> str | None:
-    """How a run was confined, as the ledger records it: the runner's word, "none: <why>" when it ran
-    without a sandbox, None when the runner did not say (until it does, a run counts as sandboxed)."""
+    """How a run was confined, as the ledger records it: the runner's label ("bwrap"), "none: <why>" when it
+    ran without a sandbox, None when the runner gave no label (it never started the trial)."""
     how = str(getattr(outcome, "sandbox", "") or "").strip()
-    if getattr(outcome, "sandboxed", True):
+    if not how or getattr(outcome, "sandboxed", True):
         return how or None
-    return how if is_unsandboxed(how) else f"{UNSANDBOXED_PREFIX}: {how or 'the trial ran without a sandbox'}"
+    return how if is_unsandboxed(how) else f"{UNSANDBOXED_PREFIX}: {how}"
 
 
 def combined_sandbox(runs: list[str | None]) -> str | None:
@@ -263,7 +263,12 @@ class TrialExecutor:
             new, old = self.workspace.show_file(commit), self.workspace.show_file(parent_commit)
         except Exception:  # noqa: BLE001 - git could not show a side (a new file): the diff is what there is
             return scan_diff(diff)
-        return [] if new == old else scan_source(new, old)
+        if new == old:
+            return []
+        try:
+            return scan_source(new, old)
+        except Exception as exc:  # noqa: BLE001 - a fault in the scanner must hold the trial, not lose it
+            return [prompts.GUARD_FAILED.format(error=f"{type(exc).__name__}: {exc}")]
 
     def _refusal(self) -> str | None:
         """Why no trial may run now (a changed harness, changed validation data), or None."""

@@ -3,8 +3,8 @@
 Built once per run (:class:`TrialSetup`) from the run's settings and folders; the executor adds its fields
 to every TrialSpec. The trial sees, read-only, the trainer's folder of the workspace and a training view of
 the cache (no validation tokens); it writes only the exchange folder and the compile cache. The evaluator
-sees the supervisor's pristine copy of the harness (as committed when the run began), the cache's evaluation
-files and the one trial folder it reports into.
+sees the supervisor's pristine copy of the harness (as committed when the run began), the one trial folder
+it reports into; the validation data reaches it over its stdin.
 """
 
 from __future__ import annotations
@@ -109,19 +109,18 @@ class TrialSetup:
         sandbox = None
         if self.choice.active:
             assert self.choice.bwrap is not None
-            names = cache_files(cache, ("val_tokens", "token_bytes", "tokenizer"))
-            mounts = [Mount(self.paths.harness, HARNESS_INSIDE),
-                      *(Mount(cache / name, f"{CACHE_INSIDE}/{name}", optional=True) for name in names),
-                      Mount(job_dir, JOB_INSIDE, writable=True)]
+            # The harness and the job folder, nothing else: the validation data comes over its stdin.
+            mounts = [Mount(self.paths.harness, HARNESS_INSIDE), Mount(job_dir, JOB_INSIDE, writable=True)]
             sandbox = plan(self.choice.bwrap, mounts, HARNESS_INSIDE)
-            env.update({"AUTORESEARCH_CACHE": CACHE_INSIDE, "HOME": "/tmp/home", "TMPDIR": "/tmp/home"})
+            env.update({"HOME": "/tmp/home", "TMPDIR": "/tmp/home", "AUTORESEARCH_CACHE": "/tmp/home/no-cache"})
             script_path = f"{HARNESS_INSIDE}/{script}"
         else:
-            env["AUTORESEARCH_CACHE"] = str(cache)
+            env["AUTORESEARCH_CACHE"] = str(job_dir / "no-cache")  # the harness needs no cache to evaluate
             script_path = str(self.paths.harness / script)
         return EvaluatorSpec(
             command=[sys.executable, "-E", "-s", "-B", script_path, "--serve-evaluation"],
-            env=env, cwd=self.config.run_dir, job_dir=job_dir, expected=self.expected, device=self.config.device,
+            env=env, cwd=self.config.run_dir, job_dir=job_dir, expected=self.expected, cache_dir=cache,
+            device=self.config.device,
             sandbox=sandbox, timeout_s=max(300.0, 2 * self.config.budget_s))
 
     def spec_fields(self, job_dir: Path) -> dict[str, Any]:

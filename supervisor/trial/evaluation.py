@@ -45,8 +45,9 @@ class EvaluatorSpec:
 
     ``command`` runs the pristine harness's evaluator; ``job_dir`` (host) receives the supervisor's copy of the
     handed-over model and the evaluator's record; ``sandbox`` (or None where there is none) shows the evaluator
-    the harness, the full cache and ``job_dir``. ``expected`` is the sha256 of each evaluation input recorded
-    when the run started.
+    the harness and ``job_dir``, nothing else. The validation tokens and byte table of ``cache_dir`` are sent
+    over its stdin, so no file it can see holds them. ``expected`` is the sha256 of each evaluation input
+    recorded when the run started; the evaluator checks the bytes against it.
     """
 
     command: list[str]
@@ -54,6 +55,7 @@ class EvaluatorSpec:
     cwd: Path
     job_dir: Path
     expected: dict[str, str] | None
+    cache_dir: Path
     device: str = "auto"
     sandbox: SandboxPlan | None = None
     timeout_s: float = 600.0
@@ -102,11 +104,19 @@ class Evaluator:
         spec = self.spec
         if self.proc is None:
             return {"ok": False, "error": self.error or "the evaluator was not started"}
+        try:
+            manifest, val_data, table_data = _evaluation_inputs(spec.cache_dir)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.close()
+            return {"ok": False, "error": f"the cache's evaluation files could not be read: {exc}"}
         job = {"model": spec._inside(spec.model_path), "record": spec._inside(spec.record_path),
-               "expected": spec.expected, "device": spec.device}
+               "expected": spec.expected, "device": spec.device, "manifest": manifest,
+               "val_size": len(val_data), "token_bytes_size": len(table_data)}
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.write(val_data)
+            self.proc.stdin.write(table_data)
             self.proc.stdin.close()
         except (OSError, ValueError):
             pass  # it died early: its exit and log tell why below
@@ -151,6 +161,16 @@ class Evaluator:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             log.warning("evaluator %s did not exit after SIGKILL", proc.pid)
+
+
+def _evaluation_inputs(cache_dir: Path) -> tuple[dict, bytes, bytes]:
+    """The manifest and the bytes of the validation tokens and the byte table, as the cache holds them now
+    (the evaluator checks them against the run's fingerprint: an unsandboxed trial may have changed them)."""
+    manifest = json.loads((cache_dir / "manifest.json").read_text(encoding="utf-8"))
+    names = (manifest["val_tokens"], manifest["token_bytes"])
+    if not all(isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in names):
+        raise ValueError("the manifest names its evaluation files oddly")
+    return manifest, (cache_dir / names[0]).read_bytes(), (cache_dir / names[1]).read_bytes()
 
 
 def _tail(path: Path, limit: int = 300) -> str:

@@ -179,12 +179,12 @@ def scan_source(new_text: str, old_text: str = "") -> list[str]:
     """
     try:
         new = _scan_tree(ast.parse(new_text), new_text)
-    except (SyntaxError, ValueError) as exc:
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         line = getattr(exc, "lineno", None) or 0
-        return [Finding(UNPARSED, line, _one_line(str(exc)), UNPARSED).text()]
+        return [Finding(UNPARSED, line, _one_line(f"{type(exc).__name__}: {exc}"), UNPARSED).text()]
     try:
         old = _scan_tree(ast.parse(old_text), old_text) if old_text.strip() else []
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         old = []
     return [f.text() for f in _new_findings(new, old)]
 
@@ -197,7 +197,10 @@ def scan_diff(diff: str) -> list[str]:
     """
     findings: list[Finding] = []
     for block in _added_blocks(diff):
-        findings += _scan_fragment(block)
+        try:
+            findings += _scan_fragment(block)
+        except (RecursionError, MemoryError) as exc:
+            findings.append(Finding(UNPARSED, 0, _one_line(f"{type(exc).__name__}: {exc}"), UNPARSED))
     seen: set[tuple[str, str]] = set()
     out = []
     for f in findings:
