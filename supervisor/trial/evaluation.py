@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt2"
 RECORD_FILE = "eval.json"
+# A handed-over model larger than this is refused rather than copied (the full profile's is ~0.1 GB).
+MAX_MODEL_BYTES = 16 * 2**30
 
 
 @dataclass
@@ -209,6 +211,9 @@ class HandOverWatch:
         now = time.monotonic()
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             self.problem = "the handed-over model is not a regular file"
+            return False
+        if info.st_size > MAX_MODEL_BYTES:
+            self.problem = f"the handed-over model is larger than {MAX_MODEL_BYTES / 2**30:g} GB"
             return False
         try:
             fd = os.open(self.offered, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
