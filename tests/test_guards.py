@@ -297,7 +297,7 @@ def test_a_suspicious_trial_that_would_be_kept_is_held(tmp_path):
     steps = [trial("baseline"), journal(1),
              edit("LR = 0.02  # learning rate", 'LR = float(os.environ.get("LR", 0.04))  # learning rate'),
              trial("lr from the environment"), journal(2)]
-    config = fake_config(tmp_path)
+    config = fake_config(tmp_path, cache_dir=_fake_cache(tmp_path))
     Supervisor(config, ScriptedAgent(write_script(tmp_path / "s.jsonl", steps))).run()
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     held = ledger.trial(2)
@@ -330,7 +330,7 @@ def test_a_suspicious_trial_that_is_worse_stays_a_discard(tmp_path):
     steps = [trial("baseline"), journal(1),
              edit("LR = 0.02  # learning rate", 'LR = float(os.environ.get("LR", 0.005))  # learning rate'),
              trial("worse, from the environment"), journal(2)]
-    config = fake_config(tmp_path)
+    config = fake_config(tmp_path, cache_dir=_fake_cache(tmp_path))
     Supervisor(config, ScriptedAgent(write_script(tmp_path / "s.jsonl", steps))).run()
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     t = ledger.trial(2)
@@ -377,7 +377,7 @@ def _violating_runner(*args, **kwargs):
 
 def test_unsandboxed_trials_are_marked_everywhere(tmp_path):
     steps = [trial("baseline"), journal(1)]
-    config = fake_config(tmp_path)
+    config = fake_config(tmp_path, cache_dir=_fake_cache(tmp_path))
     Supervisor(config, ScriptedAgent(write_script(tmp_path / "s.jsonl", steps)), runner=_unsandboxed_runner).run()
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     t = ledger.trial(1)
@@ -392,7 +392,7 @@ def test_unsandboxed_trials_are_marked_everywhere(tmp_path):
 
 def test_a_runner_crash_reason_reaches_the_files_unchanged(tmp_path):
     steps = [trial("baseline"), journal(1)]
-    config = fake_config(tmp_path)
+    config = fake_config(tmp_path, cache_dir=_fake_cache(tmp_path))
     Supervisor(config, ScriptedAgent(write_script(tmp_path / "s.jsonl", steps)), runner=_violating_runner).run()
     ledger = Ledger(config.run_dir / "ledger.sqlite")
     t = ledger.trial(1)

@@ -549,12 +549,6 @@ class _RacingOs:
         return info
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG supervisor/trial/evaluation.py HandOverWatch.poll: it checks the file with os.lstat and then opens "
-    "it with os.open(O_RDONLY | O_NOFOLLOW) without O_NONBLOCK; a trial that swaps the handed-over file for "
-    "a FIFO between the two blocks the runner's watch loop in open() (no deadline, no stop) until someone "
-    "opens the FIFO for writing. Fix: open with O_NONBLOCK too and check S_ISREG / st_nlink == 1 with "
-    "os.fstat on the opened descriptor instead of (or as well as) the lstat"))
 def test_a_fifo_swapped_in_after_the_check_does_not_stall_the_runner(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = make_spec(tmp_path, 'hand_over(1.0)\nprint("handed over", flush=True)\n')
@@ -644,13 +638,6 @@ def test_an_evaluator_whose_cache_is_unreadable_is_a_crash(tmp_path: Path) -> No
     assert outcome.reason.startswith("evaluation: the cache's evaluation files could not be read:")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG supervisor/trial/evaluation.py Evaluator.evaluate: the job line and the validation bytes are written to "
-    "the evaluator's stdin with blocking writes before the timeout_s / stop loop starts; an evaluator that is "
-    "alive but does not read (wedged in an import or a driver call) blocks the write once the pipe is full "
-    "(64 KiB), so neither the evaluation's timeout nor the stop button applies and run_trial never returns. "
-    "Fix: write the job from a thread (or non-blocking, in the wait loop) and apply the deadline and the stop "
-    "check to the write as well, then close()"))
 def test_an_evaluator_that_does_not_read_its_job_times_out(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, 'hand_over(0.5, evaluator="deaf")\n')
     spec.evaluator.timeout_s = 2.0
@@ -927,12 +914,6 @@ def test_huge_output_stays_on_disk_and_the_tail_is_right(tmp_path: Path) -> None
     assert tail[0] == "final line 42"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG supervisor/trial/process.py MetricsTail._read_chunk: open(self.path, 'rb') blocks when the trial makes "
-    "its metrics path a FIFO (os.mkfifo) that nobody writes: the watch loop stops, so the deadline, the stop "
-    "button and the flood check are never applied, and the final poll (deliver_remaining_metrics) blocks "
-    "again after the kill. Fix: os.open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW) and skip anything fstat "
-    "does not call a regular file"))
 def test_a_fifo_as_the_metrics_file_does_not_stall_the_runner(tmp_path: Path) -> None:
     body = """
         import os, time
@@ -1245,12 +1226,6 @@ def test_a_double_forked_setsid_child_of_a_sandboxed_trial_is_gone_when_it_retur
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG supervisor/trial/process.py MetricsTail._read_chunk: open(self.path, 'rb') follows symbolic links, "
-    "and the exchange folder is the trial's to write: a sandboxed trial that makes /out/metrics.jsonl a link "
-    "to any host path (it names the target as the host sees it) has the supervisor read that host file and "
-    "copy its JSON lines into the trial's metrics (the UI, the journal, the agent). Fix: open with "
-    "O_NOFOLLOW | O_NONBLOCK and read only a regular file (fstat)"))
 def test_a_sandboxed_trial_cannot_read_host_files_through_a_link_in_its_exchange(tmp_path: Path) -> None:
     secret = tmp_path / "host-only" / "secret.jsonl"
     secret.parent.mkdir()

@@ -539,10 +539,11 @@ def test_evaluate_bpb_matches_a_hand_computation(ascii_cache):
         assert all(shape == (batch_size, T) for shape in model.calls)  # the last batch is padded, not shorter
         model.calls.clear()
 
-    # the tokens and the byte table can be handed in (the evaluator passes the copies it verified)
+    # the tokens, the byte table and the manifest can be handed in (the evaluator passes the copies it verified
+    # and reads no cache at all)
     val = np.fromfile(ascii_cache / "val.bin", dtype=np.uint16)
     table = np.load(ascii_cache / "token_bytes.npy")
-    again = prepare.evaluate_bpb(model, 16, cache=ascii_cache, tokens=val, token_bytes=table)
+    again = prepare.evaluate_bpb(model, 16, tokens=val, token_bytes=table, manifest=m)
     assert again["val_bpb"] == pytest.approx(expected, rel=1e-6)
 
     # a uniform model scores log2(V) bits per token, divided by the bytes per token
@@ -585,8 +586,6 @@ def test_functions_that_need_data_say_run_prepare_first(tmp_path):
         prepare.make_dataloader("train", 2, cache=tmp_path)
     with pytest.raises(prepare.CacheNotReadyError, match="run `autoresearch prepare` first"):
         prepare.evaluate_bpb(lambda idx: idx, 2, cache=tmp_path)
-    with pytest.raises(prepare.CacheNotReadyError, match="run `autoresearch prepare` first"):
-        prepare.evaluate_handed_over(tmp_path / "model.pt2", cache=tmp_path)
     assert prepare.verify_cache(tmp_path)
 
 
@@ -751,11 +750,29 @@ def test_hand_over_refuses_a_model_that_returns_no_logits(ascii_cache, tmp_path)
 # ---------------------------------------------------------------------------------------------
 
 
+def evaluation_inputs(cache: Path) -> tuple[dict, bytes, bytes]:
+    """What the supervisor sends the evaluator: the manifest and the bytes of the two evaluation files."""
+    m = prepare.load_manifest(cache)
+    return m, (cache / m["val_tokens"]).read_bytes(), (cache / m["token_bytes"]).read_bytes()
+
+
+def recorded(cache: Path) -> dict[str, str]:
+    """The evaluation files' sha256s as a run records them when it starts."""
+    m = prepare.load_manifest(cache)
+    return {name: m["files"][name]["sha256"] for name in (m["val_tokens"], m["token_bytes"])}
+
+
+def evaluate(path: Path, cache: Path, expected: dict | None = None, val_data: bytes | None = None,
+             manifest: dict | None = None) -> dict:
+    m, val, table = evaluation_inputs(cache)
+    return prepare.evaluate_handed_over(path, "cpu", expected, m if manifest is None else manifest,
+                                        val if val_data is None else val_data, table)
+
+
 def test_the_record_of_an_honest_model(ascii_cache, exported):
     model, path = exported["honest"]
     m = prepare.load_manifest(ascii_cache)
-    expected = {name: m["files"][name]["sha256"] for name in (m["val_tokens"], m["token_bytes"])}
-    record = prepare.evaluate_handed_over(path, "cpu", expected=expected, cache=ascii_cache)
+    record = evaluate(path, ascii_cache, recorded(ascii_cache))
     model.eval()
     in_process = prepare.evaluate_bpb(model, prepare.EVAL_BATCH_SIZE, cache=ascii_cache)
     assert record["val_bpb"] == pytest.approx(in_process["val_bpb"], rel=1e-5)
@@ -777,50 +794,48 @@ def test_a_model_that_looks_ahead_fails_the_causality_check(ascii_cache, exporte
     cheat = prepare.evaluate_bpb(model, prepare.EVAL_BATCH_SIZE, cache=ascii_cache)
     assert cheat["val_bpb"] < honest["val_bpb"] / 5  # what it would get if nobody checked
     with pytest.raises(prepare.EvaluationError, match="causality check failed.*looks ahead"):
-        prepare.evaluate_handed_over(path, "cpu", cache=ascii_cache)
+        evaluate(path, ascii_cache)
 
 
 def test_a_model_that_mixes_the_rows_of_its_batch_fails(ascii_cache, exported):
     with pytest.raises(prepare.EvaluationError, match="causality check failed.*other rows of the batch"):
-        prepare.evaluate_handed_over(exported["mixes_rows"][1], "cpu", cache=ascii_cache)
+        evaluate(exported["mixes_rows"][1], ascii_cache)
 
 
 def test_a_model_that_keeps_state_between_calls_fails(ascii_cache, exported):
     with pytest.raises(prepare.EvaluationError, match="check failed"):
-        prepare.evaluate_handed_over(exported["keeps_state"][1], "cpu", cache=ascii_cache)
+        evaluate(exported["keeps_state"][1], ascii_cache)
 
 
-def test_changed_validation_data_is_refused(ascii_cache, exported, tmp_path):
+def test_changed_validation_data_is_refused(ascii_cache, exported):
     path = exported["honest"][1]
-    m = prepare.load_manifest(ascii_cache)
-    recorded = {name: m["files"][name]["sha256"] for name in (m["val_tokens"], m["token_bytes"])}
-    assert prepare.evaluate_handed_over(path, "cpu", expected=recorded, cache=ascii_cache)["val_bpb"] > 0
+    expected = recorded(ascii_cache)
+    assert evaluate(path, ascii_cache, expected)["val_bpb"] > 0
     # the run recorded other checksums than the cache now has
-    for name in recorded:
+    for name in expected:
         with pytest.raises(prepare.EvaluationError, match=rf"{re.escape(name)} does not match its recorded "
                                                           r"sha256: the validation data changed"):
-            prepare.evaluate_handed_over(path, "cpu", expected={**recorded, name: "0" * 64}, cache=ascii_cache)
+            evaluate(path, ascii_cache, {**expected, name: "0" * 64})
     # the manifest names a validation file the run did not start with
     with pytest.raises(prepare.EvaluationError, match="the cache was redirected"):
-        prepare.evaluate_handed_over(path, "cpu", expected={"other.bin": recorded["val.bin"]}, cache=ascii_cache)
-    # val.bin itself changed (same size: only the sha256 tells)
-    cache = tmp_path / "cache"
-    shutil.copytree(ascii_cache, cache)
-    raw = bytearray((cache / "val.bin").read_bytes())
-    raw[100:102] = raw[102:104]
-    (cache / "val.bin").write_bytes(bytes(raw))
-    with pytest.raises(prepare.EvaluationError, match="val.bin does not match its recorded sha256: the validation data"):
-        prepare.evaluate_handed_over(path, "cpu", cache=cache)
+        evaluate(path, ascii_cache, {"other.bin": expected["val.bin"]})
+    # val.bin itself changed (same size: only the sha256 tells), with or without the run's checksums
+    m, val, _ = evaluation_inputs(ascii_cache)
+    changed = bytearray(val)
+    changed[100:102] = changed[102:104]
+    assert bytes(changed) != val
+    for expect in (None, expected):
+        with pytest.raises(prepare.EvaluationError, match="val.bin does not match its recorded sha256: the "
+                                                          "validation data changed"):
+            evaluate(path, ascii_cache, expect, val_data=bytes(changed))
+    # a manifest of another format
+    with pytest.raises(prepare.EvaluationError, match="manifest version"):
+        evaluate(path, ascii_cache, expected, manifest={**m, "version": 99})
 
 
 @pytest.mark.parametrize(("kind", "words"), [
     ("missing", r"no model was handed over \(No such file or directory\)"),
-    pytest.param("directory", "the handed-over model is not a regular file", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG trainer/prepare.py _load_program: os.fdopen(fd, 'rb') raises IsADirectoryError (and leaks the fd) "
-        "before the os.fstat S_ISREG check runs, so a directory gets no EvaluationError (serve_evaluation reports "
-        "'the handed-over model failed to run: IsADirectoryError'). Fix: os.fstat(fd) right after os.open (with "
-        "O_NONBLOCK too, so a FIFO cannot block), os.close(fd) and raise EvaluationError when it is not S_ISREG, "
-        "then fdopen"))),
+    pytest.param("directory", "the handed-over model is not a regular file"),
     ("symlink", "no model was handed over"),
     ("garbage", "the handed-over model could not be loaded"),
     ("empty", "the handed-over model could not be loaded"),
@@ -836,31 +851,36 @@ def test_a_model_file_that_is_not_a_program_is_a_clear_error(ascii_cache, export
     elif kind == "empty":
         path.write_bytes(b"")
     with pytest.raises(prepare.EvaluationError, match=words):
-        prepare.evaluate_handed_over(path, "cpu", cache=ascii_cache)
+        evaluate(path, ascii_cache)
 
 
-def test_serve_evaluation_writes_a_record_either_way(ascii_cache, exported, tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(ascii_cache))
-    m = prepare.load_manifest(ascii_cache)
+def test_serve_evaluation_writes_a_record_either_way(ascii_cache, exported, tmp_path):
+    m, val, table = evaluation_inputs(ascii_cache)
+    expected = recorded(ascii_cache)
 
-    def serve(model: Path, expected=None) -> dict:
+    def serve(model: Path, expected=None, val_data: bytes = val, sizes: tuple[int, int] | None = None) -> dict:
         record = tmp_path / "eval.json"
         record.unlink(missing_ok=True)
-        job = {"model": str(model), "record": str(record), "expected": expected, "device": "cpu"}
-        assert prepare.serve_evaluation(io.StringIO(json.dumps(job) + "\n")) == 0
+        val_size, table_size = sizes or (len(val_data), len(table))
+        job = {"model": str(model), "record": str(record), "expected": expected, "device": "cpu", "manifest": m,
+               "val_size": val_size, "token_bytes_size": table_size}
+        stream = io.BytesIO((json.dumps(job) + "\n").encode() + val_data + table)
+        assert prepare.serve_evaluation(stream) == 0
         assert not [p for p in tmp_path.iterdir() if p.name != "eval.json"]  # written atomically
         return json.loads(record.read_text())
 
-    recorded = {name: m["files"][name]["sha256"] for name in (m["val_tokens"], m["token_bytes"])}
-    good = serve(exported["honest"][1], recorded)
+    good = serve(exported["honest"][1], expected)
     assert good["ok"] is True and math.isfinite(good["val_bpb"]) and good["rows_checked"] == prepare.EVAL_BATCH_SIZE
-    bad = serve(exported["looks_ahead"][1])
+    assert good["val_bpb"] == pytest.approx(evaluate(exported["honest"][1], ascii_cache)["val_bpb"], rel=1e-6)
+    bad = serve(exported["looks_ahead"][1], expected)
     assert bad["ok"] is False and bad["error"].startswith("causality check failed")
-    changed = serve(exported["honest"][1], {**recorded, "val.bin": "0" * 64})
+    changed = serve(exported["honest"][1], {**expected, "val.bin": "0" * 64})
     assert changed == {"ok": False, "error": "val.bin does not match its recorded sha256: the validation data changed"}
-    missing = serve(tmp_path / "nothing.pt2")
+    missing = serve(tmp_path / "nothing.pt2", expected)
     assert missing["ok"] is False and missing["error"].startswith("no model was handed over")
+    short = serve(exported["honest"][1], expected, sizes=(len(val) + len(table) + 10, 0))
+    assert short["ok"] is False and "bytes early" in short["error"]
     # EOF instead of a job: the trial needed no evaluation, nothing is written
     (tmp_path / "eval.json").unlink()
-    assert prepare.serve_evaluation(io.StringIO("")) == 0
+    assert prepare.serve_evaluation(io.BytesIO(b"")) == 0
     assert not list(tmp_path.iterdir())

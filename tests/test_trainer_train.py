@@ -204,11 +204,22 @@ def training_view(cache: Path, dest: Path) -> Path:
     return dest
 
 
-def serve_evaluation(env: dict, model: Path, record: Path, expected: dict | None) -> dict:
-    """The supervisor's evaluator, as it runs it: `python prepare.py --serve-evaluation`, one job on stdin."""
-    job = {"model": str(model), "record": str(record), "expected": expected, "device": "cpu"}
-    proc = subprocess.run([sys.executable, str(TRAINER_DIR / "prepare.py"), "--serve-evaluation"], env=env,
-                          input=json.dumps(job) + "\n", capture_output=True, text=True, timeout=300)
+def evaluation_inputs(cache: Path) -> tuple[dict, bytes, bytes]:
+    """What the supervisor sends its evaluator: the manifest and the bytes of the two evaluation files."""
+    manifest = json.loads((cache / "manifest.json").read_text())
+    return manifest, (cache / manifest["val_tokens"]).read_bytes(), (cache / manifest["token_bytes"]).read_bytes()
+
+
+def serve_evaluation(env: dict, model: Path, record: Path, cache: Path, expected: dict | None) -> dict:
+    """The supervisor's evaluator, as it runs it: `python prepare.py --serve-evaluation`, one job on stdin
+    (the job line, then the validation tokens and the byte table), in an environment without the cache."""
+    manifest, val, table = evaluation_inputs(cache)
+    job = {"model": str(model), "record": str(record), "expected": expected, "device": "cpu", "manifest": manifest,
+           "val_size": len(val), "token_bytes_size": len(table)}
+    env = {k: v for k, v in env.items() if k != "AUTORESEARCH_CACHE"}
+    proc = subprocess.run([sys.executable, "-E", "-s", "-B", str(TRAINER_DIR / "prepare.py"), "--serve-evaluation"],
+                          env=env, input=(json.dumps(job) + "\n").encode() + val + table, capture_output=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(record.read_text())
 
@@ -230,7 +241,7 @@ def test_trial_learns_streams_metrics_hands_over_and_respects_the_budget(trainer
     s0 = summary(untrained.stdout)
     assert s0["num_steps"] == "0" and s0["training_seconds"] == "0.0"
     assert "val_bpb" not in s0 and float(s0["handover_seconds"]) >= 0
-    untrained_bpb = prepare.evaluate_handed_over(untrained_model, "cpu", expected=expected, cache=cache)["val_bpb"]
+    untrained_bpb = prepare.evaluate_handed_over(untrained_model, "cpu", expected, *evaluation_inputs(cache))["val_bpb"]
     assert 2.5 < untrained_bpb < 5  # about log2(vocab) bits per token over ~3.5 bytes per token
 
     budget = 10
@@ -278,7 +289,7 @@ def test_trial_learns_streams_metrics_hands_over_and_respects_the_budget(trainer
 
     # the supervisor's evaluator measures the handed-over model: it learned
     assert model.is_file() and not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
-    record = serve_evaluation(trainer_env, model, tmp_path / "eval.json", expected)
+    record = serve_evaluation(trainer_env, model, tmp_path / "eval.json", cache, expected)
     assert record["ok"] is True, record
     val_bpb = record["val_bpb"]
     assert math.isfinite(val_bpb) and val_bpb < untrained_bpb - 0.5, (untrained_bpb, val_bpb)

@@ -25,7 +25,6 @@ from supervisor.trial.warm_start import (
     writes_environment,
 )
 from tests.loop_support import (
-    FAKE_SOURCE,
     PROJECT,
     CallbackAgent,
     edit,
@@ -81,11 +80,33 @@ def write_trainer(root: Path, body: str) -> Path:
     return script
 
 
+# A stand-in evaluator: the job line, then the validation bytes on stdin; the "model" holds its number.
+EVALUATOR = """
+import json, os, sys
+stdin = sys.stdin.buffer
+line = stdin.readline()
+if line.strip():
+    job = json.loads(line)
+    stdin.read(job["val_size"] + job["token_bytes_size"])
+    with open(job["model"]) as fh:
+        record = {"ok": True, "val_bpb": json.load(fh)["val_bpb"]}
+    with open(job["record"] + ".part", "w") as fh:
+        json.dump(record, fh)
+    os.replace(job["record"] + ".part", job["record"])
+"""
+
+
 def stand_in_evaluator(root: Path, out: str) -> EvaluatorSpec:
-    """The stand-in harness's evaluator (tests/fake_trainer/trainer/prepare.py --serve-evaluation)."""
-    return EvaluatorSpec(
-        command=[sys.executable, str(FAKE_SOURCE / "trainer" / "prepare.py"), "--serve-evaluation"],
-        env=scrub_environment(os.environ), cwd=root, job_dir=root / out, expected=None, device="cpu")
+    harness, cache = root / "harness", root / "cache"
+    if not harness.exists():
+        harness.mkdir()
+        (harness / "evaluate.py").write_text(EVALUATOR)
+        cache.mkdir()
+        (cache / "manifest.json").write_text(json.dumps({"val_tokens": "val.bin", "token_bytes": "token_bytes.npy"}))
+        (cache / "val.bin").write_bytes(b"\0\1" * 50_000)
+        (cache / "token_bytes.npy").write_bytes(b"table")
+    return EvaluatorSpec(command=[sys.executable, "-I", str(harness / "evaluate.py")], env=scrub_environment(os.environ),
+                         cwd=root, job_dir=root / out, expected=None, cache_dir=cache, device="cpu")
 
 
 def spec_for(root: Path, out: str, seed: int = 42, **overrides) -> TrialSpec:
@@ -136,8 +157,10 @@ def test_which_commands_and_scripts_qualify(tmp_path: Path) -> None:
     """)
     (tmp_path / "trainer" / "prepare.py").write_text("MAX_SEQ_LEN = 1\n")
     (tmp_path / "trainer" / "helpers").mkdir()
-    # Local modules (the harness above all) are read at hand-over, never ahead; torch brings its lazy dynamo.
-    assert modules_to_preload(script) == ["json", "decimal.context", "torch", "torch._dynamo", "torch.nn"]
+    # Local modules (the harness above all) are read at hand-over, never ahead; torch brings its lazy dynamo and
+    # what the hand-over at the end of the trial imports (torch.export and its serializer).
+    assert modules_to_preload(script) == ["json", "decimal.context", "torch", "torch._dynamo", "torch.export",
+                                          "torch._export.serde.serialize", "torch.nn"]
     script.write_text("def broken(:\n")
     assert modules_to_preload(script) == []
 

@@ -779,14 +779,16 @@ def _load_without_pickle(data: bytes):
 def _load_program(path: Path):
     """The handed-over program, refused unless it is a plain file of PyTorch's own operators."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         raise EvaluationError(f"no model was handed over ({exc.strerror})") from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise EvaluationError("the handed-over model is not a regular file")
-        data = handle.read()
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read()
+    finally:
+        os.close(fd)
     try:
         program = _load_without_pickle(data)
     except EvaluationError:
@@ -863,14 +865,15 @@ class _CheckedModel:
                       if i in self.kept), default=0.0) / scale
         assert self.first is not None
         repeat = _max_deviation(self.first[1], self.module(self.first[0]).detach().float().cpu()) / scale
+        # Repeatability first: a model that keeps state moves every probe, and would read as looking ahead.
+        if repeat > CHECK_TOLERANCE:
+            raise EvaluationError(f"repeatability check failed: the same rows gave logits {repeat:.3g} apart on a "
+                                  "second call. The model keeps state between calls")
         if causal > CHECK_TOLERANCE:
             raise EvaluationError(
                 f"causality check failed: the logits at a position changed by {causal:.3g} (of their scale) when "
                 "only later tokens, or other rows of the batch, changed. The model looks ahead: check the attention "
                 "mask")
-        if repeat > CHECK_TOLERANCE:
-            raise EvaluationError(f"repeatability check failed: the same rows gave logits {repeat:.3g} apart on a "
-                                  "second call. The model keeps state between calls")
         return {"causality_deviation": causal, "repeat_deviation": repeat, "rows_checked": len(self.kept)}
 
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +114,10 @@ class Evaluator:
         job = {"model": spec._inside(spec.model_path), "record": spec._inside(spec.record_path),
                "expected": spec.expected, "device": spec.device, "manifest": manifest,
                "val_size": len(val_data), "token_bytes_size": len(table_data)}
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write((json.dumps(job) + "\n").encode())
-            self.proc.stdin.write(val_data)
-            self.proc.stdin.write(table_data)
-            self.proc.stdin.close()
-        except (OSError, ValueError):
-            pass  # it died early: its exit and log tell why below
+        # Written from a thread: an evaluator that stops reading must not block past the deadline below.
+        writer = threading.Thread(target=self._send, args=((json.dumps(job) + "\n").encode(), val_data, table_data),
+                                  daemon=True, name="evaluator-job")
+        writer.start()
         deadline = time.monotonic() + spec.timeout_s
         while self.proc.poll() is None:
             if time.monotonic() > deadline:
@@ -132,6 +128,16 @@ class Evaluator:
                 return {"ok": False, "error": "stopped by the person"}
             time.sleep(0.05)
         return self._record()
+
+    def _send(self, *parts: bytes) -> None:
+        proc = self.proc
+        try:
+            assert proc is not None and proc.stdin is not None
+            for part in parts:
+                proc.stdin.write(part)
+            proc.stdin.close()
+        except (OSError, ValueError):
+            pass  # it died (or was killed) first: its exit and log tell why
 
     def _record(self) -> dict:
         try:
@@ -145,15 +151,10 @@ class Evaluator:
                                       + (f": {tail}" if tail else "")}
 
     def close(self) -> None:
-        """Kill the process if it still runs (EOF first: a waiting evaluator exits quietly)."""
+        """Kill the process if it still runs (a waiting or stuck evaluator); then nothing of it is left."""
         proc = self.proc
         if proc is None:
             return
-        try:
-            if proc.stdin is not None and not proc.stdin.closed:
-                proc.stdin.close()
-        except OSError:
-            pass
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -163,6 +164,12 @@ class Evaluator:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             log.warning("evaluator %s did not exit after SIGKILL", proc.pid)
+        # Only now: a writer thread blocked on a full pipe holds the stream's lock until the reader is gone.
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except (OSError, ValueError):
+            pass
 
 
 def _evaluation_inputs(cache_dir: Path) -> tuple[dict, bytes, bytes]:
@@ -216,11 +223,38 @@ class HandOverWatch:
             self.problem = f"the handed-over model is larger than {MAX_MODEL_BYTES / 2**30:g} GB"
             return False
         try:
-            fd = os.open(self.offered, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            with os.fdopen(fd, "rb") as source, open(self.kept, "wb") as target:
-                shutil.copyfileobj(source, target, 1 << 20)
+            self._copy()
+        except _NotAModel as exc:
+            self.problem = str(exc)
+            return False
         except OSError as exc:
             self.problem = f"the handed-over model could not be read: {exc.strerror}"
             return False
         self.seconds = now - self.started
         return True
+
+    def _copy(self) -> None:
+        """Copy what the opened file held when it was checked: no FIFO swapped in after the lstat, no more bytes
+        than its size then (a trial appending through an open handle cannot stretch the copy)."""
+        fd = os.open(self.offered, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise _NotAModel("the handed-over model is not a regular file")
+            if info.st_size > MAX_MODEL_BYTES:
+                raise _NotAModel(f"the handed-over model is larger than {MAX_MODEL_BYTES / 2**30:g} GB")
+            left, offset = info.st_size, 0
+            with open(self.kept, "wb") as target:
+                while left > 0:
+                    chunk = os.pread(fd, min(left, 1 << 20), offset)
+                    if not chunk:
+                        break
+                    target.write(chunk)
+                    offset += len(chunk)
+                    left -= len(chunk)
+        finally:
+            os.close(fd)
+
+
+class _NotAModel(Exception):
+    """What a trial left at the hand-over path cannot be a model."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -152,17 +153,24 @@ class MetricsTail:
             yield from self._parse_lines([last])
 
     def _read_chunk(self) -> bytes:
+        # The trial owns the folder: the file may be a FIFO (a blocking open would stall the runner) or a link
+        # to a host file (its lines would pass as metrics). Only a regular file of its own is read.
         try:
-            with open(self.path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                if size < self.offset:
-                    # Truncated or replaced (a trainer reopening with "w"): start over.
-                    self.offset, self.partial, self.skipping = 0, b"", False
-                handle.seek(self.offset)
-                data = handle.read(METRICS_READ_CHUNK)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             return b""
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                return b""
+            if info.st_size < self.offset:
+                # Truncated or replaced (a trainer reopening with "w"): start over.
+                self.offset, self.partial, self.skipping = 0, b"", False
+            data = os.pread(fd, METRICS_READ_CHUNK, self.offset)
+        except OSError:
+            return b""
+        finally:
+            os.close(fd)
         self.offset += len(data)
         return data
 

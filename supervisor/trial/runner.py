@@ -581,7 +581,9 @@ def _reason(spec: TrialSpec, ending: _EarlyEnd | None, exit_code: int | None, wi
             handover: HandOverWatch) -> str:
     """``"ok"``, or why the trial is a crash, in words for the journal."""
     if ending is not None and ending != "lingered":
-        return _early_end_reason(spec, ending)
+        reason = _early_end_reason(spec, ending)
+        # A hand-over that was refused says why, even when the trial then ran into its deadline.
+        return f"{reason}; {handover.problem}" if handover.problem and ending == "timed_out" else reason
     if exit_code != 0 and ending != "lingered":  # stopped after its hand-over: its exit code does not matter
         return fail_line(window) or exit_reason(exit_code, window)
     if handover.problem:
