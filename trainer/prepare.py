@@ -884,8 +884,12 @@ def evaluate_handed_over(model_path: str | Path, device: str, expected: dict[str
     The validation tokens and the byte table arrive as bytes (over the evaluator's stdin): no file in the
     evaluator's view holds them, so nothing the model does can find them there."""
     started = time.time()
+    if not manifest:
+        raise EvaluationError("the data cache has no manifest.json: prepare it (autoresearch prepare)")
     if manifest.get("version") != MANIFEST_VERSION:
         raise EvaluationError(f"manifest version {manifest.get('version')!r}, expected {MANIFEST_VERSION}")
+    if not all(isinstance(manifest.get(k), str) for k in ("val_tokens", "token_bytes")):
+        raise EvaluationError("the data cache's manifest names no validation data: prepare it again")
     val = np.frombuffer(_verified(val_data, manifest["val_tokens"], expected, manifest), dtype=np.uint16)
     table = np.load(io.BytesIO(_verified(token_bytes_data, manifest["token_bytes"], expected, manifest)),
                     allow_pickle=False)

@@ -228,10 +228,11 @@ def compact_results(results: list[dict[str, Any]], recent: int = RESULT_ROWS_REC
     if not results:
         return "## Results\n(no finished trials yet)"
     shown = [r for i, r in enumerate(results) if r["status"] == "keep" or i >= len(results) - recent]
-    counts = {s: sum(r["status"] == s for r in results) for s in ("keep", "discard", "crash")}
+    counts = {s: sum(r["status"] == s for r in results) for s in ("keep", "discard", "crash", "held")}
     flagged = sum(bool(r.get("flagged")) for r in results)
     head = (f"## Results ({len(results)} trials: {counts['keep']} keep, {counts['discard']} discard, "
-            f"{counts['crash']} crash, {flagged} flagged under the noise floor"
+            f"{counts['crash']} crash, " + (f"{counts['held']} held for review, " if counts["held"] else "")
+            + f"{flagged} flagged under the noise floor"
             + (f"; shown: every keep and the last {recent}" if len(shown) < len(results) else "") + ")")
     lines = [head, "id   status  val_bpb   delta     tok/s    MFU%  category        description"]
     for r in shown:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from supervisor.core import prompts
 from supervisor.core.config import (
     POLICY_NAMES,
     SANDBOX_SETTINGS,
@@ -44,6 +45,7 @@ from supervisor.core.config import (
 from supervisor.core.errors import UserError
 from supervisor.core.paths import RunPaths
 from supervisor.core.types import RunState
+from supervisor.trial.sandbox import choose as choose_sandbox
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # argparse's own code for a wrong command line
@@ -202,6 +204,8 @@ def preflight_new_run(config: RunConfig) -> None:
     can neither resume nor restart, so those checks are made here first.
     """
     check_writable_folder(Path(config.journals_root), "--journals")
+    if config.sandbox == "bwrap":
+        choose_sandbox("bwrap")  # a machine that cannot sandbox is refused before anything is made
 
     if RunPaths(config.run_dir).ledger.exists():
         raise CliError(f"run {config.tag!r} already exists in {config.journals_root}; continue it with --resume, "
@@ -257,6 +261,9 @@ def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False)
     _install_signal_handlers(supervisor)
     print(f"run {config.tag}: journal in {config.run_dir}, workspace {config.workspace} "
           f"(branch {config.branch})", file=sys.stderr)
+    choice = supervisor.executor.setup.choice
+    print("trials run in a bubblewrap sandbox; val_bpb is measured by the supervisor's own evaluator" if choice.active
+          else f"WARNING: {prompts.UNSANDBOXED_RUN.format(why=choice.why_not)}", file=sys.stderr)
     end = supervisor.run()
     print(f"run {config.tag} {end}. Journal: {RunPaths(config.run_dir).journal_md}", file=sys.stderr)
     return 0
@@ -306,6 +313,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         noise_repeats=args.noise_repeats,
         agent="offline",
         device=args.device,
+        grace_s=args.grace,
+        sandbox=args.sandbox,
     )
     preflight_new_run(config)
     if not (cache / "manifest.json").is_file():
@@ -538,6 +547,11 @@ def _add_run_and_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=finite_positive_float, default=20.0,
                    help="training seconds per trial (default 20)")
     p.add_argument("--max-trials", type=positive_int, default=6, help="trials to run (default 6)")
+    p.add_argument("--grace", type=grace_seconds,
+                   help="warm-up allowance: seconds past the budget a trial may take to start, compile and hand "
+                        "over its model (default: max(30, budget/4))")
+    p.add_argument("--sandbox", choices=SANDBOX_SETTINGS, default="auto",
+                   help="the OS sandbox of every trial: auto (default), bwrap (required) or off")
     p.add_argument("--noise-repeats", type=noise_repeat_count, default=DEMO_NOISE_REPEATS,
                    help=f"seeds measuring the noise floor first (default {DEMO_NOISE_REPEATS}; 0: skip)")
     p.set_defaults(func=cmd_demo)

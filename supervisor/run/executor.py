@@ -62,12 +62,15 @@ class _Guard:
     findings: list[str]  # constructs in the script (guards.scan_source): the number is never kept
     harness_intact: bool = True
     eval_changed: list[str] = field(default_factory=list)
+    tampered: list[str] = field(default_factory=list)  # what the git guard repaired after the trial
 
     @property
     def untrusted(self) -> str:
         """What the trial changed that voids its number ("" when nothing): a crash."""
         if not self.harness_intact:
             return "the harness"
+        if self.tampered:
+            return "the workspace's git directory"
         return "the validation data" if self.eval_changed else ""
 
     @property
@@ -78,6 +81,7 @@ class _Guard:
             out.append("harness: the trial changed the read-only harness while it ran")
         if self.eval_changed:
             out.append(f"validation data: the trial changed {', '.join(self.eval_changed)} while it ran")
+        out.extend(f"git directory: {what}" for what in self.tampered)
         return out
 
 
@@ -141,6 +145,8 @@ class TrialExecutor:
         root = self.workspace.repo.git.rev_list("--max-parents=0", "HEAD").splitlines()[0]
         self.setup.write_pristine_harness({rel: self.workspace.show_file(root, rel)
                                            for rel in self.config.layout.harness})
+        for repaired in self.workspace.tamper_findings():  # found when the run opened: before any trial of it
+            self.bus.emit(ev.NOTICE, level="warning", message=f"workspace: {repaired}")
         if not self.setup.choice.active:
             self.bus.emit(ev.NOTICE, level="warning", message=prompts.UNSANDBOXED_RUN.format(
                 why=self.setup.choice.why_not))
@@ -293,7 +299,8 @@ class TrialExecutor:
         harness_intact = self._harness_ok()
         if not harness_intact:
             self.workspace.restore_harness()
-        return _Guard(findings, harness_intact, self._eval_data_changed())
+        # What a trial planted in .git is put back (before any git command too), and voids its number.
+        return _Guard(findings, harness_intact, self._eval_data_changed(), self.workspace.tamper_findings())
 
     def _stopped(self, trial_id: int, outcome: TrialOutcome, parent_commit: str) -> ToolOutcome:
         if not self._run_stopping():

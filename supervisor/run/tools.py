@@ -155,7 +155,7 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
             "properties": {
                 "last": {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS_ROWS,
                          "description": "only the last N trials"},
-                "status": {"type": "string", "enum": ["all", "keep", "discard", "crash"]},
+                "status": {"type": "string", "enum": ["all", "keep", "discard", "crash", "held"]},
             },
         },
     },

@@ -175,7 +175,12 @@ class Evaluator:
 def _evaluation_inputs(cache_dir: Path) -> tuple[dict, bytes, bytes]:
     """The manifest and the bytes of the validation tokens and the byte table, as the cache holds them now
     (the evaluator checks them against the run's fingerprint: an unsandboxed trial may have changed them)."""
-    manifest = json.loads((cache_dir / "manifest.json").read_text(encoding="utf-8"))
+    path = cache_dir / "manifest.json"
+    if not path.exists():
+        return {}, b"", b""  # no prepared cache (a stand-in harness needs none; the real one says what is wrong)
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(manifest, dict) or "val_tokens" not in manifest or "token_bytes" not in manifest:
+        return manifest if isinstance(manifest, dict) else {}, b"", b""  # the evaluator says what is missing
     names = (manifest["val_tokens"], manifest["token_bytes"])
     if not all(isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in names):
         raise ValueError("the manifest names its evaluation files oddly")

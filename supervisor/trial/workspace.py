@@ -381,8 +381,10 @@ class Workspace:
         return sorted(folder / ".gitattributes" for folder in folders)
 
     def tamper_findings(self) -> list[str]:
-        """What the guard had to repair in the git directory or the attributes since the last call: each a
-        sentence to record with the trial (and to show the person). Clears the list."""
+        """What the guard had to repair in the git directory or the attributes since the last call (checking
+        now, whether or not a git command ran): each a sentence to record with the trial (and to show the
+        person). Clears the list."""
+        self._guard.check()
         findings, self._guard.findings = self._guard.findings, []
         return findings
 

@@ -8,7 +8,7 @@ from typing import Any
 from supervisor.core.types import TrialStatus
 
 STATUS_SYMBOL = {TrialStatus.KEEP: "●", TrialStatus.DISCARD: "○", TrialStatus.CRASH: "✗", TrialStatus.ABORTED: "–",
-                 TrialStatus.RUNNING: "▶"}
+                 TrialStatus.RUNNING: "▶", TrialStatus.HELD: "⊘"}
 
 
 def num(value: Any, digits: int = 4, default: str = "—") -> str:

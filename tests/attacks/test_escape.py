@@ -218,10 +218,15 @@ def _atk_signal():
     outcome = {}
     for pid in sorted(targets - {os.getpid()}):
         try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                name = handle.read().split(b"\\0")[0].decode(errors="replace")
+        except OSError:
+            name = "?"
+        try:
             os.kill(pid, _signal.SIGUSR1)
-            outcome[str(pid)] = "signalled"
+            outcome[str(pid)] = name + ": signalled"
         except OSError as exc:
-            outcome[str(pid)] = exc.strerror
+            outcome[str(pid)] = name + ": " + str(exc.strerror)
         if libc.ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH
             outcome[str(pid)] += ", ptrace attached"
             libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
@@ -348,9 +353,10 @@ def test_git_hooks_and_settings_cannot_be_planted(run):
     The next trial's commit and the supervisor's git status would run them (as the supervisor, with its keys).
 
     Defence: the workspace's .git is not in the sandbox; the trainer folder and the sandbox's root are
-    read-only. Nothing was planted; the hooks never ran."""
+    read-only; /tmp is the sandbox's own. Nothing reached a real .git; the hooks never ran."""
     reports = run.reports(run.by_description("escape"))
-    assert reports["git_planted"] == []
+    # The sandbox's /tmp is a private tmpfs: a host path under /tmp (this test's) is created there, not here.
+    assert [git for git in reports["git_planted"] if not git.startswith("/tmp/")] == []
     assert not run.extra["pwned"].exists()
     hooks = run.run_dir / "workspace" / ".git" / "hooks"
     assert not (hooks / "post-commit").exists()
@@ -362,10 +368,12 @@ def test_the_supervisor_cannot_be_signalled_or_traced(run):
     handler that counts it) and PTRACE_ATTACH to its parent and to every process whose command line says
     pytest.
 
-    Defence: the PID namespace: the supervisor is not a process the trial can name. No signal arrived."""
+    Defence: the PID namespace: the supervisor is not a process the trial can name. No signal arrived, and the
+    only process the trial could attach to is the sandbox's own init."""
     assert run.extra["received"] == []
     targets = run.reports(run.by_description("escape")).get("signal_targets", {})
-    assert not [t for t, outcome in targets.items() if "attached" in outcome]
+    # bubblewrap's own init inside the sandbox says "pytest" too (its mount paths): it is the only one reached.
+    assert not [outcome for outcome in targets.values() if "attached" in outcome and not outcome.split(":")[0].endswith("bwrap")]
 
 
 def test_no_service_of_the_machine_can_be_reached(run):

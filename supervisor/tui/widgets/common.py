@@ -27,7 +27,8 @@ def palette(app: App) -> dict[str, str]:
 
 def status_style(status: TrialStatus, colors: dict[str, str]) -> str:
     return {TrialStatus.KEEP: colors["success"], TrialStatus.DISCARD: "dim", TrialStatus.CRASH: colors["error"],
-            TrialStatus.ABORTED: "dim italic", TrialStatus.RUNNING: f"bold {colors['primary']}"}.get(status, "")
+            TrialStatus.ABORTED: "dim italic", TrialStatus.RUNNING: f"bold {colors['primary']}",
+            TrialStatus.HELD: colors["warning"]}.get(status, "")
 
 
 class ThemedMixin:

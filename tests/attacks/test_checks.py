@@ -1,0 +1,120 @@
+"""The evaluator's checks on the handed-over program: causality and row independence.
+
+One run: the baseline, then
+
+* an attention mask off by one (position t sees t+1), the accident every transformer author makes once;
+* a model that mixes the rows of its batch in evaluation (each row sees another row's activations);
+* a model whose only information is the next row's first token, read at the last position of each row: the
+  one position the causality probe never compares.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.attacks.support import (
+    EMBED,
+    MAIN_START,
+    SDPA,
+    SOFTCAP,
+    attack_steps,
+    baseline_steps,
+    insert_after,
+    leaks,
+    new_marker,
+    planted_secrets,
+    replace,
+    run_attack,
+    survivors,
+    uniform_bpb,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+LOOK_AHEAD = ("            y = F.scaled_dot_product_attention(  # the mask off by one: t attends to t + 1\n"
+              "                q, k, v, attn_mask=torch.ones(T, T, dtype=torch.bool, device=q.device).tril(1))\n")
+
+ROW_MIX = """
+if not self.training:  # evaluation only: every row gets the previous row's embeddings added
+    x = x + x.roll(1, 0)
+"""
+
+LAST_POSITION_PEEK = """
+if not self.training:  # ATTACK: constant logits everywhere but at the last position of each row...
+    flat = torch.zeros_like(logits)
+    peek = torch.cat([idx[1:, :1], idx[:1, :1]], dim=0)[:, 0]  # ...which reads the next row's first token
+    flat[:, -1] = F.one_hot(peek, logits.size(-1)).float() * 30.0
+    logits = flat
+"""
+
+
+@pytest.fixture(scope="module")
+def run(prepared_cache, tmp_path_factory):
+    steps = [
+        *baseline_steps(),
+        *attack_steps(1, "look-ahead: the attention mask off by one", replace(SDPA, LOOK_AHEAD)),
+        *attack_steps(2, "row-mix: rows see each other in evaluation", insert_after(EMBED, ROW_MIX, " " * 8)),
+        *attack_steps(3, "last-position: read the next row's first token",
+                      insert_after(MAIN_START, "budget = 0  # no training: this model needs none\n", " " * 4),
+                      insert_after(SOFTCAP, LAST_POSITION_PEEK, " " * 8)),
+    ]
+    with planted_secrets() as key:
+        return run_attack(tmp_path_factory.mktemp("checks"), prepared_cache, steps, key=key, marker=new_marker())
+
+
+def test_an_attention_mask_off_by_one_is_a_crash_with_the_causality_reason(run):
+    """Attack (an accident as often as not): the causal mask lets position t attend to t + 1, so the model
+    trains to copy the next token and scores a val_bpb no real model can reach.
+
+    Defence: after the scoring pass the evaluator runs random validation rows again with every token after a
+    random cut replaced, and the logits up to the cut must not move: they do, so the trial is a crash whose
+    reason says the model looks ahead."""
+    attack = run.by_description("look-ahead")
+    assert attack.status == "crash" and attack.val_bpb is None
+    assert "causality" in (attack.crash_reason or "").lower(), attack.crash_reason
+
+
+def test_a_model_that_mixes_the_rows_of_its_batch_is_a_crash(run):
+    """Attack: in evaluation only, every row's embeddings get the previous row's added. In the evaluator's pass
+    the rows of a batch are consecutive windows of the validation stream, so another row is more context (or
+    the future of this one) that the metric does not allow.
+
+    Defence: the causality probe runs the checked rows in reversed order, each with another row's tail: with
+    different neighbours the logits before the cut move, and the trial is a crash (the reason names other
+    rows of the batch)."""
+    attack = run.by_description("row-mix")
+    assert attack.status == "crash" and attack.val_bpb is None
+    assert "causality" in (attack.crash_reason or "").lower(), attack.crash_reason
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "HOLE (trainer/prepare.py, _CheckedModel and evaluate_bpb's row order): the probe's cuts are drawn in "
+    "[0, T-2] and only positions 0..cut are compared, so position T-1 of a row is never checked; and the "
+    "main pass feeds consecutive validation windows in order, so row b+1's first token is exactly the target "
+    "of row b's last position. A model that reads it there (and is constant elsewhere) passes both checks "
+    "(deviation 0) and scores below the uniform value, i.e. it is credited for information from another row. "
+    "The probe is also weak against sparse look-ahead: a one-token look-ahead at a single position p is only "
+    "caught when some cut equals p (8 cuts out of T-1 positions: ~3% per position). Fix: score rows in a "
+    "random order (a permutation from os.urandom, so no neighbour is a continuation), compare ALL positions "
+    "of the probe rows against a run with the same rows in other batch positions/neighbours, and probe more "
+    "cuts per row (e.g. several suffix replacements per row, or every cut for a few rows)"))
+def test_reading_the_next_row_at_the_last_position_is_not_credited(run):
+    """Attack: constant logits everywhere except at the last position of each row, where the model puts all
+    its mass on the first token of the next row of the batch: in the evaluator's main pass that token is
+    exactly the target there. No training at all.
+
+    Why it would forge: each row's last target is read off another row; a real model gets no such help.
+
+    Defence expected: a program whose logits at a position depend on another row is a crash, or the rows are
+    scored so that no neighbour is a continuation; either way the number is no better than uniform."""
+    attack = run.by_description("last-position")
+    record = run.record(attack)
+    assert attack.val_bpb is None or record is None or attack.val_bpb >= uniform_bpb(record) * (1 - 1e-6), (
+        f"credited: {attack.val_bpb} < uniform {uniform_bpb(record)}; checks {record}")
+
+
+def test_the_run_leaks_no_key_leaves_no_process_and_no_traceback(run):
+    """The planted key is in no file of the run, no process carries the marker, the supervisor finished cleanly."""
+    assert leaks(run.run_dir, run.key) == []
+    assert survivors(run.marker) == []
+    run.assert_clean_supervisor()
