@@ -803,7 +803,8 @@ def test_a_model_that_mixes_the_rows_of_its_batch_fails(ascii_cache, exported):
 
 
 def test_a_model_that_keeps_state_between_calls_fails(ascii_cache, exported):
-    with pytest.raises(prepare.EvaluationError, match="check failed"):
+    # Refused before it runs (a program that updates its buffers is no pure function), or by the repeat check.
+    with pytest.raises(prepare.EvaluationError, match="check failed|in place|updates its own buffers"):
         evaluate(exported["keeps_state"][1], ascii_cache)
 
 
@@ -837,8 +838,8 @@ def test_changed_validation_data_is_refused(ascii_cache, exported):
     ("missing", r"no model was handed over \(No such file or directory\)"),
     pytest.param("directory", "the handed-over model is not a regular file"),
     ("symlink", "no model was handed over"),
-    ("garbage", "the handed-over model could not be loaded"),
-    ("empty", "the handed-over model could not be loaded"),
+    ("garbage", "the handed-over model (could not be loaded|is not a torch.export archive)"),
+    ("empty", "the handed-over model (could not be loaded|is not a torch.export archive)"),
 ])
 def test_a_model_file_that_is_not_a_program_is_a_clear_error(ascii_cache, exported, tmp_path, kind, words):
     path = tmp_path / "model.pt2"

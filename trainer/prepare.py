@@ -36,6 +36,7 @@ import re
 import stat
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -315,12 +316,14 @@ def make_dataloader(
     return DataLoader(opened[split], batch_size, seq_len, device, seed, shuffle=(split == "train"))
 
 
-def _row_batches(tokens: np.ndarray, n_rows: int, T: int, batch_size: int):
-    """(count, idx, targets) for consecutive rows of T targets; the last batch is padded with its last row."""
+def _row_batches(tokens: np.ndarray, n_rows: int, T: int, batch_size: int, order: np.ndarray | None = None):
+    """(count, idx, targets) for rows of T targets, in `order` (default: as they come); the last batch is padded
+    with its last row."""
     window = np.arange(T + 1, dtype=np.int64)
-    for first_row in range(0, n_rows, batch_size):
-        count = min(batch_size, n_rows - first_row)
-        rows = np.arange(first_row, first_row + batch_size).clip(max=n_rows - 1)
+    order = np.arange(n_rows) if order is None else order
+    for first in range(0, n_rows, batch_size):
+        count = min(batch_size, n_rows - first)
+        rows = order[np.arange(first, first + batch_size).clip(max=n_rows - 1)]
         chunk = torch.from_numpy(tokens[rows[:, None] * T + window])
         yield count, chunk[:, :-1], chunk[:, 1:]
 
@@ -340,6 +343,7 @@ def evaluate_bpb(
     tokens: np.ndarray | None = None,
     token_bytes: np.ndarray | None = None,
     manifest: dict | None = None,
+    order: np.ndarray | None = None,
 ) -> dict:
     """Bits per byte of a model on the first EVAL_TOKENS validation targets. Lower is better.
 
@@ -368,7 +372,7 @@ def evaluate_bpb(
     tokens = np.asarray(tokens[: n_rows * T + 1], dtype=np.int64)
     table = torch.as_tensor(token_bytes, dtype=torch.int64, device=device)
     total_nats, total_bytes, scored = 0.0, 0, 0
-    for count, idx, targets in _row_batches(tokens, n_rows, T, batch_size):
+    for count, idx, targets in _row_batches(tokens, n_rows, T, batch_size, order):
         idx, targets = idx.to(device), targets.to(device)
         logits = logits_fn(idx)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != (batch_size, T) \
@@ -776,6 +780,63 @@ def _load_without_pickle(data: bytes):
             torch._C._pickle_load_obj = real_pickle_obj
 
 
+# Keys of the serialized program that make torch.export.load evaluate text as Python (sympy.sympify of symbolic
+# sizes) or compile it (guards_code), or that hold objects outside PyTorch's tensors: a handed-over program has
+# static shapes and none of them, so any of them is refused before torch reads the archive.
+_FORBIDDEN_ARCHIVE_KEYS = frozenset({"expr_str", "as_sym_int", "as_sym_ints", "as_sym_float", "as_sym_floats",
+                                     "as_sym_bool", "as_sym_bools", "as_custom_obj", "as_operator"})
+_MUST_BE_EMPTY = frozenset({"guards_code", "range_constraints", "sym_int_values", "sym_float_values",
+                            "sym_bool_values", "custom_obj_values"})
+MAX_ARCHIVE_JSON_BYTES = 256 * 2**20
+
+
+def _check_archive(data: bytes) -> None:
+    """Refuse an archive whose JSON asks the loader to run text as code (before torch.export.load sees it)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = archive.namelist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise EvaluationError(f"the handed-over model is not a torch.export archive: {exc}") from exc
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        if archive.getinfo(name).file_size > MAX_ARCHIVE_JSON_BYTES:
+            raise EvaluationError(f"the handed-over model's {name} is too large to be a program")
+        try:
+            document = json.loads(archive.read(name))
+        except (ValueError, RecursionError, zipfile.BadZipFile) as exc:
+            raise EvaluationError(f"the handed-over model's {name} is not valid JSON") from exc
+        _check_archive_json(document, name)
+
+
+def _check_archive_json(document, name: str) -> None:
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key in _FORBIDDEN_ARCHIVE_KEYS or (key in _MUST_BE_EMPTY and value) or (key == "use_pickle" and value):
+                raise EvaluationError(
+                    f"the handed-over model's {name} holds {key!r}: symbolic shapes, guards, custom objects and "
+                    "pickled values are not evaluated (hand over a model with static shapes, as hand_over() exports it)")
+            stack.append(value)
+
+
+def _check_signature(program) -> None:
+    """A pure function of the token ids: no state it updates between calls, no guards to compile."""
+    signature = program.graph_signature
+    if signature.buffers_to_mutate or signature.user_inputs_to_mutate or getattr(program, "_guards_code", None):
+        raise EvaluationError("the handed-over model updates its own buffers or inputs when it runs: the evaluated "
+                              "model must be a pure function of the token ids (no state kept between calls)")
+    kinds = {str(getattr(spec.kind, "name", spec.kind)) for spec in signature.output_specs}
+    if kinds != {"USER_OUTPUT"}:
+        raise EvaluationError(f"the handed-over model has outputs of kinds {sorted(kinds)}: only its logits may be")
+
+
 def _load_program(path: Path):
     """The handed-over program, refused unless it is a plain file of PyTorch's own operators."""
     try:
@@ -789,6 +850,7 @@ def _load_program(path: Path):
             data = handle.read()
     finally:
         os.close(fd)
+    _check_archive(data)
     try:
         program = _load_without_pickle(data)
     except EvaluationError:
@@ -796,13 +858,18 @@ def _load_program(path: Path):
     except Exception as exc:
         raise EvaluationError(f"the handed-over model could not be loaded: {type(exc).__name__}: "
                               f"{(str(exc).splitlines() or [''])[0][:200]}") from exc
-    for node in program.graph.nodes:
+    graphs = [m.graph for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)]
+    for node in (n for graph in graphs for n in graph.nodes):  # subgraphs of higher-order operators too
         if node.op != "call_function":
             continue
         target = node.target
         namespace = getattr(target, "namespace", None)
         name = getattr(target, "__name__", str(target))
         base = name.split(".")[0]
+        schema = getattr(target, "_schema", None)
+        if schema is not None and schema.is_mutable:
+            raise EvaluationError(f"the handed-over model calls {namespace}.{name}, which changes a tensor in place: "
+                                  "the evaluated model must be a pure function of the token ids")
         if namespace in _ALLOWED_NAMESPACES and base in _REFUSED_OPERATORS:
             raise EvaluationError(f"the handed-over model calls {namespace}.{name}, which reads files, prints or draws "
                                   "random numbers: the evaluated model must be a pure function of the token ids")
@@ -811,6 +878,7 @@ def _load_program(path: Path):
         raise EvaluationError(f"the handed-over model calls {name!s}, which is not one of PyTorch's operators")
     if len(program.graph_signature.user_inputs) != 1:
         raise EvaluationError("the handed-over model must take exactly one input, the token ids")
+    _check_signature(program)
     return program, hashlib.sha256(data).hexdigest()
 
 
@@ -821,20 +889,25 @@ def _max_deviation(a: torch.Tensor, b: torch.Tensor) -> float:
 class _CheckedModel:
     """The handed-over model as the metric calls it, checked on the way for causality and repeatability.
 
-    Before the pass, random validation rows and a random cut in each are drawn (a trial cannot predict
-    them); their logits are kept as the pass computes them, with the first batch's. After the pass
-    (:meth:`verify`), one probe batch holds those rows with every token after the cut replaced by another
-    real row's, in reversed order: the logits up to and including the cut must not move, or the model looks
-    ahead (or at the other rows of its batch). The first batch is run again and must give the same logits,
-    or the model keeps state between calls. Two extra calls in all.
+    The metric's rows go in a random order (no row's successor, whose first token is its last target, sits
+    beside it on purpose). Before the pass, random rows and a random cut in each are drawn, from 0 to the last
+    position (a trial cannot predict them); their logits are kept as the pass computes them, with the first
+    batch's. After the pass (:meth:`verify`), one probe batch holds those rows with every token after the cut
+    replaced by another real row's, in reversed order: the logits up to and including the cut must not move,
+    or the model looks ahead (or at the other rows of its batch: a cut at the last position changes nothing
+    of the row itself). The first batch is run again and must give the same logits, or the model keeps state
+    between calls. Two extra calls in all.
     """
 
     def __init__(self, module, tokens: np.ndarray, n_rows: int, T: int, batch_size: int, rng: np.random.Generator):
         self.module, self.tokens, self.T, self.batch_size = module, tokens, T, batch_size
+        self.order = rng.permutation(n_rows)
         count = min(batch_size, n_rows)
-        self.rows = rng.choice(n_rows, size=count, replace=False) if n_rows >= count else np.arange(count)
+        self.rows = rng.choice(n_rows, size=count, replace=False)
         self.donors = (self.rows + rng.integers(1, max(2, n_rows), size=count)) % n_rows
-        self.cuts = rng.integers(0, T - 1, size=count)
+        self.cuts = rng.integers(0, T, size=count)
+        self.cuts[rng.integers(count)] = T - 1  # one row compared whole: only the other rows of its batch change
+        self.position = {int(row): i for i, row in enumerate(self.rows)}
         self.kept: dict[int, torch.Tensor] = {}
         self.first: tuple[torch.Tensor, torch.Tensor] | None = None
         self.calls = 0
@@ -843,10 +916,12 @@ class _CheckedModel:
         logits = self.module(idx)
         if self.first is None:
             self.first = (idx.clone(), logits.detach().float().cpu())
-        first_row = self.calls * self.batch_size
-        for i, row in enumerate(self.rows):
-            if first_row <= row < first_row + idx.shape[0] and isinstance(logits, torch.Tensor):
-                self.kept[i] = logits[row - first_row, : self.cuts[i] + 1].detach().float().cpu()
+        first = self.calls * self.batch_size
+        batch_rows = self.order[first: first + idx.shape[0]]
+        for slot, row in enumerate(batch_rows):
+            i = self.position.get(int(row))
+            if i is not None and i not in self.kept and isinstance(logits, torch.Tensor):
+                self.kept[i] = logits[slot, : self.cuts[i] + 1].detach().float().cpu()
         self.calls += 1
         return logits
 
@@ -902,7 +977,8 @@ def evaluate_handed_over(model_path: str | Path, device: str, expected: dict[str
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # rows a trial cannot predict
     checked = _CheckedModel(module, np.asarray(val[: n_rows * T + 1], dtype=np.int64), n_rows, T, EVAL_BATCH_SIZE, rng)
     with torch.no_grad():
-        result = evaluate_bpb(checked, EVAL_BATCH_SIZE, device=device, tokens=val, token_bytes=table, manifest=manifest)
+        result = evaluate_bpb(checked, EVAL_BATCH_SIZE, device=device, tokens=val, token_bytes=table, manifest=manifest,
+                              order=checked.order)
         checks = checked.verify(device)
     if not math.isfinite(result["val_bpb"]):
         raise EvaluationError(f"val_bpb is {result['val_bpb']}")

@@ -77,8 +77,10 @@ class SandboxPlan:
 
     def wrap(self, command: list[str]) -> list[str]:
         """The bwrap command line that runs ``command`` in this sandbox."""
-        argv = [self.bwrap, "--unshare-all", "--die-with-parent", "--proc", "/proc", "--dev", "/dev",
-                "--tmpfs", "/tmp", "--dir", "/tmp/home"]
+        # --cap-drop ALL: run as root (CI, most GPU containers), bwrap would otherwise keep every capability for
+        # the sandboxed process, which could then remount the read-only binds writable or trace its neighbours.
+        argv = [self.bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--proc", "/proc",
+                "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/tmp/home"]
         for mount in self.mounts:
             if mount.optional and not os.path.lexists(mount.host):
                 continue

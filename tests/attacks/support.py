@@ -117,6 +117,23 @@ def rerun_steps(n: int, description: str) -> list[dict[str, Any]]:
     return [trial(description), journal(n)]
 
 
+@dataclass
+class RunContext:
+    """What the modules that share one run need to write their attacks: the run's folder, marker and key, the
+    cache it copies, a place for what they measure before the run, and the journal entries' numbering."""
+
+    base: Path
+    marker: str
+    key: str
+    cache: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+    _next: int = 0
+
+    def number(self) -> int:
+        self._next += 1
+        return self._next
+
+
 def new_marker(kind: str = "atk") -> str:
     return f"{kind}-{uuid.uuid4().hex[:16]}"
 

@@ -1,6 +1,6 @@
 """The evaluator's checks on the handed-over program: causality and row independence.
 
-One run: the baseline, then
+Three attacks in the run the ``model_run`` fixture makes (conftest.py, shared with test_forged_numbers.py):
 
 * an attention mask off by one (position t sees t+1), the accident every transformer author makes once;
 * a model that mixes the rows of its batch in evaluation (each row sees another row's activations);
@@ -17,14 +17,11 @@ from tests.attacks.support import (
     MAIN_START,
     SDPA,
     SOFTCAP,
+    RunContext,
     attack_steps,
-    baseline_steps,
     insert_after,
     leaks,
-    new_marker,
-    planted_secrets,
     replace,
-    run_attack,
     survivors,
     uniform_bpb,
 )
@@ -48,23 +45,28 @@ if not self.training:  # ATTACK: constant logits everywhere but at the last posi
 """
 
 
-@pytest.fixture(scope="module")
-def run(prepared_cache, tmp_path_factory):
-    steps = [
-        *baseline_steps(),
-        *attack_steps(1, "look-ahead: the attention mask off by one", replace(SDPA, LOOK_AHEAD)),
-        *attack_steps(2, "row-mix: rows see each other in evaluation", insert_after(EMBED, ROW_MIX, " " * 8)),
-        *attack_steps(3, "last-position: read the next row's first token",
+def check_steps(ctx: RunContext) -> list[dict]:
+    return [
+        # Four budgets (well inside the grace), so that the model has time to learn what the mask lets it see.
+        *attack_steps(ctx.number(), "look-ahead: the attention mask off by one", replace(SDPA, LOOK_AHEAD),
+                      insert_after(MAIN_START, "budget = time_budget() * 4\n", " " * 4)),
+        *attack_steps(ctx.number(), "row-mix: rows see each other in evaluation", insert_after(EMBED, ROW_MIX, " " * 8)),
+        *attack_steps(ctx.number(), "last-position: read the next row's first token",
                       insert_after(MAIN_START, "budget = 0  # no training: this model needs none\n", " " * 4),
                       insert_after(SOFTCAP, LAST_POSITION_PEEK, " " * 8)),
     ]
-    with planted_secrets() as key:
-        return run_attack(tmp_path_factory.mktemp("checks"), prepared_cache, steps, key=key, marker=new_marker())
+
+
+@pytest.fixture
+def run(model_run):
+    return model_run
 
 
 def test_an_attention_mask_off_by_one_is_a_crash_with_the_causality_reason(run):
     """Attack (an accident as often as not): the causal mask lets position t attend to t + 1, so the model
-    trains to copy the next token and scores a val_bpb no real model can reach.
+    trains to copy the next token and scores a val_bpb no real model can reach. (It trains four budgets, inside
+    the grace, so that the look-ahead is learned well past the check's tolerance: with two steps of training a
+    one-token look-ahead moves the logits by ~2e-3, barely over CHECK_TOLERANCE.)
 
     Defence: after the scoring pass the evaluator runs random validation rows again with every token after a
     random cut replaced, and the logits up to the cut must not move: they do, so the trial is a crash whose

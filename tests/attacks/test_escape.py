@@ -143,6 +143,8 @@ def _atk_probe():
                   if f.endswith((".sqlite", ".db")) or f in ("results.tsv", "journal.md", "transcript.jsonl")]
     rewritten = []
     for path in found:
+        if not os.path.realpath(path).startswith("@HOST_BASE@"):
+            continue  # found is what counts; only this test's own files are ever rewritten
         try:
             if path.endswith((".sqlite", ".db")):
                 db = _sqlite3.connect(path)
@@ -158,7 +160,6 @@ def _atk_probe():
     # Git: hooks and program-running settings in every .git a trial might reach.
     hook = "#!/bin/sh\\necho hook >> @PWNED@\\n"
     gits = [".git", "../.git", "/trial/.git", "/trial/trainer/.git", "/.git", "@HOST_GIT@"]
-    gits += [os.path.join(os.environ.get(v, "/nonexistent"), ".git") for v in ("PWD", "OLDPWD", "HOME")]
     planted = []
     for git in gits:
         try:
@@ -263,6 +264,7 @@ def run(prepared_cache, tmp_path_factory):
         except OSError:
             host_ip = "127.0.0.1"
         probe = fill(PROBE, ESCAPEE=repr(ESCAPEE), MARKER=marker, PWNED=pwned, PORT=listener.port, HOST_IP=host_ip,
+                     HOST_BASE=base,
                      HOST_LEDGER=run_dir / "ledger.sqlite", HOST_GIT=run_dir / "workspace" / ".git",
                      HOST_PREPARE=run_dir / "workspace" / "trainer" / "prepare.py",
                      HOST_PRISTINE=run_dir / "harness" / "trainer" / "prepare.py")
@@ -348,8 +350,9 @@ def test_no_key_can_be_read_from_proc(run):
 
 def test_git_hooks_and_settings_cannot_be_planted(run):
     """Attack: the trial writes post-commit, pre-commit, post-checkout and reference-transaction hooks and a
-    core.fsmonitor / core.hooksPath into every .git it might reach: ./.git, ../.git, /trial/.git, the .git
-    beside $PWD, $OLDPWD and $HOME, and the run's real workspace .git (its path written into the attack).
+    core.fsmonitor / core.hooksPath into every .git it might reach: ./.git, ../.git, /trial/.git, /.git and
+    the run's real workspace .git (its path written into the attack). (Not $PWD's: unsandboxed that is the
+    person's own checkout, and this suite must not touch it.)
     The next trial's commit and the supervisor's git status would run them (as the supervisor, with its keys).
 
     Defence: the workspace's .git is not in the sandbox; the trainer folder and the sandbox's root are

@@ -46,7 +46,7 @@ def _atk_forge_records(value):  # ATTACK: the evaluator's record, written by the
                           "scored_tokens": 14074, "causality_deviation": 0.0, "repeat_deviation": 0.0,
                           "rows_checked": 8, "evaluator": "exported program"})
     guesses = [os.path.join(folder, "eval.json"), "eval.json", "/trial/eval.json", "/job/eval.json",
-               "/out/eval.json", "/tmp/eval.json", out + ".json", os.path.join(folder, "..", "eval.json")]
+               "/out/eval.json", out + ".json", os.path.join(folder, "..", "eval.json")]
     for n in range(1, 6):
         guesses += [os.path.join(folder, "..", "trials", f"{n:04d}", "eval.json"),
                     os.path.join(os.getcwd(), "..", "trials", f"{n:04d}", "eval.json"),
