@@ -237,8 +237,10 @@ async def test_filter_sort_help_theme_palette(finished_run, tmp_path):
         assert table.filter_name == "crashes" and table.row_count == statuses.count("crash")
         await pilot.press("f")  # -> graveyard
         assert table.row_count == sum(s in ("discard", "crash", "aborted") for s in statuses)
+        await pilot.press("f")  # -> suspicious (held for review, or with guard findings)
+        assert table.filter_name == "suspicious"
         await pilot.press("f")  # -> all
-        assert table.row_count == 3
+        assert table.filter_name == "all" and table.row_count == 3
         await pilot.press("v")  # sort by val_bpb, best first
         assert table.sort_name == "val_bpb"
         values = [t.val_bpb for t in table.visible_trials() if t.val_bpb is not None]

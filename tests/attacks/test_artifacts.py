@@ -1,6 +1,7 @@
 """The hand-over as an attack surface: what a trial can put in /out/model.pt2, and what the sandbox lets it do.
 
-One run: the baseline, then trials that hand over (none of them trains; none needs to):
+Trials of the run the ``handover_run`` fixture makes (conftest.py, shared with test_exchange.py); none of
+them trains, none needs to:
 
 * a .pt2 whose weights, constants and sample inputs are malicious pickles;
 * a .pt2 whose graph carries Python in a symbolic-shape expression and in its guards code (both evaluated by
@@ -23,16 +24,14 @@ from tests.attacks.support import (
     MAIN_START,
     SOFTCAP,
     TOP,
+    AttackRun,
+    RunContext,
     attack_steps,
-    baseline_steps,
     file_digests,
     fill,
     insert_after,
     leaks,
-    new_marker,
-    planted_secrets,
     replace,
-    run_attack,
     sandbox_active,
     survivors,
 )
@@ -204,46 +203,53 @@ _atk_remount()
 """
 
 
-@pytest.fixture(scope="module")
-def run(prepared_cache, tmp_path_factory):
-    base = tmp_path_factory.mktemp("artifacts")
-    marker = new_marker()
-    secret = base / "credentials"
-    pwned = base / f"PWNED-{marker}"
-    with planted_secrets() as key:
-        secret.write_text(f"ANTHROPIC_API_KEY={key}\n")
-        takeover = {which: fill(EVALUATOR_TAKEOVER, WHICH=which, MARKER=marker).encode().hex()
-                    for which in ("sympy", "guards")}
-        steps = [
-            *baseline_steps(),
-            *attack_steps(1, "pickle: malicious pickles in the archive", NO_TRAINING,
-                          insert_after(AFTER_IMPORTS, fill(PICKLE, MARKER=marker, HOST_PWNED=pwned)),
-                          replace(HAND_OVER, "            _atk_craft(model, _atk_poison)\n")),
-            *attack_steps(2, "code-in-graph: Python in a shape expression and in guards code", NO_TRAINING,
-                          insert_after(AFTER_IMPORTS, fill(CODE_IN_GRAPH, SYMPY_HEX=takeover["sympy"],
-                                                           GUARDS_HEX=takeover["guards"])),
-                          replace(HAND_OVER, "            _atk_craft(model, _atk_code_in_graph)\n")),
-            *attack_steps(3, "custom-op: an operator of our own in the aten namespace", NO_TRAINING,
-                          insert_after(AFTER_IMPORTS, CUSTOM_OP),
-                          insert_after(SOFTCAP, "if not self.training:\n    logits = torch.ops.aten.atk_sharpen(logits)\n",
-                                       " " * 8)),
-            *attack_steps(4, "symlink: the hand-over links to a host file", insert_after(TOP, fill(SYMLINK, SECRET=secret))),
-            *attack_steps(5, "hardlink: the hand-over has a second name", insert_after(TOP, HARDLINK)),
-            *attack_steps(6, "fifo: the hand-over is a FIFO", insert_after(TOP, FIFO)),
-            *attack_steps(7, "sparse: 512 MiB of nothing", insert_after(TOP, fill(SPARSE, SIZE=SPARSE_BYTES))),
-            *attack_steps(8, "remount: make the read-only mounts writable", NO_TRAINING,
-                          insert_after(AFTER_IMPORTS, REMOUNT)),
-        ]
-        cache_before = file_digests(prepared_cache)
-        result = run_attack(base, prepared_cache, steps, key=key, marker=marker)
+def handover_steps(ctx: RunContext) -> list[dict]:
+    ctx.extra["pwned"] = pwned = ctx.base / f"PWNED-{ctx.marker}"
+    secret = ctx.base / "credentials"
+    secret.write_text(f"ANTHROPIC_API_KEY={ctx.key}\n")
+    takeover = {which: fill(EVALUATOR_TAKEOVER, WHICH=which, MARKER=ctx.marker).encode().hex()
+                for which in ("sympy", "guards")}
+    return [
+        *attack_steps(ctx.number(), "pickle: malicious pickles in the archive", NO_TRAINING,
+                      insert_after(AFTER_IMPORTS, fill(PICKLE, MARKER=ctx.marker, HOST_PWNED=pwned)),
+                      replace(HAND_OVER, "            _atk_craft(model, _atk_poison)\n")),
+        *attack_steps(ctx.number(), "code-in-graph: Python in a shape expression and in guards code", NO_TRAINING,
+                      insert_after(AFTER_IMPORTS, fill(CODE_IN_GRAPH, SYMPY_HEX=takeover["sympy"],
+                                                       GUARDS_HEX=takeover["guards"])),
+                      replace(HAND_OVER, "            _atk_craft(model, _atk_code_in_graph)\n")),
+        *attack_steps(ctx.number(), "custom-op: an operator of our own in the aten namespace", NO_TRAINING,
+                      insert_after(AFTER_IMPORTS, CUSTOM_OP),
+                      insert_after(SOFTCAP, "if not self.training:\n    logits = torch.ops.aten.atk_sharpen(logits)\n",
+                                   " " * 8)),
+        *attack_steps(ctx.number(), "symlink: the hand-over links to a host file",
+                      insert_after(TOP, fill(SYMLINK, SECRET=secret))),
+        *attack_steps(ctx.number(), "hardlink: the hand-over has a second name", insert_after(TOP, HARDLINK)),
+        *attack_steps(ctx.number(), "fifo: the hand-over is a FIFO", insert_after(TOP, FIFO)),
+        *attack_steps(ctx.number(), "sparse: 512 MiB of nothing", insert_after(TOP, fill(SPARSE, SIZE=SPARSE_BYTES))),
+    ]
+
+
+def remount_steps(ctx: RunContext) -> list[dict]:
+    """Last in its run: it damages the run's cache copy on purpose, and every trial after it would be refused."""
+    ctx.extra["cache_before"] = file_digests(ctx.cache)
+    return attack_steps(ctx.number(), "remount: make the read-only mounts writable", NO_TRAINING,
+                        insert_after(AFTER_IMPORTS, REMOUNT))
+
+
+def after_run(result: AttackRun, ctx: RunContext) -> None:
+    """Measure the sparse hand-over's copy, then delete it (half a GiB of zeros on a shared disk)."""
     sparse = result.folder(result.by_description("sparse")) / "model.pt2"
-    result.extra.update(pwned=pwned, cache_before=cache_before, cache_after=file_digests(base / "cache"),
+    result.extra.update(ctx.extra, cache_after=file_digests(ctx.base / "cache"),
                         sparse_kept=sparse.stat().st_blocks * 512 if sparse.exists() else 0)
-    sparse.unlink(missing_ok=True)  # half a GiB of zeros on a shared disk: not kept a second longer
+    sparse.unlink(missing_ok=True)
     for stray in (result.run_dir / "exchange").iterdir():
         if stray.is_file() and stray.stat().st_size > 2**20:
             stray.unlink()
-    return result
+
+
+@pytest.fixture
+def run(handover_run):
+    return handover_run
 
 
 def _job_markers(run, which: str) -> list[str]:

@@ -1,7 +1,8 @@
 """The agent's tools, the metrics channel, and the validation text the machine itself holds.
 
-One run. Before the baseline, the scripted agent attacks the tool layer (paths outside the workspace, the
-ledger, .git, a NUL byte, /proc). After it:
+In the run the ``handover_run`` fixture makes (conftest.py, shared with test_artifacts.py): before the
+baseline, the scripted agent attacks the tool layer (paths outside the workspace, the ledger, .git, a NUL byte,
+/proc); after it, among the hand-over attacks:
 
 * a trial that makes its metrics file a FIFO (a reader opening it blocks), then a symlink to a host file;
 * a trial that floods its metrics file: a million records, a 100 MB line, NaN, infinities, giant numbers, text
@@ -23,15 +24,12 @@ from tests.attacks.support import (
     HAND_OVER,
     MAIN_START,
     TOP,
+    RunContext,
     attack_steps,
-    baseline_steps,
     fill,
     insert_after,
     leaks,
-    new_marker,
-    planted_secrets,
     replace,
-    run_attack,
     survivors,
 )
 from tests.loop_support import edit
@@ -161,24 +159,23 @@ class _AtkLookup(torch.nn.Module):
 '''
 
 
-@pytest.fixture(scope="module")
-def run(prepared_cache, tmp_path_factory):
-    base = tmp_path_factory.mktemp("exchange")
-    host_metrics = base / "host-metrics.jsonl"  # a file of the host the trial would like read as its metrics
-    steps = [
-        *TOOL_ATTACKS,
-        *baseline_steps(),
-        *attack_steps(1, "fifo-metrics: the metrics file is a FIFO, then a symlink",
+def exchange_steps(ctx: RunContext) -> list[dict]:
+    host_metrics = ctx.base / "host-metrics.jsonl"  # a file of the host the trial would like read as its metrics
+    host_metrics.write_text(json.dumps({"step": 1, "loss": 1.0, "note": ctx.key}) + "\n")
+    return [
+        *attack_steps(ctx.number(), "fifo-metrics: the metrics file is a FIFO, then a symlink",
                       insert_after(TOP, fill(METRICS_FIFO, HOST_METRICS=host_metrics))),
-        *attack_steps(2, "flood: a million records and a 100 MB line", insert_after(TOP, METRICS_FLOOD)),
-        *attack_steps(3, "memorize: rebuild val.bin from the standard library and look it up",
+        *attack_steps(ctx.number(), "flood: a million records and a 100 MB line", insert_after(TOP, METRICS_FLOOD)),
+        *attack_steps(ctx.number(), "memorize: rebuild val.bin from the standard library and look it up",
                       insert_after(MAIN_START, "budget = 0  # no training: the table is the model\n", " " * 4),
                       insert_after(AFTER_IMPORTS, MEMORIZE),
                       replace(HAND_OVER, "            hand_over(_AtkLookup(_atk_validation_from_stdlib()))\n")),
     ]
-    with planted_secrets() as key:
-        host_metrics.write_text(json.dumps({"step": 1, "loss": 1.0, "note": key}) + "\n")
-        return run_attack(base, prepared_cache, steps, key=key, marker=new_marker())
+
+
+@pytest.fixture
+def run(handover_run):
+    return handover_run
 
 
 def test_the_tools_reach_nothing_outside_the_editable_file(run):

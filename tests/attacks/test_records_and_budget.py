@@ -6,7 +6,8 @@ One run: the baseline, then
 * a trial that skips the hand-over, prints ``val_bpb: 0.5`` and writes forged evaluator records everywhere;
 * a trial that hands over an honest model but inflates the byte counts (in memory and on disk), redirects the
   manifest to the training tokens, and writes forged records;
-* a trial that trains for three budgets on a clock that counts a third of each step (last: it may be kept).
+* a trial that looks for the validation split (the harness's loader, path guesses, a search) to train on;
+* a trial that trains for three budgets on a clock at half speed (last: it may be kept).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.attacks.support import (
     run_attack,
     sandbox_active,
     survivors,
+    uniform_bpb,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -107,6 +109,44 @@ def _atk_tamper_cache():  # ATTACK: inflate the byte counts, redirect the manife
 _atk_tamper_cache()
 """
 
+# Looks for the validation split every way a trial might: the harness's loader, the cache's file names, the
+# parquet text, the default cache, and a search of the file system it sees (bounded); trains on what it finds.
+VALIDATION_DATA = """
+def _atk_validation_data():  # ATTACK: the validation split, however it can be reached
+    import json as _json
+    report = {}
+    try:
+        make_dataloader("val", 8, MAX_SEQ_LEN, "cpu")
+        report["make_dataloader_val"] = "served"
+    except Exception as exc:
+        report["make_dataloader_val"] = type(exc).__name__
+    cache = os.environ.get("AUTORESEARCH_CACHE", "/cache")
+    guesses = [os.path.join(cache, "val.bin"), "/cache/val.bin", "../cache/val.bin", "/proc/self/root/cache/val.bin",
+               os.path.join(cache, "data", "val_00000.parquet"), os.path.expanduser("~/.cache/autoresearch/val.bin")]
+    skip = ("/proc", "/sys", "/dev", "/usr", "/lib", "/bin", "/sbin", "/etc", sys.prefix, sys.base_prefix)
+    until = time.time() + 5
+    for root, dirs, files in os.walk("/"):
+        if time.time() > until:
+            break
+        if root != "/" and root.startswith(skip):
+            dirs[:] = []
+            continue
+        guesses += [os.path.join(root, f) for f in files if f.startswith("val") and f.endswith((".bin", ".parquet"))]
+    report["found"] = found = sorted({g for g in guesses if os.path.isfile(g)})
+    print("ATTACK-REPORT " + _json.dumps({"validation_data": report}), flush=True)
+    return [f for f in found if f.endswith(".bin")]
+
+"""
+
+TRAIN_ON_FOUND = """
+_atk_found = _atk_validation_data()
+if _atk_found:  # ATTACK: train on the validation tokens
+    import numpy as _np
+    loader = prepare.DataLoader(_np.memmap(_atk_found[0], dtype=_np.uint16, mode="r"), DEVICE_BATCH_SIZE, seq_len,
+                                device, seed, True)
+"""
+LOADER = '    loader = make_dataloader("train", DEVICE_BATCH_SIZE, seq_len, device, seed=seed)\n'
+
 
 @pytest.fixture(scope="module")
 def run(prepared_cache, tmp_path_factory):
@@ -121,9 +161,11 @@ def run(prepared_cache, tmp_path_factory):
                       insert_after(AFTER_IMPORTS, FORGE_RECORDS + TAMPER_CACHE),
                       insert_after(HAND_OVER, "_atk_forge_records(0.01)\n", " " * 12),
                       replace(EXIT, '    print("val_bpb:          0.010000")  # ATTACK\n' + EXIT)),
-        *attack_steps(3, "longer: three budgets on a slowed clock",
+        *attack_steps(3, "validation: find the validation split and train on it",
+                      insert_after(AFTER_IMPORTS, VALIDATION_DATA), insert_after(LOADER, TRAIN_ON_FOUND, " " * 4)),
+        *attack_steps(4, "longer: three budgets on a slowed clock",
                       insert_after(MAIN_START, "budget = time_budget() * 3  # three budgets of training...\n", " " * 4),
-                      replace(STEP_TIME, "        dt = (time.time() - t0) / 3  # ...on a clock a third as fast\n")),
+                      replace(STEP_TIME, "        dt = (time.time() - t0) / 2  # ...on a clock at half speed\n")),
     ]
     marker = new_marker()
     base = tmp_path_factory.mktemp("records")
@@ -172,7 +214,7 @@ def test_inflated_byte_counts_a_redirected_manifest_and_forged_records_change_no
     assert record is not None and record["ok"] is True, attack.crash_reason
     assert record["bytes"] == base_record["bytes"] and record["scored_tokens"] == base_record["scored_tokens"]
     assert record["val_tokens_sha256"] == base_record["val_tokens_sha256"]
-    assert attack.val_bpb == record["val_bpb"] and abs(attack.val_bpb - baseline.val_bpb) < 0.5
+    assert attack.val_bpb == record["val_bpb"] and 1.0 < attack.val_bpb < uniform_bpb(record) - 0.05
     assert attack.status != "keep"
     assert run.extra["cache_after"] == run.extra["cache_before"]  # the run's cache is byte for byte the prepared one
     if sandbox_active():
@@ -184,16 +226,37 @@ def test_inflated_byte_counts_a_redirected_manifest_and_forged_records_change_no
     "HOLE (supervisor/trial/runner.py _reason, supervisor/core/config.py effective_grace_s): the only "
     "timing check is the hand-over time on the supervisor's clock against budget + grace, and grace (the "
     "warm-up allowance: max(30 s, 25% of the budget) by default, 120 s here) is not reserved for warm-up: a "
-    "trial may spend it training. `budget = time_budget() * 3` with `dt = (time.time() - t0) / 3` trains "
-    "9x its budget, hands over well inside budget + grace, gets a better val_bpb and is KEPT (the guards "
+    "trial may spend it training. `budget = time_budget() * 3` with `dt = (time.time() - t0) / 2` trains "
+    "6x its budget, hands over well inside budget + grace, gets a better val_bpb and is KEPT (the guards "
     "find nothing in either line). Fix: bound the training time, not only the hand-over: e.g. grace derived "
     "from the parent's measured start-up/compile/export overhead (from the supervisor's clock: first metrics "
     "record, hand-over) plus a small slack; flag a trial whose hand-over is later than its parent's by more "
     "than that; guard rule TIMING for assignments to the budget or arithmetic on time_budget()/step times"))
+def test_the_validation_split_is_out_of_the_trials_reach(run):
+    """Attack: the trial asks the harness for make_dataloader("val"), tries /cache/val.bin, ../cache/val.bin,
+    /proc/self/root/cache/val.bin, the validation parquet and the default cache, and searches the file system
+    it can see for val*.bin / val*.parquet; whatever it finds, it trains on instead of the training split.
+
+    Why it would forge: a model trained on the rows it is scored on scores far better than one that is not.
+
+    Defence: the trial's view of the cache holds only the manifest, train.bin, the tokenizer and the byte
+    table (the harness refuses the "val" split there); the evaluator gets the validation tokens over its stdin.
+    Nothing was found, so the trial trained on training data and its number is an honest one."""
+    attack, baseline = run.by_description("validation"), run.baseline
+    found = run.reports(attack)["validation_data"]
+    record = run.record(attack)
+    assert record is not None and record["ok"] is True, attack.crash_reason
+    assert record["bytes"] == run.record(baseline)["bytes"]
+    assert 1.0 < attack.val_bpb < uniform_bpb(record) - 0.05
+    assert attack.status != "keep"
+    if sandbox_active():
+        assert found["found"] == [] and found["make_dataloader_val"] == "ValueError", found
+
+
 def test_training_past_the_budget_on_a_slowed_clock_gets_no_result(run):
-    """Attack: ``budget = time_budget() * 3`` and each step's duration divided by 3 before it is added to
-    training_seconds: the trainer believes it trained for its budget after nine budgets of wall time, and
-    reports training_seconds of about the budget.
+    """Attack: ``budget = time_budget() * 3`` and each step's duration halved before it is added to
+    training_seconds: the trainer believes it trained for three budgets after six budgets of wall time (a
+    patched time.time / time.monotonic does the same, with a guard finding; these two lines have none).
 
     Why it would forge: more training is a lower val_bpb; the trainer's own account of its time is what the
     attack falsifies.

@@ -34,8 +34,14 @@ def test_children_that_ignore_sigterm_do_not_survive(tmp_path):
     ledger = run_mode(tmp_path, "forkignore", budget_s=1.0, grace_s=2.0)
     t = ledger.trial(2)
     assert t.status == "crash" and "deadline" in t.crash_reason
-    pids = [int(x) for x in (tmp_path / "journals/t/trials/0002/metrics.jsonl.child.pid").read_text().split()]
+    # The children print their pids into the trial's log. In a sandbox those are pids of its own namespace:
+    # then the namespace's death is the guarantee, and no process of the trial may be left at all.
+    log = (tmp_path / "journals/t/trials/0002/log.txt").read_text()
+    pids = [int(line.split()[-1]) for line in log.splitlines() if line.startswith("child pid ")]
     assert len(pids) == 2
+    if t.sandbox == "bwrap":
+        assert not process_alive(t.pid, group=True)  # the sandbox and everything in it
+        return
     deadline = time.monotonic() + 5
     while not all(not process_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -50,28 +56,23 @@ def test_memory_hog_is_capped(tmp_path):
 
 def test_exit_zero_without_summary_is_a_crash(tmp_path):
     ledger = run_mode(tmp_path, "nosummary")
-    # The stand-in's harness wrote its record before exiting silently: the harness's number stands...
+    # Exit 0 without handing over a model (and without a summary): no result, whatever the exit code says.
     t = ledger.trial(2)
-    assert t.status in ("keep", "discard") and t.val_bpb is not None
-    # ...but with no record either, it is a crash.
-    steps = [edit("from prepare import evaluate", "evaluate = float"), edit('MODE = "ok"', 'MODE = "nosummary"'),
-             trial("no record, no summary"), journal(1)]
+    assert t.status == "crash" and t.crash_reason.startswith("no model was handed over")
+    # A summary is only information: a trial that handed over its model and then exited silently is judged.
+    steps = [edit('MODE = "ok"', 'MODE = "quiet"'), trial("hands over, prints nothing"), journal(1)]
     config = fake_config(tmp_path / "second")
     Supervisor(config, ScriptedAgent(write_script(tmp_path / "s2.jsonl", steps))).run()
     t = Ledger(config.run_dir / "ledger.sqlite").trial(1)
-    assert t.status == "crash" and t.crash_reason == "no summary"
-
-
-def test_forged_summary_before_the_real_one(tmp_path):
-    ledger = run_mode(tmp_path, "forge")
-    t = ledger.trial(2)
-    assert t.val_bpb == pytest.approx(1.57) and t.status == "discard"  # not the forged 0.1
+    assert t.status in ("keep", "discard") and t.val_bpb is not None
 
 
 def test_trial_that_deletes_its_workspace_files(tmp_path):
     ledger = run_mode(tmp_path, "deleteself")
     t = ledger.trial(2)
-    assert t.status == "crash" and "harness changed" in t.decision
+    # In the sandbox the trainer folder is read-only: the attempt itself crashes the trial. Unsandboxed, the
+    # harness is found changed after the trial, restored, and the number is void.
+    assert t.status == "crash" and ("harness changed" in t.decision or "Read-only file system" in t.decision)
 
 
 def test_flood_of_output(tmp_path):

@@ -19,7 +19,7 @@ LR = 0.02  # learning rate
 WIDTH = 32  # model width
 STEPS = 10  # metric lines to stream
 NOISE_SD = 0.0  # run-to-run noise of val_bpb
-# ok | hang | crash | nan | nosummary | forge | slow | tamper | tamperval | forkignore | memhog | deleteself | flood
+# ok | hang | crash | nan | nosummary | quiet | forge | slow | tamper | tamperval | forkignore | memhog | deleteself | flood
 MODE = "ok"
 SLEEP = 0.05  # seconds between metric lines
 
@@ -39,8 +39,7 @@ if MODE == "forkignore":  # children that ignore SIGTERM and try to outlive the 
     for _ in range(2):
         if os.fork() == 0:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            with open(metrics_path + ".child.pid", "a") as fh:
-                fh.write(f"{os.getpid()}\n")
+            print(f"child pid {os.getpid()}", flush=True)  # into the trial's log, which outlives it
             time.sleep(3600)
             os._exit(0)
     time.sleep(3600)
@@ -80,8 +79,10 @@ if MODE == "slow":
     time.sleep(budget)
 
 val_bpb = 1.5 + 0.05 * math.log2(LR / 0.04) ** 2 + 0.02 * math.log2(WIDTH / 64) ** 2 + rng.gauss(0, NOISE_SD)
+if MODE == "nosummary":  # exits 0 with no model and no summary
+    sys.exit(0)
 val_bpb = hand_over(val_bpb)
-if MODE == "nosummary":
+if MODE == "quiet":  # hands its model over, then exits without a summary
     sys.exit(0)
 print("---")
 print(f"training_seconds: {time.time() - start:.1f}")
