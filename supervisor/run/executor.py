@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from supervisor.trial.workspace import Workspace
 PRIMARY_SEED = 42
 CONFIRM_SEED_BASE = 1000
 METRIC_FLUSH_S = 1.0
+WARMUP_SAMPLES = 10  # the unmodified script's last warm-ups the allowance is calibrated from
 METRICS_KEPT_FULLY = 20_000  # a trial's metric records stored one for one; beyond, ever more thinly
 
 SetState = Callable[[RunState, str], None]
@@ -143,6 +145,7 @@ class TrialExecutor:
         """The sandbox and the trusted evaluator of this run's trials; an unsandboxed run says so now."""
         self.setup = TrialSetup(self.config, self.workspace.root, self.ledger.get_meta("eval_fingerprint"))
         root = self.workspace.repo.git.rev_list("--max-parents=0", "HEAD").splitlines()[0]
+        self._initial_script = self.workspace.show_file(root, self.editable)
         self.setup.write_pristine_harness({rel: self.workspace.show_file(root, rel)
                                            for rel in self.config.layout.harness})
         for repaired in self.workspace.tamper_findings():  # found when the run opened: before any trial of it
@@ -422,12 +425,42 @@ class TrialExecutor:
         outcome = self._runner(self.spec(out_dir, seed), on_metric=metrics.add, stop_event=self.trial_stop,
                                on_start=on_start, warm_start=self.warm)
         metrics.flush()
+        self._calibrate(outcome)
         if trial_id is not None:
             self._sandboxes.append(sandbox_text(outcome))
         if "compiled" in outcome.summary:
             self.last_compiled = outcome.summary["compiled"].strip().lower() == "true"
         self.warm_next_trial()
         return outcome
+
+    def _calibrate(self, outcome: TrialOutcome) -> None:
+        """A run of the unmodified script (a noise seed, the baseline) measures the honest warm-up: start-up,
+        compile and hand-over beyond the budget. Only the run's own starting script counts, never the agent's."""
+        if outcome.status != "ok" or outcome.handover_seconds is None:
+            return
+        if self.editable_text() != getattr(self, "_initial_script", None):
+            return
+        samples = list(self.ledger.get_meta("warmup_overheads") or [])[-(WARMUP_SAMPLES - 1):]
+        samples.append(round(max(0.0, outcome.handover_seconds - self.config.budget_s), 3))
+        self.ledger.set_meta("warmup_overheads", samples)
+        allowance, source = self.warmup_allowance()
+        self.bus.emit(ev.NOTICE, level="info", message=f"warm-up allowance: a model handed over later than the "
+                      f"budget + {allowance:.1f} s ({source}) has no result")
+
+    def warmup_allowance(self) -> tuple[float, str]:
+        """Seconds past the budget a trial may hand over its model, and where the figure comes from.
+
+        Calibrated: twice the unmodified script's median warm-up plus 5 s (a loaded machine starts slower), never
+        more than --grace (the deadline).
+        Before any calibration, --grace itself."""
+        grace = self.config.effective_grace_s
+        samples = self.ledger.get_meta("warmup_overheads") or []
+        if not samples:
+            return grace, "--grace"
+        calibrated = 2 * statistics.median(samples) + 5.0
+        if calibrated >= grace:
+            return grace, "--grace"
+        return round(calibrated, 1), f"2x the unmodified script's warm-up of {statistics.median(samples):.1f} s + 5 s"
 
     def warm_next_trial(self) -> None:
         """Start the next trial's interpreter now, so its imports overlap the agent's turns, not training."""
@@ -446,6 +479,7 @@ class TrialExecutor:
             eval_record_path=out_dir / "eval.json",
             budget_s=self.config.budget_s,
             grace_s=self.config.effective_grace_s,
+            **dict(zip(("allowance_s", "allowance_source"), self.warmup_allowance(), strict=True)),
             seed=seed,
             extra_env={"AUTORESEARCH_CACHE": str(self.config.cache_dir),
                        "AUTORESEARCH_DEVICE": self.config.device,

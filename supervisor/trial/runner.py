@@ -154,6 +154,9 @@ class TrialSpec:
     evaluator: EvaluatorSpec | None = None
     # After the hand-over the trial has this long to exit (print its summary) before it is stopped.
     handover_exit_s: float = 15.0
+    # The warm-up allowance of the budget rule (None: grace_s), and where it comes from, for the reason text.
+    allowance_s: float | None = None
+    allowance_source: str = "--grace"
 
     @property
     def exchange(self) -> Path:
@@ -590,10 +593,11 @@ def _reason(spec: TrialSpec, ending: _EarlyEnd | None, exit_code: int | None, wi
         return handover.problem
     if handover.seconds is None:
         return NO_HANDOVER
-    limit = spec.budget_s + spec.grace_s
-    if handover.seconds > limit:
+    allowance = spec.grace_s if spec.allowance_s is None else min(spec.allowance_s, spec.grace_s)
+    if handover.seconds > spec.budget_s + allowance:
         return (f"over budget: it handed over its model {handover.seconds:.1f} s after it started; the budget is "
-                f"{_format_seconds(spec.budget_s)} s plus a warm-up allowance of {_format_seconds(spec.grace_s)} s")
+                f"{_format_seconds(spec.budget_s)} s plus a warm-up allowance of {allowance:.1f} s "
+                f"({spec.allowance_source})")
     return "ok"
 
 
