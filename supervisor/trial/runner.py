@@ -1,20 +1,24 @@
-"""Run one training trial as a subprocess and report what happened.
+"""Run one training trial as a subprocess, take the model it hands over, and have it evaluated.
 
 The trial is untrusted code (the agent wrote it), so the runner:
 
-* gives it a scrubbed environment: API keys and other credentials never reach it
-  (:func:`scrub_environment`), plus the ``AUTORESEARCH_*`` variables of the trainer contract
+* gives it an allowlisted environment: API keys and other credentials never reach it
+  (:mod:`supervisor.trial.environment`), plus the ``AUTORESEARCH_*`` variables of the trainer contract
   (docs/architecture.md);
-* starts it in its own session / process group, so that the whole tree can be killed at once;
+* starts it in the spec's OS sandbox (:mod:`supervisor.trial.sandbox`; none where there is none, and the
+  outcome says so), in its own session / process group, so that the whole tree can be killed at once;
 * streams its stdout+stderr to a log file, never into our memory;
-* tails the JSON-lines metrics file while it runs and hands every new record to a callback;
+* tails the JSON-lines metrics file it writes in its exchange folder, re-encodes every record into the
+  trial's folder and hands it to a callback, keeping a bounded sample in memory;
+* takes the first model it hands over (:class:`supervisor.trial.evaluation.HandOverWatch`), on the
+  supervisor's clock, and gives it a short while to exit;
 * kills it (SIGTERM, then SIGKILL for the group and any descendants it saw) at ``budget + grace``
   or when the person asks, and always sweeps the group after the main process exits;
-* parses the ``---`` summary from the end of the log and prefers the harness's own eval record
-  for ``val_bpb`` over the number the trainer printed.
+* voids a hand-over later than the budget plus the warm-up allowance, and otherwise has the trusted
+  evaluator (started as the trial started) measure val_bpb: nothing the trial prints counts.
 
-Only POSIX is supported (process groups, ``os.killpg``); Linux gets the most thorough cleanup
-because it can read ``/proc``.
+Only POSIX is supported (process groups, ``os.killpg``); Linux gets the sandbox and the most thorough
+cleanup because it can read ``/proc``.
 """
 
 from __future__ import annotations

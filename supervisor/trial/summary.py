@@ -1,23 +1,17 @@
-"""What a finished trial left behind, read back: the ``---`` summary, the end of its log, the
-harness's eval record, and the words for why it crashed.
+"""What a finished trial left behind, read back: the ``---`` summary, the end of its log, and the words for
+why it crashed. (Its val_bpb is never read from here: the supervisor's evaluator measures it.)
 
 Pure reading and parsing (no processes): :mod:`supervisor.trial.runner` decides the outcome from these.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 import re
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-log = logging.getLogger(__name__)
 
 # How much of the end of the log is read for the summary and the tail: the summary is a dozen
 # short lines, and a log can be gigabytes when a trainer prints every step.
@@ -103,62 +97,6 @@ def read_log_end(path: Path, max_bytes: int = LOG_WINDOW_BYTES) -> str:
 def log_tail(text: str, lines: int = TAIL_LINES) -> str:
     """The last ``lines`` lines of ``text``."""
     return "\n".join(text.splitlines()[-lines:])
-
-
-def read_eval_record(path: Path) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _record_val_bpb(record: dict) -> tuple[bool, float | None]:
-    """(has_key, finite value or None) for an eval record's val_bpb."""
-    if "val_bpb" not in record:
-        return False, None
-    value = record["val_bpb"]
-    if isinstance(value, bool):
-        return True, None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return True, None
-    return True, number if math.isfinite(number) else None
-
-
-# ---------------------------------------------------------------------------------------------
-# The val_bpb a trial produced
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MeasuredBpb:
-    """The val_bpb a trial produced, where it came from, and what an unusable one said."""
-
-    value: float | None = None
-    source: Literal["eval_record", "summary"] | None = None
-    bad_value: str | None = None
-
-
-def measured_val_bpb(record: dict | None, summary: Mapping[str, str]) -> MeasuredBpb:
-    has_key, record_value = _record_val_bpb(record) if record is not None else (False, None)
-    if has_key:
-        assert record is not None  # has_key comes from the record
-        # The harness measured it: its number stands, even a NaN (a trainer that printed a
-        # finite number over a NaN evaluation must not get a keep).
-        if record_value is None:
-            return MeasuredBpb(None, "eval_record", f"{str(record['val_bpb']).lower()} (harness eval record)")
-        printed = summary_float(summary, "val_bpb")
-        if printed is not None and abs(printed - record_value) > 1e-6:
-            log.warning("trial printed val_bpb %s but the harness measured %s", printed, record_value)
-        return MeasuredBpb(record_value, "eval_record")
-    if "val_bpb" in summary:
-        value = summary_float(summary, "val_bpb")
-        bad_value = None if value is not None else (summary["val_bpb"].strip().lower() or "empty")
-        return MeasuredBpb(value, "summary", bad_value)
-    return MeasuredBpb()
 
 
 # ---------------------------------------------------------------------------------------------
