@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.trial.sandbox import SandboxPlan
+from supervisor.trial.sandbox import SandboxPlan, seen_from
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,7 @@ class EvaluatorSpec:
         return self.job_dir / RECORD_FILE
 
     def _inside(self, path: Path) -> str:
-        if self.sandbox is None:
-            return str(path)
-        inside = self.sandbox.inside(path)
-        if inside is None:
-            raise ValueError(f"{path} is not visible to the evaluator")
-        return inside
+        return seen_from(self.sandbox, path)
 
 
 class Evaluator:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Literal
 from supervisor.trial.environment import drop_credentials, is_secret_name, scrub_environment
 from supervisor.trial.evaluation import MODEL_FILE, Evaluator, EvaluatorSpec, HandOverWatch
 from supervisor.trial.process import MetricsBuffer, MetricsTail, ProcessSweeper, has_exited, wait_group_gone
-from supervisor.trial.sandbox import SandboxPlan
+from supervisor.trial.sandbox import SandboxPlan, seen_from
 from supervisor.trial.summary import (
     exit_reason,
     fail_line,
@@ -180,12 +180,7 @@ class TrialSpec:
 
     def seen(self, host: Path) -> str:
         """A host path as the trial sees it."""
-        if self.sandbox is None:
-            return str(host)
-        inside = self.sandbox.inside(host)
-        if inside is None:
-            raise ValueError(f"{host} is not visible in the trial's sandbox")
-        return inside
+        return seen_from(self.sandbox, host)
 
 
 @dataclass

@@ -92,6 +92,16 @@ class SandboxPlan:
         return argv + list(command)
 
 
+def seen_from(sandbox: SandboxPlan | None, host: Path | str) -> str:
+    """A host path as a process in ``sandbox`` sees it (unchanged without a sandbox); ValueError if it cannot."""
+    if sandbox is None:
+        return str(host)
+    inside = sandbox.inside(host)
+    if inside is None:
+        raise ValueError(f"{host} is not visible in the sandbox")
+    return inside
+
+
 # ---------------------------------------------------------------------------------------------
 # What every sandboxed process needs
 # ---------------------------------------------------------------------------------------------
