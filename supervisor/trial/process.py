@@ -389,9 +389,20 @@ def wait_group_gone(pgid: int, timeout_s: float = 10.0) -> bool:
             return True
         except PermissionError:
             return False
+        if not _live_members(pgid):
+            # Only zombies: dead, waiting for init to reap them (a sandbox's own init, orphaned when bwrap
+            # exits, can wait a second for that).
+            return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
+
+
+def _live_members(pgid: int) -> bool:
+    table = _proc_stat_table()
+    if table is None:
+        return True  # no /proc: only killpg's answer counts
+    return any(pgid == group and state not in ("Z", "X") for state, _ppid, group, _sid, _start in table.values())
 
 
 def has_exited(proc: subprocess.Popen) -> bool:

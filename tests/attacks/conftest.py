@@ -27,7 +27,8 @@ def model_run(prepared_cache, tmp_path_factory):
     with planted_secrets() as key:
         ctx = RunContext(base, new_marker(), key, prepared_cache)
         steps = [*baseline_steps(), *test_forged_numbers.scaling_steps(ctx), *test_checks.check_steps(ctx),
-                 *test_forged_numbers.recall_steps(ctx)]
+                 *test_forged_numbers.recall_steps(ctx),
+                 *test_forged_numbers.shift_steps(ctx)]
         return run_attack(base, prepared_cache, steps, key=key, marker=ctx.marker)
 
 

@@ -242,9 +242,10 @@ class AttackRun:
     def baseline(self) -> Trial:
         return self.trials[0]
 
-    def by_description(self, prefix: str) -> Trial:
-        found = [t for t in self.trials if t.description.startswith(prefix)]
-        assert len(found) == 1, f"no single trial {prefix!r} in {[t.description for t in self.trials]}"
+    def by_description(self, label: str) -> Trial:
+        """The trial whose description starts with ``label:`` (every attack's description does)."""
+        found = [t for t in self.trials if t.description.split(":", 1)[0] == label]
+        assert len(found) == 1, f"no single trial {label!r} in {[t.description for t in self.trials]}"
         return found[0]
 
     def folder(self, t: Trial) -> Path:

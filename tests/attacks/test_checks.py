@@ -89,17 +89,6 @@ def test_a_model_that_mixes_the_rows_of_its_batch_is_a_crash(run):
     assert "causality" in (attack.crash_reason or "").lower(), attack.crash_reason
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (trainer/prepare.py, _CheckedModel and evaluate_bpb's row order): the probe's cuts are drawn in "
-    "[0, T-2] and only positions 0..cut are compared, so position T-1 of a row is never checked; and the "
-    "main pass feeds consecutive validation windows in order, so row b+1's first token is exactly the target "
-    "of row b's last position. A model that reads it there (and is constant elsewhere) passes both checks "
-    "(deviation 0) and scores below the uniform value, i.e. it is credited for information from another row. "
-    "The probe is also weak against sparse look-ahead: a one-token look-ahead at a single position p is only "
-    "caught when some cut equals p (8 cuts out of T-1 positions: ~3% per position). Fix: score rows in a "
-    "random order (a permutation from os.urandom, so no neighbour is a continuation), compare ALL positions "
-    "of the probe rows against a run with the same rows in other batch positions/neighbours, and probe more "
-    "cuts per row (e.g. several suffix replacements per row, or every cut for a few rows)"))
 def test_reading_the_next_row_at_the_last_position_is_not_credited(run):
     """Attack: constant logits everywhere except at the last position of each row, where the model puts all
     its mass on the first token of the next row of the batch: in the evaluator's main pass that token is
@@ -107,8 +96,12 @@ def test_reading_the_next_row_at_the_last_position_is_not_credited(run):
 
     Why it would forge: each row's last target is read off another row; a real model gets no such help.
 
-    Defence expected: a program whose logits at a position depend on another row is a crash, or the rows are
-    scored so that no neighbour is a continuation; either way the number is no better than uniform."""
+    (This was a hole while the rows went in order and no cut reached the last position: the model was
+    credited for it, below the uniform value.)
+
+    Defence: the rows are scored in a random order (no neighbour is a continuation on purpose) and one probe
+    row is compared whole with other rows beside it: the trial is a crash, or its number is no better than
+    uniform."""
     attack = run.by_description("last-position")
     record = run.record(attack)
     assert attack.val_bpb is None or record is None or attack.val_bpb >= uniform_bpb(record) * (1 - 1e-6), (

@@ -222,16 +222,6 @@ def test_inflated_byte_counts_a_redirected_manifest_and_forged_records_change_no
         assert writes and not [path for path, outcome in writes.items() if outcome in ("written", "replaced")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (supervisor/trial/runner.py _reason, supervisor/core/config.py effective_grace_s): the only "
-    "timing check is the hand-over time on the supervisor's clock against budget + grace, and grace (the "
-    "warm-up allowance: max(30 s, 25% of the budget) by default, 120 s here) is not reserved for warm-up: a "
-    "trial may spend it training. `budget = time_budget() * 3` with `dt = (time.time() - t0) / 2` trains "
-    "6x its budget, hands over well inside budget + grace, gets a better val_bpb and is KEPT (the guards "
-    "find nothing in either line). Fix: bound the training time, not only the hand-over: e.g. grace derived "
-    "from the parent's measured start-up/compile/export overhead (from the supervisor's clock: first metrics "
-    "record, hand-over) plus a small slack; flag a trial whose hand-over is later than its parent's by more "
-    "than that; guard rule TIMING for assignments to the budget or arithmetic on time_budget()/step times"))
 def test_the_validation_split_is_out_of_the_trials_reach(run):
     """Attack: the trial asks the harness for make_dataloader("val"), tries /cache/val.bin, ../cache/val.bin,
     /proc/self/root/cache/val.bin, the validation parquet and the default cache, and searches the file system
@@ -253,6 +243,16 @@ def test_the_validation_split_is_out_of_the_trials_reach(run):
         assert found["found"] == [] and found["make_dataloader_val"] == "ValueError", found
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "HOLE (supervisor/trial/runner.py _reason, supervisor/core/config.py effective_grace_s): the only "
+    "timing check is the hand-over time on the supervisor's clock against budget + grace, and grace (the "
+    "warm-up allowance: max(30 s, 25% of the budget) by default, 120 s here) is not reserved for warm-up: a "
+    "trial may spend it training. `budget = time_budget() * 3` with `dt = (time.time() - t0) / 2` trains "
+    "6x its budget, hands over well inside budget + grace, gets a better val_bpb and is KEPT (the guards "
+    "find nothing in either line). Fix: bound the training time, not only the hand-over: e.g. grace derived "
+    "from the parent's measured start-up/compile/export overhead (from the supervisor's clock: first metrics "
+    "record, hand-over) plus a small slack; flag a trial whose hand-over is later than its parent's by more "
+    "than that; guard rule TIMING for assignments to the budget or arithmetic on time_budget()/step times"))
 def test_training_past_the_budget_on_a_slowed_clock_gets_no_result(run):
     """Attack: ``budget = time_budget() * 3`` and each step's duration halved before it is added to
     training_seconds: the trainer believes it trained for three budgets after six budgets of wall time (a
