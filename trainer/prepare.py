@@ -379,14 +379,14 @@ def evaluate_bpb(
                 or logits.shape[2] < vocab:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise EvaluationError(f"the model must return logits of shape ({batch_size}, {T}, >= {vocab}), got {shape}")
-        if not bool(torch.isfinite(logits[:count]).all()):
-            raise EvaluationError("the model's logits are not all finite (nan or inf)")
-        nats = _token_nats(logits[:count], targets[:count])
+        nats = _token_nats(logits[:count], targets[:count])  # a nan or inf logit makes the total non-finite
         nbytes = table[targets[:count]]
         counted = nbytes > 0
         total_nats += float(torch.where(counted, nats, torch.zeros_like(nats)).sum())
         total_bytes += int(nbytes.sum())
         scored += int(counted.sum())
+    if not math.isfinite(total_nats):
+        raise EvaluationError("the model's logits are not all finite (nan or inf)")
     return {"val_bpb": total_nats / (math.log(2) * total_bytes), "nats": total_nats, "bytes": total_bytes,
             "tokens": n_rows * T, "scored_tokens": scored, "seq_len": T, "batch_size": batch_size}
 
@@ -1016,7 +1016,10 @@ def serve_evaluation(stream=None) -> int:
     and the m bytes of the byte table. The record (JSON) is written atomically either way: {"ok": true,
     "val_bpb": ...} or {"ok": false, "error": ...}. EOF instead of a job: no evaluation needed; exit quietly.
     """
-    import torch._export.serde.serialize  # noqa: F401  (ahead of the job: torch.export.load needs it)
+    # Ahead of the job, while the trial trains: what torch.export.load imports (seconds on a busy CPU).
+    import torch._export.non_strict_utils  # noqa: F401
+    import torch._export.serde.serialize  # noqa: F401
+    import torch.export.pt2_archive._package  # noqa: F401
 
     stream = stream or sys.stdin.buffer
     line = stream.readline()
