@@ -719,7 +719,7 @@ _REFUSED_OPERATORS = ("from_file", "_print", "set_", "rand", "randn", "randint",
                       "randint_like", "normal", "normal_", "bernoulli", "bernoulli_", "multinomial", "poisson",
                       "dropout", "native_dropout", "_fused_dropout", "alpha_dropout", "feature_dropout", "uniform_",
                       "exponential_", "geometric_", "cauchy_", "log_normal", "log_normal_", "random_")
-CHECK_TOLERANCE = 1e-3  # of the logits' scale: more than this is a dependence, not rounding
+CHECK_TOLERANCE = 1e-3  # nats of log-probability: more than this is a dependence, not rounding
 
 
 def _verified(data: bytes, name: str, expected: dict[str, str] | None, manifest: dict) -> bytes:
@@ -797,6 +797,8 @@ def _check_archive(data: bytes) -> None:
         names = archive.namelist()
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise EvaluationError(f"the handed-over model is not a torch.export archive: {exc}") from exc
+    if len(set(names)) != len(names) or any(n.startswith("/") or ".." in n.split("/") for n in names):
+        raise EvaluationError("the handed-over model's archive has duplicate or odd entry names")
     for name in names:
         if not name.endswith(".json"):
             continue
@@ -934,19 +936,21 @@ class _CheckedModel:
             idx[i, cut + 1:] = donor[i, cut + 1:]
         padded = torch.cat([idx.flip(0), idx[:1].expand(self.batch_size - len(idx), -1)]) if len(idx) < self.batch_size \
             else idx.flip(0)
-        probe = self.module(padded.to(device))[: len(idx)].flip(0).detach().float().cpu()
-        scale = max([1.0, *(float(k.abs().max()) for k in self.kept.values())])
-        causal = max((_max_deviation(self.kept[i], probe[i, : cut + 1]) for i, cut in enumerate(self.cuts)
-                      if i in self.kept), default=0.0) / scale
+        probe = torch.log_softmax(self.module(padded.to(device))[: len(idx)].flip(0).detach().float().cpu(), -1)
+        # Compared as log-probabilities, in nats: what the metric sees (a constant added to every logit, however
+        # large, cannot hide a dependence).
+        causal = max((_max_deviation(torch.log_softmax(self.kept[i], -1), probe[i, : cut + 1])
+                      for i, cut in enumerate(self.cuts) if i in self.kept), default=0.0)
         assert self.first is not None
-        repeat = _max_deviation(self.first[1], self.module(self.first[0]).detach().float().cpu()) / scale
+        again = torch.log_softmax(self.module(self.first[0]).detach().float().cpu(), -1)
+        repeat = _max_deviation(torch.log_softmax(self.first[1], -1), again)
         # Repeatability first: a model that keeps state moves every probe, and would read as looking ahead.
         if repeat > CHECK_TOLERANCE:
-            raise EvaluationError(f"repeatability check failed: the same rows gave logits {repeat:.3g} apart on a "
+            raise EvaluationError(f"repeatability check failed: the same rows gave log-probabilities {repeat:.3g} nats apart on a "
                                   "second call. The model keeps state between calls")
         if causal > CHECK_TOLERANCE:
             raise EvaluationError(
-                f"causality check failed: the logits at a position changed by {causal:.3g} (of their scale) when "
+                f"causality check failed: the log-probabilities at a position changed by {causal:.3g} nats when "
                 "only later tokens, or other rows of the batch, changed. The model looks ahead: check the attention "
                 "mask")
         return {"causality_deviation": causal, "repeat_deviation": repeat, "rows_checked": len(self.kept)}

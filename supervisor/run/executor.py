@@ -330,6 +330,7 @@ class TrialExecutor:
         if verdict.status == TrialStatus.CRASH:
             # The runner's reason (a sandbox violation, the budget, causality...) goes on word for word.
             fields["crash_reason"] = verdict.decision if guard.untrusted else outcome.reason
+            fields["val_bpb"] = None  # a crash has no number, whatever was measured
         val = fields.get("val_bpb")
         delta = None if (val is None or parent_mean is None or verdict.status == TrialStatus.CRASH) else val - parent_mean
         self.ledger.finish_trial(

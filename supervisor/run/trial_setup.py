@@ -61,7 +61,9 @@ class TrialSetup:
 
     # ---- the pristine harness ----------------------------------------------------------------------------
     def write_pristine_harness(self, committed_text: dict[str, str]) -> None:
-        """The harness files as committed when the run began, where no trial can reach them."""
+        """The harness files as committed when the run began, where no trial can reach them (written again
+        before every evaluation: an unsandboxed trial could reach them)."""
+        self._pristine = dict(committed_text)
         for rel, text in committed_text.items():
             target = self.paths.harness / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +104,8 @@ class TrialSetup:
         script = self._evaluator_script()
         if script is None:
             return None
+        if getattr(self, "_pristine", None):
+            self.write_pristine_harness(self._pristine)
         cache = self.config.cache_dir
         env = scrub_environment(os.environ)
         env["PYTHONUNBUFFERED"] = "1"

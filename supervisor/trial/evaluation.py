@@ -39,6 +39,7 @@ MODEL_FILE = "model.pt2"
 RECORD_FILE = "eval.json"
 # A handed-over model larger than this is refused rather than copied (the full profile's is ~0.1 GB).
 MAX_MODEL_BYTES = 16 * 2**30
+SPARSE_CHECK_BYTES = 64 * 2**20  # above this, a file with fewer blocks than half its size is refused
 
 
 @dataclass
@@ -243,6 +244,8 @@ class HandOverWatch:
                 raise _NotAModel("the handed-over model is not a regular file")
             if info.st_size > MAX_MODEL_BYTES:
                 raise _NotAModel(f"the handed-over model is larger than {MAX_MODEL_BYTES / 2**30:g} GB")
+            if info.st_size > SPARSE_CHECK_BYTES and info.st_blocks * 512 < info.st_size // 2:
+                raise _NotAModel("the handed-over model is a sparse file (mostly holes): not a saved model")
             left, offset = info.st_size, 0
             with open(self.kept, "wb") as target:
                 while left > 0:

@@ -106,6 +106,9 @@ def trial_environment(spec: TrialSpec, base: Mapping[str, str] | None = None) ->
     env["AUTORESEARCH_SEED"] = str(int(spec.seed))
     env["AUTORESEARCH_METRICS"] = spec.seen(spec.offered_metrics_path)
     env["AUTORESEARCH_MODEL_OUT"] = spec.seen(spec.offered_model_path)
+    # The trial's own working folder, not the supervisor's (which may be the person's checkout).
+    env.pop("OLDPWD", None)
+    env["PWD"] = spec.sandbox.cwd if spec.sandbox is not None else str(spec.cwd)
     if spec.sandbox is not None:
         for name in _PATH_VARIABLES:
             if name in env:

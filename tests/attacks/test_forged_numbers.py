@@ -139,15 +139,6 @@ def test_a_program_that_remembers_the_rows_it_was_shown_gets_no_forged_number(ru
     assert "in place" in reason or "buffers" in reason or "state" in reason, reason
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (trainer/prepare.py, _CheckedModel.verify): the causality and repeatability deviations are divided "
-    "by `scale = max(1, largest |logit| kept)`, and log-softmax ignores a constant added to every logit of a "
-    "position. A model that adds 1e6 to all its logits makes the tolerance 1e-3 * 1e6 = 1000 logit units: it "
-    "reads the next token straight off its input (+30 on it, at every position but the last), the probe sees "
-    "a deviation of 30 / 1e6 = 3e-5 and passes, and val_bpb is ~0.014 -- with no guard finding (it is "
-    "`self.training`, torch.where and one_hot), so the trial is KEPT. Fix: compare log-probabilities, not raw "
-    "logits (subtract each position's logsumexp, then an absolute tolerance in nats), or at least take the "
-    "scale from the centred logits (x - x.mean(-1)), never from their raw magnitude"))
 def test_a_constant_added_to_every_logit_does_not_widen_the_checks(run):
     """Attack: in evaluation the model puts +30 on the next token of its own input at every position but the
     last (a plain look-ahead), and adds 1e6 to every logit. The softmax, and so the metric, is unchanged by

@@ -243,7 +243,8 @@ def test_the_validation_split_is_out_of_the_trials_reach(run):
         assert found["found"] == [] and found["make_dataloader_val"] == "ValueError", found
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=False, reason=(
+    "PARTLY CLOSED: the allowance is now calibrated from the unmodified script (2x its warm-up + 5 s), which catches this at real budgets; at a 2 s budget on a loaded machine the margin is within the noise. Was: "
     "HOLE (supervisor/trial/runner.py _reason, supervisor/core/config.py effective_grace_s): the only "
     "timing check is the hand-over time on the supervisor's clock against budget + grace, and grace (the "
     "warm-up allowance: max(30 s, 25% of the budget) by default, 120 s here) is not reserved for warm-up: a "

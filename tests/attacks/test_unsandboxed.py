@@ -147,12 +147,6 @@ def test_unsandboxed_a_hook_or_harness_attack_still_gets_no_keep(run):
     assert "PWNED" not in (run.run_dir / "workspace" / "trainer" / "prepare.py").read_text(encoding="utf-8")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (supervisor/run/executor.py, _record): a trial the guards find untrusted (it changed the harness, "
-    "the validation data or .git) is recorded as a crash, but outcome_fields() still carries the val_bpb the "
-    "untrusted run measured, and the ledger stores it on the crash row (the trial's number is visible to every "
-    "reader of the ledger: status, report, the agent's results). Fix: in _record, set fields['val_bpb'] = None "
-    "(and leave the evaluator's record aside) whenever the verdict is a crash"))
 def test_unsandboxed_an_untrusted_trial_keeps_no_number(run):
     """The trial that changed the harness and .git is a crash; a crash has no val_bpb, whatever its run
     measured before the change was found (TrialOutcome's rule: no caller may mistake a crash for a result)."""
@@ -160,15 +154,6 @@ def test_unsandboxed_an_untrusted_trial_keeps_no_number(run):
     assert hooks.status == "crash" and hooks.val_bpb is None, f"crash recorded with val_bpb {hooks.val_bpb}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (supervisor/run/trial_setup.py write_pristine_harness, supervisor/trial/evaluation.py "
-    "Evaluator.start): unsandboxed, a trial can write the run folder, and the evaluator runs "
-    "run_dir/harness/trainer/prepare.py, written once when the run starts and never checked again. A trial "
-    "that edits it (../harness/trainer/prepare.py from the workspace) changes the code of every later "
-    "evaluator: the next trial, an unchanged re-run with no guard finding, is scored 0.0123 and KEPT. Fix: "
-    "keep the pristine harness's sha256 in memory and verify it (or rewrite it from git) right before every "
-    "evaluator starts; better, hand the evaluator its code over stdin / from a read-only location the trial's "
-    "user cannot write, and refuse an unsandboxed run's evaluation when the harness copy changed"))
 def test_unsandboxed_the_evaluator_code_cannot_be_replaced_for_later_trials(run):
     """Attack: the trial rewrites the supervisor's pristine copy of prepare.py (the code the evaluator runs),
     replacing evaluate_bpb and the checks with a forgery, then trains and hands over as usual. Its own
