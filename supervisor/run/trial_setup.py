@@ -70,8 +70,12 @@ class TrialSetup:
             target.write_text(text, encoding="utf-8")
 
     def _evaluator_script(self) -> str | None:
+        """The harness file that serves evaluations; None for a harness without one (an upstream checkout's
+        prepare.py: its trials then have no trusted result, and say so)."""
         for rel in self.config.layout.harness:
-            if Path(rel).name == EVALUATOR_SCRIPT:
+            path = self.paths.harness / rel
+            if Path(rel).name == EVALUATOR_SCRIPT and path.is_file() and \
+                    "--serve-evaluation" in path.read_text(encoding="utf-8", errors="replace"):
                 return rel
         return None
 

@@ -348,7 +348,8 @@ def _evaluate(spec: TrialSpec, outcome: TrialOutcome, evaluator: Evaluator | Non
               stop_event: threading.Event | None) -> None:
     """The trusted evaluation of the handed-over model; a trial without one has no result."""
     if evaluator is None:
-        _void(outcome, "no trusted evaluation was set up for this trial, so it has no result")
+        _void(outcome, "no trusted evaluation was set up for this trial (its harness has no evaluator: "
+                       "`prepare.py --serve-evaluation`), so it has no result")
         return
     began = time.monotonic()
     record = evaluator.evaluate(stop_requested=lambda: stop_event is not None and stop_event.is_set())
