@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import git
-import pytest
 
 from supervisor.agents.scripted import ScriptedAgent
 from supervisor.run.loop import Supervisor
