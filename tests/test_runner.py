@@ -424,7 +424,7 @@ def test_a_hand_over_after_budget_and_grace_is_over_budget(tmp_path: Path, monke
     outcome = run_trial(spec)
     assert outcome.status == "crash"
     assert outcome.reason.startswith("over budget: it handed over its model 100")
-    assert "the budget is 10 s plus a warm-up allowance of 5 s" in outcome.reason
+    assert "the budget is 10 s plus a warm-up allowance of 5.0 s" in outcome.reason
     assert outcome.handover_seconds is not None and outcome.handover_seconds > 1000
     assert outcome.val_bpb is None and outcome.eval_record is None  # never evaluated
     assert not outcome.timed_out
