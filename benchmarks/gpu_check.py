@@ -410,14 +410,14 @@ BATCH_LINE = re.compile(r"batch (\d+) tokens = (\d+) x (\d+) x (\d+)")
 
 def trainer_figures(r: dict[str, Any], ceiling: float | None, datasheet: float | None) -> dict[str, Any]:
     """The numbers of one trial: its summary lines, start-up (what the trainer spent outside training,
-    compile and eval), the median single-step tokens/s after the third step, and MFU re-read against the
-    measured matmul ceiling."""
+    compile and the hand-over of its model), the median single-step tokens/s after the third step, and MFU
+    re-read against the measured matmul ceiling."""
     f: dict[str, Any] = {key: _num(r.get(key)) for key in (
-        "val_bpb", "training_seconds", "total_seconds", "compile_seconds", "eval_seconds", "peak_vram_mb",
+        "training_seconds", "total_seconds", "compile_seconds", "handover_seconds", "peak_vram_mb",
         "mfu_percent", "num_steps", "tokens_per_s", "num_params_M")}
     f["compiled"] = r.get("compiled")
     f["wall_seconds"] = r.get("wall_seconds")
-    parts = [f[k] for k in ("total_seconds", "training_seconds", "compile_seconds", "eval_seconds")]
+    parts = [f[k] for k in ("total_seconds", "training_seconds", "compile_seconds", "handover_seconds")]
     f["startup_seconds"] = round(parts[0] - sum(parts[1:]), 1) if None not in parts else None  # type: ignore[operator]
     steps = [m["tokens_per_s"] for m in r.get("metrics", [])[3:] if m.get("tokens_per_s")]
     f["median_step_tokens_per_s"] = statistics.median(steps) if steps else None
@@ -447,8 +447,8 @@ def _describe_trial(f: dict[str, Any]) -> str:
     return (f"{_fmt(f['num_steps'], '.0f')} steps, {_fmt(f['tokens_per_s'], ',.0f')} tok/s, "
             f"MFU {_fmt(f['mfu_percent'], '.2f', '%')} ({_fmt(f['mfu_of_measured_percent'], '.2f', '%')} of measured), "
             f"peak VRAM {_fmt(vram / 1024 if vram else None, '.1f', ' GiB')}, start-up "
-            f"{_fmt(f['startup_seconds'], '.1f', ' s')}, compile + warm-up {_fmt(f['compile_seconds'], '.1f', ' s')}, eval "
-            f"{_fmt(f['eval_seconds'], '.1f', ' s')}, val_bpb {_fmt(f['val_bpb'], '.4f')}")
+            f"{_fmt(f['startup_seconds'], '.1f', ' s')}, compile + warm-up {_fmt(f['compile_seconds'], '.1f', ' s')}, hand-over "
+            f"{_fmt(f['handover_seconds'], '.1f', ' s')}")
 
 
 def run_trainer(ctx: Context, step: str, name: str, budget: float, overrides: dict[str, str]) -> StepResult:
@@ -755,8 +755,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 TRAINER_FIGURES = [("num_steps", ".0f"), ("tokens_per_s", ",.0f"), ("median_step_tokens_per_s", ",.0f"),
                    ("mfu_percent", ".2f"), ("mfu_of_measured_percent", ".2f"), ("peak_vram_mb", ",.0f"),
-                   ("startup_seconds", ".1f"), ("compile_seconds", ".1f"), ("eval_seconds", ".1f"),
-                   ("training_seconds", ".1f"), ("total_seconds", ".1f"), ("wall_seconds", ".1f"), ("val_bpb", ".4f"),
+                   ("startup_seconds", ".1f"), ("compile_seconds", ".1f"), ("handover_seconds", ".1f"),
+                   ("training_seconds", ".1f"), ("total_seconds", ".1f"), ("wall_seconds", ".1f"),
                    ("device_batch_size", ".0f"), ("grad_accum", ".0f"), ("metric_rows", ".0f")]
 
 

@@ -73,7 +73,7 @@ def test_tiny_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert doctor["torch"] == "ok" and doctor["bf16"] == "ok" and doctor["attention"] in ("ok", "info")
     eager = data["3c"]["data"]
     assert eager["tokens_per_s"] > 0 and eager["num_steps"] >= 1 and eager["device_batch_size"] == 16
-    assert eager["startup_seconds"] is not None and eager["eval_seconds"] >= 0 and eager["metric_rows"] >= 1
+    assert eager["startup_seconds"] is not None and eager["handover_seconds"] >= 0 and eager["metric_rows"] >= 1
     run = data["3d"]["data"]
     assert len(run["trials"]) == 2 and run["mean_non_training_s"] > 0
     assert all(t["metric_rows"] == t["num_steps"] and t["metric_rows_live"] >= 1 for t in run["trials"])
@@ -126,7 +126,7 @@ def test_memory_prediction_and_trainer_figures() -> None:
     assert gc._predicted_oom(64, measured, None) is None  # no NVML: run it and see
     assert gc._predicted_oom(8, measured, 1_000.0) is None  # smaller than one that ran
     run = {"val_bpb": "1.5", "training_seconds": "45.0", "total_seconds": "80.0", "compile_seconds": "25.0",
-           "eval_seconds": "4.0", "mfu_percent": "40.00", "tokens_per_s": "1000", "num_steps": "50",
+           "handover_seconds": "4.0", "mfu_percent": "40.00", "tokens_per_s": "1000", "num_steps": "50",
            "peak_vram_mb": "unknown", "wall_seconds": 81.0,
            "metrics": [{"tokens_per_s": t} for t in (1, 2, 3, 10, 20, 30)],
            "stderr": "model: depth 8, ...; batch 524288 tokens = 16 x 16 x 2048; budget 45 s"}
