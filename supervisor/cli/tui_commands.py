@@ -99,7 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
           "serving; the run goes on.", file=sys.stderr)
     # The project root must be importable in the per-tab processes, wherever the server was started.
     root = str(Path(__file__).resolve().parents[2])
-    os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
+    # An empty entry would put each tab's working directory on sys.path: join only what is there.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     Server(command, host=args.host, port=args.port, title=f"autoresearch · {args.tag}",
            public_url=public).serve()
     return 0
