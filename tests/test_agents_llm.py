@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -24,6 +25,7 @@ from supervisor.agents.llm import (
     build_prompt,
     compact_results,
     read_arguments,
+    render_previous,
     scrub,
     status_error,
     tool_result_text,
@@ -86,6 +88,39 @@ def test_compact_results_keeps_every_keep_and_the_last_trials():
     assert "60 trials: 5 keep, 54 discard, 1 crash, 1 flagged" in table and "every keep and the last 5" in table
     assert "keep*" in table and "[crash: CUDA out of memory]" in table
     assert compact_results([]) == "## Results\n(no finished trials yet)"
+
+
+def test_both_results_tables_show_steps_and_tokens_per_second():
+    table = compact_results([result(1, "keep", num_steps=14), result(2, "discard", num_steps=8, tokens_per_s=512.0)])
+    header, first, second = table.splitlines()[1:4]
+    assert "steps" in header and "tok/s" in header
+    assert first.split()[4:6] == ["14", "1000"] and second.split()[4:6] == ["8", "512"]
+    from supervisor.core.prompts import results_table
+    from supervisor.core.types import Trial
+
+    trial = Trial(**{f: None for f in Trial.__dataclass_fields__} | {
+        "id": 3, "status": "keep", "val_bpb": 1.23, "delta": -0.01, "flagged": False, "num_steps": 21,
+        "tokens_per_s": 2048.0, "mfu_percent": 12.5, "peak_vram_mb": 900.0, "description": "wider"})
+    got = results_table([trial], None, "flag").splitlines()
+    assert "steps  tok/s" in got[1] and got[2].split()[4:6] == ["21", "2048"]
+
+
+def test_journal_fields_are_cut_at_a_sentence_and_previous_calls_echoed_exactly():
+    from supervisor.core.types import JournalEntry
+
+    sentence = "The warmdown fraction moved the loss by less than the floor, so it stays as it is. "
+    entry = JournalEntry(1, 4, 0.0, hypothesis=sentence * 20, change="Short change.", result="r",
+                         interpretation="i", next_step="n")
+    state = build_prompt(context(recent_journal=[entry])).state
+    shown = next(line for line in state.splitlines() if line.strip().startswith("hypothesis:"))
+    assert "it stays as it is. [... " in shown and "more characters]" in shown  # ends on a whole sentence
+    assert len(shown) > 800 and "  change: Short change." in state
+    # The previous reply's calls come back exactly: an edit's search text keeps its spaces and newlines.
+    search = "def forward(self, x):\n    y  =  self.attn(x)   # two spaces\n"
+    call = ToolCall("edit_file", {"path": "trainer/train.py", "search": search, "replace": "x"}, id="c1")
+    failed = ToolOutcome("edit_file", False, "error: search text not found", call_id="c1")
+    previous = render_previous(PriorTurn("Editing.", [call], [failed]))
+    assert json.dumps(search) in previous and "-> ERROR:\nerror: search text not found" in previous
 
 
 def test_the_state_says_what_to_do_now():

@@ -128,6 +128,36 @@ def test_reflection_is_forced_and_plan_queue(tmp_path):
     assert "dropped: windows hurt" in (config.run_dir / "journal.md").read_text()
 
 
+def test_an_optional_plan_link_never_stops_a_trial(tmp_path):
+    """An unknown or dropped plan id is ignored (the trial runs, the agent is told); a tried plan is linked again
+    as a re-test."""
+    steps = [{"tool": "plan_add", "input": {"idea": "try a wider MLP at the same depth"}},
+             {"tool": "plan_add", "input": {"idea": "try sliding-window attention on half the layers"}},
+             {"tool": "plan_drop", "input": {"plan_id": 2, "reason": "windows hurt at this short sequence length"}},
+             trial("baseline", plan_id=41), journal(1),
+             edit("LR = 0.02", "LR = 0.04"), trial("wider mlp", plan_id=1), journal(2),
+             trial("wider mlp again", plan_id=1), journal(3),
+             trial("windows after all", plan_id=2), journal(4)]
+    sup, config, _ = scripted(tmp_path, steps, reflect_every=50)
+    sup.run()
+    results = [x["text"] for x in transcript(config) if x["role"] == "tool" and x["tool"] == "run_trial"]
+    assert len(results) == 4 and not any(x["refused"] for x in transcript(config) if x["role"] == "tool")
+    assert results[0].startswith("note: plan #41 is not in the plan queue; the trial ran without a plan link")
+    assert "val_bpb" in results[0]
+    assert not results[1].startswith("note:")
+    assert results[2].startswith("note: plan #1 was already tried in trial 2; this trial is linked to it as a "
+                                 "re-test")
+    assert results[3].startswith("note: plan #2 was dropped (windows hurt at this short sequence length)")
+    from supervisor.store.ledger import Ledger
+
+    ledger = Ledger(config.run_dir / "ledger.sqlite")
+    trials = ledger.finished_trials()
+    assert [t.plan_id for t in trials] == [None, 1, 1, None]
+    plans = ledger.plans()
+    assert plans[0].status == "tried" and plans[0].trial_id == 2  # the first try stays the plan's trial
+    assert plans[1].status == "dropped"
+
+
 def test_edit_errors_come_back_to_the_agent(tmp_path):
     steps = [
         edit("LR = 0.5", "LR = 0.04"),                         # missing

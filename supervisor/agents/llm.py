@@ -22,6 +22,7 @@ into the typed errors of supervisor.agents.base.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,8 +47,9 @@ from supervisor.core.types import JournalEntry, Plan, PlanStatus, Reflection
 
 MAX_RESULT_CHARS = 6000
 RESULT_ROWS_RECENT = 15
-FIELD_CHARS = 400
-REFLECTION_FIELD_CHARS = 1200
+FIELD_CHARS = 900              # a journal field in the prompt: the agent's own words, cut at a sentence
+REFLECTION_FIELD_CHARS = 1800
+ECHO_CHARS = 4000              # a previous call's arguments, echoed exactly (an edit's search text is copied back)
 PLANS_SHOWN = 5
 CRASH_TAIL_CHARS = 1500
 PLACEHOLDER_KEY = "not-needed"  # what the SDKs get for a local server that wants no key; never a secret
@@ -207,8 +209,31 @@ def _fmt(value: float | None, digits: int = 6) -> str:
 
 
 def _cut(text: Any, limit: int) -> str:
+    """One line of at most `limit` characters (for descriptions and reasons in tables)."""
     text = " ".join(str(text or "").split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_SENTENCE_END = re.compile(r"[.!?;:](?=\s)|\n")
+
+
+def _excerpt(text: Any, limit: int) -> str:
+    """The agent's own prose, whole when it fits; else cut after the last sentence that fits (never
+    mid-thought), saying how much was left out. Runs of blank space are folded, sentences are not."""
+    text = " ".join(str(text or "").split())
+    if len(text) <= limit:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, limit)]
+    cut = ends[-1] if ends and ends[-1] >= limit // 3 else text.rfind(" ", 0, limit)
+    cut = cut if cut > 0 else limit
+    return f"{text[:cut].rstrip()} [... {len(text) - cut:,} more characters]"
+
+
+def _echo(call_input: Any) -> str:
+    """A previous call's arguments exactly as sent (spaces and newlines kept, in JSON), so that text copied
+    back from it, an edit's search string above all, matches the file."""
+    text = json.dumps(call_input, ensure_ascii=False)
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]} [... {len(text) - ECHO_CHARS:,} more characters]"
 
 
 def _run_header(ctx: TurnContext) -> str:
@@ -234,16 +259,17 @@ def compact_results(results: list[dict[str, Any]], recent: int = RESULT_ROWS_REC
             f"{counts['crash']} crash, " + (f"{counts['held']} held for review, " if counts["held"] else "")
             + f"{flagged} flagged under the noise floor"
             + (f"; shown: every keep and the last {recent}" if len(shown) < len(results) else "") + ")")
-    lines = [head, "id   status  val_bpb   delta     tok/s    MFU%  category        description"]
+    lines = [head, "id   status  val_bpb   delta     steps  tok/s    MFU%  category        description"]
     for r in shown:
         status = r["status"] + ("*" if r.get("flagged") else "")
         delta = f"{r['delta']:+.5f}" if r.get("delta") is not None else ""
+        steps = str(r["num_steps"]) if r.get("num_steps") is not None else ""
         tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") is not None else ""
         mfu = f"{r['mfu_percent']:.1f}" if r.get("mfu_percent") is not None else ""
         desc = _cut(r.get("description"), 90)
         if r["status"] == "crash" and r.get("crash_reason"):
             desc += f" [crash: {_cut(r['crash_reason'], 70)}]"
-        lines.append(f"{r['id']:<4} {status:<7} {_fmt(r.get('val_bpb')):<9} {delta:<9} {tps:<8} {mfu:<5} "
+        lines.append(f"{r['id']:<4} {status:<7} {_fmt(r.get('val_bpb')):<9} {delta:<9} {steps:<6} {tps:<8} {mfu:<5} "
                      f"{(r.get('category') or ''):<15} {desc}")
     if flagged:
         lines.append("(* flagged: kept, but the gain is under the noise floor)")
@@ -254,11 +280,11 @@ def _journal(entries: list[JournalEntry]) -> str:
     out = [f"## Your last {len(entries)} journal entries"]
     for e in entries:
         out.append(f"Trial {e.trial_id}:\n"
-                   f"  hypothesis: {_cut(e.hypothesis, FIELD_CHARS)}\n"
-                   f"  change: {_cut(e.change, FIELD_CHARS)}\n"
-                   f"  result: {_cut(e.result, FIELD_CHARS)}\n"
-                   f"  interpretation: {_cut(e.interpretation, FIELD_CHARS)}\n"
-                   f"  next step: {_cut(e.next_step, FIELD_CHARS)}")
+                   f"  hypothesis: {_excerpt(e.hypothesis, FIELD_CHARS)}\n"
+                   f"  change: {_excerpt(e.change, FIELD_CHARS)}\n"
+                   f"  result: {_excerpt(e.result, FIELD_CHARS)}\n"
+                   f"  interpretation: {_excerpt(e.interpretation, FIELD_CHARS)}\n"
+                   f"  next step: {_excerpt(e.next_step, FIELD_CHARS)}")
     return "\n".join(out)
 
 
@@ -266,10 +292,10 @@ def _reflection(r: Reflection) -> str:
     triggers = "; ".join(r.triggers)
     return (f"## The latest reflection (after trial {r.after_trial}"
             + (f"; {triggers}" if triggers else "") + ")\n"
-            f"load-bearing: {_cut(r.load_bearing, REFLECTION_FIELD_CHARS)}\n"
-            f"dead ends: {_cut(r.dead_ends, REFLECTION_FIELD_CHARS)}\n"
-            f"re-test: {_cut(r.retest, REFLECTION_FIELD_CHARS)}\n"
-            f"plan: {_cut(r.plan, REFLECTION_FIELD_CHARS)}")
+            f"load-bearing: {_excerpt(r.load_bearing, REFLECTION_FIELD_CHARS)}\n"
+            f"dead ends: {_excerpt(r.dead_ends, REFLECTION_FIELD_CHARS)}\n"
+            f"re-test: {_excerpt(r.retest, REFLECTION_FIELD_CHARS)}\n"
+            f"plan: {_excerpt(r.plan, REFLECTION_FIELD_CHARS)}")
 
 
 def _plans(plans: list[Plan]) -> str:
@@ -296,7 +322,7 @@ def render_previous(prior: PriorTurn) -> str:
         lines.append("Its tool calls, in order, and what each returned:")
     for i, (call, outcome) in enumerate(zip(prior.calls, prior.results, strict=False), start=1):
         mark = "REFUSED" if outcome.refused else ("ok" if outcome.ok else "ERROR")
-        lines.append(f"{i}. {call.name} {_cut(json.dumps(call.input, ensure_ascii=False), 600)} -> {mark}:\n"
+        lines.append(f"{i}. {call.name} {_echo(call.input)} -> {mark}:\n"
                      f"{outcome.content}")
     return "\n".join(lines)
 

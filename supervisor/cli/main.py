@@ -38,6 +38,7 @@ from supervisor.core.config import (
     memory_limit_mb,
     noise_repeat_count,
     non_negative_float,
+    non_negative_int,
     positive_int,
     repeat_count,
     tag_name,
@@ -158,6 +159,7 @@ RUN_OPTIONS = {
     "plateau": "plateau_trials", "noise_repeats": "noise_repeats", "device": "device",
     "memory_limit_mb": "memory_limit_mb", "agent": "agent", "model": "model", "base_url": "base_url",
     "max_cost": "max_cost", "price": "price", "outage_pause": "outage_s", "warm_start": "warm_start",
+    "stall_replies": "stall_replies", "repeat_limit": "repeat_limit",
 }
 
 
@@ -499,6 +501,12 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outage-pause", type=non_negative_float, metavar="SECONDS",
                    help="pause the run when the agent's API has failed this long (default 600); it resumes "
                         "by itself when the API answers again")
+    p.add_argument("--stall-replies", type=non_negative_int, metavar="N",
+                   help="pause the run when the agent makes N replies in a row without progress: no trial, "
+                        "journal entry, reflection or successful edit (default 25; 0 turns it off)")
+    p.add_argument("--repeat-limit", type=non_negative_int, metavar="K",
+                   help="pause the run when the agent sends the same failing call K times since its last "
+                        "progress (default 5; 0 turns it off)")
     p.add_argument("--budget", type=finite_positive_float, help="training seconds per trial (default 300)")
     p.add_argument("--grace", type=grace_seconds,
                    help="warm-up allowance: seconds past the budget a trial may take to start, compile and hand "

@@ -287,6 +287,8 @@ class RunConfig:
     price: list[float] | None = None   # $ per million tokens IN,OUT[,CACHE_READ,CACHE_WRITE] for an unlisted model
     outage_s: float = 600.0            # API failing this long (after retries) pauses the run
     probe_every_s: float = 60.0        # while paused by an outage, how often a cheap request checks the API
+    stall_replies: int = 25            # replies in a row without progress that pause the run (0: never)
+    repeat_limit: int = 5              # the same failing call this often since the last progress pauses it (0: never)
     source_dir: Path = PROJECT_ROOT  # where trainer/ and program.md are copied from
     upstream_repo: Path | None = None  # drive an existing upstream checkout instead of our trainer
     layout: Layout = field(default_factory=Layout)
@@ -331,6 +333,8 @@ class RunConfig:
                                                              f"got {self.max_cost}"),
             (fails(self.outage_s, self.outage_s >= 0) or fails(self.probe_every_s, self.probe_every_s > 0),
              "--outage-pause must be a number of seconds >= 0"),
+            (self.stall_replies < 0, f"--stall-replies must be 0 (off) or more, got {self.stall_replies}"),
+            (self.repeat_limit < 0, f"--repeat-limit must be 0 (off) or more, got {self.repeat_limit}"),
         ]
         for failed, message in problems:
             if failed:

@@ -97,7 +97,10 @@ EDITED = "edited {editable} (lines {start}-{end}):\n{diff}"
 DESCRIPTION_EMPTY = "error: the description is empty; say in one line what this trial changes"
 DESCRIPTION_TOO_LONG = "error: the description must be one line of at most 200 characters"
 TRIAL_BUDGET_SPENT = "refused: this run's trial budget (--max-trials) is spent; no more trials"
-PLAN_NOT_OPEN = "error: plan #{plan_id} is not an open plan; see the plan queue"
+PLAN_LINK_IGNORED = ("note: plan #{plan_id} {why}; the trial ran without a plan link "
+                     "(plan_id is optional: leave it out, or give an id from the plan queue)")
+PLAN_RETEST = ("note: plan #{plan_id} was already tried{first}; this trial is linked to it as a re-test "
+               "(re-tests are welcome: say in the journal what is different this time)")
 NO_UNCOMMITTED_CHANGE = "(no uncommitted change)"
 NO_SUCH_TRIAL = "error: there is no trial {trial_id}"
 DIFF_HEAD = "trial {trial_id} ({status}): {description}\n"
@@ -144,7 +147,7 @@ STOPPED_BY_PERSON = "stopped by the person"  # a trial's crash reason, also how 
 
 RESULTS_EMPTY = "(no finished trials yet)"
 RESULTS_HEAD = "noise floor: {floor}; policy: {policy}"
-RESULTS_COLUMNS = "id  status   val_bpb   delta     flag  steps  MFU%   VRAM_MB  description"
+RESULTS_COLUMNS = "id  status   val_bpb   delta     flag  steps  tok/s    MFU%   VRAM_MB  description"
 
 
 def fmt(value: float | None, digits: int = 6) -> str:
@@ -210,6 +213,7 @@ def results_table(trials: list[Trial], noise_floor: float | None, policy: str) -
             f"{t.id:<3} {t.status:<8} {fmt(t.val_bpb):<9} "
             f"{(f'{t.delta:+.5f}' if t.delta is not None else ''):<9} {'FLAG' if t.flagged else '':<5} "
             f"{t.num_steps if t.num_steps is not None else '':<6} "
+            f"{(f'{t.tokens_per_s:.0f}' if t.tokens_per_s is not None else ''):<8} "
             f"{(f'{t.mfu_percent:.1f}' if t.mfu_percent is not None else ''):<6} "
             f"{(f'{t.peak_vram_mb:.0f}' if t.peak_vram_mb is not None else ''):<8} {t.description}"
         )

@@ -50,6 +50,7 @@ from supervisor.run.api_health import ApiHealth
 from supervisor.run.context import turn_context
 from supervisor.run.executor import TrialExecutor
 from supervisor.run.noise import measure_noise
+from supervisor.run.runaway import RunawayGuard
 from supervisor.run.tools import ToolBox, call_problem, obligation
 from supervisor.store.journal_files import JournalFiles
 from supervisor.store.ledger import Ledger
@@ -94,6 +95,7 @@ class Supervisor:
         self.toolbox = ToolBox(self.ledger, self.files, self.bus, self.executor)
         self.health = ApiHealth(self, outage_s=config.outage_s, probe_every_s=config.probe_every_s,
                                 max_cost=config.max_cost, spend=self._spend_so_far(), sleep=self._sleep)
+        self.runaway = RunawayGuard(config.stall_replies, config.repeat_limit)
         if hasattr(agent, "on_text"):  # a streaming agent: the UI shows its words as they come
             agent.on_text = self._reply_piece
 
@@ -300,6 +302,7 @@ class Supervisor:
                 self.health.probe(getattr(self.agent, "probe", None))
                 next_probe = time.monotonic() + self.config.probe_every_s
         self.health.pause_ended()
+        self.runaway.reset()  # whoever resumes gives the agent a fresh start (with a steer, usually)
         if not self._stop:
             self._set_state(RunState.RUNNING)
 
@@ -335,6 +338,11 @@ class Supervisor:
             self.bus.emit(ev.AGENT_TEXT, text=turn.text)
         self._last_outcomes = self._run_calls(turn.calls)
         self.files.append_transcript()
+        runaway = self.runaway.observe(turn.calls, self._last_outcomes)
+        if runaway is not None:
+            self.record(f"runaway guard: {runaway.reason}")
+            self.bus.emit(ev.NOTICE, level="warning", message=runaway.reason)
+            self.pause(runaway.reason)
         if turn.usage is not None:  # a paid model: garbage in a loop burns money
             self.health.count_malformed([p for p in map(call_problem, turn.calls) if p])
         if turn.done and not turn.calls:

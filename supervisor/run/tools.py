@@ -21,6 +21,7 @@ import math
 import re
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -527,12 +528,23 @@ class ToolBox:
         left = self.trials.trial_budget_left()
         if left is not None and left <= 0:
             return ToolOutcome("run_trial", ok=False, refused=True, content=prompts.TRIAL_BUDGET_SPENT)
-        plan_id = args.get("plan_id")
-        if plan_id is not None:
-            plan = self.ledger.plan(plan_id)
-            if plan is None or plan.status != PlanStatus.OPEN:
-                return ToolOutcome("run_trial", ok=False, content=prompts.PLAN_NOT_OPEN.format(plan_id=plan_id))
-        return self.trials.run_trial(description, args.get("category"), plan_id)
+        plan_id, note = self._plan_link(args.get("plan_id"))
+        outcome = self.trials.run_trial(description, args.get("category"), plan_id)
+        return replace(outcome, content=f"{note}\n{outcome.content}") if note else outcome
+
+    def _plan_link(self, plan_id: int | None) -> tuple[int | None, str]:
+        """The plan a trial is linked to, and a note for the agent. An optional link never stops a trial:
+        an unknown or dropped plan is ignored, a tried one is linked again as a re-test."""
+        if plan_id is None:
+            return None, ""
+        plan = self.ledger.plan(plan_id)
+        if plan is None or plan.status == PlanStatus.DROPPED:
+            why = f"was dropped ({plan.reason})" if plan is not None else "is not in the plan queue"
+            return None, prompts.PLAN_LINK_IGNORED.format(plan_id=plan_id, why=why)
+        if plan.status == PlanStatus.TRIED:
+            first = f" in trial {plan.trial_id}" if plan.trial_id else ""
+            return plan_id, prompts.PLAN_RETEST.format(plan_id=plan_id, first=first)
+        return plan_id, ""
 
     def _get_results(self, args: dict[str, Any]) -> ToolOutcome:
         status = args.get("status")
