@@ -123,6 +123,18 @@ def test_journal_fields_are_cut_at_a_sentence_and_previous_calls_echoed_exactly(
     assert json.dumps(search) in previous and "-> ERROR:\nerror: search text not found" in previous
 
 
+def test_an_uncommitted_edit_is_named_with_the_ways_out():
+    from supervisor.run.context import changed_lines
+
+    diff = "--- a/trainer/train.py\n+++ b/trainer/train.py\n@@ -1 +1 @@\n-LR = 0.02\n+LR = 0.04\n"
+    assert changed_lines(diff) == 2 and changed_lines("") == 0
+    state = build_prompt(context(results=[result(1, "keep")], uncommitted_lines=2)).state
+    task = state.split("## What to do now")[1]
+    assert "trainer/train.py has an uncommitted change since the last keep (2 changed lines" in task
+    assert "run_trial" in task and "revert_edits" in task
+    assert "uncommitted" not in build_prompt(context(results=[result(1, "keep")])).state
+
+
 def test_the_state_says_what_to_do_now():
     journal_ctx = context(
         obligation="journal", obligation_message="trial 3 has no journal entry yet. Call write_journal.",

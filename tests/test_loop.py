@@ -158,6 +158,29 @@ def test_an_optional_plan_link_never_stops_a_trial(tmp_path):
     assert plans[1].status == "dropped"
 
 
+def test_an_edit_left_by_a_failed_run_trial_is_named_and_can_be_reverted(tmp_path):
+    from supervisor.run.context import turn_context
+
+    steps = [trial("baseline"), journal(1), edit("LR = 0.02", "LR = 0.04"),
+             {"tool": "run_trial", "input": {"description": "   "}},  # an error: the edit stays, uncommitted
+             {"tool": "revert_edits", "input": {}}, {"tool": "revert_edits", "input": {}}]
+    sup, config, _ = scripted(tmp_path, steps)
+    seen: list[int] = []
+
+    def after_failed_run(event) -> None:  # on the loop's thread, between the two calls
+        if event.kind == ev.TOOL_RESULT and event.data["tool"] == "run_trial" and not event.data["ok"]:
+            seen.append(turn_context(sup.config, sup.ledger, sup.executor, []).uncommitted_lines)
+
+    sup.bus.subscribe(after_failed_run)
+    sup.run()
+    assert seen == [2]
+    train = config.workspace / "trainer/train.py"
+    assert "\nLR = 0.02" in train.read_text() and "\nLR = 0.04" not in train.read_text()
+    results = [x["text"] for x in transcript(config) if x["role"] == "tool" and x["tool"] == "revert_edits"]
+    assert results[0].startswith("reverted: trainer/train.py is back at the last keep") and "+LR = 0.04" in results[0]
+    assert results[1].startswith("nothing to revert")
+
+
 def test_edit_errors_come_back_to_the_agent(tmp_path):
     steps = [
         edit("LR = 0.5", "LR = 0.04"),                         # missing
@@ -174,6 +197,8 @@ def test_edit_errors_come_back_to_the_agent(tmp_path):
     assert "not found" in results[0].lower() and "LR = 0.02" in results[0]  # shows the nearest line
     assert "times" in results[1] or "ambiguous" in results[1].lower()
     assert "only trainer/train.py may be edited" in results[2] and "harness" in results[2]
+    tools = [x for x in transcript(config) if x["role"] == "tool"]
+    assert not tools[2]["refused"]  # an edit to the harness is the model's error to fix, not a refusal
     assert "outside" in results[3].lower() or "workspace" in results[3].lower()
     assert "missing required field(s): replace" in results[4]
     assert "unknown tool 'launch_rockets'" in results[5]

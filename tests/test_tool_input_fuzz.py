@@ -95,6 +95,9 @@ class FakeTrials:
     def working_diff(self) -> str:
         return self.workspace.working_diff()
 
+    def revert_edits(self) -> str:
+        return self.workspace.revert_editable()
+
     def result_text(self, trial: Trial, parent: Trial | None) -> str:
         return prompts.result_text(trial, parent, None)
 
@@ -273,7 +276,8 @@ def tool_input(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     valid = st.fixed_dictionaries({k: good[k] for k in required},
                                   optional={k: v for k, v in good.items() if k not in required})
     one_bad = st.builds(lambda base, item: {**base, item[0]: item[1]}, valid,
-                        st.sampled_from(sorted(props)).flatmap(lambda k: st.tuples(st.just(k), bad_value(k, props[k]))))
+                        st.sampled_from(sorted(props)).flatmap(lambda k: st.tuples(st.just(k), bad_value(k, props[k])))
+                        ) if props else valid  # a tool without fields (revert_edits) has no field to spoil
     mixed = st.fixed_dictionaries({}, optional=anything)  # required keys may be missing
     unknown_keys = st.dictionaries(st.one_of(st.text(max_size=8), st.sampled_from(["", "PATH", "\x00", "\ud800"])),
                                    garbage, min_size=1, max_size=3)

@@ -69,6 +69,8 @@ class TurnContext:
     # Trials the person stopped with the stop-trial command (status "aborted"), oldest first: never measured,
     # so not in `results`, yet a rejected change an agent should not run again.
     stopped: list[dict[str, Any]] = field(default_factory=list)
+    # Lines of the editable file changed since the last keep and not yet run (an edit whose run_trial failed).
+    uncommitted_lines: int = 0
 
 
 class Agent(Protocol):

@@ -376,6 +376,8 @@ def _task(ctx: TurnContext, previous: PriorTurn | None) -> str:
     else:
         left = prompts.TASK_TRIALS_LEFT.format(left=ctx.max_trials - ctx.trials_done) if ctx.max_trials else ""
         lines.append(prompts.TASK_NEXT_EXPERIMENT.format(left=left))
+    if ctx.uncommitted_lines:
+        lines.append(prompts.TASK_UNCOMMITTED.format(editable=ctx.editable, lines=ctx.uncommitted_lines))
     refused = [o for o in ctx.last_outcomes if o.refused]
     if refused:
         lines.append(prompts.TASK_LAST_REFUSED.format(tool=refused[-1].tool, content=_cut(refused[-1].content, 500)))

@@ -68,6 +68,9 @@ TASK_TRIALS_LEFT = " {left} trials are left in this run."
 TASK_NEXT_EXPERIMENT = ("Propose the next experiment: one idea, edit the training script with edit_file, then "
                         "run_trial with a one-line description (both may go in one reply). Put ideas you cannot "
                         "try now in the plan queue with plan_add.{left}")
+TASK_UNCOMMITTED = ("Note: {editable} has an uncommitted change since the last keep ({lines} changed lines; "
+                    "show_diff shows it). Run it with run_trial, or take it back with revert_edits; a new edit "
+                    "would stack on it.")
 TASK_LAST_REFUSED = "Your last refused call ({tool}) was told: {content}"
 
 OBLIGATION_JOURNAL = ("trial {trial_id} ({status}, val_bpb {val_bpb}) has no journal entry yet. Call write_journal "
@@ -101,6 +104,8 @@ PLAN_LINK_IGNORED = ("note: plan #{plan_id} {why}; the trial ran without a plan 
                      "(plan_id is optional: leave it out, or give an id from the plan queue)")
 PLAN_RETEST = ("note: plan #{plan_id} was already tried{first}; this trial is linked to it as a re-test "
                "(re-tests are welcome: say in the journal what is different this time)")
+NOTHING_TO_REVERT = "nothing to revert: the training script is as it was at the last keep"
+REVERTED = "reverted: {editable} is back at the last keep. The change thrown away was:\n{diff}"
 NO_UNCOMMITTED_CHANGE = "(no uncommitted change)"
 NO_SUCH_TRIAL = "error: there is no trial {trial_id}"
 DIFF_HEAD = "trial {trial_id} ({status}): {description}\n"

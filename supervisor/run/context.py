@@ -45,7 +45,14 @@ def turn_context(config: RunConfig, ledger: Ledger, executor: TrialExecutor,
         tools=TOOL_SCHEMAS,
         stopped=[trial_record(t, for_agent=True) for t in ledger.trials([TrialStatus.ABORTED])
                  if t.kind == TrialKind.TRIAL and t.crash_reason == prompts.STOPPED_BY_PERSON],
+        uncommitted_lines=changed_lines(executor.working_diff()),
     )
+
+
+def changed_lines(diff: str) -> int:
+    """Lines added or removed in a unified diff (its file headers not counted)."""
+    return sum(1 for line in diff.splitlines()
+               if line[:1] in "+-" and not line.startswith(("+++ ", "--- ")))
 
 
 def _program(config: RunConfig, executor: TrialExecutor) -> str:

@@ -199,6 +199,9 @@ class TrialExecutor:
     def working_diff(self) -> str:
         return self.workspace.working_diff()
 
+    def revert_edits(self) -> str:
+        return self.workspace.revert_editable()
+
     # ---- what the run knows about its trials ---------------------------------------------------------------
     def trials_done(self) -> int:
         return len([t for t in self.ledger.finished_trials() if t.kind == TrialKind.TRIAL])

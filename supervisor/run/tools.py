@@ -167,6 +167,12 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "input_schema": {"type": "object", "properties": {"trial_id": _id()}},
     },
     {
+        "name": "revert_edits",
+        "description": "Throw away the uncommitted change to the training script: it goes back to the last "
+                       "keep. Use it to abandon an edit instead of running it.",
+        "input_schema": {"type": "object", "properties": {}},
+    },
+    {
         "name": "plan_add",
         "description": "Add an idea to the plan queue (ambitious ideas belong here, so they are not forgotten).",
         "input_schema": {
@@ -210,6 +216,8 @@ class TrialHost(Protocol):
     def run_trial(self, description: str, category: str | None, plan_id: int | None) -> ToolOutcome: ...
 
     def working_diff(self) -> str: ...
+
+    def revert_edits(self) -> str: ...
 
     def result_text(self, trial: Trial, parent: Trial | None) -> str: ...
 
@@ -429,6 +437,7 @@ class ToolBox:
             "write_reflection": self._write_reflection,
             "get_results": self._get_results,
             "show_diff": self._show_diff,
+            "revert_edits": self._revert_edits,
             "plan_add": self._plan_add,
             "plan_drop": self._plan_drop,
         }
@@ -517,6 +526,13 @@ class ToolBox:
             return ToolOutcome("show_diff", ok=False, content=prompts.NO_SUCH_TRIAL.format(trial_id=trial_id))
         head = prompts.DIFF_HEAD.format(trial_id=trial.id, status=trial.status, description=trial.description)
         return ToolOutcome("show_diff", ok=True, content=head + (trial.diff or prompts.DIFF_EMPTY))
+
+    def _revert_edits(self, args: dict[str, Any]) -> ToolOutcome:  # noqa: ARG002 - it takes no arguments
+        dropped = self.trials.revert_edits()
+        if not dropped:
+            return ToolOutcome("revert_edits", ok=True, content=prompts.NOTHING_TO_REVERT)
+        return ToolOutcome("revert_edits", ok=True, content=prompts.REVERTED.format(
+            editable=self.trials.editable, diff=dropped))
 
     # ---- trials ------------------------------------------------------------------------------------------
     def _run_trial(self, args: dict[str, Any]) -> ToolOutcome:

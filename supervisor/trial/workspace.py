@@ -493,6 +493,13 @@ class Workspace:
         """The uncommitted change to the editable file."""
         return self.repo.git.diff("--no-ext-diff", "--no-textconv", "HEAD", "--", self.layout.editable)
 
+    def revert_editable(self) -> str:
+        """Put the editable file back as it is at HEAD (the last keep); returns the change that was dropped."""
+        dropped = self.working_diff()
+        if dropped:
+            self.repo.git.checkout("HEAD", "--", self.layout.editable)
+        return dropped
+
     def diff(self, parent: str, commit: str) -> str:
         return self.repo.git.diff("--no-ext-diff", "--no-textconv", parent, commit, "--", self.layout.editable)
 
