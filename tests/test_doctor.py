@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from supervisor.cli.doctor import FAIL, OK, WARN, run_doctor
+from supervisor.cli.doctor import FAIL, INFO, OK, WARN, run_doctor
 from tests.loop_support import cli
 
 
@@ -14,6 +14,7 @@ def test_doctor_checks_this_machine(prepared_cache, tmp_path, monkeypatch):
     assert checks["torch"].status == OK and "torch 2." in checks["torch"].detail
     assert checks["gpu"].status == WARN and "CPU" in checks["gpu"].detail and checks["gpu"].fix
     assert checks["bf16"].status == OK
+    assert checks["telemetry"].status == INFO and "CPU and RAM" in checks["telemetry"].detail
     assert checks["torch.compile"].status == OK and checks["torch.compile"].seconds > 0
     assert "math" in checks["attention"].detail
     assert checks["data"].status == OK and "profile small" in checks["data"].detail

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import collections
 import importlib.metadata
 import os
 import platform
@@ -10,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from supervisor.trial import platform_info as platform_module
 from supervisor.trial.platform_info import platform_info, telemetry_sample
 
 pytestmark = pytest.mark.timeout(180)
@@ -109,11 +113,10 @@ def test_telemetry_sample_is_sane() -> None:
             assert sample["vram_total_mb"] is None or sample["vram_total_mb"] > 0
         assert sample["cpu_percent"] is not None
         assert 0.0 <= sample["cpu_percent"] <= 100.0
-        if Path("/proc/meminfo").exists():
-            assert 0 < sample["ram_used_mb"] <= sample["ram_total_mb"]
+        assert 0 < sample["ram_used_mb"] <= sample["ram_total_mb"]  # psutil reads RAM on every OS
     if not _has_nvidia_gpu():
         assert first["kind"] == "cpu"
-        assert first["cpu_source"] in ("proc", "loadavg")
+        assert first["cpu_source"] in ("psutil", "loadavg")
 
 
 def test_telemetry_sees_a_busy_cpu() -> None:
@@ -128,6 +131,78 @@ def test_telemetry_sees_a_busy_cpu() -> None:
         if burner.poll() is None:
             burner.kill()
     sample = telemetry_sample()
-    if sample.get("cpu_source") == "proc":
+    if sample.get("cpu_source") == "psutil":
         cpus = os.cpu_count() or 1
         assert sample["cpu_percent"] >= min(50.0, 80.0 / cpus)
+
+
+@pytest.fixture
+def no_gpu_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telemetry as on a machine without NVML or amdsmi, with a fresh CPU baseline."""
+    monkeypatch.setattr(platform_module, "_nvml_state", {"tried": True, "module": None})
+    monkeypatch.setattr(platform_module, "_amdsmi_state", {"tried": True, "module": None, "error": "absent"})
+    monkeypatch.setattr(platform_module, "_cpu_state", {"times": None, "percent": None})
+
+
+def test_ram_is_read_through_psutil(no_gpu_libraries: None) -> None:
+    sample = telemetry_sample()
+    memory = psutil.virtual_memory()
+    assert sample["ram_total_mb"] == round(memory.total / 2**20, 1)
+    # used = total - available; both move between the two readings, by far less than 5% of the total.
+    assert abs(sample["ram_used_mb"] - (memory.total - memory.available) / 2**20) < 0.05 * sample["ram_total_mb"]
+    assert sample["cpu_source"] == "psutil" and 0.0 <= sample["cpu_percent"] <= 100.0
+
+
+class FakeMacOS:
+    """What psutil returns on macOS (its field names there: no iowait, no guest), with a clock of CPU seconds
+    that the test advances: 4 CPUs, 1 busy and 3 idle per second."""
+
+    Times = collections.namedtuple("scputimes", "user nice system idle")
+    Memory = collections.namedtuple("svmem", "total available percent used free active inactive wired")
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def cpu_times(self) -> tuple:
+        self.seconds += 1.0
+        return self.Times(user=0.8 * self.seconds, nice=0.0, system=0.2 * self.seconds, idle=3.0 * self.seconds)
+
+    @staticmethod
+    def virtual_memory() -> tuple:
+        gib = 2**30
+        return FakeMacOS.Memory(total=16 * gib, available=6 * gib, percent=62.5, used=9 * gib, free=1 * gib,
+                                active=5 * gib, inactive=5 * gib, wired=2 * gib)
+
+
+def test_a_mac_without_proc_still_gets_cpu_and_ram(monkeypatch: pytest.MonkeyPatch, no_gpu_libraries: None) -> None:
+    macos = FakeMacOS()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(psutil, "cpu_times", macos.cpu_times)
+    monkeypatch.setattr(psutil, "virtual_memory", macos.virtual_memory)
+    real_open = builtins.open
+
+    def no_proc(file, *args, **kwargs):  # there is no /proc on a Mac
+        if str(file).startswith("/proc"):
+            raise FileNotFoundError(2, "No such file or directory", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    sample = telemetry_sample()
+    assert sample["kind"] == "cpu"
+    assert (sample["ram_used_mb"], sample["ram_total_mb"]) == (10 * 1024.0, 16 * 1024.0)  # not "unknown"
+    assert sample["cpu_source"] == "psutil" and sample["cpu_percent"] == 25.0
+
+
+def test_when_psutil_cannot_read_the_cpu_the_load_average_stands_in(
+    monkeypatch: pytest.MonkeyPatch, no_gpu_libraries: None
+) -> None:
+    def refused() -> None:
+        raise psutil.AccessDenied()
+
+    monkeypatch.setattr(psutil, "cpu_times", refused)
+    monkeypatch.setattr(psutil, "virtual_memory", refused)
+    sample = telemetry_sample()  # no traceback
+    assert sample["cpu_source"] in ("loadavg", None)
+    if sample["cpu_source"] == "loadavg":
+        assert 0.0 <= sample["cpu_percent"] <= 100.0
+    assert sample["ram_used_mb"] is None and sample["ram_total_mb"] is None

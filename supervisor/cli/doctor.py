@@ -95,7 +95,9 @@ class Doctor:
             self.device_name = t.cuda.get_device_name(0)
             props = t.cuda.get_device_properties(0)
             count = t.cuda.device_count()
-            detail = f"{self.device_name}, {props.total_memory / 2**30:.0f} GiB" + (
+            # A ROCm build of torch answers through torch.cuda too; say which stack it is.
+            stack = f" via ROCm {t.version.hip}" if getattr(t.version, "hip", None) else ""
+            detail = f"{self.device_name}, {props.total_memory / 2**30:.0f} GiB{stack}" + (
                 f" (and {count - 1} more; trials use the first)" if count > 1 else "")
             return [Check("gpu", OK, detail)]
         if self.want == "cuda":
@@ -110,7 +112,9 @@ class Doctor:
 
     def check_telemetry(self) -> list[Check]:
         if self.device != "cuda":
-            return [Check("telemetry", INFO, "no NVIDIA GPU: the UI shows CPU and RAM instead")]
+            return [Check("telemetry", INFO, "no GPU in use: the UI shows CPU and RAM instead")]
+        if getattr(self.torch.version, "hip", None):
+            return self._check_amd_telemetry()
         try:
             pynvml = importlib.import_module("pynvml")
             pynvml.nvmlInit()
@@ -121,6 +125,17 @@ class Doctor:
                                              "temperature on screen", "pip install -e '.[gpu]'")]
         except Exception as exc:  # noqa: BLE001
             return [Check("telemetry", WARN, f"NVML failed: {_first_line(exc)}", "ROCm cards have no NVML")]
+
+    def _check_amd_telemetry(self) -> list[Check]:
+        from supervisor.trial.platform_info import amd_telemetry_status
+
+        works, detail = amd_telemetry_status()
+        if works:
+            return [Check("telemetry", OK, detail)]
+        # Trials run as well without it; only the GPU pane is poorer. Hence info, not a warning.
+        return [Check("telemetry", INFO, f"{detail}: the UI shows CPU and RAM instead of GPU utilisation, "
+                                         "VRAM and temperature",
+                      "pip install -e '.[rocm]' (needs ROCm's libamd_smi.so: apt install amd-smi-lib)")]
 
     def check_bf16(self) -> list[Check]:
         t = self.torch

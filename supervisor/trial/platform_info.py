@@ -6,13 +6,17 @@ same GPU, driver and torch. :func:`telemetry_sample` feeds the live GPU/CPU pane
 Neither imports torch into the supervisor: torch facts are read by a short-lived probe
 subprocess (using the trainer's interpreter), so the supervisor stays light, never opens a CUDA
 context that would hold VRAM all night, and cannot be hung by a wedged driver. GPU telemetry
-comes from NVML (``nvidia-ml-py``, imported as ``pynvml``) when it is installed and sees a GPU;
-everything else falls back to ``/proc`` on Linux and ``os.getloadavg`` elsewhere. Both
-functions never raise.
+comes from NVML (``nvidia-ml-py``, imported as ``pynvml``) on NVIDIA GPUs and from ``amdsmi``
+(the ``rocm`` extra; it needs the ROCm library ``libamd_smi.so``) on AMD GPUs, when either is
+installed and sees a GPU. CPU and RAM come from ``psutil`` on every OS, with the load average as a
+last resort. Both functions never raise.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import io
 import json
 import os
 import platform
@@ -22,7 +26,9 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["platform_info", "telemetry_sample", "UNKNOWN"]
+import psutil
+
+__all__ = ["platform_info", "telemetry_sample", "amd_telemetry_status", "UNKNOWN"]
 
 UNKNOWN = "unknown"
 # Every platform_info() result has exactly these keys.
@@ -115,6 +121,188 @@ def _nvml_handle(nvml: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# amdsmi (AMD GPUs under ROCm)
+# ---------------------------------------------------------------------------------------------
+
+_amdsmi_lock = threading.Lock()
+# "error" says why amdsmi is unusable, for `doctor`; None while untried or when it works.
+_amdsmi_state: dict[str, Any] = {"tried": False, "module": None, "error": None}
+# amdsmi fills a counter the board does not have with all ones (or the text "N/A").
+_AMDSMI_NOT_SUPPORTED = frozenset({0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF})
+# The variables ROCm reads to pick GPUs, in the order they are consulted here.
+_AMD_VISIBLE_DEVICES = ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
+
+
+def _amdsmi() -> Any | None:
+    """The initialised ``amdsmi`` module, or None (not installed, no ROCm library, no AMD GPU).
+
+    Initialised once per process, as NVML is; the reason for a failure stays in ``_amdsmi_state``.
+    """
+    with _amdsmi_lock:
+        if not _amdsmi_state["tried"]:
+            _amdsmi_state["tried"] = True
+            _amdsmi_state["module"], _amdsmi_state["error"] = _start_amdsmi()
+        return _amdsmi_state["module"]
+
+
+def _start_amdsmi() -> tuple[Any | None, str | None]:
+    """(module, None) when amdsmi works and sees a GPU, else (None, why not)."""
+    printed = io.StringIO()
+    try:
+        # The wheel loads libamd_smi.so at import; without ROCm it prints a hint to stdout (which
+        # would scribble over the terminal UI) and then fails with whatever ctypes raised.
+        with contextlib.redirect_stdout(printed):
+            import amdsmi
+    except ImportError:
+        return None, "amdsmi is not installed"
+    except Exception as exc:
+        hint = " ".join(printed.getvalue().split())[:200]
+        return None, f"the ROCm library libamd_smi.so was not found ({hint or _first_line(exc)})"
+    try:
+        amdsmi.amdsmi_init()
+    except Exception as exc:
+        return None, f"amdsmi could not start (is the amdgpu driver loaded?): {_first_line(exc)}"
+    try:
+        handles = amdsmi.amdsmi_get_processor_handles()
+        error = "amdsmi sees no AMD GPU"
+    except Exception as exc:
+        handles, error = [], f"amdsmi cannot list the GPUs: {_first_line(exc)}"
+    if not handles:
+        _shut_down_amdsmi(amdsmi)
+        return None, error
+    # The library holds driver handles open; give them back when the supervisor exits.
+    atexit.register(_shut_down_amdsmi, amdsmi)
+    return amdsmi, None
+
+
+def _shut_down_amdsmi(amdsmi: Any) -> None:
+    try:
+        amdsmi.amdsmi_shut_down()
+    except Exception:
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {' '.join(lines[:2]).strip()}"[:200]
+
+
+def _amd_handle(amdsmi: Any) -> Any:
+    """The amdsmi handle of the GPU a trial will use: the first visible one.
+
+    amdsmi lists every GPU in PCI order whatever the variables say; an index in them is a best guess
+    (it is exact when nothing reorders the devices, the usual case on one machine).
+    """
+    handles = amdsmi.amdsmi_get_processor_handles()
+    for name in _AMD_VISIBLE_DEVICES:
+        first = os.environ.get(name, "").split(",")[0].strip()
+        if first.isdigit() and int(first) < len(handles):
+            return handles[int(first)]
+    return handles[0]
+
+
+def _amd_number(value: Any) -> float | None:
+    """A counter as amdsmi returns it, or None where the board does not have it ("N/A", all ones)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value in _AMDSMI_NOT_SUPPORTED:
+        return None
+    return float(value)
+
+
+def _amd_text(value: Any) -> str | None:
+    text = _text(value).strip() if value is not None else ""
+    return text if text and text != "N/A" else None
+
+
+def _query(read: Any) -> Any:
+    """``read()``, or None when this board, driver or library version does not support it."""
+    try:
+        return read()
+    except Exception:
+        return None
+
+
+def _amd_gpu_sample(amdsmi: Any) -> dict[str, Any] | None:
+    try:
+        handle = _amd_handle(amdsmi)
+    except Exception:
+        return None
+    sample: dict[str, Any] = {"kind": "gpu", "gpu_source": "amdsmi"}
+    sample["gpu_name"] = _query(lambda: _amd_text(amdsmi.amdsmi_get_gpu_asic_info(handle)["market_name"]))
+    sample["gpu_util_percent"] = _query(
+        lambda: _amd_number(amdsmi.amdsmi_get_gpu_activity(handle)["gfx_activity"])
+    )
+    vram = _query(lambda: amdsmi.amdsmi_get_gpu_vram_usage(handle)) or {}
+    # amdsmi counts VRAM in MB (2**20 bytes) already.
+    sample["vram_used_mb"] = _amd_number(vram.get("vram_used"))
+    sample["vram_total_mb"] = _amd_number(vram.get("vram_total"))
+    sample["temperature_c"] = _amd_temperature(amdsmi, handle)
+    sample["power_w"] = _amd_power(amdsmi, handle)
+    return sample
+
+
+def _amd_temperature(amdsmi: Any, handle: Any) -> float | None:
+    # Radeon cards report the edge sensor, as NVML's GPU temperature is; Instinct boards (MI200/MI300)
+    # have no edge sensor and report the hotspot only.
+    for sensor in ("EDGE", "HOTSPOT"):
+        value = _query(
+            lambda sensor=sensor: _amd_number(
+                amdsmi.amdsmi_get_temp_metric(
+                    handle,
+                    getattr(amdsmi.AmdSmiTemperatureType, sensor),
+                    amdsmi.AmdSmiTemperatureMetric.CURRENT,
+                )
+            )
+        )
+        if value is not None and value > 0:
+            return value
+    return None
+
+
+def _amd_power(amdsmi: Any, handle: Any) -> float | None:
+    power = _query(lambda: amdsmi.amdsmi_get_power_info(handle)) or {}
+    # Watts. Which key is filled depends on the board: MI300 reports the current draw, Radeon cards
+    # an average; newer libraries copy whichever exists into socket_power.
+    for key in ("socket_power", "current_socket_power", "average_socket_power"):
+        value = _amd_number(power.get(key))
+        if value is not None and value > 0:
+            return value
+    return None
+
+
+def _amd_driver(amdsmi: Any) -> str | None:
+    def read() -> str | None:
+        driver = amdsmi.amdsmi_get_gpu_driver_info(_amd_handle(amdsmi))
+        name, version = _amd_text(driver.get("driver_name")), _amd_text(driver.get("driver_version"))
+        return " ".join(part for part in (name, version) if part) or None
+
+    return _query(read)
+
+
+def amd_telemetry_status() -> tuple[bool, str]:
+    """Whether AMD GPU telemetry works on this machine, and in words what it sees or why not (for `doctor`).
+
+    Never raises. The words for a failure name the cause: amdsmi not installed, the ROCm library not
+    found, the driver not answering, or no AMD GPU.
+    """
+    amdsmi = _amdsmi()
+    if amdsmi is None:
+        return False, _amdsmi_state["error"] or "amdsmi is unavailable"
+    sample = _amd_gpu_sample(amdsmi) or {}
+    parts = [sample.get("gpu_name") or "an AMD GPU", f"driver {_amd_driver(amdsmi) or UNKNOWN}"]
+    others = _query(
+        lambda: [
+            p for p in amdsmi.amdsmi_get_gpu_process_list(_amd_handle(amdsmi)) if p.get("pid") != os.getpid()
+        ]
+    )
+    if others:
+        # Another job on the GPU takes compute and VRAM from every trial: worth knowing before a night.
+        parts.append(
+            f"{len(others)} other process(es) on it: {', '.join(str(p.get('name')) for p in others[:3])}"
+        )
+    return True, "amdsmi works: " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
 # platform_info
 # ---------------------------------------------------------------------------------------------
 
@@ -202,8 +390,11 @@ def _compute_platform_info(python: str) -> dict[str, str]:
     }
     _add_accelerator(info, probe)
     nvml = _nvml()
+    amdsmi = _amdsmi() if nvml is None else None
     if nvml is not None:
         _add_nvml_facts(info, nvml)
+    elif amdsmi is not None:
+        _add_amd_facts(info, amdsmi, probe.get("hip", "n/a"))
     elif info["accelerator"] == "rocm":
         info["driver"] = f"rocm {probe.get('hip', UNKNOWN)}"
     elif info["accelerator"] == "cuda":
@@ -239,12 +430,25 @@ def _add_nvml_facts(info: dict[str, str], nvml: Any) -> None:
             pass
 
 
+def _add_amd_facts(info: dict[str, str], amdsmi: Any, hip: str) -> None:
+    driver = _amd_driver(amdsmi) or UNKNOWN
+    # The kernel driver and the ROCm runtime torch was built with both decide speed and correctness.
+    info["driver"] = f"{driver}, rocm {hip}" if hip not in ("n/a", UNKNOWN) else driver
+    if info["torch"] == UNKNOWN:
+        # No torch to ask; amdsmi still knows the board, which is the best record we have.
+        name = _query(lambda: _amd_text(amdsmi.amdsmi_get_gpu_asic_info(_amd_handle(amdsmi))["market_name"]))
+        count = _query(lambda: len(amdsmi.amdsmi_get_processor_handles()))
+        if name and count:
+            info["gpu"], info["gpu_count"] = name, str(count)
+
+
 def platform_info(python: str | None = None, *, refresh: bool = False) -> dict[str, str]:
     """Describe the platform trials run on, as strings (all keys always present).
 
     Keys: ``gpu`` (the device name torch sees, ``"cpu"`` without an accelerator), ``gpu_count``,
-    ``accelerator`` (``cuda``, ``rocm``, ``mps`` or ``cpu``), ``driver`` (NVML's driver version;
-    without NVML the CUDA/ROCm runtime version, else ``"n/a"``), ``cuda`` (torch's CUDA build or
+    ``accelerator`` (``cuda``, ``rocm``, ``mps`` or ``cpu``), ``driver`` (NVML's driver version; on AMD,
+    amdsmi's kernel driver and torch's ROCm version; without either library the CUDA/ROCm runtime
+    version, else ``"n/a"``), ``cuda`` (torch's CUDA build or
     ``"n/a"``), ``torch``, ``python``, ``os``, ``cpu`` (model name), ``cpu_count`` (usable
     CPUs). Anything that cannot be found out is ``"unknown"``; this never raises.
 
@@ -270,24 +474,20 @@ def platform_info(python: str | None = None, *, refresh: bool = False) -> dict[s
 # ---------------------------------------------------------------------------------------------
 
 _cpu_lock = threading.Lock()
-# (idle, total) jiffies at the previous sample, and the percentage computed then.
+# (idle, total) CPU seconds at the previous sample, and the percentage computed then. Kept here rather
+# than in psutil.cpu_percent(interval=None), whose baseline is shared with every other caller.
 _cpu_state: dict[str, Any] = {"times": None, "percent": None}
 
 
-def _read_cpu_times() -> tuple[int, int] | None:
+def _read_cpu_times() -> tuple[float, float] | None:
     try:
-        with open("/proc/stat", encoding="ascii") as handle:
-            fields = handle.readline().split()
-    except OSError:
+        times = psutil.cpu_times()._asdict()
+    except Exception:  # psutil raises OSError or RuntimeError where the OS will not say
         return None
-    if not fields or fields[0] != "cpu":
-        return None
-    try:
-        values = [int(value) for value in fields[1:9]]  # guest time is already inside user
-    except ValueError:
-        return None
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return idle, sum(values)
+    # Linux counts guest time inside user time already; adding it again would dilute idle.
+    total = sum(value for key, value in times.items() if key not in ("guest", "guest_nice"))
+    idle = times.get("idle", 0.0) + times.get("iowait", 0.0)
+    return idle, total
 
 
 def _cpu_percent() -> float | None:
@@ -315,31 +515,26 @@ def _cpu_percent() -> float | None:
 
 
 def _memory_mb() -> tuple[float | None, float | None]:
-    """(used, total) RAM in MB from /proc/meminfo; used = total - available."""
-    values: dict[str, int] = {}
+    """(used, total) RAM in MB; used = total - available (what a new allocation cannot have).
+
+    psutil's own ``used`` leaves out caches differently on each OS; total - available means the same
+    everywhere.
+    """
     try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                key, _, rest = line.partition(":")
-                if key in ("MemTotal", "MemAvailable", "MemFree"):
-                    values[key] = int(rest.split()[0])  # kB
-    except (OSError, ValueError, IndexError):
+        memory = psutil.virtual_memory()
+    except Exception:
         return None, None
-    total = values.get("MemTotal")
-    available = values.get("MemAvailable", values.get("MemFree"))
-    if total is None or available is None:
-        return None, None
-    return round((total - available) / 1024, 1), round(total / 1024, 1)
+    return round((memory.total - memory.available) / 2**20, 1), round(memory.total / 2**20, 1)
 
 
 def _cpu_sample() -> dict[str, Any]:
-    sample: dict[str, Any] = {"cpu_percent": _cpu_percent(), "cpu_source": "proc"}
+    sample: dict[str, Any] = {"cpu_percent": _cpu_percent(), "cpu_source": "psutil"}
     try:
         sample["load_avg_1m"] = round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         sample["load_avg_1m"] = None
     if sample["cpu_percent"] is None:
-        # No /proc (macOS): the load average per CPU is a fair stand-in for utilisation.
+        # psutil could not read the CPU times: the load average per CPU is a fair stand-in.
         sample["cpu_source"] = "loadavg"
         if sample["load_avg_1m"] is not None:
             cpus = os.cpu_count() or 1
@@ -355,7 +550,7 @@ def _gpu_sample(nvml: Any) -> dict[str, Any] | None:
         handle = _nvml_handle(nvml)
     except Exception:
         return None
-    sample: dict[str, Any] = {"kind": "gpu"}
+    sample: dict[str, Any] = {"kind": "gpu", "gpu_source": "nvml"}
     # Each query may be unsupported on its own (MIG slices have no utilisation counter).
     try:
         sample["gpu_name"] = _text(nvml.nvmlDeviceGetName(handle))
@@ -385,20 +580,22 @@ def _gpu_sample(nvml: Any) -> dict[str, Any] | None:
 def telemetry_sample() -> dict[str, Any]:
     """One reading of how busy the machine is. Cheap; meant to be polled about once a second.
 
-    With NVML and a GPU: ``{"kind": "gpu", "gpu_name", "gpu_util_percent", "vram_used_mb",
-    "vram_total_mb", "temperature_c", "power_w", ...}`` plus the CPU fields below (a starved
-    dataloader shows up there). Otherwise ``{"kind": "cpu", "cpu_percent", "cpu_source",
-    "load_avg_1m", "ram_used_mb", "ram_total_mb"}``. ``cpu_percent`` is over all CPUs since the
-    previous call (``/proc/stat``; the first call blocks 100 ms to have an interval), or the
-    1-minute load average per CPU where there is no ``/proc``. Every sample has ``"time"``
-    (epoch seconds). A value that cannot be read is ``None``; this never raises.
-
-    ROCm GPUs have no NVML and report as ``"cpu"``.
+    With NVML or amdsmi and a GPU: ``{"kind": "gpu", "gpu_source" ("nvml" or "amdsmi"), "gpu_name",
+    "gpu_util_percent", "vram_used_mb", "vram_total_mb", "temperature_c", "power_w", ...}`` plus the
+    CPU fields below (a starved dataloader shows up there). Otherwise ``{"kind": "cpu",
+    "cpu_percent", "cpu_source", "load_avg_1m", "ram_used_mb", "ram_total_mb"}``. ``cpu_percent`` is
+    over all CPUs since the previous call (psutil's CPU times; the first call blocks 100 ms to have
+    an interval), or the 1-minute load average per CPU where psutil cannot read them. Every sample
+    has ``"time"`` (epoch seconds). A value that cannot be read is ``None``; this never raises.
     """
     sample: dict[str, Any] = {}
     try:
         nvml = _nvml()
-        gpu = _gpu_sample(nvml) if nvml is not None else None
+        amdsmi = _amdsmi() if nvml is None else None
+        if nvml is not None:
+            gpu = _gpu_sample(nvml)
+        else:
+            gpu = _amd_gpu_sample(amdsmi) if amdsmi is not None else None
         sample = dict(gpu) if gpu is not None else {"kind": "cpu"}
         sample.update(_cpu_sample())
     except Exception:

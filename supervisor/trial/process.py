@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 # Descendants are snapshotted this often so that children that escape the process group
 # (setsid) can still be found and killed after the main process is gone.
 DESCENDANT_SNAPSHOT_INTERVAL_S = 1.0
@@ -280,50 +282,62 @@ class MetricsBuffer:
 # ---------------------------------------------------------------------------------------------
 
 
-def _proc_stat_table() -> dict[int, tuple[str, int, int, int, int]] | None:
-    """pid -> (state, ppid, pgid, sid, starttime) from /proc, or None where there is no /proc."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    table: dict[int, tuple[str, int, int, int, int]] = {}
-    for entry in entries:
-        if not entry.isdigit():
-            continue
+_GONE_STATES = frozenset({psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
+
+
+def _group_and_session(pid: int) -> tuple[int | None, int | None]:
+    """(pgid, sid) of a process, None for what the OS will not tell (macOS refuses another session's sid).
+
+    Two system calls, no file read: cheap enough to ask of every process on the machine once a second,
+    which psutil (it has no pgid or sid) is not.
+    """
+    ids: list[int | None] = []
+    for read in (os.getpgid, os.getsid):
         try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                raw = handle.read()
+            ids.append(read(pid))
         except OSError:
-            continue  # exited meanwhile
-        # The command name is in parentheses and may itself contain spaces or ')'.
-        fields = raw[raw.rfind(b")") + 2 :].split()
-        try:
-            table[int(entry)] = (
-                fields[0].decode(),
-                int(fields[1]),
-                int(fields[2]),
-                int(fields[3]),
-                int(fields[19]),
-            )
-        except (IndexError, ValueError):
-            continue
-    return table
+            ids.append(None)
+    return ids[0], ids[1]
+
+
+def _all_pids() -> list[int] | None:
+    try:
+        return psutil.pids()
+    except Exception:  # psutil cannot list processes on this OS
+        return None
+
+
+def _with_descendants(proc: psutil.Process) -> set[psutil.Process]:
+    """``proc`` and every process under it now; only ``proc`` when psutil cannot say."""
+    try:
+        return {proc, *proc.children(recursive=True)}
+    except psutil.Error:  # proc is gone or its pid was recycled, or /proc is not readable
+        return {proc}
 
 
 class ProcessSweeper:
     """Finds and kills everything a trial started.
 
     The process group (= session, from start_new_session) catches almost everything: DataLoader
-    workers, compile workers, shells. A child that calls setsid() leaves both, so on Linux the
-    sweeper also remembers the trial's descendants (pid + start time, so a recycled pid is never
-    hit) while the main process is alive, and kills them at the end. That is best effort: a
-    child born and detached between two snapshots can still escape.
+    workers, compile workers, shells. A child that calls setsid() leaves both, so the sweeper also
+    remembers the trial's descendants while the main process is alive, and kills them at the end.
+    Descendants are found through psutil, so this works on macOS too; each one is remembered as a
+    psutil.Process, which knows its start time, so a recycled pid is never hit. The descendants of
+    group members that an orphaning reparented away from the trial (a double fork) are walked too.
+    That is best effort: a child born and detached between two snapshots can still escape. In a
+    sandbox with its own PID namespace nothing escapes: the kernel ends the namespace with its first
+    process.
     """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid  # also the pgid and sid of the trial
-        self.known: dict[int, int] = {}  # pid -> starttime
+        self.known: set[psutil.Process] = set()  # hashed by (pid, start time)
         self.last_snapshot = 0.0
+        try:
+            # Taken now, while the pid is surely the trial's: later lookups check the start time against it.
+            self.main: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self.main = None
 
     def maybe_snapshot(self) -> None:
         now = time.monotonic()
@@ -332,22 +346,21 @@ class ProcessSweeper:
             self.snapshot()
 
     def snapshot(self) -> None:
-        table = _proc_stat_table()
-        if table is None:
-            return
-        children: dict[int, list[int]] = {}
-        for pid, (_state, ppid, _pgid, _sid, _start) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        stack = list(children.get(self.pid, []))
-        while stack:
-            pid = stack.pop()
-            if pid in self.known or pid not in table:
+        found = _with_descendants(self.main) if self.main is not None else set()
+        found_pids = {proc.pid for proc in found}
+        # Members of the trial's group or session that are no longer under it: a double fork orphans the
+        # grandchild to init, and a setsid() child of that grandchild would be found nowhere else.
+        for pid in _all_pids() or []:
+            if pid == self.pid or pid in found_pids or self.pid not in _group_and_session(pid):
                 continue
-            self.known[pid] = table[pid][4]
-            stack.extend(children.get(pid, []))
-        for pid, (_state, _ppid, pgid, sid, start) in table.items():
-            if pid != self.pid and (pgid == self.pid or sid == self.pid):
-                self.known.setdefault(pid, start)
+            try:
+                member = psutil.Process(pid)
+            except psutil.Error:
+                continue  # exited meanwhile
+            for proc in _with_descendants(member):
+                found_pids.add(proc.pid)
+                found.add(proc)
+        self.known.update(proc for proc in found if proc.pid != self.pid)
 
     def signal_group(self, signum: int) -> None:
         try:
@@ -364,17 +377,12 @@ class ProcessSweeper:
         self.snapshot()
         for _ in range(2):  # a second pass catches what forked while the first one ran
             self.signal_group(signal.SIGKILL)
-            table = _proc_stat_table()
-            if table is None:
-                return
-            for pid, start in list(self.known.items()):
-                info = table.get(pid)
-                if info is None or info[4] != start or info[0] in ("Z", "X"):
-                    continue
+            for proc in list(self.known):
                 try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                    # psutil checks the start time first: a pid recycled by another process is left alone.
+                    proc.kill()
+                except psutil.Error:  # gone (NoSuchProcess), a zombie, or not ours to kill (AccessDenied)
+                    self.known.discard(proc)
             self.snapshot()
 
 
@@ -399,10 +407,20 @@ def wait_group_gone(pgid: int, timeout_s: float = 10.0) -> bool:
 
 
 def _live_members(pgid: int) -> bool:
-    table = _proc_stat_table()
-    if table is None:
-        return True  # no /proc: only killpg's answer counts
-    return any(pgid == group and state not in ("Z", "X") for state, _ppid, group, _sid, _start in table.values())
+    pids = _all_pids()
+    if pids is None:
+        return True  # psutil cannot list processes here: only killpg's answer counts
+    for pid in pids:
+        if _group_and_session(pid)[0] != pgid:
+            continue
+        try:
+            if psutil.Process(pid).status() not in _GONE_STATES:
+                return True
+        except psutil.NoSuchProcess:  # exited meanwhile, or a zombie (ZombieProcess is one)
+            continue
+        except psutil.Error:
+            return True  # cannot tell: count it as alive rather than leave a process behind
+    return False
 
 
 def has_exited(proc: subprocess.Popen) -> bool:

@@ -17,8 +17,9 @@ The trial is untrusted code (the agent wrote it), so the runner:
 * voids a hand-over later than the budget plus the warm-up allowance, and otherwise has the trusted
   evaluator (started as the trial started) measure val_bpb: nothing the trial prints counts.
 
-Only POSIX is supported (process groups, ``os.killpg``); Linux gets the sandbox and the most thorough
-cleanup because it can read ``/proc``.
+Only POSIX is supported (process groups, ``os.killpg``). Descendants that leave the group are found through
+psutil on Linux and macOS alike; Linux also gets the sandbox, whose PID namespace ends every process with
+the trial.
 """
 
 from __future__ import annotations

@@ -76,7 +76,9 @@ class TelemetryPane(ThemedMixin, Static):
 
     def _gpu_rows(self, view: RunView, sample: dict[str, Any], mfu: float | None,
                   c: dict[str, str]) -> list[TelemetryRow]:
-        self.border_title = fmt.one_line(sample.get("gpu_name") or "GPU", 30)
+        # The board's name; without one, at least whose GPU it is (the sampler says which library read it).
+        vendor = {"nvml": "NVIDIA GPU", "amdsmi": "AMD GPU"}.get(sample.get("gpu_source") or "", "GPU")
+        self.border_title = fmt.one_line(sample.get("gpu_name") or vendor, 30)
         util = sample.get("gpu_util_percent")
         used, total = sample.get("vram_used_mb"), sample.get("vram_total_mb")
         temp = sample.get("temperature_c")
