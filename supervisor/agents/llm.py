@@ -41,7 +41,7 @@ from supervisor.agents.base import (
     TurnContext,
 )
 from supervisor.core import prompts
-from supervisor.core.pricing import Price
+from supervisor.core.pricing import Price, price_source
 from supervisor.core.prompts import PROGRAM_INTRO, SYSTEM_PROMPT
 from supervisor.core.types import JournalEntry, Plan, PlanStatus, Reflection
 
@@ -487,6 +487,7 @@ class LLMAgent:
                  "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0, "cache_write_tokens": 0}
         usage.update(counts)
         usage["cost_usd"] = round(self.price.cost(usage), 6) if self.price else None
+        usage["price_source"] = price_source(self.price)  # status and the UI say who priced the spend
         if "seconds" in extra:
             extra["seconds"] = round(extra["seconds"], 3)
         usage.update({k: v for k, v in extra.items() if v is not None})

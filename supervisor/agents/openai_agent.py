@@ -258,4 +258,5 @@ def _usage(usage: Any) -> dict[str, Any]:
 def create_agent(model: str | None = None, base_url: str | None = None, price: list[float] | None = None,
                  **options: Any) -> LLMAgent:
     adapter = OpenAIAdapter(model, base_url=base_url, **options)
-    return LLMAgent(adapter, price=price_for(adapter.model, price))
+    # The server's address picks genai-prices' provider for a model missing from the table; a local one has none.
+    return LLMAgent(adapter, price=price_for(adapter.model, price, base_url=str(adapter.client.base_url)))

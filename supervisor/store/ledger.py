@@ -4,17 +4,22 @@ Every write is a committed transaction before the loop moves on, so a SIGKILL at
 that was finished. The human-readable files (results.tsv, journal.md, transcript.jsonl) are rendered from
 here and can always be rebuilt. Other processes (a UI attached later, `autoresearch control`) read the
 same file and talk to the loop through the `commands` table.
+
+The schema's version is PRAGMA user_version; the numbered MIGRATIONS build a new ledger and bring an old one
+up to date when it is opened for writing (see Ledger). tests/fixtures/ holds ledgers written by older code.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +42,11 @@ from supervisor.core.types import (
     Turn,
 )
 
-__all__ = ["Ledger", "LedgerError", "Trial"]  # Trial is re-exported for old imports; it lives in core.types
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Ledger", "LedgerError", "Migration", "Trial"]  # Trial: old imports
 
-# 2: trials.sandbox (how the trial was confined), and the status "held". Older ledgers are migrated when
-# opened for writing (columns added, nothing rewritten); read-only opens read a missing column as unknown.
-SCHEMA_VERSION = 2
-
-SCHEMA = """
+# The first ledger's tables (commit 8df4d7f, schema 1). Everything since is a numbered step in MIGRATIONS, so
+# a new ledger and an upgraded old one are built by the same steps and cannot drift apart.
+FIRST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS run (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -64,7 +67,7 @@ CREATE TABLE IF NOT EXISTS trials (
     description TEXT NOT NULL,
     category TEXT,
     plan_id INTEGER,
-    status TEXT NOT NULL,                        -- running | keep | discard | crash | held | aborted
+    status TEXT NOT NULL,                        -- running | keep | discard | crash | aborted (| held: 2)
     val_bpb REAL,
     extra_values TEXT NOT NULL DEFAULT '[]',     -- val_bpb of confirmation re-runs (confirm policy)
     parent_val_bpb REAL,
@@ -86,10 +89,7 @@ CREATE TABLE IF NOT EXISTS trials (
     tokens_per_s REAL,
     mfu_percent REAL,
     peak_vram_mb REAL,
-    num_params_m REAL,
-    pid INTEGER,                                 -- the trial's process group while it runs
-    suspicions TEXT NOT NULL DEFAULT '[]',        -- reward-hacking findings for the person (guards.py)
-    sandbox TEXT                                 -- "bwrap", ... or "none: <why>"; NULL: not recorded
+    num_params_m REAL
 );
 CREATE TABLE IF NOT EXISTS metrics (
     trial_id INTEGER NOT NULL,
@@ -171,8 +171,109 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 
 JSON_FIELDS = ("summary", "platform", "extra_values", "suspicions")
-# Trial columns added after the first schema: added to an older ledger when it is opened for writing.
-ADDED_TRIAL_COLUMNS = (("suspicions", "TEXT NOT NULL DEFAULT '[]'"), ("sandbox", "TEXT"))
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema, applied once, in order, inside the upgrade's single transaction.
+
+    `apply` must be harmless on a ledger that already has the step (check before adding): schema 1 grew
+    columns without a version bump, and a version edited by hand is trusted at its lower value.
+    `readable_before` says whether today's queries still read a ledger that lacks the step (true of an added
+    column with a default, which a reader takes as unknown); a read-only open never upgrades, so it refuses
+    a ledger that misses a step marked False and names the command that upgrades it.
+    """
+
+    version: int
+    description: str
+    apply: Callable[[sqlite3.Connection], None]
+    readable_before: bool = True
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements one by one: `executescript` would commit the upgrade's transaction halfway."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
+
+
+def _add_missing_columns(db: sqlite3.Connection, table: str, columns: Sequence[tuple[str, str]]) -> None:
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, declaration in columns:
+        if name not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+
+def _create_first_schema(db: sqlite3.Connection) -> None:
+    for statement in _statements(FIRST_SCHEMA):
+        db.execute(statement)
+
+
+def _add_trial_pid_suspicions_sandbox(db: sqlite3.Connection) -> None:
+    # pid and suspicions arrived during schema 1 without a bump, so many schema-1 ledgers have them already.
+    _add_missing_columns(db, "trials", (("pid", "INTEGER"), ("suspicions", "TEXT NOT NULL DEFAULT '[]'"),
+                                        ("sandbox", "TEXT")))
+
+
+# Strictly ascending, never renumbered or edited once released: a ledger records the last step it has.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "the first ledger: meta, run, trials, metrics, journal, reflections, triggers, plans, "
+                 "steering, turns, noise, commands", _create_first_schema),
+    Migration(2, "trials.pid (a trial's process group), trials.suspicions (reward-hacking findings), "
+                 "trials.sandbox (how a trial was confined); the status 'held'", _add_trial_pid_suspicions_sandbox),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+@dataclass(frozen=True)
+class _StoredVersion:
+    """What a ledger file says its schema is.
+
+    Since schema 2 the version is PRAGMA user_version; meta.schema_version is kept in step because the
+    supervisors before it read only that row, and so refuse a ledger newer than they are instead of writing to
+    it. A ledger written before user_version existed records 0 there and its version in meta.
+    """
+
+    user_version: int  # 0: not recorded
+    meta_version: int | None  # None: no row
+    has_trials: bool
+
+    @property
+    def start(self) -> int:
+        """The last step the file surely has (0: a new, empty file): the lower record, if they disagree."""
+        recorded = [v for v in (self.user_version, self.meta_version) if v]
+        if recorded:
+            return min(recorded)
+        return 1 if self.has_trials else 0
+
+    @property
+    def newest(self) -> int:
+        return max(self.user_version, self.meta_version or 0)
+
+    @property
+    def is_current(self) -> bool:
+        return self.user_version == SCHEMA_VERSION and self.meta_version == SCHEMA_VERSION
+
+
+def _version_number(value: Any, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise sqlite3.DatabaseError(f"its schema version in {where} is {value!r}, not a number") from None
+
+
+def _stored_version(db: sqlite3.Connection) -> _StoredVersion:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    meta_version = None
+    if "meta" in tables:
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        meta_version = None if row is None else _version_number(row[0], "meta.schema_version")
+    user_version = _version_number(db.execute("PRAGMA user_version").fetchone()[0], "PRAGMA user_version")
+    return _StoredVersion(user_version, meta_version, "trials" in tables)
 
 
 class LedgerError(UserError, RuntimeError):
@@ -220,7 +321,15 @@ def _noise_from_row(row: sqlite3.Row) -> NoiseRecord:
 
 
 class Ledger:
-    """Thread-safe access to one run's SQLite ledger."""
+    """Thread-safe access to one run's SQLite ledger.
+
+    Opened for writing, an older ledger is upgraded in place: the pending MIGRATIONS run in one BEGIN
+    IMMEDIATE transaction (all or none; a UI reading the file meanwhile keeps its snapshot, another writer
+    waits and then finds the work done), after a copy of the file is kept at `<ledger>.bak-v<old version>`
+    with SQLite's backup API, so a step that commits something wrong loses nothing either. Opened read-only
+    (status, review, report, export), it never writes: an older ledger is read as it is (a column it lacks
+    reads as unknown), and a ledger newer than this code is refused either way.
+    """
 
     def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -234,44 +343,111 @@ class Ledger:
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.schema_version = SCHEMA_VERSION  # the schema of the file once open: older only when read-only
         # mode=ro: a reader (status, review, report, export) never creates or rewrites the file.
         uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro" if readonly else str(self.path)
         try:
             self._db = sqlite3.connect(uri, uri=readonly, check_same_thread=False, timeout=30.0,
                                        isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            if not readonly:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.executescript(SCHEMA)
-            self._check()
-            if not readonly:
-                self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(
-                f"the ledger {self.path} cannot be read ({exc}). It may be truncated or corrupted. "
-                f"Nothing has been changed. Recover with `sqlite3 {self.path} '.recover' > recovered.sql`, "
-                "or move it aside and rebuild what you need from journals/<tag>/results.tsv and journal.md."
-            ) from exc
+            raise self._unreadable(exc) from exc
+        try:
+            self._open(readonly)
+        except BaseException as exc:
+            self._db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise self._unreadable(exc) from exc
+            raise
 
-    def _check(self) -> None:
+    def _unreadable(self, exc: sqlite3.DatabaseError) -> LedgerError:
+        return LedgerError(
+            f"the ledger {self.path} cannot be read ({exc}). It may be truncated or corrupted. "
+            f"Nothing has been changed. Recover with `sqlite3 {self.path} '.recover' > recovered.sql`, "
+            "or move it aside and rebuild what you need from journals/<tag>/results.tsv and journal.md.")
+
+    def _open(self, readonly: bool) -> None:
+        self._db.row_factory = sqlite3.Row
+        if not readonly:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
         result = self._db.execute("PRAGMA quick_check").fetchone()[0]
         if result != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {result}")
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row and int(row[0]) > SCHEMA_VERSION:
-            raise LedgerError(f"the ledger {self.path} was written by a newer version (schema {row[0]})")
+        if readonly:
+            self.schema_version = self._readable_version()
+        else:
+            self._upgrade()
 
-    def _migrate(self) -> None:
-        """Bring an older ledger up to this schema: additive only (new columns), so old rows read unchanged."""
+    def _refuse_if_newer(self, stored: _StoredVersion) -> None:
+        if stored.newest > SCHEMA_VERSION:
+            raise LedgerError(f"the ledger {self.path} was written by a newer version of autoresearch (schema "
+                              f"{stored.newest}; this one reads up to {SCHEMA_VERSION}). Nothing has been "
+                              "changed; upgrade autoresearch-supervisor to open it.")
+
+    def _readable_version(self) -> int:
+        """The file's schema, read without writing; refused when today's queries cannot read it."""
+        stored = _stored_version(self._db)
+        self._refuse_if_newer(stored)
+        if not stored.start:  # a reader cannot build the tables: read as damaged, which it is
+            raise sqlite3.DatabaseError("it holds no ledger tables")
+        unreadable = [m for m in MIGRATIONS if m.version > stored.start and not m.readable_before]
+        if unreadable:
+            raise LedgerError(
+                f"the ledger {self.path} is from schema {stored.start} and cannot be read until it is upgraded "
+                f"to schema {SCHEMA_VERSION} ({unreadable[0].description}). Nothing has been changed; any "
+                f"command that writes to the run upgrades it, e.g. `autoresearch run --resume --tag "
+                f"{self.path.parent.name}` (a copy is kept at {self._backup_path(stored.start).name}).")
+        return stored.start
+
+    def _upgrade(self) -> None:
+        """Build a new ledger or bring an older one to SCHEMA_VERSION; writes nothing when it is current."""
+        stored = _stored_version(self._db)
+        self._refuse_if_newer(stored)
+        if stored.is_current:
+            return
         with self.transaction() as db:
-            have = {row[1] for row in db.execute("PRAGMA table_info(trials)")}
-            for name, declaration in ADDED_TRIAL_COLUMNS:
-                if name not in have:
-                    db.execute(f"ALTER TABLE trials ADD COLUMN {name} {declaration}")
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            db.execute("UPDATE meta SET value=? WHERE key='schema_version' AND CAST(value AS INTEGER) < ?",
-                       (str(SCHEMA_VERSION), SCHEMA_VERSION))
+            stored = _stored_version(db)  # again under the write lock: another process may have done it
+            self._refuse_if_newer(stored)
+            pending = [m for m in MIGRATIONS if m.version > stored.start]
+            copy_note = ""
+            if pending and stored.start:  # a new file has nothing to lose
+                self._back_up(stored.start)
+                copy_note = f"; a copy of it is at {self._backup_path(stored.start)}"
+            for migration in pending:
+                try:
+                    migration.apply(db)
+                except Exception as exc:
+                    raise LedgerError(
+                        f"upgrading the ledger {self.path} from schema {stored.start} to {SCHEMA_VERSION} failed "
+                        f"at step {migration.version} ({migration.description}): {exc}. Nothing has been "
+                        f"changed (the upgrade is one transaction){copy_note}.") from exc
+            db.execute(f"PRAGMA user_version = {int(SCHEMA_VERSION)}")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _backup_path(self, version: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.bak-v{version}")
+
+    def _back_up(self, version: int) -> None:
+        """Copy the ledger as it is to `<ledger>.bak-v<version>` (called holding the write lock)."""
+        target = self._backup_path(version)
+        partial = target.with_name(target.name + ".partial")
+        # A second, read-only connection: the backup API on the connection holding the write transaction
+        # waits for itself forever. WAL lets it read the committed file while that lock is held.
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
+        try:
+            partial.unlink(missing_ok=True)
+            source, copy = sqlite3.connect(uri, uri=True), sqlite3.connect(partial)
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+                source.close()
+            os.replace(partial, target)  # a copy cut short by a crash is never taken for a whole one
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot keep a copy of the ledger at {target} before upgrading it from schema "
+                              f"{version} ({exc}). Nothing has been changed; free some disk space "
+                              f"(the copy needs {self.path.stat().st_size // 1_000_000 + 1} MB) and try again."
+                              ) from exc
 
     def close(self) -> None:
         with self._lock:

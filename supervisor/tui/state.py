@@ -138,7 +138,8 @@ def cost_text(status: dict[str, Any], turns_usage: dict[str, int]) -> str | None
         text = f"${usd:.2f}" if usd is not None else f"≥ ${cost['priced_cost_usd']:.2f} (some turns unpriced)"
         if cost.get("max_cost"):
             text += f" of ${float(cost['max_cost']):.2f}"
-        return f"{text} · {tokens}"
+        source = f" · priced by {cost['price_source']}" if cost.get("price_source") else ""
+        return f"{text} · {tokens}{source}"
     text = fmt.money(cost) or fmt.money(status.get("cost_usd"))
     if text:
         return text
