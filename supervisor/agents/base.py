@@ -53,7 +53,7 @@ class TurnContext:
     recent_journal: list[JournalEntry]
     latest_reflection: Reflection | None
     plans: list[Plan]
-    steering: list[str]
+    steering: list[str]               # the person's messages not yet acknowledged, oldest first
     last_outcomes: list[ToolOutcome]
     obligation: str | None            # None | "journal" | "reflection"
     obligation_message: str
@@ -71,6 +71,7 @@ class TurnContext:
     stopped: list[dict[str, Any]] = field(default_factory=list)
     # Lines of the editable file changed since the last keep and not yet run (an edit whose run_trial failed).
     uncommitted_lines: int = 0
+    steering_ids: list[int] = field(default_factory=list)  # the numbers of `steering`'s messages, same order
 
 
 class Agent(Protocol):

@@ -190,8 +190,9 @@ def _is_editable(path: Any, editable: str) -> bool:
 def render_state(ctx: TurnContext, previous: PriorTurn | None = None) -> str:
     parts = [_run_header(ctx)]
     if ctx.steering:
-        parts.append("## Messages from the person (they take precedence over your plan)\n"
-                     + "\n".join(f"- {m}" for m in ctx.steering))
+        numbers = ctx.steering_ids or [None] * len(ctx.steering)
+        parts.append(prompts.STEERING_HEAD + "\n" + "\n".join(
+            f"- #{n}: {m}" if n is not None else f"- {m}" for n, m in zip(numbers, ctx.steering, strict=False)))
     parts.append(compact_results(ctx.results))
     if ctx.recent_journal:
         parts.append(_journal(ctx.recent_journal))

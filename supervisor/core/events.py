@@ -26,6 +26,7 @@ JOURNAL = "journal"              # trial_id
 REFLECTION = "reflection"        # reflection_id, triggers
 PLAN = "plan"                    # plan_id, status
 STEERING = "steering"            # message
+STEERING_ACKNOWLEDGED = "steering_acknowledged"  # steering_id, reply
 NOISE = "noise"                  # values, sd, floor
 NOTICE = "notice"                # message, level
 

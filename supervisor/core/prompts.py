@@ -60,6 +60,15 @@ ARGS_NOT_NAMED = "the arguments must be a JSON object with named fields, got a J
 
 # ---- what to do now (the last part of every turn) -----------------------------------------------------
 TASK_HEADING = "## What to do now"
+STEERING_HEAD = ("## Messages from the person (they take precedence over your plan; each stays here until you "
+                 "acknowledge it: answer it in your next journal entry, or call acknowledge_steering with its "
+                 "number and what you will do)")
+STEERING_ACKNOWLEDGED = "steering message #{steering_id} acknowledged; it leaves your prompt. Your answer is recorded."
+STEERING_ALREADY_ACKNOWLEDGED = "steering message #{steering_id} was already acknowledged ({how})."
+NO_SUCH_STEERING = "error: there is no steering message #{steering_id}; the messages are numbered in your prompt"
+STEERING_REPLY_TOO_SHORT = ("error: say in a sentence what you will do about message #{steering_id} (at least "
+                            "{words} words)")
+JOURNAL_ACKNOWLEDGES = " This entry acknowledges the person's message(s) {numbers}."
 TASK_NO_TOOL_CALLED = "Your previous reply called no tool: act through the tools."
 TASK_REFLECT = "Step back from single trials: use the whole results table, the journal and the plan queue."
 TASK_BASELINE = ("No trial has run yet. Run the unmodified training script first as the baseline "

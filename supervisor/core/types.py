@@ -190,6 +190,17 @@ class Steering:
     message: str
     delivered_turn: int | None
     delivered: float | None
+    # Acknowledged by the agent (migration 3; a ledger read as it is before the upgrade has none).
+    acknowledged: float | None = None
+    ack_how: str | None = None     # "journal" (answered in a journal entry) | "tool" (acknowledge_steering)
+    ack_note: str | None = None    # the agent's answer, when it gave one
+
+    @property
+    def state(self) -> str:
+        """pending (not yet shown to the agent), delivered (shown, not yet answered) or acknowledged."""
+        if self.acknowledged is not None:
+            return "acknowledged"
+        return "delivered" if self.delivered is not None else "pending"
 
 
 @dataclass(frozen=True)

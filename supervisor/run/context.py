@@ -22,6 +22,7 @@ def turn_context(config: RunConfig, ledger: Ledger, executor: TrialExecutor,
         pending = trial_record(ledger.trials_missing_journal()[0], for_agent=True)
     best = ledger.best_keep()
     reflections = ledger.reflections()
+    unacknowledged = ledger.unacknowledged_steering()  # each stays in the prompt until the agent answers it
     return TurnContext(
         program=_program(config, executor),
         editable=executor.editable,
@@ -30,7 +31,8 @@ def turn_context(config: RunConfig, ledger: Ledger, executor: TrialExecutor,
         recent_journal=ledger.journal_entries()[-5:],
         latest_reflection=reflections[-1] if reflections else None,
         plans=ledger.plans(),
-        steering=[s.message for s in ledger.pending_steering()],
+        steering=[s.message for s in unacknowledged],
+        steering_ids=[s.id for s in unacknowledged],
         last_outcomes=list(last_outcomes),
         obligation=kind,
         obligation_message=message,

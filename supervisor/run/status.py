@@ -73,7 +73,7 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
                         for t in trials if t.unsandboxed],
         "reflections": [row_record(r) for r in ledger.reflections()],
         "plans": [row_record(p) for p in ledger.plans()],
-        "steering": [row_record(s) for s in ledger.steering()],
+        "steering": [{**row_record(s), "state": s.state} for s in ledger.steering()],
         "open_triggers": [row_record(t) for t in ledger.open_triggers()],
         "cost": {**usage["total"].as_dict(), "max_cost": cfg.max_cost, "models": usage["models"],
                  "since_last_journal": usage["pending"].as_dict()},

@@ -173,6 +173,20 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "input_schema": {"type": "object", "properties": {}},
     },
     {
+        "name": "acknowledge_steering",
+        "description": "Acknowledge a message from the person (numbered #N in your prompt) and say what you will "
+                       "do about it. A message stays in your prompt until you acknowledge it here or answer it "
+                       "in a journal entry.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "steering_id": _id("the message's number"),
+                "reply": _text(MAX_PLAN_TEXT_CHARS, "what you will do about it, in a sentence or more"),
+            },
+            "required": ["steering_id", "reply"],
+        },
+    },
+    {
         "name": "plan_add",
         "description": "Add an idea to the plan queue (ambitious ideas belong here, so they are not forgotten).",
         "input_schema": {
@@ -438,6 +452,7 @@ class ToolBox:
             "get_results": self._get_results,
             "show_diff": self._show_diff,
             "revert_edits": self._revert_edits,
+            "acknowledge_steering": self._acknowledge_steering,
             "plan_add": self._plan_add,
             "plan_drop": self._plan_drop,
         }
@@ -584,10 +599,16 @@ class ToolBox:
                                                result=self.trials.result_text(trial, parent), decision=trial.decision)
         self.ledger.add_journal(trial.id, result=result, **{k: " ".join(fields[k].split()) for k in JOURNAL_FIELDS})
         failpoint("journal_recorded")
+        # The messages this turn's prompt showed are answered by the entry (the loop marks them delivered first).
+        answered = [m.id for m in self.ledger.unacknowledged_steering() if m.delivered is not None]
+        if answered:
+            self.ledger.acknowledge_steering(answered, "journal", f"journal entry for trial {trial.id}")
         self.files.render()
         self.bus.emit(ev.JOURNAL, trial_id=trial.id)
         kind, message = obligation(self.ledger)
         follow = prompts.JOURNAL_NEXT.format(message=message) if kind else ""
+        if answered:
+            follow = prompts.JOURNAL_ACKNOWLEDGES.format(numbers=", ".join(f"#{i}" for i in answered)) + follow
         return ToolOutcome("write_journal", ok=True,
                            content=prompts.JOURNAL_RECORDED.format(trial_id=trial.id, follow=follow))
 
@@ -605,6 +626,26 @@ class ToolBox:
         self.files.render()
         self.bus.emit(ev.REFLECTION, reflection_id=rid)
         return ToolOutcome("write_reflection", ok=True, content=prompts.REFLECTION_RECORDED.format(reflection_id=rid))
+
+    # ---- the person's messages -----------------------------------------------------------------------------
+    def _acknowledge_steering(self, args: dict[str, Any]) -> ToolOutcome:
+        number = args["steering_id"]
+        message = next((m for m in self.ledger.steering() if m.id == number), None)
+        if message is None:
+            return ToolOutcome("acknowledge_steering", ok=False,
+                               content=prompts.NO_SUCH_STEERING.format(steering_id=number))
+        if message.acknowledged is not None:
+            return ToolOutcome("acknowledge_steering", ok=True, content=prompts.STEERING_ALREADY_ACKNOWLEDGED.format(
+                steering_id=number, how=message.ack_how or "earlier"))
+        reply = " ".join(args["reply"].split())
+        if len(reply.split()) < MIN_FIELD_WORDS or reply.lower() in PLACEHOLDERS:
+            return ToolOutcome("acknowledge_steering", ok=False, content=prompts.STEERING_REPLY_TOO_SHORT.format(
+                steering_id=number, words=MIN_FIELD_WORDS))
+        self.ledger.acknowledge_steering([number], "tool", reply)
+        self.files.render()
+        self.bus.emit(ev.STEERING_ACKNOWLEDGED, steering_id=number, reply=reply)
+        return ToolOutcome("acknowledge_steering", ok=True,
+                           content=prompts.STEERING_ACKNOWLEDGED.format(steering_id=number))
 
     # ---- the plan queue -----------------------------------------------------------------------------------
     def _plan_add(self, args: dict[str, Any]) -> ToolOutcome:

@@ -25,6 +25,7 @@ from supervisor.core.types import (
     Plan,
     PlanStatus,
     Reflection,
+    Steering,
     Trial,
     TrialKind,
     TrialStatus,
@@ -208,7 +209,8 @@ def _timeline(ledger: Ledger) -> list[tuple[float, int, str]]:
     for r in ledger.reflections():
         items.append((r.created, 2, reflection_markdown(r)))
     for s in ledger.steering():
-        items.append((s.created, 0, f"> **Steering from the person** ({_stamp(s.created)}): {s.message}\n"))
+        items.append((s.created, 0, f"> **Steering from the person** ({_stamp(s.created)}): {s.message}\n"
+                                    f"> _{steering_state_text(s)}_\n"))
     items += _noise_rows(ledger)
     items.sort(key=lambda x: (x[0], x[1]))
     return items
@@ -304,3 +306,14 @@ class JournalFiles:
     def render_all(self) -> None:
         self.render()
         self.rebuild_transcript()
+
+
+def steering_state_text(message: Steering) -> str:
+    """Where a steering message stands, in words: for journal.md and the UI."""
+    if message.acknowledged is not None:
+        how = "in a journal entry" if message.ack_how == "journal" else "by the agent"
+        answer = f": {message.ack_note}" if message.ack_note and message.ack_how != "journal" else ""
+        return f"acknowledged {how} at {_stamp(message.acknowledged)}{answer}"
+    if message.delivered is not None:
+        return f"shown to the agent since {_stamp(message.delivered)}; not yet acknowledged"
+    return "waiting for the agent's next turn"

@@ -219,12 +219,18 @@ def _add_trial_pid_suspicions_sandbox(db: sqlite3.Connection) -> None:
                                         ("sandbox", "TEXT")))
 
 
+def _add_steering_acknowledgement(db: sqlite3.Connection) -> None:
+    _add_missing_columns(db, "steering", (("acknowledged", "REAL"), ("ack_how", "TEXT"), ("ack_note", "TEXT")))
+
+
 # Strictly ascending, never renumbered or edited once released: a ledger records the last step it has.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the first ledger: meta, run, trials, metrics, journal, reflections, triggers, plans, "
                  "steering, turns, noise, commands", _create_first_schema),
     Migration(2, "trials.pid (a trial's process group), trials.suspicions (reward-hacking findings), "
                  "trials.sandbox (how a trial was confined); the status 'held'", _add_trial_pid_suspicions_sandbox),
+    Migration(3, "steering.acknowledged, ack_how, ack_note: a message stays in the agent's prompt until it is "
+                 "acknowledged", _add_steering_acknowledgement),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -684,6 +690,16 @@ class Ledger:
 
     def steering(self) -> list[Steering]:
         return [Steering(**r) for r in self._query("SELECT * FROM steering ORDER BY id")]
+
+    def unacknowledged_steering(self) -> list[Steering]:
+        """The messages the agent's prompt still carries: not yet acknowledged, delivered or not."""
+        return [m for m in self.steering() if m.acknowledged is None]
+
+    def acknowledge_steering(self, ids: Sequence[int], how: str, note: str = "") -> None:
+        """Mark messages acknowledged (`how`: "journal" or "tool"); an acknowledged one is never re-opened."""
+        with self.transaction() as db:
+            db.executemany("UPDATE steering SET acknowledged=?, ack_how=?, ack_note=? WHERE id=? AND "
+                           "acknowledged IS NULL", [(time.time(), how, note, i) for i in ids])
 
     # ---- the agent's transcript ---------------------------------------------------------------------------
     def add_turn(self, role: str, text: str = "", *, tool: str | None = None, input: Any = None,

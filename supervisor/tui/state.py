@@ -38,6 +38,7 @@ from supervisor.core.types import (
     Turn,
 )
 from supervisor.run.status import run_status
+from supervisor.store.journal_files import steering_state_text
 from supervisor.store.ledger import Ledger
 from supervisor.store.lock import RunLock
 from supervisor.tui import format as fmt
@@ -295,9 +296,10 @@ class RunWatcher:
         self._noise_tail: MetricsTail | None = None
         self._metric_seq = -1
         self._steering_seen: dict[int, bool] = {}   # steering id -> delivered
+        self._steering_acknowledged: set[int] = set()
         self._usage = {"in": 0, "out": 0}
         self._force_status = True
-        self._steering_state: list[tuple[int, bool]] = []
+        self._steering_state: list[tuple[int, bool, bool]] = []
         self._reflections: list[Reflection] = []
         self._journaled: set[int] = set()   # ids of the trials with a journal entry
 
@@ -344,7 +346,7 @@ class RunWatcher:
         # Steering can arrive from another process (`control`, the loop taking this app's command) with no
         # turn and no state change; the table is tiny, so it is compared on every poll.
         steering = self.ledger.steering()
-        steering_state = [(s.id, s.delivered is not None) for s in steering]
+        steering_state = [(s.id, s.delivered is not None, s.acknowledged is not None) for s in steering]
         if (self._force_status or turns or run.updated != self._run_updated or RUN in changed
                 or steering_state != self._steering_state or _due(self._status_at, now, self.status_every_s)):
             self._steering_state = steering_state
@@ -409,6 +411,11 @@ class RunWatcher:
                 items.append(TranscriptItem(
                     f"steer:{s.id}:delivered", s.delivered, "delivered", "delivered",
                     f"steering message {s.id} was given to the agent at turn {s.delivered_turn}"))
+            if s.acknowledged is not None and s.id not in self._steering_acknowledged:
+                self._steering_acknowledged.add(s.id)
+                items.append(TranscriptItem(
+                    f"steer:{s.id}:acknowledged", s.acknowledged, "delivered", "acknowledged",
+                    f"steering message {s.id}: {steering_state_text(s)}"))
             self._steering_seen[s.id] = delivered
         return items
 

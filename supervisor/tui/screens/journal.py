@@ -20,7 +20,7 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
-from supervisor.store.journal_files import journal_entry_markdown, reflection_markdown
+from supervisor.store.journal_files import journal_entry_markdown, reflection_markdown, steering_state_text
 from supervisor.tui import format as fmt
 from supervisor.tui.widgets import (
     journal_markdown_widget,
@@ -90,7 +90,8 @@ class JournalScreen(Screen):
             items.append(JournalItem(f"r{r.id}", r.created, "reflection",
                                      f"Reflection {r.id} (after #{r.after_trial})", md, md.lower()))
         for s in ledger.steering():
-            md = f"> **Steering from the person** ({fmt.stamp(s.created)}): {s.message}\n"
+            md = (f"> **Steering from the person** ({fmt.stamp(s.created)}): {s.message}\n"
+                  f"> _{steering_state_text(s)}_\n")
             items.append(JournalItem(f"s{s.id}", s.created, "steering",
                                      f"you: {fmt.one_line(s.message, 50)}", md, md.lower()))
         items.sort(key=lambda item: item.time)
