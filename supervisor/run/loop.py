@@ -62,6 +62,9 @@ from supervisor.trial.workspace import WorkspaceError
 COMMAND_POLL_S = 0.5
 
 
+STOPPING_DETAIL = "stopping: the run stops when the agent's reply arrives (nothing in it will run)"
+
+
 class SupervisorError(UserError, RuntimeError):
     """The run cannot start or go on; the message says what the person should do."""
 
@@ -158,12 +161,33 @@ class Supervisor:
         if abs(old_budget - self.config.budget_s) > 1e-9 and self.ledger.finished_trials():
             self.ledger.add_trigger("budget change", f"the budget changed from {old_budget:g}s to "
                                                      f"{self.config.budget_s:g}s; results compare only within one budget")
+        if stored.budget_tokens != self.config.budget_tokens and self.ledger.finished_trials():
+            self.ledger.add_trigger("budget change", f"the token budget changed from {stored.budget_tokens} to "
+                                                     f"{self.config.budget_tokens}; results compare only within one budget")
         stale = self.ledger.take_commands()  # addressed to a supervisor that is gone; steering is kept apart
         if stale:
             self.bus.emit(ev.NOTICE, level="info", message=f"ignored {len(stale)} control command(s) sent while "
                                                             "no supervisor was running")
-        self.ledger.set_state(RunState.READY, "resumed", pid=os.getpid())
-        self.bus.emit(ev.NOTICE, level="info", message=f"resumed run {self.config.tag}")
+        where = self._where_resumed()
+        self.ledger.set_state(RunState.READY, f"resumed: {where}", pid=os.getpid())
+        self.bus.emit(ev.NOTICE, level="info", message=f"resumed run {self.config.tag}: {where}")
+
+    def _where_resumed(self) -> str:
+        """Where the night stands: trials done, the last one, the best keep, the branch head, what is owed."""
+        trials = self.ledger.finished_trials()
+        best = self.ledger.best_keep()
+        kind, _ = obligation(self.ledger)
+        parts = [f"{len(trials)} trial(s) done" + (f" of {self.config.max_trials}" if self.config.max_trials else "")]
+        if trials:
+            last = trials[-1]
+            parts.append(f"last trial {last.id} ({last.status}: {_storable(last.description, 80)})")
+        if best is not None:
+            parts.append(f"best trial {best.id} at val_bpb {best.val_bpb:.6f}" if best.val_bpb is not None
+                         else f"best trial {best.id}")
+        parts.append(f"branch at {self.executor.workspace.head()[:7]}")
+        if kind:
+            parts.append(f"the agent owes a {kind} first")
+        return "; ".join(parts)
 
     # ---- controls (thread-safe; the TUI, tests and other processes use these) ------------------------------
     def pause(self, reason: str = "paused by the person") -> None:
@@ -196,6 +220,12 @@ class Supervisor:
             self._stop = True
             self._control.notify_all()
         self.executor.trial_stop.set()
+        if self.state == RunState.RUNNING:  # a reply is on its way: say that the stop is heard
+            try:
+                self.ledger.set_state(RunState.RUNNING, STOPPING_DETAIL)
+            except (OSError, sqlite3.Error):
+                pass  # the stop itself stands; only its display is lost
+            self.bus.emit(ev.STATE, state=RunState.RUNNING, detail=STOPPING_DETAIL)
 
     def handle_command(self, command: str, arg: str = "") -> None:
         handlers: dict[str, Callable[[], None]] = {
@@ -336,6 +366,11 @@ class Supervisor:
             self.ledger.mark_steering_delivered(steering_ids, turn_id)
         if turn.text:
             self.bus.emit(ev.AGENT_TEXT, text=turn.text)
+        if self._stop:  # stopped while the reply was on its way: the person's stop wins over its calls
+            if turn.calls:
+                self.record(f"the run was stopped while this reply was on its way: its {len(turn.calls)} tool "
+                            "call(s) were not run")
+            return True
         self._last_outcomes = self._run_calls(turn.calls)
         self.files.append_transcript()
         runaway = self.runaway.observe(turn.calls, self._last_outcomes)
