@@ -18,6 +18,7 @@ import pytest
 from supervisor.agents.base import AgentAuthError, AgentConfigError, AgentUnavailable
 from supervisor.agents.llm import Prompt
 from supervisor.core import events as ev
+from supervisor.core.config import ConfigError
 from supervisor.run.loop import Supervisor, SupervisorError
 from supervisor.run.status import run_status
 from supervisor.run.tools import TOOL_SCHEMAS
@@ -397,3 +398,58 @@ def test_max_cost_needs_a_known_price(tmp_path):
         with pytest.raises(SupervisorError, match="--price IN,OUT"):
             sup.run()
         assert server.requests == []
+
+
+def test_spend_limits_resolve_to_a_default_in_dollars_or_tokens(tmp_path):
+    from supervisor.core.config import DEFAULT_MAX_COST, DEFAULT_MAX_TOKENS, resolve_spend_limits
+
+    assert resolve_spend_limits(fake_config(tmp_path), prices_known=True)[:2] == (DEFAULT_MAX_COST, None)
+    assert resolve_spend_limits(fake_config(tmp_path), prices_known=False)[:2] == (None, DEFAULT_MAX_TOKENS)
+    given = resolve_spend_limits(fake_config(tmp_path, max_tokens=1000, max_cost=2.0), prices_known=True)
+    assert given == (2.0, 1000, "spend limit: $2.00 and 1,000 tokens (as given)")
+    lifted = resolve_spend_limits(fake_config(tmp_path, spend_limit=False), prices_known=False)
+    assert lifted[:2] == (None, None) and "no spend limit" in lifted[2]
+    with pytest.raises(ConfigError, match="--max-tokens must be at least 1"):
+        fake_config(tmp_path, max_tokens=0)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_model_without_a_price_stops_at_its_token_limit(tmp_path, provider):
+    reading = [read_reply(i) for i in range(30)]
+    with LLMServer(reading, api_key=SECRET) as server:
+        config = fake_config(tmp_path, max_tokens=20_000, stall_replies=0)
+        sup = Supervisor(config, llm_agent(provider, server, model="my-finetune-v3"))
+        rec = Recorder()
+        sup.bus.subscribe(rec)
+        assert sup.run() == "stopped"
+        paid = len(server.requests)
+        ledger = Ledger(config.run_dir / "ledger.sqlite")
+        status = run_status(ledger)
+        ledger.close()
+    assert 1 <= paid < 30
+    assert "the token limit is reached" in status["state_detail"] and "--max-tokens" in status["state_detail"]
+    spent = status["cost"]["tokens_in"] + status["cost"]["tokens_out"]
+    assert spent >= 20_000 and status["cost"]["max_tokens"] == 20_000 and status["cost"]["max_cost"] is None
+    notices = [e.data["message"] for e in rec.kinds(ev.NOTICE)]
+    assert "spend limit: 20,000 tokens (as given)" in notices
+
+
+def test_a_night_has_a_default_spend_limit_said_at_the_start(tmp_path):
+    from supervisor.core.config import DEFAULT_MAX_COST, DEFAULT_MAX_TOKENS
+    from supervisor.tui.state import cost_text
+
+    with LLMServer(cycle_script(), api_key=SECRET) as server:
+        config = fake_config(tmp_path, max_trials=1, reflect_every=1)
+        sup = Supervisor(config, llm_agent("anthropic", server))  # a model from the price table
+        rec = Recorder()
+        sup.bus.subscribe(rec)
+        assert sup.run() == "finished"
+        ledger = Ledger(config.run_dir / "ledger.sqlite")
+        status = run_status(ledger)
+        ledger.close()
+    assert f"spend limit: ${DEFAULT_MAX_COST:.2f} (the default" in rec.kinds(ev.NOTICE)[0].data["message"]
+    assert status["cost"]["max_cost"] == DEFAULT_MAX_COST and status["cost"]["spend_limit"].startswith("spend limit")
+    assert f"of ${DEFAULT_MAX_COST:.2f}" in cost_text(status, {})
+    unpriced = {"cost": {"turns": 3, "tokens_in": 1500, "tokens_out": 90, "cost_usd": None,
+                         "max_tokens": DEFAULT_MAX_TOKENS}}
+    assert cost_text(unpriced, {}) == "1.5k in / 90 out tokens of 50.0M"

@@ -22,6 +22,8 @@ from typing import Any, NoReturn
 
 from supervisor.core import prompts
 from supervisor.core.config import (
+    DEFAULT_MAX_COST,
+    DEFAULT_MAX_TOKENS,
     POLICY_NAMES,
     SANDBOX_SETTINGS,
     ConfigError,
@@ -44,8 +46,10 @@ from supervisor.core.config import (
     tag_name,
 )
 from supervisor.core.errors import UserError
+from supervisor.core.events import EventBus
 from supervisor.core.paths import RunPaths
 from supervisor.core.types import RunState
+from supervisor.morning.trackers import TrackerSpec, check_installed, tracker_spec
 from supervisor.trial.sandbox import choose as choose_sandbox
 
 EXIT_ERROR = 1
@@ -159,7 +163,8 @@ RUN_OPTIONS = {
     "plateau": "plateau_trials", "noise_repeats": "noise_repeats", "device": "device",
     "memory_limit_mb": "memory_limit_mb", "agent": "agent", "model": "model", "base_url": "base_url",
     "max_cost": "max_cost", "price": "price", "outage_pause": "outage_s", "warm_start": "warm_start",
-    "stall_replies": "stall_replies", "repeat_limit": "repeat_limit",
+    "stall_replies": "stall_replies", "repeat_limit": "repeat_limit", "budget_tokens": "budget_tokens",
+    "max_tokens": "max_tokens", "spend_limit": "spend_limit",
 }
 
 
@@ -238,9 +243,45 @@ def _install_signal_handlers(supervisor) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False) -> int:
+# `run --tracker` with the UI: the loop runs in a process of its own (launcher.py), which takes the choice from
+# this variable. Its name is outside the trials' allowlist (trial/environment.py), so no trial ever sees it.
+LIVE_TRACKER_VARIABLE = "SUPERVISOR_LIVE_TRACKER"
+
+
+def _live_tracker_choice(args: argparse.Namespace) -> TrackerSpec | None:
+    """`--tracker`, or the one the UI's `run` handed to this loop process (taken out of the environment)."""
+    handed = os.environ.pop(LIVE_TRACKER_VARIABLE, None)
+    if args.tracker is not None or not handed:
+        return args.tracker
+    try:
+        return tracker_spec(handed)
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(f"--tracker: {exc}") from None
+
+
+def _start_live_tracker(spec: TrackerSpec, config: RunConfig, bus: EventBus) -> Any:
+    """The tracker opened now (its SDK imported: a missing one is said before the run starts), listening."""
+    from supervisor.morning.trackers import DEFAULT_PROJECT, open_tracker
+    from supervisor.morning.trackers.live import LiveTracker
+
+    tracker = open_tracker(spec, project=DEFAULT_PROJECT, journals_root=Path(config.journals_root),
+                           run_dir=Path(config.run_dir))
+    print(f"streaming every trial to {tracker.where()} (project {DEFAULT_PROJECT}, group {config.tag}); "
+          f"{tracker.how_to_look(config.tag)}", file=sys.stderr)
+    return LiveTracker(tracker, ledger_path=RunPaths(config.run_dir).ledger, tag=config.tag, bus=bus)
+
+
+def _stop_live_tracker(live: Any, tag: str) -> None:
+    if not live.close():
+        print(f"the tracker is still sending; stopped waiting for it. `autoresearch export tracker --tag {tag} "
+              f"--to {live.tracker.name} --replace` sends the whole run", file=sys.stderr)
+
+
+def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False,
+           tracker: TrackerSpec | None = None) -> int:
     from supervisor.cli.console import ConsolePrinter
     from supervisor.run.loop import Supervisor
+    from supervisor.run.trial_setup import budget_text
     from supervisor.store.ledger import Ledger
 
     resume_turns = 0
@@ -250,23 +291,37 @@ def _drive(config: RunConfig, resume: bool, headless: bool, quiet: bool = False)
         ledger.close()
     agent = _make_agent(config.agent, resume_turns, config)
     _check_cache(config.cache_dir, config.upstream_repo is not None)
+    if tracker is not None:
+        check_installed(tracker)  # here, in one line, rather than later in the loop's log
     if not headless:
         # The UI is a client: the loop runs in its own process so closing the terminal does not stop it.
         launcher = importlib.import_module("supervisor.cli.launcher")
         if launcher.can_open():
             agent.close()
+            if tracker is not None:
+                os.environ[LIVE_TRACKER_VARIABLE] = tracker.text
             return launcher.launch(config, resume=resume)
         print("(no terminal to draw the UI in: running headless)", file=sys.stderr)
-    supervisor = Supervisor(config, agent, resume=resume)
-    if not quiet:
-        supervisor.bus.subscribe(ConsolePrinter())
-    _install_signal_handlers(supervisor)
-    print(f"run {config.tag}: journal in {config.run_dir}, workspace {config.workspace} "
-          f"(branch {config.branch})", file=sys.stderr)
-    choice = supervisor.executor.setup.choice
-    print("trials run in a bubblewrap sandbox; val_bpb is measured by the supervisor's own evaluator" if choice.active
-          else f"WARNING: {prompts.UNSANDBOXED_RUN.format(why=choice.why_not)}", file=sys.stderr)
-    end = supervisor.run()
+    bus = EventBus()
+    live = _start_live_tracker(tracker, config, bus) if tracker is not None else None
+    try:
+        if not quiet:  # before the Supervisor opens the run: a resume says where it resumed
+            bus.subscribe(ConsolePrinter())
+        supervisor = Supervisor(config, agent, resume=resume, bus=bus)
+        _install_signal_handlers(supervisor)
+        print(f"run {config.tag}: journal in {config.run_dir}, workspace {config.workspace} "
+              f"(branch {config.branch})", file=sys.stderr)
+        print(f"budget: {budget_text(config)}", file=sys.stderr)
+        choice = supervisor.executor.setup.choice
+        print("trials run in a bubblewrap sandbox; val_bpb is measured by the supervisor's own evaluator"
+              if choice.active else f"WARNING: {prompts.UNSANDBOXED_RUN.format(why=choice.why_not)}", file=sys.stderr)
+        if hasattr(agent, "prices_known"):  # a language model: what its tokens cost, and who says so
+            from supervisor.core.pricing import describe_price
+            print(describe_price(agent.model, agent.price), file=sys.stderr)
+        end = supervisor.run()
+    finally:
+        if live is not None:
+            _stop_live_tracker(live, config.tag)
     print(f"run {config.tag} {end}. Journal: {RunPaths(config.run_dir).journal_md}", file=sys.stderr)
     return 0
 
@@ -299,7 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_writable_folder(config.run_dir, "--journals")
     else:
         preflight_new_run(config)
-    return _drive(config, resume=args.resume, headless=args.headless)
+    return _drive(config, resume=args.resume, headless=args.headless, tracker=_live_tracker_choice(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -414,8 +469,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     cost = status.get("cost") or {}
     if cost.get("turns"):
         limit = f" of {cost['max_cost']:.2f} allowed" if cost.get("max_cost") else ""
+        source = f" (priced by {cost['price_source']})" if cost.get("price_source") else ""
         spent = ("tokens only (no price known)" if cost.get("cost_usd") is None
-                 else f"${cost['cost_usd']:.2f}{limit}")
+                 else f"${cost['cost_usd']:.2f}{limit}{source}")
         print(f"agent: {cost.get('turns', 0)} turns · {cost.get('tokens_in', 0):,} tokens in, "
               f"{cost.get('tokens_out', 0):,} out · {spent}")
     for t in status["trials"][-15:]:
@@ -494,7 +550,13 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
                    help="API base URL for LLM agents (an OpenAI-compatible local server: vLLM, "
                         "Ollama, llama.cpp); default $ANTHROPIC_BASE_URL / $OPENAI_BASE_URL")
     p.add_argument("--max-cost", type=finite_positive_float, metavar="DOLLARS",
-                   help="stop the run cleanly once the agent's API spend reaches this many dollars")
+                   help=f"stop the run cleanly once the agent's API spend reaches this many dollars (default "
+                        f"{DEFAULT_MAX_COST:g} for a model with a known price)")
+    p.add_argument("--max-tokens", type=positive_int, metavar="N",
+                   help=f"stop the run cleanly once the agent has spent this many tokens, prompt and output "
+                        f"(default {DEFAULT_MAX_TOKENS:,} for a model without a known price)")
+    p.add_argument("--no-spend-limit", dest="spend_limit", action="store_const", const=False, default=None,
+                   help="lift the default spend limit (a --max-cost or --max-tokens given still applies)")
     p.add_argument("--price", type=_price, metavar="IN,OUT",
                    help="dollars per million tokens for a model missing from the price table: "
                         "IN,OUT[,CACHE_READ,CACHE_WRITE]")
@@ -508,6 +570,9 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
                    help="pause the run when the agent sends the same failing call K times since its last "
                         "progress (default 5; 0 turns it off)")
     p.add_argument("--budget", type=finite_positive_float, help="training seconds per trial (default 300)")
+    p.add_argument("--budget-tokens", type=positive_int, metavar="N",
+                   help="train on N tokens per trial instead of --budget seconds: results compare across machines "
+                        "and loads, but speed no longer counts; --budget then caps each trial's wall-clock time")
     p.add_argument("--grace", type=grace_seconds,
                    help="warm-up allowance: seconds past the budget a trial may take to start, compile and hand "
                         "over its model, at least 1; a later hand-over has no result (default: max(30, budget/4))")
@@ -547,6 +612,10 @@ def _add_run_and_demo(sub: argparse._SubParsersAction) -> None:
                    help="with --upstream: how a trial runs")
     p.add_argument("--trainer-dir", type=absolute_path,
                    help="copy trainer/ and program.md from this folder (default: this project)")
+    p.add_argument("--tracker", type=tracker_spec, metavar="TRACKER[=STORE]",
+                   help="stream every trial to trackio, wandb (offline files) or mlflow while the run goes, from "
+                        "the supervisor (trials stay offline); stores as for `export tracker`; this session "
+                        "only: give it again with --resume")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the whole loop on the embedded corpus: no API key, no GPU, no network")

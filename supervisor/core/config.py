@@ -267,6 +267,7 @@ class RunConfig:
     journals_root: Path = field(default_factory=default_journals_root)
     cache_dir: Path = field(default_factory=default_cache_dir)
     budget_s: float = 300.0
+    budget_tokens: int | None = None  # train on this many tokens per trial; budget_s is then a wall-clock cap
     grace_s: float | None = None  # None: derived from the budget (startup, compile and evaluation)
     max_trials: int | None = None
     policy: str = "flag"
@@ -284,6 +285,8 @@ class RunConfig:
     model: str | None = None
     base_url: str | None = None
     max_cost: float | None = None      # dollars; the run stops cleanly once the agent's API spend reaches it
+    max_tokens: int | None = None      # tokens (prompt + output); the limit for a model whose price is unknown
+    spend_limit: bool = True           # a night has a default spend limit (DEFAULT_MAX_COST / DEFAULT_MAX_TOKENS)
     price: list[float] | None = None   # $ per million tokens IN,OUT[,CACHE_READ,CACHE_WRITE] for an unlisted model
     outage_s: float = 600.0            # API failing this long (after retries) pauses the run
     probe_every_s: float = 60.0        # while paused by an outage, how often a cheap request checks the API
@@ -319,6 +322,10 @@ class RunConfig:
             (fails(self.budget_s, self.budget_s > 0), f"--budget must be a positive number of seconds, got "
                                                       f"{self.budget_s}"),
             (fails(self.grace_s, (self.grace_s or 0) >= 0), f"--grace must be >= 0 seconds, got {self.grace_s}"),
+            (self.budget_tokens is not None and (type(self.budget_tokens) is not int or self.budget_tokens < 1),
+             f"--budget-tokens must be a whole number of tokens, at least 1, got {self.budget_tokens!r}"),
+            (self.budget_tokens is not None and self.upstream_repo is not None,
+             "--budget-tokens needs this project's trainer: an upstream train.py trains for a fixed time"),
             (self.max_trials is not None and self.max_trials < 1, "--max-trials must be at least 1"),
             (self.sandbox not in SANDBOX_SETTINGS, f"--sandbox must be one of {', '.join(SANDBOX_SETTINGS)}, "
                                                    f"got {self.sandbox!r}"),
@@ -334,6 +341,8 @@ class RunConfig:
             (fails(self.outage_s, self.outage_s >= 0) or fails(self.probe_every_s, self.probe_every_s > 0),
              "--outage-pause must be a number of seconds >= 0"),
             (self.stall_replies < 0, f"--stall-replies must be 0 (off) or more, got {self.stall_replies}"),
+            (self.max_tokens is not None and self.max_tokens < 1, f"--max-tokens must be at least 1, got "
+                                                                  f"{self.max_tokens}"),
             (self.repeat_limit < 0, f"--repeat-limit must be 0 (off) or more, got {self.repeat_limit}"),
         ]
         for failed, message in problems:
@@ -376,3 +385,29 @@ class RunConfig:
             data["upstream_repo"] = Path(data["upstream_repo"])
         known = set(cls.__dataclass_fields__)
         return cls(layout=layout, **{k: v for k, v in data.items() if k in known})
+
+
+# A night's default spend limit: a looping or verbose model must not cost hundreds of dollars unseen. About five
+# times what a careful 100-trial night costs at ~10k prompt tokens a turn with the prompt cache.
+DEFAULT_MAX_COST = 50.0
+DEFAULT_MAX_TOKENS = 50_000_000  # for a model without a known price: about 5,000 turns of 10k tokens
+
+
+def resolve_spend_limits(config: RunConfig, prices_known: bool) -> tuple[float | None, int | None, str]:
+    """The run's limits in dollars and tokens, and a line that says them and where they come from.
+
+    What the person gave wins; otherwise a default applies (in dollars when the model's price is known, in
+    tokens when it is not), unless --no-spend-limit lifts it.
+    """
+    max_cost, max_tokens = config.max_cost, config.max_tokens
+    given = [f"${max_cost:.2f}" if max_cost is not None else "", f"{max_tokens:,} tokens" if max_tokens else ""]
+    if max_cost is not None or max_tokens is not None:
+        return max_cost, max_tokens, f"spend limit: {' and '.join(g for g in given if g)} (as given)"
+    if not config.spend_limit:
+        return None, None, "no spend limit (--no-spend-limit): the agent's API spend is not capped"
+    if prices_known:
+        return DEFAULT_MAX_COST, None, (f"spend limit: ${DEFAULT_MAX_COST:.2f} (the default; --max-cost to change "
+                                        "it, --no-spend-limit to lift it)")
+    return None, DEFAULT_MAX_TOKENS, (f"spend limit: {DEFAULT_MAX_TOKENS:,} tokens (the default for a model without "
+                                      "a known price; --max-tokens to change it, --price to count dollars, "
+                                      "--no-spend-limit to lift it)")

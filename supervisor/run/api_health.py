@@ -56,6 +56,7 @@ class ApiHealth:
         self.outage_s = outage_s
         self.probe_every_s = probe_every_s
         self.max_cost = max_cost
+        self.max_tokens: int | None = None  # set by the loop for a model without a known price
         self.spend = spend or UsageTotals()
         self.clock = clock
         self.sleep = sleep
@@ -157,12 +158,16 @@ class ApiHealth:
         self.sink.usage_recorded(usage, self.spend.as_dict())
 
     def cost_limit_reached(self) -> str | None:
-        """Why the run must end for its cost limit (recorded and told), or None while under it."""
-        limit = self.max_cost
-        if limit is None or self.spend.cost_usd < limit:
+        """Why the run must end for its spend limit (recorded and told), or None while under it."""
+        limit, tokens = self.max_cost, self.spend.tokens_in + self.spend.output_tokens
+        if limit is not None and self.spend.cost_usd >= limit:
+            reason = (f"the cost limit is reached: ${self.spend.cost_usd:.2f} spent of --max-cost "
+                      f"${limit:.2f}; continue with --resume and a higher --max-cost")
+        elif self.max_tokens is not None and tokens >= self.max_tokens:
+            reason = (f"the token limit is reached: {tokens:,} tokens spent of --max-tokens {self.max_tokens:,}; "
+                      "continue with --resume and a higher --max-tokens")
+        else:
             return None
-        reason = (f"the cost limit is reached: ${self.spend.cost_usd:.2f} spent of --max-cost "
-                  f"${limit:.2f}; continue with --resume and a higher --max-cost")
         self.sink.record(reason)
         self.sink.notice("warning", reason)
         return reason

@@ -39,7 +39,7 @@ from supervisor.agents.base import (
 )
 from supervisor.core import commands, prompts
 from supervisor.core import events as ev
-from supervisor.core.config import RunConfig
+from supervisor.core.config import RunConfig, resolve_spend_limits
 from supervisor.core.errors import UserError
 from supervisor.core.failpoints import failpoint
 from supervisor.core.paths import RunPaths
@@ -283,6 +283,7 @@ class Supervisor:
         try:
             self._set_state(RunState.RUNNING)
             self._check_cost_limit_is_enforceable()
+            self._apply_spend_limits()
             self.executor.warm_next_trial()
             if self.config.noise_repeats and self.ledger.latest_noise(self.config.budget_s) is None:
                 self.measure_noise(self.config.noise_repeats)
@@ -474,6 +475,16 @@ class Supervisor:
             raise SupervisorError(
                 f"--max-cost needs the price of model {model!r}, which is not in the price table (as of "
                 f"{PRICES_AS_OF}): give it with --price IN,OUT in dollars per million tokens, e.g. --price 3,15")
+
+    def _apply_spend_limits(self) -> None:
+        """A language model's night has a spend limit, in dollars or, without a known price, in tokens: said at
+        the start and kept in the ledger for `status` and the UI."""
+        if not hasattr(self.agent, "prices_known"):
+            return  # the offline and scripted agents spend nothing
+        max_cost, max_tokens, line = resolve_spend_limits(self.config, bool(self.agent.prices_known))
+        self.health.max_cost, self.health.max_tokens = max_cost, max_tokens
+        self.ledger.set_meta("spend_limits", {"max_cost": max_cost, "max_tokens": max_tokens, "line": line})
+        self.bus.emit(ev.NOTICE, level="info", message=line)
 
     # ---- context for the agent ------------------------------------------------------------------------------
     def build_context(self) -> TurnContext:

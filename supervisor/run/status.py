@@ -17,6 +17,8 @@ from supervisor.core.types import (
     row_record,
     trial_record,
 )
+from supervisor.run.floor import noise_status
+from supervisor.run.trial_setup import budget_text
 from supervisor.store.ledger import Ledger
 from supervisor.store.lock import RunLock
 
@@ -24,8 +26,7 @@ from supervisor.store.lock import RunLock
 def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
     run = ledger.run_row()
     cfg = RunConfig.from_json(run.config)
-    noise = ledger.latest_noise(cfg.budget_s)
-    floor = None if noise is None or noise.sd is None else noise.sd * cfg.floor_factor
+    noise = noise_status(ledger, cfg.budget_s, cfg.floor_factor)  # pooled with re-runs; flagged when uneven
     journal = ledger.journal_entries()
     journaled = {j.trial_id for j in journal}
     usage = usage_by_trial(ledger.turns(), journal)
@@ -52,14 +53,13 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
         "branch": cfg.branch,
         "agent": cfg.agent,
         "budget_s": cfg.budget_s,
+        "budget_tokens": cfg.budget_tokens,  # None: the budget is budget_s seconds; else budget_s is a wall-clock cap
+        "budget": budget_text(cfg),
         "max_trials": cfg.max_trials,
         "policy": cfg.policy,
         "floor_factor": cfg.floor_factor,
-        "noise": None if noise is None else {
-            "values": list(noise.values), "sd": noise.sd, "floor": floor, "commit": noise.commit_sha,
-            "budget_s": noise.budget_s, "platform": noise.platform,
-        },
-        "noise_floor": floor,
+        "noise": noise,
+        "noise_floor": None if noise is None else noise["floor"],
         "counts": _counts(ledger, trials),
         "best": None if best is None else records[best.id],
         "trials": list(records.values()),
@@ -75,7 +75,7 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
         "plans": [row_record(p) for p in ledger.plans()],
         "steering": [{**row_record(s), "state": s.state} for s in ledger.steering()],
         "open_triggers": [row_record(t) for t in ledger.open_triggers()],
-        "cost": {**usage["total"].as_dict(), "max_cost": cfg.max_cost, "models": usage["models"],
+        "cost": {**usage["total"].as_dict(), **_spend_limits(ledger, cfg), "models": usage["models"],
                  "since_last_journal": usage["pending"].as_dict()},
     }
 
@@ -118,3 +118,10 @@ def usage_by_trial(turns: list[Turn], journal: list[JournalEntry]) -> dict[str, 
         else:
             pending.add(turn.usage)
     return {"total": total, "by_trial": by_trial, "pending": pending, "models": models}
+
+
+def _spend_limits(ledger: Ledger, cfg: RunConfig) -> dict[str, Any]:
+    """The limits the run applies (the defaults resolved at its start), else those the person gave."""
+    limits = ledger.get_meta("spend_limits") or {}
+    return {"max_cost": limits.get("max_cost", cfg.max_cost), "max_tokens": limits.get("max_tokens", cfg.max_tokens),
+            "spend_limit": limits.get("line")}

@@ -133,6 +133,8 @@ def cost_text(status: dict[str, Any], turns_usage: dict[str, int]) -> str | None
         if not cost.get("turns"):
             return None  # no model has been called (the offline agent): nothing to show
         tokens = f"{fmt.rate(cost.get('tokens_in') or 0)} in / {fmt.rate(cost.get('tokens_out') or 0)} out tokens"
+        if cost.get("max_tokens"):  # the limit of a model without a known price
+            tokens += f" of {fmt.rate(int(cost['max_tokens']))}"
         usd = cost.get("cost_usd")
         if usd is None and not cost.get("priced_cost_usd"):
             return tokens  # the model's price is unknown
