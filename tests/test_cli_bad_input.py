@@ -26,6 +26,7 @@ from supervisor.cli.main import build_parser, main
 from supervisor.core import config as cfg
 from supervisor.morning import commands as morning_cli
 from supervisor.morning.importer import import_results
+from supervisor.morning.trackers.base import project_name, tracker_spec
 from tests.loop_support import FAKE_SOURCE, PROJECT, cli, write_script
 
 # ---- the parser, walked -------------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def test_every_option_is_checked_as_it_is_read(command, dest, action):
         assert action.type is cfg.tag_name, f"`autoresearch {command}` --tag must be checked with tag_name"
     elif (command.split(" ")[-1], dest) not in FREE_TEXT:
         assert action.choices or action.type in NUMBER_TYPES | {cli_module.agent_spec, cfg.base_url,
-                                                                 cfg.command_line}, (
+                                                                 cfg.command_line, tracker_spec, project_name}, (
             f"`autoresearch {command}` option {dest!r} has no check: give it a type from supervisor/core/config.py, "
             "choices, or add it to FREE_TEXT in this test with a reason")
 

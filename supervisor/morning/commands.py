@@ -1,4 +1,5 @@
-"""The morning-after commands: `export graveyard`, `report`, and `import` of an upstream results.tsv.
+"""The morning-after commands: `export graveyard`, `export tracker`, `report`, and `import` of an upstream
+results.tsv.
 
 Thin, like the rest of the CLI: parse, call the domain (graveyard, report, importer), print where the
 files went. Errors a person can fix are UserErrors and end in one line.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.core.config import (
@@ -23,6 +25,8 @@ from supervisor.core.config import (
     tag_name,
 )
 from supervisor.core.errors import UserError
+from supervisor.morning.trackers import DEFAULT_PROJECT, tracker_spec
+from supervisor.morning.trackers.base import project_name
 
 
 class MorningError(UserError):
@@ -71,6 +75,50 @@ def cmd_export_graveyard(args: argparse.Namespace) -> int:
         ledger.close()
     print(f"graveyard written to {out}")
     return 0
+
+
+def cmd_export_tracker(args: argparse.Namespace) -> int:
+    from supervisor.core.paths import RunPaths
+    from supervisor.morning.trackers import open_tracker
+    from supervisor.morning.trackers.export import export_run
+    from supervisor.store.lock import RunLock
+
+    journals = _journals(args)
+    ledger = _open_run(args)  # a missing run is said before a tracker's SDK is even imported
+    live = RunLock.holder(RunPaths(journals / args.tag).lock) is not None
+    try:
+        tracker = open_tracker(args.to, project=args.project, journals_root=journals, run_dir=journals / args.tag)
+        try:
+            result = export_run(ledger, tracker, replace=args.replace, live=live, progress=_progress_line())
+            where, look = tracker.where(), tracker.how_to_look(args.tag)
+        finally:
+            tracker.close()
+    finally:
+        ledger.close()
+    print(f"exported {len(result.exported)} trial(s) of {args.tag} ({result.history_points:,} loss points) to "
+          f"{where}, project {args.project}, group {args.tag}")
+    if result.replaced:
+        print(f"{len(result.replaced)} trial(s) were already there: deleted and sent again (--replace)")
+    if result.skipped:
+        print(f"{len(result.skipped)} trial(s) were already there and were left as they are "
+              "(--replace sends them again)")
+    if result.running:
+        print(f"{len(result.running)} trial(s) still running or being written up, left for a later export: "
+              f"{', '.join(map(str, result.running))}")
+    print(f"look at them: {look}")
+    return 0
+
+
+def _progress_line() -> Callable[[int, int], None] | None:
+    """`n/total` rewritten in place on a terminal (an export of a long night takes minutes); nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\r  {done}/{total} trials" + ("\n" if done == total else ""))
+        sys.stderr.flush()
+
+    return show
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -144,8 +192,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `export graveyard`, `report` and `import` to the `autoresearch` command."""
     journals_help = "folder holding the runs' journals (default: ./journals of the project)"
 
-    p = subparsers.add_parser("export", help="export part of a run to share (export graveyard)")
-    what = p.add_subparsers(dest="what", required=True, metavar="graveyard")
+    p = subparsers.add_parser("export", help="export part of a run to share (export graveyard | tracker)")
+    what = p.add_subparsers(dest="what", required=True, metavar="graveyard | tracker")
     g = what.add_parser("graveyard", help="markdown of every discarded and crashed trial, grouped by what was tried")
     g.add_argument("--tag", required=True, type=tag_name, help="the run")
     g.add_argument("--journals", type=absolute_path, help=journals_help)
@@ -153,6 +201,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the markdown file (default journals/TAG/graveyard.md; - for stdout)")
     g.add_argument("--diff-lines", type=non_negative_int, default=40, help="lines of each diff to show (default 40)")
     g.set_defaults(func=cmd_export_graveyard)
+    t = what.add_parser("tracker", help="every trial as a run of an experiment tracker: trackio, wandb (offline "
+                                        "files) or mlflow, grouped by the tag")
+    t.add_argument("--tag", required=True, type=tag_name, help="the run")
+    t.add_argument("--journals", type=absolute_path, help=journals_help)
+    t.add_argument("--to", required=True, type=tracker_spec, metavar="TRACKER[=STORE]",
+                   help="trackio (its local store, or trackio=FOLDER), wandb (offline runs in journals/TAG/wandb, "
+                        "or wandb=FOLDER) or mlflow (journals/mlflow.db, $MLFLOW_TRACKING_URI, or mlflow=URI)")
+    t.add_argument("--project", type=project_name, default=DEFAULT_PROJECT,
+                   help=f"the trackio / W&B project (default {DEFAULT_PROJECT}); MLflow files each tag as its "
+                        "own experiment")
+    t.add_argument("--replace", action="store_true",
+                   help="send again the trials already in the tracker (their runs are deleted first); without "
+                        "it they are skipped")
+    t.set_defaults(func=cmd_export_tracker)
 
     p = subparsers.add_parser("report", help="a markdown report of a run with charts (SVG and PNG)")
     p.add_argument("--tag", required=True, type=tag_name, help="the run")
