@@ -22,7 +22,7 @@ from supervisor.morning.report import report_markdown
 from supervisor.run.executor import combined_sandbox, sandbox_text
 from supervisor.run.loop import Supervisor
 from supervisor.run.status import run_status
-from supervisor.store.ledger import Ledger
+from supervisor.store.ledger import SCHEMA_VERSION, Ledger
 from supervisor.trial.guards import eval_fingerprint, scan_diff, scan_source
 from supervisor.trial.runner import run_trial
 from tests.loop_support import FAKE_SOURCE, edit, fake_config, journal, trial, write_script
@@ -220,8 +220,8 @@ HONEST = {
     "init scale": ("self.lm_head.weight.normal_(0.0, 0.001)", "self.lm_head.weight.normal_(0.0, 0.002)"),
     "dropout": ("        self.mlp = MLP(dim, hidden)\n",
                 "        self.mlp = MLP(dim, hidden)\n        self.drop = nn.Dropout(0.1)\n"),
-    "a progress print": ("        tok_s = TOTAL_BATCH_TOKENS / dt\n",
-                         "        tok_s = TOTAL_BATCH_TOKENS / dt\n"
+    "a progress print": ("        tok_s = step_tokens / dt\n",
+                         "        tok_s = step_tokens / dt\n"
                          "        print(f\"{dt:.3f}s/step, {tok_s:.0f} tok/s\", file=sys.stderr)\n"),
 }
 
@@ -435,4 +435,4 @@ def test_an_old_ledger_is_migrated_and_reads_without_the_new_column(tmp_path):
     readonly.close()
     writer = Ledger(path)
     writer.finish_trial(tid, sandbox="none: no bwrap")
-    assert writer.trial(tid).unsandboxed and writer.get_meta("schema_version") == 2
+    assert writer.trial(tid).unsandboxed and writer.get_meta("schema_version") == SCHEMA_VERSION

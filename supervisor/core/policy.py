@@ -18,6 +18,11 @@ Policies, for a trial whose gain is positive but under the floor (a "sub-floor" 
 
 Gains at or above the floor are kept unflagged by every policy; gains <= 0 are discarded by every
 policy. With no floor measured yet every policy is greedy and its keeps say "unmeasured floor".
+
+Re-runs are samples too. The sd a decision uses (:class:`NoiseEstimate`) pools the seeds' spread with every
+group of runs of identical code (a keep re-run unchanged, a trial's confirmation runs): the sum of squared
+deviations from each group's own mean over ``N - groups``. A floor whose seeds ran very different numbers of
+steps measured the machine's speed as much as the seed, and says so (:func:`uneven_steps`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 DEFAULT_FLOOR_FACTOR = 2.0
@@ -34,6 +39,10 @@ DEFAULT_POLICY = "flag"
 POLICY_NAMES = ("greedy", "flag", "confirm", "strict")
 # The brief calls the strict rule "reject"; accept the word people will type.
 _ALIASES = {"reject": "strict"}
+# Seeds of identical code on a steady machine run the same number of steps within a few percent (every step is
+# the same work, the budget is the same). When the most steps exceed the fewest by more than this factor, the
+# machine's speed decided part of the spread, and the floor says so.
+STEP_SPREAD_LIMIT = 1.2
 
 
 def _fmt(x: float) -> str:
@@ -61,16 +70,39 @@ def _check_sd(sd: float | None) -> float | None:
     return sd
 
 
+def uneven_steps(steps: Sequence[int | None]) -> str | None:
+    """Why a floor's seeds do not measure only the seed (their step counts differ by more than
+    STEP_SPREAD_LIMIT), or None. Unknown counts are left out; fewer than two known say nothing."""
+    known = sorted(int(s) for s in steps if s is not None and s > 0)
+    if len(known) < 2 or known[-1] <= STEP_SPREAD_LIMIT * known[0]:
+        return None
+    ran = f"{known[0]} and {known[-1]}" if len(known) == 2 else f"from {known[0]} to {known[-1]}"
+    return (f"the seeds ran {ran} steps (more than {STEP_SPREAD_LIMIT:g}x apart): the floor measures machine "
+            "speed, not only the seed")
+
+
+def pooled_sd(groups: Sequence[tuple[float, int]]) -> float | None:
+    """The pooled sd of groups given as (sample sd, runs): sqrt(sum (n - 1) sd^2 / sum (n - 1)), which is the
+    sum of squared deviations from each group's own mean over N - groups. None with no degree of freedom."""
+    checked = [(_check_sd(sd), int(n)) for sd, n in groups if n >= 2]
+    freedom = sum(n - 1 for _, n in checked)
+    if freedom < 1:
+        return None
+    return math.sqrt(sum((n - 1) * (sd or 0.0) ** 2 for sd, n in checked) / freedom)
+
+
 @dataclass
 class NoiseMeasurement:
     """val_bpb of R repeats of identical code with different seeds, on one budget and one platform.
 
-    Crashed repeats are left out by the caller; every value here must be finite.
+    Crashed repeats are left out by the caller; every value here must be finite. ``steps``: how many training
+    steps each seed ran, where known (a wide spread flags the floor).
     """
 
     values: list[float]
     budget_s: float
     platform: str
+    steps: list[int | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.values = [float(v) for v in self.values]
@@ -101,16 +133,78 @@ class NoiseMeasurement:
         sd = self.sd
         return None if sd is None else _check_factor(factor) * sd
 
+    @property
+    def steps_warning(self) -> str | None:
+        """Why this floor measures the machine as well as the seed, or None."""
+        return uneven_steps(self.steps)
+
     def describe(self, factor: float = DEFAULT_FLOOR_FACTOR) -> str:
         """One line for the journal and the UI."""
         if self.n < 2:
             return f"noise floor unmeasured ({self.n} repeat{'s' if self.n != 1 else ''}; need at least 2)"
         floor = self.floor(factor)
         assert floor is not None and self.sd is not None and self.range is not None
-        return (
+        text = (
             f"noise floor {_fmt(floor)} ({factor:g} x sd {_fmt(self.sd)} over {self.n} seeds, "
             f"range {_fmt(self.range)}) at {self.budget_s:g}s on {self.platform}"
         )
+        warning = self.steps_warning
+        return f"{text}; FLAGGED: {warning}" if warning else text
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """The noise a decision uses: a floor's seeds pooled with the groups of identical-code re-runs since.
+
+    ``seeds_sd`` is the sd stored with the measurement (a floor given by the person has an sd and no seeds: it
+    is used as given, never pooled, since its degrees of freedom are unknown). ``groups``: val_bpb of each
+    set of runs of one commit (a keep and its unchanged re-runs, a trial and its confirmation runs).
+    """
+
+    seeds: tuple[float, ...]
+    seeds_sd: float | None
+    groups: tuple[tuple[float, ...], ...] = ()
+    steps: tuple[int, ...] = ()
+
+    @property
+    def pooled_groups(self) -> list[tuple[float, ...]]:
+        """The re-run groups that add to the floor: two runs or more, and a measured floor to add to."""
+        if self.seeds_sd is None or len(self.seeds) < 2:
+            return []
+        return [g for g in self.groups if len(g) >= 2]
+
+    @property
+    def runs(self) -> int:
+        return len(self.seeds) + sum(len(g) for g in self.pooled_groups)
+
+    @property
+    def sd(self) -> float | None:
+        groups = self.pooled_groups
+        if not groups:
+            return _check_sd(self.seeds_sd)
+        return pooled_sd([(self.seeds_sd or 0.0, len(self.seeds)), *((statistics.stdev(g), len(g)) for g in groups)])
+
+    def floor(self, factor: float = DEFAULT_FLOOR_FACTOR) -> float | None:
+        sd = self.sd
+        return None if sd is None else _check_factor(factor) * sd
+
+    @property
+    def steps_warning(self) -> str | None:
+        return uneven_steps(self.steps)
+
+    def describe(self, factor: float = DEFAULT_FLOOR_FACTOR) -> str:
+        """One line: the floor, what it is pooled from, and its flag."""
+        floor, sd = self.floor(factor), self.sd
+        if floor is None or sd is None:
+            return "noise floor unmeasured"
+        groups = self.pooled_groups
+        if groups:
+            text = (f"noise floor {_fmt(floor)} ({factor:g} x pooled sd {_fmt(sd)} over {len(self.seeds)} seeds and "
+                    f"{len(groups)} group{'s' if len(groups) != 1 else ''} of re-runs, {self.runs} runs)")
+        else:
+            text = f"noise floor {_fmt(floor)} ({factor:g} x sd {_fmt(sd)} over {len(self.seeds)} seeds)"
+        warning = self.steps_warning
+        return f"{text}; FLAGGED: {warning}" if warning else text
 
 
 class Verdict(StrEnum):

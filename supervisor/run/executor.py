@@ -7,6 +7,7 @@ what happened: a started trial without a result is marked aborted on --resume, n
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import statistics
@@ -25,6 +26,15 @@ from supervisor.core.failpoints import failpoint
 from supervisor.core.paths import RunPaths
 from supervisor.core.policy import KeepPolicy, Verdict
 from supervisor.core.types import UNSANDBOXED_PREFIX, RunState, Trial, TrialKind, TrialStatus, is_unsandboxed
+from supervisor.run.floor import floor_machine, noise_estimate
+from supervisor.run.sentinel import (
+    MachineLoad,
+    MachineSample,
+    compute_neutral,
+    drift_reasons,
+    load_between,
+    sample_machine,
+)
 from supervisor.run.trial_setup import TrialSetup
 from supervisor.store.journal_files import JournalFiles
 from supervisor.store.ledger import Ledger
@@ -43,6 +53,9 @@ from supervisor.trial.workspace import Workspace
 
 PRIMARY_SEED = 42
 CONFIRM_SEED_BASE = 1000
+# An unchanged re-run of a keep is a new sample of its code, so it gets a seed of its own: this base, plus
+# 1000 x the keep's id, plus how many runs the keep has (no two re-runs of one keep share a seed).
+RERUN_SEED_BASE = 100_000
 METRIC_FLUSH_S = 1.0
 WARMUP_SAMPLES = 10  # the unmodified script's last warm-ups the allowance is calibrated from
 METRICS_KEPT_FULLY = 20_000  # a trial's metric records stored one for one; beyond, ever more thinly
@@ -55,6 +68,31 @@ class _Verdict:
     status: TrialStatus
     flagged: bool
     decision: str
+
+
+@dataclass
+class _Run:
+    """What the supervisor knows about one trial's run besides its outcome."""
+
+    seed: int
+    rerun_of: Trial | None  # the keep whose code this trial ran unchanged (an empty diff), else None
+    compute_neutral: bool  # the change cannot alter the work of a step (sentinel.compute_neutral)
+    load: MachineLoad | None = None  # what other processes did while the deciding run ran
+    drift: list[str] = field(default_factory=list)  # why the deciding run may measure the machine
+    note: str = ""  # what happened before the deciding run (a drifted first run, run again)
+    first_run: str = ""  # the drifted first run's numbers, when a second run replaced it
+
+    def summary(self) -> dict[str, str]:
+        """The trial summary's supervisor.* fields about the machine and the re-run."""
+        out = self.load.as_summary() if self.load is not None else {}
+        out["supervisor.compute_neutral"] = str(self.compute_neutral).lower()
+        if self.rerun_of is not None:
+            out["supervisor.rerun_of"] = str(self.rerun_of.id)
+        if self.drift:
+            out["supervisor.drift"] = "; ".join(self.drift)
+        if self.first_run:
+            out["supervisor.drifted_first_run"] = self.first_run
+        return out
 
 
 @dataclass
@@ -121,6 +159,8 @@ class TrialExecutor:
         self._runner = runner
         self._harness_hash = ""
         self._sandboxes: list[str | None] = []  # how each run of the current trial was confined
+        # Reads the machine before and after every run (the speed sentinel); tests put a simulated machine here.
+        self.read_machine: Callable[[], MachineSample] = sample_machine
 
     # ---- the workspace ------------------------------------------------------------------------------------
     def create_workspace(self) -> None:
@@ -212,7 +252,8 @@ class TrialExecutor:
         return self.config.max_trials - self.trials_done()
 
     def noise_sd(self) -> float | None:
-        noise = self.ledger.latest_noise(self.config.budget_s)
+        """The sd decisions use: the floor's seeds pooled with every group of identical-code re-runs."""
+        noise = noise_estimate(self.ledger, self.config.budget_s)
         return None if noise is None else noise.sd
 
     def noise_floor(self) -> float | None:
@@ -244,6 +285,10 @@ class TrialExecutor:
         ws = self.workspace
         parent_commit = ws.head()
         diff = ws.working_diff()
+        # The keep's own code run again is a sample of it (re-runs are samples): pooled, never judged as an idea.
+        rerun_of = best if best is not None and best.commit_sha == parent_commit and not diff.strip() else None
+        seed = PRIMARY_SEED if rerun_of is None else \
+            RERUN_SEED_BASE + 1000 * rerun_of.id + len(rerun_of.all_values)
         failpoint("before_commit")
         commit = ws.commit_trial(f"trial: {description}")
         failpoint("after_commit")
@@ -252,19 +297,38 @@ class TrialExecutor:
         trial_id = self.ledger.start_trial(
             commit_sha=commit, parent_commit=parent_commit, parent_trial=best.id if best else None,
             description=description, category=category, plan_id=plan_id, diff=diff,
-            budget_s=self.config.budget_s, platform=self.platform, seed=PRIMARY_SEED,
+            budget_s=self.config.budget_s, platform=self.platform, seed=seed,
         )
         failpoint("trial_started")
         self.trial_stop.clear()
         self.set_state(RunState.TRIAL, f"trial {trial_id}: {description}")
         self.bus.emit(ev.TRIAL_STARTED, trial_id=trial_id, commit=commit, parent=parent_commit,
-                      description=description, budget_s=self.config.budget_s, seed=PRIMARY_SEED,
+                      description=description, budget_s=self.config.budget_s, seed=seed,
                       parent_trial=best.id if best else None)
-        outcome = self.execute(trial_id, self.paths.trial_dir(trial_id), PRIMARY_SEED, live=True)
+        run = _Run(seed, rerun_of, self._compute_neutral(parent_commit, commit, diff))
+        outcome = self._measured_run(run, trial_id, self.paths.trial_dir(trial_id), live=True)
         guard = self._check_after(findings)
         if outcome.stopped:
             return self._stopped(trial_id, outcome, parent_commit)
-        return self._record(trial_id, outcome, best, parent_commit, guard)
+        return self._record(trial_id, outcome, best, parent_commit, guard, run)
+
+    def _measured_run(self, run: _Run, trial_id: int, out_dir: Path, live: bool) -> TrialOutcome:
+        """One run of the trial, between two readings of the machine (the speed sentinel)."""
+        before = self.read_machine()
+        outcome = self.execute(trial_id, out_dir, run.seed, live=live)
+        run.load = load_between(before, self.read_machine())
+        return outcome
+
+    def _compute_neutral(self, parent_commit: str, commit: str, diff: str) -> bool:
+        """Whether the change cannot alter the work of a step, so its throughput must match its parent's."""
+        if not diff.strip():
+            return True
+        if not self.editable.endswith(".py"):
+            return False
+        try:
+            return compute_neutral(self.workspace.show_file(parent_commit), self.workspace.show_file(commit))
+        except Exception:  # noqa: BLE001 - git could not show a side: not known to be neutral
+            return False
 
     def scan(self, parent_commit: str, commit: str, diff: str) -> list[str]:
         """The guards' findings in the committed script, against its parent's (what the parent already did is
@@ -326,10 +390,17 @@ class TrialExecutor:
         return ToolOutcome("run_trial", ok=False, content=prompts.RUN_STOPPED_DURING_TRIAL)
 
     def _record(self, trial_id: int, outcome: TrialOutcome, best: Trial | None, parent_commit: str,
-                guard: _Guard) -> ToolOutcome:
+                guard: _Guard, run: _Run) -> ToolOutcome:
+        run.drift = self._drift(outcome, run, best)
+        if run.drift and self._reruns_drift(run, guard):
+            outcome, guard = self._rerun_drifted(trial_id, outcome, guard, run, best)
+            if outcome.stopped:
+                return self._stopped(trial_id, outcome, parent_commit)
         fields = outcome_fields(outcome)
+        fields["summary"].update(run.summary())
         parent_mean = best.mean_val_bpb if best else None
-        verdict = self._verdict(trial_id, outcome, best.all_values if best else [], guard)
+        verdict = self._verdict(trial_id, outcome, best.all_values if best else [], guard, run)
+        verdict = self._with_drift(trial_id, verdict, run)
         if verdict.status == TrialStatus.CRASH:
             # The runner's reason (a sandbox violation, the budget, causality...) goes on word for word.
             fields["crash_reason"] = verdict.decision if guard.untrusted else outcome.reason
@@ -352,21 +423,107 @@ class TrialExecutor:
         self.set_state(RunState.RUNNING, "")
         self.bus.emit(ev.TRIAL_FINISHED, trial_id=trial_id, status=verdict.status, val_bpb=trial.val_bpb,
                       delta=delta, flagged=verdict.flagged, decision=verdict.decision)
-        report = prompts.trial_report(trial, best, self.noise_floor())
-        if verdict.status == TrialStatus.HELD:
-            held = prompts.TRIAL_HELD.format(findings="\n".join(f"- {f}" for f in guard.findings))
-            head, _, tail = report.rpartition(prompts.TRIAL_REPORT_NEXT)
-            report = f"{head}{held}\n{prompts.TRIAL_REPORT_NEXT}{tail}" if head else f"{report}\n{held}"
-        return ToolOutcome("run_trial", ok=verdict.status != TrialStatus.CRASH, content=report)
+        return ToolOutcome("run_trial", ok=verdict.status != TrialStatus.CRASH,
+                           content=self._report(trial, best, guard, run))
 
-    def _verdict(self, trial_id: int, outcome: TrialOutcome, parent_values: list[float], guard: _Guard) -> _Verdict:
+    def _report(self, trial: Trial, parent: Trial | None, guard: _Guard, run: _Run) -> str:
+        """What run_trial returns: the numbers and the decision, and what a held trial or a re-run means."""
+        report = prompts.trial_report(trial, parent, self.noise_floor())
+        if trial.status == TrialStatus.HELD:
+            note = prompts.TRIAL_HELD.format(findings="\n".join(f"- {f}" for f in guard.findings))
+        elif run.rerun_of is not None and trial.status != TrialStatus.CRASH:
+            note = prompts.TRIAL_REPORT_RERUN.format(parent=run.rerun_of.id)
+        else:
+            return report
+        head, _, tail = report.rpartition(prompts.TRIAL_REPORT_NEXT)
+        return f"{head}{note}\n{prompts.TRIAL_REPORT_NEXT}{tail}" if head else f"{report}\n{note}"
+
+    def _verdict(self, trial_id: int, outcome: TrialOutcome, parent_values: list[float], guard: _Guard,
+                 run: _Run) -> _Verdict:
         if guard.untrusted:
             return _Verdict(TrialStatus.CRASH, False, prompts.DECISION_UNTRUSTED.format(what=guard.untrusted))
         if outcome.status != "ok" or outcome.val_bpb is None:
             return _Verdict(TrialStatus.CRASH, False, prompts.DECISION_CRASHED.format(reason=outcome.reason))
         if guard.findings:
             return self._hold(parent_values, outcome.val_bpb, guard.findings)
+        if run.rerun_of is not None:
+            return self._pool(run.rerun_of, outcome.val_bpb, run.seed)
         return self._decide(trial_id, parent_values, outcome.val_bpb)
+
+    # ---- re-runs and the speed sentinel (issue 16) ---------------------------------------------------------
+    def _pool(self, parent: Trial, value: float, seed: int) -> _Verdict:
+        """An unchanged re-run of a keep: its number joins the keep's runs (which later trials are compared
+        with) and the noise floor. Recorded as a discard, since nothing new is kept; the decision says why."""
+        factor = self.config.floor_factor
+        before = parent.all_values
+        estimate = noise_estimate(self.ledger, self.config.budget_s)
+        floor = None if estimate is None else estimate.floor(factor)
+        self.ledger.add_extra_value(parent.id, value)
+        after = noise_estimate(self.ledger, self.config.budget_s)
+        mean = statistics.fmean(before)
+        distance = value - mean
+        if floor is None:
+            landing = prompts.RERUN_NO_FLOOR
+        else:
+            floors = abs(distance) / floor if floor > 0 else (math.inf if distance else 0.0)
+            far = floors > 1.0  # outside the band a same-code run should land in, by the floor's own definition
+            landing = (prompts.RERUN_LANDED_FAR if far else prompts.RERUN_LANDED_NEAR).format(floors=floors,
+                                                                                                parent=parent.id)
+        new_floor = None if after is None else after.floor(factor)
+        floor_now = "" if floor is None or new_floor is None else prompts.RERUN_FLOOR_NOW.format(
+            after=prompts.fmt(new_floor, 4), before=prompts.fmt(floor, 4))
+        return _Verdict(TrialStatus.DISCARD, False, prompts.DECISION_RERUN.format(
+            parent=parent.id, seed=seed, value=prompts.fmt(value), distance=distance, mean=prompts.fmt(mean),
+            landing=landing, runs=len(before) + 1, new_mean=prompts.fmt(statistics.fmean([*before, value])),
+            floor_now=floor_now))
+
+    def _drift(self, outcome: TrialOutcome, run: _Run, parent: Trial | None) -> list[str]:
+        """Why this run's number may measure the machine rather than the change ([] when it ran as the floor did)."""
+        if outcome.status != "ok" or outcome.val_bpb is None:
+            return []  # no number to doubt
+        if self.config.budget_tokens is not None:
+            return []  # a token budget trains the same tokens however fast the machine: speed cannot move the number
+        return drift_reasons(run.load, floor_machine(self.ledger, self.config.budget_s),
+                             tokens_per_s=summary_float(outcome.summary, "tokens_per_s"),
+                             parent_tokens_per_s=parent.tokens_per_s if parent else None,
+                             compute_neutral=run.compute_neutral)
+
+    def _reruns_drift(self, run: _Run, guard: _Guard) -> bool:
+        """The confirm policy runs a drifted trial again; the others flag it. A re-run of a keep is pooled either
+        way (it samples the machine as it is), and a trial held or voided by the guards is never kept."""
+        return (self.config.policy == "confirm" and run.rerun_of is None and not guard.untrusted
+                and not guard.findings and not self.trial_stop.is_set())
+
+    def _rerun_drifted(self, trial_id: int, first: TrialOutcome, guard: _Guard, run: _Run,
+                       parent: Trial | None) -> tuple[TrialOutcome, _Guard]:
+        """Run a drifted trial once more with the same seed; that run decides (if it crashes, the first does)."""
+        drift = "; ".join(run.drift)
+        self.bus.emit(ev.NOTICE, level="warning", message=prompts.DRIFT_NOTICE.format(
+            trial_id=trial_id, drift=drift, action=": running it again with the same seed"))
+        second = self._measured_run(run, trial_id, self.paths.trial_dir(trial_id) / "drift-rerun", live=False)
+        guard = self._check_after(guard.findings)
+        if second.stopped:
+            return second, guard
+        if second.status != "ok" or second.val_bpb is None:
+            run.note = prompts.DECISION_DRIFT_RERUN_CRASHED.format(drift=drift, crash=second.reason)
+            return first, guard  # still drifted: the first run decides, flagged
+        run.note = prompts.DECISION_DRIFT_RERUN.format(drift=drift, first=prompts.fmt(first.val_bpb))
+        steps, tokens = summary_float(first.summary, "num_steps"), summary_float(first.summary, "tokens_per_s")
+        run.first_run = f"val_bpb {prompts.fmt(first.val_bpb)}, steps {steps:g}, tokens/s {tokens:,.0f}" \
+            if steps is not None and tokens is not None else f"val_bpb {prompts.fmt(first.val_bpb)}"
+        run.drift = self._drift(second, run, parent)
+        return second, guard
+
+    def _with_drift(self, trial_id: int, verdict: _Verdict, run: _Run) -> _Verdict:
+        """The verdict with the machine named: a drifted run is flagged, whatever the verdict, under every policy
+        (under confirm, only when its second run drifted too)."""
+        decision = f"{run.note}; {verdict.decision}" if run.note else verdict.decision
+        if not run.drift or verdict.status == TrialStatus.CRASH:
+            return _Verdict(verdict.status, verdict.flagged, decision)
+        drift = "; ".join(run.drift)
+        self.bus.emit(ev.NOTICE, level="warning",
+                      message=prompts.DRIFT_NOTICE.format(trial_id=trial_id, drift=drift, action=": flagged"))
+        return _Verdict(verdict.status, True, prompts.DECISION_MACHINE_DRIFT.format(decision=decision, drift=drift))
 
     def _hold(self, parent_values: list[float], value: float, findings: list[str]) -> _Verdict:
         """A trial the guards found something in is never kept: held for review where the policy would keep it
@@ -570,6 +727,7 @@ def outcome_fields(outcome: TrialOutcome) -> dict[str, Any]:
     measured = {"supervisor.handover_seconds": outcome.handover_seconds,
                 "supervisor.evaluation_seconds": outcome.evaluation_seconds,
                 "supervisor.sandbox": outcome.sandbox or None,
+                "supervisor.budget_tokens": outcome.budget_tokens,
                 **{f"evaluator.{k}": record.get(k) for k in ("causality_deviation", "repeat_deviation",
                                                                "rows_checked", "artifact_sha256", "evaluator")}}
     summary = {k: v for k, v in s.items() if not k.startswith(("supervisor.", "evaluator."))}

@@ -18,6 +18,7 @@ PROFILE = "small"
 LR = 0.02  # learning rate
 WIDTH = 32  # model width
 STEPS = 10  # metric lines to stream
+TOKENS_PER_STEP = 1000  # tokens one step trains on (under a token budget, the budget sets the steps)
 NOISE_SD = 0.0  # run-to-run noise of val_bpb
 # ok | hang | crash | nan | nosummary | quiet | forge | slow | tamper | tamperval | forkignore | memhog | deleteself | flood
 MODE = "ok"
@@ -25,6 +26,14 @@ SLEEP = 0.05  # seconds between metric lines
 
 seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
 budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))
+budget_tokens = os.environ.get("AUTORESEARCH_BUDGET_TOKENS")  # as the real trainer: the steps that fit
+steps = STEPS if budget_tokens is None else int(budget_tokens) // TOKENS_PER_STEP
+# A slower machine (a test sets FAKE_MACHINE_SLOWDOWN, as a loaded CPU or a shared GPU would): fewer steps fit the
+# time budget, at a lower throughput, and the model trained less scores worse. The code itself is unchanged.
+slowdown = max(1.0, float(os.environ.get("FAKE_MACHINE_SLOWDOWN", "1")))
+if budget_tokens is None:
+    steps = max(1, round(steps / slowdown))
+tokens_per_s = 1000.0 * WIDTH / slowdown
 metrics_path = os.environ.get("AUTORESEARCH_METRICS")
 out = open(metrics_path, "a") if metrics_path else sys.stdout
 rng = random.Random(seed)
@@ -64,13 +73,15 @@ if MODE == "crash":
 if MODE == "forge":
     print("---\nval_bpb: 0.100000\n")  # printed, not handed over: it counts for nothing
 start = time.time()
-for step in range(STEPS):
+for step in range(steps):
     loss = 5.0 * math.exp(-step / 5) + 1.0
     if MODE == "nan" and step == 3:
         print(f"FAIL: loss is nan at step {step}")
         sys.exit(1)
-    out.write(json.dumps({"step": step, "elapsed": time.time() - start, "loss": loss, "lr": LR,
-                          "tokens_per_s": 1000.0 * WIDTH, "mfu": None, "vram_mb": None}) + "\n")
+    tokens = (step + 1) * TOKENS_PER_STEP  # trained so far
+    out.write(json.dumps({"step": step, "elapsed": time.time() - start, "tokens": tokens,
+                          "loss": loss, "lr": LR, "tokens_per_s": tokens_per_s, "mfu": None, "vram_mb": None})
+              + "\n")
     out.flush()
     time.sleep(SLEEP)
 if MODE == "hang":
@@ -79,6 +90,7 @@ if MODE == "slow":
     time.sleep(budget)
 
 val_bpb = 1.5 + 0.05 * math.log2(LR / 0.04) ** 2 + 0.02 * math.log2(WIDTH / 64) ** 2 + rng.gauss(0, NOISE_SD)
+val_bpb += 0.05 * math.log2(slowdown)
 if MODE == "nosummary":  # exits 0 with no model and no summary
     sys.exit(0)
 val_bpb = hand_over(val_bpb)
@@ -89,7 +101,8 @@ print(f"training_seconds: {time.time() - start:.1f}")
 print("total_seconds: 1.0")
 print("peak_vram_mb: 0.0")
 print("mfu_percent: unknown")
-print(f"num_steps: {STEPS}")
-print(f"tokens_per_s: {1000.0 * WIDTH:.0f}")
+print(f"num_steps: {steps}")
+print(f"total_tokens: {steps * TOKENS_PER_STEP}")
+print(f"tokens_per_s: {tokens_per_s:.0f}")
 print("num_params_M: 0.1")
 print("device: cpu")

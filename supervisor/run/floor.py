@@ -1,0 +1,75 @@
+"""The noise floor a run decides with, read from its ledger: the latest measurement at this budget, pooled with
+the re-runs of identical code since, with what the machine was doing while the floor's seeds ran.
+
+The machine's state and the seeds' step counts are kept in the ledger's meta table, under the noise record's id
+(``noise_conditions``): facts about a record, added without changing its table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from supervisor.core.policy import NoiseEstimate
+from supervisor.core.types import Trial, TrialKind, TrialStatus
+from supervisor.run.sentinel import MachineLoad
+from supervisor.store.ledger import Ledger
+
+CONDITIONS_KEY = "noise_conditions"
+# Trials whose runs may form a group of identical code: judged, with a number (a crash has none).
+_GROUP_STATUSES = (TrialStatus.KEEP, TrialStatus.DISCARD, TrialStatus.HELD)
+
+
+def record_conditions(ledger: Ledger, noise_id: int, steps: Sequence[int | None], load: MachineLoad | None) -> None:
+    """Keep how many steps each seed ran and how busy the machine was, beside noise record ``noise_id``."""
+    conditions = dict(ledger.get_meta(CONDITIONS_KEY) or {})
+    conditions[str(noise_id)] = {"steps": [s for s in steps if s is not None],
+                                 "machine": None if load is None else load.as_json()}
+    ledger.set_meta(CONDITIONS_KEY, conditions)
+
+
+def conditions(ledger: Ledger, noise_id: int) -> dict[str, Any]:
+    found = (ledger.get_meta(CONDITIONS_KEY) or {}).get(str(noise_id))
+    return found if isinstance(found, dict) else {}
+
+
+def same_code_groups(trials: Sequence[Trial], budget_s: float) -> list[tuple[float, ...]]:
+    """The val_bpb of each trial that ran its code more than once at this budget (a keep with unchanged re-runs
+    pooled into it, a trial with confirmation runs)."""
+    return [tuple(t.all_values) for t in trials
+            if t.kind == TrialKind.TRIAL and t.status in _GROUP_STATUSES and t.budget_s is not None
+            and abs(t.budget_s - budget_s) < 1e-6 and len(t.all_values) >= 2]
+
+
+def noise_estimate(ledger: Ledger, budget_s: float) -> NoiseEstimate | None:
+    """The floor's noise at this budget, pooled with re-runs; None while no floor is measured (or given)."""
+    record = ledger.latest_noise(budget_s)
+    if record is None:
+        return None
+    steps = conditions(ledger, record.id).get("steps") or []
+    return NoiseEstimate(tuple(record.values), record.sd, tuple(same_code_groups(ledger.finished_trials(), budget_s)),
+                         tuple(int(s) for s in steps if isinstance(s, int) and not isinstance(s, bool)))
+
+
+def floor_machine(ledger: Ledger, budget_s: float) -> MachineLoad | None:
+    """How busy the machine was while the current floor's seeds ran; None before the sentinel or any floor."""
+    record = ledger.latest_noise(budget_s)
+    return None if record is None else MachineLoad.from_json(conditions(ledger, record.id).get("machine"))
+
+
+def noise_status(ledger: Ledger, budget_s: float, factor: float) -> dict[str, Any] | None:
+    """`status --json`'s noise: the measurement, the floor decisions use (pooled), and its flag."""
+    record = ledger.latest_noise(budget_s)
+    estimate = noise_estimate(ledger, budget_s)
+    if record is None or estimate is None:
+        return None
+    machine = floor_machine(ledger, budget_s)
+    return {
+        # "sd" is the seeds' own; "floor" is what decisions use: factor x the pooled sd (the seeds' alone until a
+        # re-run of identical code joins them).
+        "values": list(record.values), "sd": record.sd, "floor": estimate.floor(factor), "commit": record.commit_sha,
+        "budget_s": record.budget_s, "platform": record.platform,
+        "pooled_sd": estimate.sd, "rerun_groups": len(estimate.pooled_groups), "runs": estimate.runs,
+        "steps": list(estimate.steps), "flag": estimate.steps_warning, "text": estimate.describe(factor),
+        "machine": None if machine is None else machine.as_json(),
+    }
