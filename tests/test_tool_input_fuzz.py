@@ -127,6 +127,7 @@ class Harness:
         self.box = ToolBox(self.ledger, self.files, ev.EventBus(), self.trials)
         for n in range(1, 4):
             self.add_trial(journal=True, n=n)
+        self.seed_inside_of_trials(run_dir)
         for idea in ("try a wider model with fewer layers", "sliding window attention", "drop weight decay"):
             self.ledger.add_plan(idea, "seed")
         self.ledger.drop_plan(3, "seeded as dropped so plan_drop meets a closed plan too")
@@ -145,6 +146,27 @@ class Harness:
                                     interpretation=f"seeded interpretation number {n}",
                                     next_step=f"seeded next step number {n}")
         return tid
+
+    def seed_inside_of_trials(self, run_dir: Path) -> None:
+        """What inspect_trial reads: curves and summaries (trials 2 and 3 built on trial 1), and the logs a
+        trial that ran unsandboxed could have left: a symlink to a file outside (trial 1), a FIFO (trial 2), a
+        hard link to a file outside (trial 3)."""
+        for tid in (1, 2, 3):
+            rows = [{"step": s, "elapsed": s * 0.1, "loss": 5.0 / s + tid / 10} for s in range(1, 30)]
+            self.ledger.add_metrics(tid, 0, rows)
+            self.ledger.finish_trial(tid, parent_trial=1 if tid > 1 else None, wall_seconds=9.0,
+                                     summary={"num_steps": "29",
+                                              "total_tokens_M": f"{29 * 1024 * tid / 1e6:.6f}",
+                                              "training_seconds": "2.9", "total_seconds": "6.0",
+                                              "compile_seconds": "1.0", "handover_seconds": "0.5",
+                                              "supervisor.handover_seconds": "7.0",
+                                              "supervisor.evaluation_seconds": "2.0"})
+        folders = [run_dir / "trials" / f"{tid:04d}" for tid in (1, 2, 3)]
+        for folder in folders:
+            folder.mkdir(parents=True)
+        os.symlink(self.outside / "secret.txt", folders[0] / "log.txt")
+        os.mkfifo(folders[1] / "log.txt")
+        os.link(self.outside / "secret.txt", folders[2] / "log.txt")
 
     def settle(self) -> None:
         """No trial waiting for its journal entry (the journal-gate test leaves one), so every tool is open."""
@@ -310,11 +332,12 @@ def test_no_input_crashes_any_tool(harness: Harness, call: ToolCall):
 @settings(FUZZ, max_examples=200)
 @given(call=CALLS)
 def test_no_input_crashes_the_journal_gate(harness: Harness, call: ToolCall):
-    """With a trial waiting for its journal entry: only write_journal passes the gate, whatever it is sent."""
+    """With a trial waiting for its journal entry: only write_journal passes the gate, whatever it is sent,
+    and inspect_trial, which changes nothing."""
     if not harness.ledger.trials_missing_journal():
         harness.add_trial(journal=False)
     outcome = harness.check(call)
-    if call.name != "write_journal":
+    if call.name not in ("write_journal", "inspect_trial"):
         assert not outcome.ok
 
 
@@ -568,3 +591,45 @@ def test_a_failing_machine_still_stops_the_run(harness: Harness):
     harness.settle()
     with pytest.raises(OSError, match="No space left"):
         box.dispatch(ToolCall("run_trial", {"description": "anything at all"}, id="x"))
+
+
+# ---- inspect_trial: what a trial left where its log was -------------------------------------------------
+def test_inspect_trial_never_follows_what_a_trial_left_as_its_log(harness: Harness):
+    for trial_id, why in ((1, "symbolic link"), (2, "not a regular file"), (3, "more than one hard link")):
+        outcome = _within(10, lambda t=trial_id: call(harness, "inspect_trial", trial_id=t, part="log"))
+        assert outcome.ok and why in outcome.content and SECRET not in outcome.content, outcome.content
+
+
+def test_inspect_trial_of_an_unknown_trial_lists_the_trials(harness: Harness):
+    outcome = call(harness, "inspect_trial", trial_id=MAX_ID, part="curve")
+    assert not outcome.ok and f"there is no trial {MAX_ID}; this run's trials are 1-" in outcome.content
+    outcome = call(harness, "inspect_trial", trial_id=2, part="timing", against=MAX_ID)
+    assert not outcome.ok and f"there is no trial {MAX_ID}" in outcome.content
+    outcome = call(harness, "inspect_trial", trial_id=2, part="curve", against=2)
+    assert not outcome.ok and "itself" in outcome.content
+    outcome = call(harness, "inspect_trial", trial_id=2, part="everything")
+    assert not outcome.ok and "must be one of" in outcome.content and "curve" in outcome.content
+
+
+def test_inspect_trial_shows_a_curve_against_the_parent_during_the_journal_gate(harness: Harness):
+    waiting = harness.add_trial(journal=False)
+    try:
+        outcome = harness.check(ToolCall("inspect_trial", {"trial_id": 3, "part": "curve"}, id="g"))
+        assert outcome.ok and "against its parent, trial 1" in outcome.content
+        # 3,072 tokens per step against 1,024: at matched tokens, trial 3's step s meets trial 1's step 3 s.
+        table = outcome.content.split("At matched tokens")[1].splitlines()[2:]
+        assert len(table) == 20
+        for row in table:
+            _, step, loss, *parent = row.split()
+            assert float(loss) == round(5 / int(step) + 0.3, 4)
+            if 3 * int(step) <= 29:
+                parent_step, parent_loss, diff = parent
+                assert float(parent_step) == 3 * int(step)
+                assert float(parent_loss) == round(5 / (3 * int(step)) + 0.1, 4)
+                assert float(diff) == pytest.approx(float(loss) - float(parent_loss), abs=2e-4)
+            else:
+                assert parent == ["ended"]  # trial 1 never trained that many tokens
+        assert harness.check(ToolCall("read_file", {"path": "train.py"}, id="g")).refused
+    finally:
+        harness.settle()
+    assert waiting not in [t.id for t in harness.ledger.trials_missing_journal()]

@@ -21,7 +21,7 @@ TRAIN = TRAINER_DIR / "train.py"
 SUMMARY_KEYS = ["training_seconds", "total_seconds", "compile_seconds", "handover_seconds", "peak_vram_mb",
                 "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth", "device", "device_name",
                 "compiled", "tokens_per_s"]
-METRIC_KEYS = {"step", "elapsed", "loss", "lr", "tokens_per_s", "mfu", "vram_mb"}
+METRIC_KEYS = {"step", "elapsed", "tokens", "loss", "lr", "tokens_per_s", "mfu", "vram_mb"}
 
 
 def summary(stdout: str) -> dict[str, str]:

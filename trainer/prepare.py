@@ -7,7 +7,7 @@ sequence length, the validation tokens and the way val_bpb is computed.
 Read it top to bottom:
 
 1. constants (time budget, the two size profiles) and the active values read from the cache;
-2. what a trial uses: `time_budget()`, `make_dataloader()`, `evaluate_bpb()`;
+2. what a trial uses: `time_budget()` (or `token_budget()`), `make_dataloader()`, `evaluate_bpb()`;
 3. how the cache is built: the source, the three stages (text, tokenizer, tokens) and the manifest;
    the stages' internals (corpus sources, downloads, tokenizer training, token files) are in
    corpus.py beside this file, which is part of the harness too;
@@ -52,6 +52,7 @@ else:  # run as a script, or imported by train.py: this folder is on sys.path
 # ---------------------------------------------------------------------------------------------
 
 TIME_BUDGET = 300  # seconds of training per trial, unless AUTORESEARCH_TIME_BUDGET says otherwise
+TOKEN_BUDGET_ENV = "AUTORESEARCH_BUDGET_TOKENS"  # set (by `run --budget-tokens N`): train on N tokens instead
 
 # Two sizes of the same experiment. "full" is the upstream setting for large GPUs; "small" keeps a
 # trial meaningful on a CPU, Apple MPS or a small GPU (short sequences, smaller vocabulary, an
@@ -153,6 +154,23 @@ def time_budget() -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"AUTORESEARCH_TIME_BUDGET must be a number of seconds >= 0, got {raw!r}")
     return value
+
+
+def token_budget() -> int | None:
+    """Training tokens for this trial: $AUTORESEARCH_BUDGET_TOKENS, or None when it is unset (the budget is
+    then time_budget() seconds).
+
+    Under a token budget the trial trains until it has consumed that many tokens (the last step may cross
+    it) and then hands its model over, however long that takes: speed no longer counts, and results compare
+    across machines. The supervisor's --budget seconds still cap the trial's wall-clock time. 0 is allowed
+    (no training)."""
+    raw = os.environ.get(TOKEN_BUDGET_ENV)
+    if raw is None or raw.strip() == "":
+        return None
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{TOKEN_BUDGET_ENV} must be a whole number of tokens >= 0, got {raw!r}")
+    return int(text)
 
 
 # MFU is measured against this table. It lives in the harness so that every trial (and the

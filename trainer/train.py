@@ -1,4 +1,4 @@
-"""One trial: train a small GPT for a fixed wall-clock budget, then report val_bpb.
+"""One trial: train a small GPT for a fixed budget (wall-clock seconds, or tokens), then report val_bpb.
 
 This is the file the research agent edits. Everything else (data, tokenizer, sequence length,
 evaluation) is fixed in prepare.py, so a lower val_bpb means a better training recipe for this
@@ -6,8 +6,12 @@ time budget on this machine. Read top to bottom: hyperparameters, model, optimiz
 setup, training loop, summary.
 
 Run: `python trainer/train.py` (after `autoresearch prepare`). Environment (set by the supervisor):
-AUTORESEARCH_CACHE, AUTORESEARCH_TIME_BUDGET, AUTORESEARCH_METRICS, AUTORESEARCH_SEED,
-AUTORESEARCH_MODEL_OUT, AUTORESEARCH_DEVICE (auto|cuda|mps|cpu).
+AUTORESEARCH_CACHE, AUTORESEARCH_TIME_BUDGET, AUTORESEARCH_BUDGET_TOKENS, AUTORESEARCH_METRICS,
+AUTORESEARCH_SEED, AUTORESEARCH_MODEL_OUT, AUTORESEARCH_DEVICE (auto|cuda|mps|cpu).
+
+The budget is seconds of training (prepare.time_budget()) unless the run gives one in tokens
+(prepare.token_budget(), `autoresearch run --budget-tokens N`): then the loop stops once it has trained
+on that many tokens, however long it took, and the schedule follows tokens instead of seconds.
 
 Output: one JSON line of metrics per optimizer step (to $AUTORESEARCH_METRICS, or stdout), then a
 line `---` and the summary as `key: value` lines on stdout. A NaN or exploding loss prints a line
@@ -73,8 +77,8 @@ ADAM_BETA2 = 0.95  # AdamW second-moment decay
 WEIGHT_DECAY = 0.0  # decoupled weight decay on the Muon matrices
 MUON_MOMENTUM = 0.95  # Nesterov momentum of Muon
 NS_STEPS = 5  # Newton-Schulz iterations that orthogonalize each Muon update
-WARMUP_FRACTION = 0.0  # share of the time budget spent ramping the learning rates up from 0
-WARMDOWN_FRACTION = 0.5  # share of the time budget at the end spent decaying the learning rates
+WARMUP_FRACTION = 0.0  # share of the budget (seconds, or tokens) spent ramping the learning rates up from 0
+WARMDOWN_FRACTION = 0.5  # share of the budget at the end spent decaying the learning rates
 FINAL_LR_FRACTION = 0.0  # learning rate at the end of the budget, as a fraction of the peak
 COMPILE = "auto"  # torch.compile: "auto" = on for CUDA/ROCm, off elsewhere; True or False to force
 
@@ -300,7 +304,7 @@ def build_optimizers(model, device):
 
 
 def lr_multiplier(progress):
-    """Learning-rate multiplier at `progress` = training seconds / budget (0..1): warmup, flat, warmdown."""
+    """Learning-rate multiplier at `progress` = share of the budget spent (0..1): warmup, flat, warmdown."""
     if WARMUP_FRACTION > 0 and progress < WARMUP_FRACTION:
         return progress / WARMUP_FRACTION
     if WARMDOWN_FRACTION <= 0 or progress < 1 - WARMDOWN_FRACTION:
@@ -379,13 +383,46 @@ def fail(message):
 
 
 def read_settings():
-    """(time budget, seed) from the environment, after checking that the data cache is ready."""
+    """(time budget, token budget or None, seed) from the environment, after checking that the data cache
+    is ready."""
     budget = time_budget()
+    budget_tokens = prepare.token_budget()
     raw_seed = os.environ.get("AUTORESEARCH_SEED", "").strip() or "42"
     if not raw_seed.lstrip("-").isdigit():
         raise ValueError(f"AUTORESEARCH_SEED must be an integer, got {raw_seed!r}")
     prepare.load_manifest()
-    return budget, int(raw_seed)
+    return budget, budget_tokens, int(raw_seed)
+
+
+def budget_progress(training_seconds, budget, tokens, budget_tokens):
+    """Share of the budget spent (0..1): tokens trained of the token budget when there is one (speed then
+    does not count), else training seconds of the time budget."""
+    if budget_tokens is not None:
+        return min(tokens / budget_tokens, 1.0) if budget_tokens > 0 else 1.0
+    return min(training_seconds / budget, 1.0) if budget > 0 else 1.0
+
+
+def budget_spent(step, excluded_steps, training_seconds, budget, tokens, budget_tokens, tokens_per_pass):
+    """Whether the loop must stop before another step. A token budget is spent when not one more whole
+    pass fits in it (warm-up steps count too); a time budget counts only the timed steps after the warm-up."""
+    if budget_tokens is not None:
+        return budget_tokens - tokens < tokens_per_pass
+    if budget <= 0:
+        return True
+    return step > excluded_steps and training_seconds >= budget
+
+
+def step_passes(grad_accum, tokens_per_pass, tokens, budget_tokens):
+    """Micro-batches in the next step: grad_accum, but never more than a token budget has left (the last
+    step may be shorter), so that a trial never trains on more tokens than its budget."""
+    if budget_tokens is None:
+        return grad_accum
+    return min(grad_accum, (budget_tokens - tokens) // tokens_per_pass)
+
+
+def describe_budget(budget, budget_tokens):
+    """The budget in words, for the log."""
+    return f"{budget_tokens:,} tokens" if budget_tokens is not None else f"{budget:g} s"
 
 
 def grad_accum_steps(seq_len):
@@ -402,16 +439,16 @@ def set_learning_rates(optimizers, lrm):
             group["lr"] = group["initial_lr"] * lrm
 
 
-def forward_backward(train_model, loader, grad_accum, autocast, device):
-    """Forward and backward over grad_accum micro-batches (gradients add up); returns the mean loss."""
+def forward_backward(train_model, loader, passes, autocast, device):
+    """Forward and backward over `passes` micro-batches (gradients add up); returns the mean loss."""
     total = torch.zeros((), device=device)
-    for _ in range(grad_accum):
+    for _ in range(passes):
         x, y = next(loader)
         with autocast:
             loss = train_model(x, y)
-        (loss / grad_accum).backward()
+        (loss / passes).backward()
         total += loss.detach()
-    return total / grad_accum
+    return total / passes
 
 
 def compile_failed(exc, model):
@@ -423,11 +460,12 @@ def compile_failed(exc, model):
     return f"compile failed: {type(exc).__name__}"
 
 
-def step_record(step, training_seconds, loss_value, lrm, tok_s, mem, flops_per_token, peak):
-    """One line of the metrics stream."""
+def step_record(step, training_seconds, tokens, loss_value, lrm, tok_s, mem, flops_per_token, peak):
+    """One line of the metrics stream (tokens: trained so far, this step's included)."""
     return {
         "step": step,
         "elapsed": round(training_seconds, 3),
+        "tokens": tokens,
         "loss": round(loss_value, 6),
         "lr": MATRIX_LR * lrm,  # the Muon (matrix) learning rate; the others follow the same multiplier
         "tokens_per_s": round(tok_s, 1),
@@ -436,8 +474,8 @@ def step_record(step, training_seconds, loss_value, lrm, tok_s, mem, flops_per_t
     }
 
 
-def print_summary(training_seconds, compile_seconds, handover_seconds, peak_mem, mfu, total_tokens, steps,
-                  num_params, kind, device_name, compiled, tokens_per_s):
+def print_summary(training_seconds, compile_seconds, handover_seconds, peak_mem, mfu, total_tokens,
+                  budget_tokens, steps, num_params, kind, device_name, compiled, tokens_per_s):
     """The `---` line and the `key: value` lines the supervisor reads."""
 
     def fmt(value, spec):
@@ -451,6 +489,9 @@ def print_summary(training_seconds, compile_seconds, handover_seconds, peak_mem,
     print(f"peak_vram_mb:     {fmt(peak_mem, '.1f')}")
     print(f"mfu_percent:      {fmt(mfu, '.2f')}")
     print(f"total_tokens_M:   {total_tokens / 1e6:.3f}")
+    print(f"total_tokens:     {total_tokens}")
+    if budget_tokens is not None:
+        print(f"budget_tokens:    {budget_tokens}")
     print(f"num_steps:        {steps}")
     print(f"num_params_M:     {num_params / 1e6:.3f}")
     print(f"depth:            {DEPTH}")
@@ -464,7 +505,7 @@ def print_summary(training_seconds, compile_seconds, handover_seconds, peak_mem,
 
 def main():
     try:
-        budget, seed = read_settings()
+        budget, budget_tokens, seed = read_settings()
         device, kind, device_name, autocast, precision, use_compile, compile_why = setup_device()
     except (ValueError, prepare.PrepareError) as exc:
         fail(str(exc))
@@ -472,6 +513,10 @@ def main():
 
     seq_len = MAX_SEQ_LEN
     grad_accum = grad_accum_steps(seq_len)
+    tokens_per_pass = DEVICE_BATCH_SIZE * seq_len
+    if budget_tokens and budget_tokens < tokens_per_pass:
+        fail(f"the token budget of {budget_tokens:,} is less than one pass of DEVICE_BATCH_SIZE * seq_len = "
+             f"{tokens_per_pass:,} tokens")
     windows = layer_windows(WINDOW_PATTERN, DEPTH, SHORT_WINDOW)
     with torch.device(device):
         model = GPT(VOCAB_SIZE, MODEL_DIM, DEPTH, HEAD_DIM, MLP_RATIO, windows, seq_len)
@@ -486,29 +531,32 @@ def main():
           f"{'on' if use_compile else 'off (' + compile_why + ')'}", file=sys.stderr)
     print(f"model: depth {DEPTH}, dim {MODEL_DIM}, {model.n_head} heads of {HEAD_DIM}, windows {WINDOW_PATTERN}, "
           f"{num_params / 1e6:.2f}M params; batch {TOTAL_BATCH_TOKENS} tokens = {grad_accum} x {DEVICE_BATCH_SIZE} x "
-          f"{seq_len}; budget {budget:g} s; seed {seed}", file=sys.stderr, flush=True)
+          f"{seq_len}; budget {describe_budget(budget, budget_tokens)}; seed {seed}", file=sys.stderr,
+          flush=True)
 
     metrics_path = os.environ.get("AUTORESEARCH_METRICS", "").strip()
     metrics = open(metrics_path, "a") if metrics_path else sys.stdout
     loader = make_dataloader("train", DEVICE_BATCH_SIZE, seq_len, device, seed=seed)
 
     # The first step(s) compile and warm up kernels; they train the model but their time is
-    # reported as compile_seconds, not counted against the budget.
+    # reported as compile_seconds, not counted against a time budget (a token budget counts their tokens).
     excluded_steps = 2 if use_compile else 1
     step, training_seconds, compile_seconds, timed_tokens, total_tokens = 0, 0.0, 0.0, 0, 0
     peak_mem = None
-    while budget > 0:
+    while not budget_spent(step, excluded_steps, training_seconds, budget, total_tokens, budget_tokens,
+                           tokens_per_pass):
         t0 = time.time()
-        lrm = lr_multiplier(min(training_seconds / budget, 1.0))
+        lrm = lr_multiplier(budget_progress(training_seconds, budget, total_tokens, budget_tokens))
         set_learning_rates(optimizers, lrm)
+        passes = step_passes(grad_accum, tokens_per_pass, total_tokens, budget_tokens)
         try:
-            mean_loss = forward_backward(train_model, loader, grad_accum, autocast, device)
+            mean_loss = forward_backward(train_model, loader, passes, autocast, device)
         except Exception as exc:
             if not (use_compile and step == 0):
                 raise
             compile_why = compile_failed(exc, model)
             train_model, use_compile, excluded_steps = model, False, 1
-            mean_loss = forward_backward(train_model, loader, grad_accum, autocast, device)
+            mean_loss = forward_backward(train_model, loader, passes, autocast, device)
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
@@ -517,22 +565,22 @@ def main():
             torch.cuda.synchronize()
         dt = time.time() - t0
         step += 1
-        total_tokens += TOTAL_BATCH_TOKENS
+        step_tokens = passes * tokens_per_pass
+        total_tokens += step_tokens
         if not math.isfinite(loss_value) or loss_value > 100:
             fail(f"loss is {loss_value} at step {step}")
         if step <= excluded_steps:
             compile_seconds += dt
         else:
             training_seconds += dt
-            timed_tokens += TOTAL_BATCH_TOKENS
-        tok_s = TOTAL_BATCH_TOKENS / dt
+            timed_tokens += step_tokens
+        tok_s = step_tokens / dt
         mem = memory_mb(kind)
         if mem is not None:
             peak_mem = max(peak_mem or 0.0, mem)
-        record = step_record(step, training_seconds, loss_value, lrm, tok_s, mem, flops_per_token, peak)
+        record = step_record(step, training_seconds, total_tokens, loss_value, lrm, tok_s, mem,
+                             flops_per_token, peak)
         print(json.dumps(record), file=metrics, flush=True)
-        if step > excluded_steps and training_seconds >= budget:
-            break
     if metrics is not sys.stdout:
         metrics.close()
 
@@ -549,8 +597,8 @@ def main():
     tokens_per_s = timed_tokens / training_seconds if training_seconds > 0 else None
     mfu = 100 * flops_per_token * tokens_per_s / peak if peak and tokens_per_s else None
     peak_mem = memory_mb(kind) if kind in ("cuda", "rocm") else peak_mem
-    print_summary(training_seconds, compile_seconds, handover_seconds, peak_mem, mfu, total_tokens, step,
-                  num_params, kind, device_name, use_compile, tokens_per_s)
+    print_summary(training_seconds, compile_seconds, handover_seconds, peak_mem, mfu, total_tokens,
+                  budget_tokens, step, num_params, kind, device_name, use_compile, tokens_per_s)
     # Everything is written and closed: skip the interpreter's teardown of torch's modules, which
     # takes 0.3-0.7 s that every trial would otherwise spend after its result is known.
     os._exit(0)

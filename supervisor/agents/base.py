@@ -42,6 +42,56 @@ class AgentTurn:
     usage: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Machine:
+    """What every trial of the run trains on and with: the same at every turn, so the prompt keeps it in its
+    cached part. Strings are as the platform record has them ("unknown" when it could not be found out)."""
+
+    accelerator: str               # cuda | rocm | mps | cpu | unknown: where the trainer's torch runs
+    device: str                    # the GPU's name as torch sees it (a trial uses the first one), or "cpu"
+    memory_mb: float | None        # the GPU's memory; on cpu and mps the machine's RAM
+    cpu: str                       # the CPU model
+    cpu_threads: str               # CPUs this process may use (torch's threads come from these)
+    torch: str
+    profile: str | None = None     # the data cache's profile ("small", "full")
+    seq_len: int | None = None
+    vocab_size: int | None = None
+    train_tokens: int | None = None
+    eval_tokens: int | None = None
+    peak_flops: float | None = None  # what MFU is measured against; None: no MFU on this machine
+    no_peak_reason: str = ""         # why there is no peak
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One seed of a noise measurement: what it scored and how far it got in the budget."""
+
+    seed: int | None
+    val_bpb: float
+    num_steps: int | None
+
+
+@dataclass(frozen=True)
+class NoiseView:
+    """The measurement behind the noise floor: each seed's val_bpb and steps, not only the spread."""
+
+    seeds: tuple[SeedRun, ...]
+    sd: float | None
+    factor: float
+    budget_s: float
+    commit: str                    # the commit that was re-run
+    trial_id: int | None           # the trial whose code that is, when one is
+
+
+@dataclass(frozen=True)
+class StepSize:
+    """Tokens per optimizer step of one trial's script (from its summary), and which trial that is."""
+
+    trial_id: int
+    tokens: int
+    role: str                      # "the last keep", "the last trial"
+
+
 @dataclass
 class TurnContext:
     """Everything one turn is built from, read fresh from the ledger and the workspace."""
@@ -71,6 +121,12 @@ class TurnContext:
     stopped: list[dict[str, Any]] = field(default_factory=list)
     # Lines of the editable file changed since the last keep and not yet run (an edit whose run_trial failed).
     uncommitted_lines: int = 0
+    # The machine and data every trial uses (None where it is not known: a context built by hand).
+    machine: Machine | None = None
+    # The latest noise measurement at this budget, seed by seed.
+    noise: NoiseView | None = None
+    # Tokens per step of the script as kept, and of the last trial when that differs.
+    step_sizes: list[StepSize] = field(default_factory=list)
     steering_ids: list[int] = field(default_factory=list)  # the numbers of `steering`'s messages, same order
 
 

@@ -5,13 +5,15 @@ night of a hundred trials costs about as much per turn as the first hour, and a 
 loses nothing. A turn's prompt has four parts, ordered so the provider's prompt cache sees a stable prefix:
 
 1. the system prompt and the tool schemas (never change), then program.md (changes when the person edits
-   it): the cached prefix;
+   it) and the machine (the device, its memory, the data's sequence length and vocabulary, the MFU peak:
+   fixed for the run): the cached prefix;
 2. the training script as it is now (changes only when an edit is made or kept);
 3. the previous reply with the results of its tool calls (one turn back only; that is how the model sees
    what its calls did), in the protocol's tool-call form where replaying it is safe (OpenAI), as text where
    it is not (Anthropic, whose thinking blocks are bound to the exact conversation that produced them);
-4. the state of the run: a compact results table (every keep and the last trials), the last journal
-   entries, the latest reflection, the plan queue, the person's messages, and what must happen now.
+4. the state of the run: its header (budget, policy, the noise floor with each seed's val_bpb and steps,
+   tokens per step), a compact results table (every keep and the last trials), the last journal entries,
+   the latest reflection, the plan queue, the person's messages, and what must happen now.
 
 The provider adapters (anthropic_agent.py, openai_agent.py) only translate a `Prompt` into their wire
 format and a response back into a `ModelReply`. Everything else lives here: reading tool calls, turning
@@ -35,6 +37,8 @@ from supervisor.agents.base import (
     AgentRequestError,
     AgentTurn,
     AgentUnavailable,
+    Machine,
+    NoiseView,
     TextListener,
     ToolCall,
     ToolOutcome,
@@ -52,6 +56,7 @@ REFLECTION_FIELD_CHARS = 1800
 ECHO_CHARS = 4000              # a previous call's arguments, echoed exactly (an edit's search text is copied back)
 PLANS_SHOWN = 5
 CRASH_TAIL_CHARS = 1500
+STEPS_SPREAD = 1.2             # noise seeds whose step counts differ by this factor ran at different speeds
 PLACEHOLDER_KEY = "not-needed"  # what the SDKs get for a local server that wants no key; never a secret
 
 
@@ -73,10 +78,13 @@ class Prompt:
     code: str
     state: str
     previous: PriorTurn | None = None
+    machine: str = ""  # what trials run on: fixed for the run, so it ends the cached prefix
 
     @property
     def program_block(self) -> str:
-        return PROGRAM_INTRO + (self.program.strip() or prompts.PROGRAM_EMPTY)
+        """program.md and then the machine: the last part of the cached prefix."""
+        block = PROGRAM_INTRO + (self.program.strip() or prompts.PROGRAM_EMPTY)
+        return f"{block}\n\n{self.machine}" if self.machine else block
 
     def sections(self) -> dict[str, str]:
         """The prompt's text by part, for measuring its size."""
@@ -88,7 +96,8 @@ class Prompt:
         return {
             "system": self.system,
             "tools": json.dumps(self.tools),
-            "program": self.program_block,
+            "program": PROGRAM_INTRO + (self.program.strip() or prompts.PROGRAM_EMPTY),
+            "machine": self.machine,
             "code": self.code,
             "previous": previous,
             "state": self.state,
@@ -161,6 +170,7 @@ def build_prompt(ctx: TurnContext, previous: PriorTurn | None = None) -> Prompt:
         code=render_code(ctx),
         state=render_state(ctx, previous),
         previous=previous,
+        machine=render_machine(ctx.machine) if ctx.machine is not None else "",
     )
 
 
@@ -242,11 +252,73 @@ def _run_header(ctx: TurnContext) -> str:
     floor = (f"noise floor {ctx.noise_floor:.6f} (a smaller gain is probably luck)" if ctx.noise_floor is not None
              else "noise floor not measured yet")
     lines = [f"## The run\n{done}; {ctx.budget_s:g} s of training per trial; keep policy {ctx.policy}; {floor}"
-             + (f"; data profile {ctx.profile}" if ctx.profile else "") + "."]
+             + (f"; data profile {ctx.profile}" if ctx.profile and ctx.machine is None else "") + "."]
+    if ctx.noise is not None:
+        lines.append(_noise_seeds(ctx.noise))
+    if ctx.step_sizes:
+        lines.append(prompts.RUN_STEP_SIZE.format(items="; ".join(
+            prompts.RUN_STEP_SIZE_ITEM.format(tokens=s.tokens, trial_id=s.trial_id, role=s.role)
+            for s in ctx.step_sizes)))
     if ctx.best:
         b = ctx.best
         lines.append(f"Best so far: trial {b['id']}, val_bpb {_fmt(b.get('val_bpb'))}: {_cut(b.get('description'), 120)}")
     return "\n".join(lines)
+
+
+def _noise_seeds(noise: NoiseView) -> str:
+    """Each seed behind the floor with its val_bpb and steps: steps that differ show a throughput spread."""
+    seeds = ", ".join((prompts.RUN_NOISE_SEED.format(seed=s.seed) if s.seed is not None else "")
+                      + prompts.RUN_NOISE_VALUE.format(val_bpb=_fmt(s.val_bpb))
+                      + (prompts.RUN_NOISE_STEPS.format(steps=s.num_steps) if s.num_steps is not None else "")
+                      for s in noise.seeds)
+    what = (prompts.RUN_NOISE_TRIAL.format(trial_id=noise.trial_id) if noise.trial_id is not None
+            else prompts.RUN_NOISE_COMMIT.format(commit=noise.commit[:7]))
+    line = prompts.RUN_NOISE.format(n=len(noise.seeds), what=what, budget=noise.budget_s, seeds=seeds,
+                                    factor=noise.factor, sd=_fmt(noise.sd))
+    steps = [s.num_steps for s in noise.seeds if s.num_steps is not None]
+    if len(steps) >= 2 and len(steps) == len(noise.seeds) and max(steps) >= STEPS_SPREAD * max(1, min(steps)):
+        line += " " + prompts.RUN_NOISE_STEPS_VARY.format(low=min(steps), high=max(steps))
+    return line
+
+
+def render_machine(m: Machine) -> str:
+    """The machine and data every trial uses, in a few lines: the device (what 'MFU n/a' meant had to be
+    guessed before), its memory, the sequence length and vocabulary, and what MFU is measured against."""
+    memory = _gigabytes(m.memory_mb)
+    if m.accelerator in ("cuda", "rocm"):
+        device = prompts.MACHINE_GPU.format(device=m.device, memory=memory, accelerator=m.accelerator.upper(),
+                                            torch=m.torch, cpu=m.cpu)
+    elif m.accelerator == "mps":
+        device = prompts.MACHINE_MPS.format(device=m.device, memory=memory, torch=m.torch)
+    elif m.accelerator == "cpu":
+        device = prompts.MACHINE_CPU.format(cpu=m.cpu, threads=m.cpu_threads, memory=memory, torch=m.torch)
+    else:
+        device = prompts.MACHINE_UNKNOWN.format(torch=m.torch, cpu=m.cpu, threads=m.cpu_threads)
+    if m.seq_len is None or m.vocab_size is None:
+        data = prompts.MACHINE_NO_DATA
+    else:
+        data = prompts.MACHINE_DATA.format(profile=m.profile or "unknown", seq_len=m.seq_len,
+                                           vocab=f"{m.vocab_size:,}", train=_count(m.train_tokens),
+                                           eval=_count(m.eval_tokens))
+    peak = (prompts.MACHINE_PEAK.format(tflops=round(m.peak_flops / 1e12, 1), device=m.device)
+            if m.peak_flops is not None else prompts.MACHINE_NO_PEAK.format(why=m.no_peak_reason))
+    return "\n".join([prompts.MACHINE_HEAD, device, data, peak])
+
+
+def _gigabytes(mb: float | None) -> str:
+    if mb is None:
+        return "an unknown amount"  # NVML or amdsmi missing: the GPU is named, its memory is not
+    gb = mb / 1024
+    return f"{gb:.0f} GB" if gb >= 10 else f"{gb:.1f} GB"
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 def compact_results(results: list[dict[str, Any]], recent: int = RESULT_ROWS_RECENT) -> str:

@@ -162,8 +162,9 @@ class Supervisor:
             self.ledger.add_trigger("budget change", f"the budget changed from {old_budget:g}s to "
                                                      f"{self.config.budget_s:g}s; results compare only within one budget")
         if stored.budget_tokens != self.config.budget_tokens and self.ledger.finished_trials():
-            self.ledger.add_trigger("budget change", f"the token budget changed from {stored.budget_tokens} to "
-                                                     f"{self.config.budget_tokens}; results compare only within one budget")
+            old_tokens = stored.budget_tokens or "none"
+            self.ledger.add_trigger("budget change", f"the token budget changed from {old_tokens} to "
+                                    f"{self.config.budget_tokens}; results compare only within one budget")
         stale = self.ledger.take_commands()  # addressed to a supervisor that is gone; steering is kept apart
         if stale:
             self.bus.emit(ev.NOTICE, level="info", message=f"ignored {len(stale)} control command(s) sent while "

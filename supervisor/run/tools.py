@@ -2,7 +2,7 @@
 
 Every call comes back as a ToolOutcome the model can act on: a refusal says what is missing and which tool
 to call instead. The gate is the supervisor's discipline: after a trial, only `write_journal`; when a
-reflection is due, only `write_reflection`.
+reflection is due, only `write_reflection`; in both cases `inspect_trial` too, which changes nothing.
 
 The model is an adversary of the metric and sometimes simply wrong, so no input may crash the supervisor:
 every field is checked against its schema (type, bool is not an integer, integer bounds that fit SQLite,
@@ -32,6 +32,7 @@ from supervisor.core.categories import CATEGORIES
 from supervisor.core.errors import UserError
 from supervisor.core.failpoints import failpoint
 from supervisor.core.types import JournalEntry, PlanStatus, Reflection, Trial
+from supervisor.run import trial_view
 from supervisor.store.journal_files import JournalFiles
 from supervisor.store.ledger import Ledger
 from supervisor.trial.edits import MAX_PATH_CHARS, EditError, check_path_text, edit_file, printable, read_file
@@ -165,6 +166,25 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "description": "A trial's diff against its parent, or with no trial_id the uncommitted change to the "
                        "training script.",
         "input_schema": {"type": "object", "properties": {"trial_id": _id()}},
+    },
+    {
+        "name": "inspect_trial",
+        "description": "Look inside a trial, read-only (also while a journal entry or reflection is "
+                       "due). part=curve: its training loss next to its parent's (or another trial's, with "
+                       "`against`) at matched steps and at matched tokens; part=timing: where its time went "
+                       "(start-up, compile, training, hand-over, evaluation) next to the other trial's; "
+                       "part=log: the last `lines` lines of its log (its own stdout and stderr).",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "trial_id": _id(),
+                "part": {"type": "string", "enum": list(trial_view.PARTS)},
+                "against": _id("compare with this trial instead of the parent"),
+                "lines": {"type": "integer", "minimum": 1, "maximum": trial_view.LOG_LINES_MAX,
+                          "description": f"log lines to show (default {trial_view.LOG_LINES_DEFAULT})"},
+            },
+            "required": ["trial_id", "part"],
+        },
     },
     {
         "name": "revert_edits",
@@ -451,6 +471,7 @@ class ToolBox:
             "write_reflection": self._write_reflection,
             "get_results": self._get_results,
             "show_diff": self._show_diff,
+            "inspect_trial": self._inspect_trial,
             "revert_edits": self._revert_edits,
             "acknowledge_steering": self._acknowledge_steering,
             "plan_add": self._plan_add,
@@ -493,7 +514,8 @@ class ToolBox:
             return self._error(call, problem)
         kind, message = obligation(self.ledger)
         allowed = {"journal": "write_journal", "reflection": "write_reflection"}.get(kind or "")
-        if allowed and name != allowed:
+        # Looking inside a trial changes nothing, and a good journal entry or reflection is written from it.
+        if allowed and name not in (allowed, "inspect_trial"):
             return ToolOutcome(name, ok=False, refused=True, call_id=call.id,
                                content=prompts.REFUSED.format(message=message))
         try:
@@ -541,6 +563,11 @@ class ToolBox:
             return ToolOutcome("show_diff", ok=False, content=prompts.NO_SUCH_TRIAL.format(trial_id=trial_id))
         head = prompts.DIFF_HEAD.format(trial_id=trial.id, status=trial.status, description=trial.description)
         return ToolOutcome("show_diff", ok=True, content=head + (trial.diff or prompts.DIFF_EMPTY))
+
+    def _inspect_trial(self, args: dict[str, Any]) -> ToolOutcome:
+        ok, text = trial_view.inspect_trial(self.ledger, self.files.paths, args["trial_id"], args["part"],
+                                            against=args.get("against"), lines=args.get("lines"))
+        return ToolOutcome("inspect_trial", ok=ok, content=text)
 
     def _revert_edits(self, args: dict[str, Any]) -> ToolOutcome:  # noqa: ARG002 - it takes no arguments
         dropped = self.trials.revert_edits()

@@ -5,6 +5,9 @@ to every TrialSpec. The trial sees, read-only, the trainer's folder of the works
 the cache (no validation tokens); it writes only the exchange folder and the compile cache. The evaluator
 sees the supervisor's pristine copy of the harness (as committed when the run began), the one trial folder
 it reports into; the validation data reaches it over its stdin.
+
+The budget a trial gets is seconds of training (``--budget``), or with ``--budget-tokens`` a number of tokens:
+then ``--budget`` is a wall-clock cap, and the runner holds the tokens a trial's metrics claim against it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,14 @@ HARNESS_INSIDE = "/harness"
 JOB_INSIDE = "/job"
 # The harness file that serves the evaluation (trainer/prepare.py, section 5).
 EVALUATOR_SCRIPT = "prepare.py"
+
+
+def budget_text(config: RunConfig) -> str:
+    """The run's budget per trial in words, as the run's start line and `status --json` say it."""
+    if config.budget_tokens is None:
+        return f"{config.budget_s:g} s of training per trial"
+    return (f"{config.budget_tokens:,} tokens per trial (speed no longer counts); each trial must hand over "
+            f"its model within {config.budget_s:g} s (--budget) plus the warm-up allowance")
 
 
 def cache_files(cache_dir: Path, keys: tuple[str, ...]) -> list[str]:
@@ -134,4 +145,4 @@ class TrialSetup:
     def spec_fields(self, job_dir: Path) -> dict[str, Any]:
         """The TrialSpec fields of one trial whose folder is ``job_dir``."""
         return {"exchange_dir": self.paths.exchange, "sandbox": self.trial_plan(), "sandbox_label": self.choice.label,
-                "evaluator": self.evaluator(job_dir)}
+                "evaluator": self.evaluator(job_dir), "budget_tokens": self.config.budget_tokens}

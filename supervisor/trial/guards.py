@@ -51,6 +51,7 @@ HARNESS = "harness"
 MONKEYPATCH = "monkeypatch"
 INTROSPECTION = "introspection"
 UNPARSED = "unparsed"
+BUDGET = "budget"
 
 WHY = {
     EVALUATION: "touches the evaluation or its result (val_bpb must come from the harness as it is)",
@@ -67,6 +68,7 @@ WHY = {
     MONKEYPATCH: "replaces an attribute of a module, code the harness runs too",
     INTROSPECTION: "reaches interpreter internals (namespaces, frames, the import system)",
     UNPARSED: "the supervisor could not parse the training script, so it could not check it",
+    BUDGET: "grows the budget the harness gives it (a trial trains on its time or token budget, no more)",
 }
 
 # Modules a training recipe never imports, by what they are for (the top-level package decides).
@@ -88,8 +90,11 @@ FORBIDDEN_MODULES: dict[str, str] = {
 HARNESS_MODULES = frozenset({"prepare"})
 # What train.py may use of the harness: the constants, the training dataloader, the budget, the peak FLOP/s.
 PREPARE_API = frozenset({"MAX_SEQ_LEN", "PROFILE", "VOCAB_SIZE", "TIME_BUDGET", "BOS_TOKEN", "DEFAULT_PROFILE",
-                         "make_dataloader", "peak_flops", "time_budget", "PrepareError", "CacheNotReadyError",
-                         "HandOverError"})
+                         "make_dataloader", "peak_flops", "time_budget", "token_budget", "PrepareError",
+                         "CacheNotReadyError", "HandOverError"})
+# The harness's budgets, and arithmetic that makes a number larger: `token_budget() * 3`, `budget += 60`.
+BUDGET_FUNCTIONS = frozenset({"prepare.time_budget", "prepare.token_budget"})
+GROWING_OPERATORS = (ast.Mult, ast.Add, ast.Pow, ast.LShift)
 # The evaluation's entry points: the harness's evaluate_bpb, and hand_over (the model leaves for the trusted
 # evaluator). The starting script calls one of them once; another call, or a changed one, is a finding.
 EVAL_IDENTIFIERS = frozenset({"evaluate_bpb", "EVAL_TOKENS", "hand_over", "EVAL_BATCH_SIZE"})
@@ -309,6 +314,7 @@ FRAGMENT_ALIASES = {"os": "os", "sys": "sys", "time": "time", "prepare": "prepar
                     "np": "numpy", "numpy": "numpy", "F": "torch.nn.functional", "nn": "torch.nn",
                     "subprocess": "subprocess", "shutil": "shutil", "socket": "socket", "json": "json",
                     "evaluate_bpb": "prepare.evaluate_bpb", "make_dataloader": "prepare.make_dataloader",
+                    "time_budget": "prepare.time_budget", "token_budget": "prepare.token_budget",
                     "importlib": "importlib", "builtins": "builtins"}
 SIMPLE_SELF = frozenset({"self", "cls"})
 
@@ -343,11 +349,16 @@ class _Scanner:
         self.loss_evaluated = fragment or _mentions(tree, "evaluate_bpb")
         self._seen: set[tuple[str, int, str]] = set()
         self._covered: set[int] = set()
+        self.budget_names: set[str] = set()
 
     # -- setup ---------------------------------------------------------------------------------------------
     def run(self) -> None:
         self._collect_aliases()
         self.env = _constant_env(self.tree)
+        # Names bound to a budget anywhere (`budget = time_budget()`), judged wherever the name is used.
+        self.budget_names = {node.targets[0].id for node in ast.walk(self.tree)
+                             if isinstance(node, ast.Assign) and len(node.targets) == 1
+                             and isinstance(node.targets[0], ast.Name) and self._is_budget(node.value)}
         for node in ast.walk(self.tree):
             self._visit(node)
         self.findings.sort(key=lambda f: f.line)
@@ -422,7 +433,29 @@ class _Scanner:
         return child
 
     # -- the visit -----------------------------------------------------------------------------------------
+    def _is_budget(self, node: ast.AST) -> bool:
+        """A call of the harness's budget (`time_budget()`, `prepare.token_budget()`)."""
+        return isinstance(node, ast.Call) and self.qualify(node.func) in BUDGET_FUNCTIONS
+
+    def _budget_grown(self, node: ast.BinOp | ast.AugAssign) -> None:
+        """A budget made larger by arithmetic: on the harness's call itself (`token_budget() * 3`), or a name
+        bound to a budget bound again to more (`budget *= 3`, `budget_tokens = budget_tokens + 10**6`)."""
+        if isinstance(node, ast.AugAssign):
+            grown = isinstance(node.target, ast.Name) and node.target.id in self.budget_names \
+                and _grows(node.op, node.value)
+        else:
+            parent = self.parents.get(node)
+            rebound = isinstance(parent, ast.Assign) and parent.value is node and any(
+                isinstance(t, ast.Name) and t.id in self.budget_names for t in parent.targets)
+            grown = any((self._is_budget(x) or (rebound and isinstance(x, ast.Name)
+                                                and x.id in self.budget_names)) and _grows(node.op, other)
+                        for x, other in ((node.left, node.right), (node.right, node.left)))
+        if grown:
+            self.report(BUDGET, node)
+
     def _visit(self, node: ast.AST) -> None:
+        if isinstance(node, ast.BinOp | ast.AugAssign):
+            self._budget_grown(node)
         if isinstance(node, ast.Import | ast.ImportFrom):
             self._import(node)
         elif isinstance(node, ast.Call):
@@ -653,6 +686,14 @@ def _mentions(tree: ast.Module, identifier: str) -> bool:
                 isinstance(node, ast.alias) and node.name.split(".")[-1] == identifier:
             return True
     return False
+
+
+def _grows(op: ast.operator, other: ast.expr) -> bool:
+    """Whether `budget <op> other` can be more than the budget (a constant factor of at most 1 cannot)."""
+    if not isinstance(op, GROWING_OPERATORS):
+        return False
+    constant = isinstance(other, ast.Constant) and type(other.value) in (int, float)
+    return not (isinstance(op, ast.Mult) and constant and other.value <= 1)
 
 
 def _bound_names(tree: ast.Module) -> set[str]:

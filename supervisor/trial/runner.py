@@ -15,7 +15,10 @@ The trial is untrusted code (the agent wrote it), so the runner:
 * kills it (SIGTERM, then SIGKILL for the group and any descendants it saw) at ``budget + grace``
   or when the person asks, and always sweeps the group after the main process exits;
 * voids a hand-over later than the budget plus the warm-up allowance, and otherwise has the trusted
-  evaluator (started as the trial started) measure val_bpb: nothing the trial prints counts.
+  evaluator (started as the trial started) measure val_bpb: nothing the trial prints counts;
+* under a token budget (``spec.budget_tokens``) also reads the tokens its metrics say it trained on, live:
+  a claim past the budget ends the trial without a result, and so does a trial that never says; the
+  seconds budget is then a wall-clock cap.
 
 Only POSIX is supported (process groups, ``os.killpg``). Descendants that leave the group are found through
 psutil on Linux and macOS alike; Linux also gets the sandbox, whose PID namespace ends every process with
@@ -86,6 +89,9 @@ def _format_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+# The trainer contract's token budget (trainer/prepare.py token_budget()); unset: the budget is in seconds.
+BUDGET_TOKENS_VARIABLE = "AUTORESEARCH_BUDGET_TOKENS"
+
 # Variables that hold host paths: inside a sandbox they are rewritten to where the trial sees the path.
 _PATH_VARIABLES = ("AUTORESEARCH_CACHE", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
@@ -104,6 +110,10 @@ def trial_environment(spec: TrialSpec, base: Mapping[str, str] | None = None) ->
     env.update(drop_credentials(spec.extra_env))
     # The contract variables come last: the spec is the single source of truth for them.
     env["AUTORESEARCH_TIME_BUDGET"] = _format_seconds(spec.budget_s)
+    if spec.budget_tokens is None:
+        env.pop(BUDGET_TOKENS_VARIABLE, None)  # the supervisor's own environment does not decide the budget
+    else:
+        env[BUDGET_TOKENS_VARIABLE] = str(int(spec.budget_tokens))
     env["AUTORESEARCH_SEED"] = str(int(spec.seed))
     env["AUTORESEARCH_METRICS"] = spec.seen(spec.offered_metrics_path)
     env["AUTORESEARCH_MODEL_OUT"] = spec.seen(spec.offered_model_path)
@@ -165,6 +175,9 @@ class TrialSpec:
     # The warm-up allowance of the budget rule (None: grace_s), and where it comes from, for the reason text.
     allowance_s: float | None = None
     allowance_source: str = "--grace"
+    # Train on this many tokens (None: for budget_s seconds). budget_s is then the wall-clock cap, and the
+    # tokens the trial's metrics claim are held against this number.
+    budget_tokens: int | None = None
 
     @property
     def exchange(self) -> Path:
@@ -218,6 +231,9 @@ class TrialOutcome:
     # Seconds from the trial's start to its hand-over, on the supervisor's clock; the evaluation's own time.
     handover_seconds: float | None = None
     evaluation_seconds: float | None = None
+    # The token budget it ran under (None: seconds), and the most tokens its metrics said it trained on.
+    budget_tokens: int | None = None
+    tokens_claimed: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +435,7 @@ def _report_start(on_start: Callable[[int], None] | None, pid: int) -> None:
 
 
 # Why the runner ended a trial before it exited on its own.
-_EarlyEnd = Literal["stopped", "flooded", "timed_out", "lingered"]
+_EarlyEnd = Literal["stopped", "flooded", "timed_out", "lingered", "over_tokens"]
 
 
 class _TrialWatch:
@@ -446,6 +462,7 @@ class _TrialWatch:
         self.handover = HandOverWatch(spec.offered_model_path, spec.kept_model_path, started)
         self.buffer = MetricsBuffer()  # memory stays flat whatever the trial writes
         self._copy = _MetricsCopy(spec.metrics_path)
+        self.tokens = TokenClaims(spec.budget_tokens)
 
     def run(self) -> _EarlyEnd | None:
         """Block until the trial is over and its whole process tree is gone; say why it ended early."""
@@ -495,6 +512,7 @@ class _TrialWatch:
             return
         self._copy.write(records)
         self.buffer.add(records)
+        self.tokens.add(records)
         _deliver(self.on_metric, records)
 
     def _reason_to_end(self) -> _EarlyEnd | None:
@@ -502,6 +520,8 @@ class _TrialWatch:
             return "stopped"
         if self.max_log_bytes is not None and _size(self.spec.log_path) > self.max_log_bytes:
             return "flooded"
+        if self.tokens.over:
+            return "over_tokens"
         if time.monotonic() >= self.deadline:
             return "lingered" if self.handover.seconds is not None else "timed_out"
         return None
@@ -521,6 +541,45 @@ class _TrialWatch:
             self.stop_event.wait(POLL_INTERVAL_S)
         else:
             time.sleep(POLL_INTERVAL_S)
+
+
+class TokenClaims:
+    """What a trial under a token budget says it trained on: the ``tokens`` of its metrics records (tokens
+    trained so far), read as they arrive. Its word, not a measurement: it catches a trainer that trains past
+    the budget and says so, or says nothing; one that reports fewer tokens than it trained on is not caught
+    here (the guards see only budget arithmetic in the script, and the wall-clock cap bounds the rest).
+
+    The trainer contract never trains past the budget (its last step is cut to the passes that fit), so any
+    claim above the budget is over it: there is no slack of "one more step", whose size the trial chooses.
+    """
+
+    def __init__(self, budget_tokens: int | None) -> None:
+        self.budget = budget_tokens
+        self.most: int | None = None  # the largest count claimed so far
+        self.over = False
+
+    def add(self, records: Iterable[dict]) -> None:
+        if self.budget is None:
+            return
+        for record in records:
+            value = record.get("tokens")
+            if type(value) not in (int, float) or not math.isfinite(value):
+                continue  # a record without a count (a note, an evaluation line) says nothing about tokens
+            claimed = math.ceil(value)
+            self.most = claimed if self.most is None else max(self.most, claimed)
+            self.over = self.over or claimed > self.budget
+
+    def problem(self) -> str | None:
+        """Why the trial has no result under its token budget, or None."""
+        if self.budget is None:
+            return None
+        if self.over:
+            return (f"over the token budget: its metrics say it trained on {self.most:,} tokens; the budget "
+                    f"is {self.budget:,} tokens per trial (stop before a step that would pass it)")
+        if self.most is None:
+            return (f"no token count: under a token budget ({self.budget:,} tokens per trial) the metrics "
+                    f"must say how many tokens were trained so far (`tokens` in each line), and none did")
+        return None
 
 
 class _MetricsCopy:
@@ -567,7 +626,7 @@ def _outcome(
     """What the trial itself did, before the evaluation: ``ok`` means it handed over a model in time."""
     window = read_log_end(spec.log_path)
     summary = parse_summary(window)
-    reason = _reason(spec, ending, exit_code, window, watch.handover)
+    reason = _reason(spec, ending, exit_code, window, watch.handover, watch.tokens)
     return TrialOutcome(
         status="ok" if reason == "ok" else "crash",
         reason=reason,
@@ -581,12 +640,16 @@ def _outcome(
         stopped=ending == "stopped",
         started_warm=started_warm,
         handover_seconds=watch.handover.seconds,
+        budget_tokens=spec.budget_tokens,
+        tokens_claimed=watch.tokens.most,
     )
 
 
 def _reason(spec: TrialSpec, ending: _EarlyEnd | None, exit_code: int | None, window: str,
-            handover: HandOverWatch) -> str:
+            handover: HandOverWatch, tokens: TokenClaims) -> str:
     """``"ok"``, or why the trial is a crash, in words for the journal."""
+    if ending == "over_tokens":
+        return tokens.problem() or "over the token budget"
     if ending is not None and ending != "lingered":
         reason = _early_end_reason(spec, ending)
         # A hand-over that was refused says why, even when the trial then ran into its deadline.
@@ -599,10 +662,15 @@ def _reason(spec: TrialSpec, ending: _EarlyEnd | None, exit_code: int | None, wi
         return NO_HANDOVER
     allowance = spec.grace_s if spec.allowance_s is None else min(spec.allowance_s, spec.grace_s)
     if handover.seconds > spec.budget_s + allowance:
+        if spec.budget_tokens is not None:
+            return (f"over the wall-clock cap: it handed over its model {handover.seconds:.1f} s after it "
+                    f"started; under a token budget of {spec.budget_tokens:,} tokens the cap is --budget "
+                    f"{_format_seconds(spec.budget_s)} s plus a warm-up allowance of {allowance:.1f} s "
+                    f"({spec.allowance_source})")
         return (f"over budget: it handed over its model {handover.seconds:.1f} s after it started; the budget is "
                 f"{_format_seconds(spec.budget_s)} s plus a warm-up allowance of {allowance:.1f} s "
                 f"({spec.allowance_source})")
-    return "ok"
+    return tokens.problem() or "ok"
 
 
 def _early_end_reason(spec: TrialSpec, ending: _EarlyEnd) -> str:
@@ -610,6 +678,10 @@ def _early_end_reason(spec: TrialSpec, ending: _EarlyEnd) -> str:
         return "stopped by the person"
     if ending == "flooded":
         return f"killed: it wrote more than {spec.max_log_mb:g} MB of output (its log is kept)"
+    if spec.budget_tokens is not None:
+        return (f"killed at the wall-clock cap (--budget {_format_seconds(spec.budget_s)}s + grace "
+                f"{_format_seconds(spec.grace_s)}s) without handing over a model: under a token budget of "
+                f"{spec.budget_tokens:,} tokens, speed does not count, but the trial must end within the cap")
     return (
         f"killed at deadline (budget {_format_seconds(spec.budget_s)}s"
         f" + grace {_format_seconds(spec.grace_s)}s) without handing over a model"
