@@ -282,3 +282,10 @@ def test_base_url_with_credentials_is_refused():
         with pytest.raises(ConfigError):
             RunConfig(tag="x", base_url=url)
     RunConfig(tag="x", base_url="http://127.0.0.1:8000/v1")
+
+
+def test_a_token_budget_is_what_the_run_header_says():
+    state = build_prompt(context(budget_tokens=2_000_000, budget_s=300.0)).state
+    assert "2,000,000 tokens of training per trial (a token budget: speed does not count here" in state
+    assert "300 s is a hard wall-clock cap" in state and "300 s of training per trial" not in state
+    assert "300 s of training per trial" in build_prompt(context()).state

@@ -121,6 +121,7 @@ class TurnContext:
     stopped: list[dict[str, Any]] = field(default_factory=list)
     # Lines of the editable file changed since the last keep and not yet run (an edit whose run_trial failed).
     uncommitted_lines: int = 0
+    budget_tokens: int | None = None  # a token budget (--budget-tokens): then speed does not count
     # The machine and data every trial uses (None where it is not known: a context built by hand).
     machine: Machine | None = None
     # The latest noise measurement at this budget, seed by seed.

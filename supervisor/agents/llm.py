@@ -251,7 +251,9 @@ def _run_header(ctx: TurnContext) -> str:
     done = f"{ctx.trials_done} trials done" + (f" of {ctx.max_trials}" if ctx.max_trials else "")
     floor = (f"noise floor {ctx.noise_floor:.6f} (a smaller gain is probably luck)" if ctx.noise_floor is not None
              else "noise floor not measured yet")
-    lines = [f"## The run\n{done}; {ctx.budget_s:g} s of training per trial; keep policy {ctx.policy}; {floor}"
+    budget = (prompts.RUN_TOKEN_BUDGET.format(tokens=ctx.budget_tokens, seconds=ctx.budget_s)
+              if ctx.budget_tokens else f"{ctx.budget_s:g} s of training per trial")
+    lines = [f"## The run\n{done}; {budget}; keep policy {ctx.policy}; {floor}"
              + (f"; data profile {ctx.profile}" if ctx.profile and ctx.machine is None else "") + "."]
     if ctx.noise is not None:
         lines.append(_noise_seeds(ctx.noise))

@@ -42,6 +42,8 @@ and MFU, not only val_bpb. A gain smaller than the noise floor is probably luck.
 belongs in the journal.
 """
 
+RUN_TOKEN_BUDGET = ("{tokens:,} tokens of training per trial (a token budget: speed does not count here, only "
+                    "what the model learns from those tokens; {seconds:g} s is a hard wall-clock cap)")
 PROGRAM_INTRO = "# The research program (program.md, written by the person; re-read at every turn)\n\n"
 PROGRAM_EMPTY = "(program.md is empty)"
 PREVIOUS_NOTE = ("Your previous reply follows, with the results of its tool calls; after them comes the "
