@@ -11,6 +11,12 @@ Trainer fixtures:
 - `trainer_env`: an environment dict for a training subprocess that uses that cache on the CPU.
 - `trainer_copy`: a fresh copy of trainer/ (prepare.py, corpus.py and train.py) in a temporary folder, for
   tests that edit train.py or run it outside the repository.
+
+Agent fixtures:
+
+- `llm_keys`: the test key in both providers' key variables, and no base-URL or token variable from the
+  machine, for tests that drive the real SDKs against the loopback server (tests/llm_server.py). Use it
+  with `pytestmark = pytest.mark.usefixtures("llm_keys")`.
 """
 
 from __future__ import annotations
@@ -60,3 +66,13 @@ def trainer_copy(tmp_path) -> Path:
     for name in ("prepare.py", "corpus.py", "train.py"):
         shutil.copy2(TRAINER_DIR / name, dest / name)
     return dest
+
+
+@pytest.fixture
+def llm_keys(monkeypatch) -> None:
+    from tests.agents_support import KEY_VARIABLES, SECRET
+
+    for name in KEY_VARIABLES.values():
+        monkeypatch.setenv(name, SECRET)
+    for name in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)

@@ -16,9 +16,11 @@ from supervisor.core.config import ConfigError
 from supervisor.run.loop import Supervisor
 from supervisor.run.runaway import DEFAULT_REPEAT_LIMIT, DEFAULT_STALL_REPLIES, RunawayGuard
 from supervisor.store.ledger import Ledger
-from tests.agents_support import KEY_VARIABLES, PROVIDERS, SECRET, llm_agent, run_in_thread, wait_until
+from tests.agents_support import PROVIDERS, SECRET, llm_agent, run_in_thread, wait_until
 from tests.llm_server import LLMServer, Reply, ToolUse
 from tests.loop_support import cli, fake_config, journal
+
+pytestmark = pytest.mark.usefixtures("llm_keys")
 
 
 def call(name: str, **arguments: object) -> ToolCall:
@@ -91,12 +93,6 @@ def test_limits_are_options_with_clear_errors(tmp_path) -> None:
 
 
 # ---- real looping models, both SDKs -------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def keys(monkeypatch):
-    for name in KEY_VARIABLES.values():
-        monkeypatch.setenv(name, SECRET)
-    for name in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _run_until_paused(tmp_path, provider: str, script: list[Reply], **settings: object) -> tuple[int, str]:

@@ -16,19 +16,14 @@ from supervisor.run.loop import Supervisor
 from supervisor.run.status import run_status
 from supervisor.store.ledger import Ledger
 from supervisor.tui.state import RunWatcher
-from tests.agents_support import KEY_VARIABLES, PROVIDERS, SECRET, cycle_script, llm_agent, read_reply
+from tests.agents_support import PROVIDERS, SECRET, cycle_script, llm_agent, read_reply
 from tests.llm_server import LLMServer, Reply, ToolUse
 from tests.loop_support import fake_config, journal, reflection
 
 MESSAGE = "stop tuning learning rates and try the width"
 
 
-@pytest.fixture(autouse=True)
-def keys(monkeypatch):
-    for name in KEY_VARIABLES.values():
-        monkeypatch.setenv(name, SECRET)
-    for name in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("llm_keys")
 
 
 def shows_message(request) -> bool:

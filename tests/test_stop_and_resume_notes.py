@@ -13,17 +13,11 @@ import pytest
 from supervisor.core import events as ev
 from supervisor.run.loop import STOPPING_DETAIL, Supervisor
 from supervisor.store.ledger import Ledger
-from tests.agents_support import KEY_VARIABLES, SECRET, llm_agent, read_reply, run_in_thread, wait_until
+from tests.agents_support import SECRET, llm_agent, read_reply, run_in_thread, wait_until
 from tests.llm_server import LLMServer, Recorded, Reply, ToolUse
 from tests.loop_support import Recorder, fake_config, journal, trial, write_script
 
-
-@pytest.fixture(autouse=True)
-def keys(monkeypatch):
-    for name in KEY_VARIABLES.values():
-        monkeypatch.setenv(name, SECRET)
-    for name in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("llm_keys")
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])

@@ -26,7 +26,7 @@ from supervisor.core import prompts
 from supervisor.core.paths import RunPaths
 from supervisor.core.types import Trial
 from supervisor.store.ledger import Ledger, LedgerError
-from supervisor.trial.edits import printable
+from supervisor.trial.edits import open_below, printable
 from supervisor.trial.summary import summary_float
 
 PARTS = ("curve", "timing", "log")
@@ -420,7 +420,7 @@ def read_log_end(paths: RunPaths, trial_id: int, window: int = LOG_WINDOW_BYTES)
     """
     trial_dir = paths.trial_dir(trial_id)
     parts = (*trial_dir.relative_to(paths.run_dir).parts, TRIAL_LOG_NAME)
-    fd = _open_below(paths.run_dir, parts)
+    fd = _open_log(paths.run_dir, parts)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -443,22 +443,9 @@ def read_log_end(paths: RunPaths, trial_id: int, window: int = LOG_WINDOW_BYTES)
     return data.decode("utf-8", errors="replace"), info.st_size
 
 
-def _open_below(root: Path, parts: Sequence[str]) -> int:
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-    nofollow, nonblock, directory = (getattr(os, name, 0)
-                                     for name in ("O_NOFOLLOW", "O_NONBLOCK", "O_DIRECTORY"))
+def _open_log(root: Path, parts: Sequence[str]) -> int:
     try:
-        if os.open not in os.supports_dir_fd:  # no openat: the whole path at once, its last part unfollowed
-            return os.open(Path(root, *parts), flags | nofollow | nonblock)
-        dir_fd = os.open(root, flags | directory)
-        try:
-            for part in parts[:-1]:
-                next_fd = os.open(part, flags | directory | nofollow, dir_fd=dir_fd)
-                os.close(dir_fd)
-                dir_fd = next_fd
-            return os.open(parts[-1], flags | nofollow | nonblock, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
+        return open_below(root, parts)
     except FileNotFoundError:
         raise LogUnavailable("no log file was kept for it") from None
     except OSError as exc:

@@ -22,6 +22,7 @@ import shutil
 import stat
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -223,13 +224,8 @@ def _open_in_workspace(root: Path, real: Path, raw: str, editable: str) -> int:
     parts = real.relative_to(root).parts
     if not parts:
         raise EditError(f"'{raw}' is the workspace itself, not a file; e.g. {editable}")
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
     try:
-        if os.open not in os.supports_dir_fd:  # no openat: one open of the whole path, the last part unfollowed
-            fd = os.open(real, flags | nofollow | getattr(os, "O_NONBLOCK", 0))
-        else:
-            fd = _open_by_parts(root, parts, flags, nofollow)
+        fd = open_below(root, parts)
     except OSError as exc:
         raise EditError(_open_failed_message(raw, exc, editable)) from None
     try:
@@ -240,7 +236,14 @@ def _open_in_workspace(root: Path, real: Path, raw: str, editable: str) -> int:
     return fd
 
 
-def _open_by_parts(root: Path, parts: tuple[str, ...], flags: int, nofollow: int) -> int:
+def open_below(root: Path, parts: Sequence[str]) -> int:
+    """A read-only descriptor of ``root/parts...``, opened component by component from ``root`` with
+    O_NOFOLLOW (a symlink anywhere on the way is refused: OSError ELOOP or ENOTDIR) and O_NONBLOCK (a FIFO
+    cannot block). What the descriptor is (a regular file, how many links) is the caller's to check."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    if os.open not in os.supports_dir_fd:  # no openat: one open of the whole path, the last part unfollowed
+        return os.open(Path(root, *parts), flags | nofollow | getattr(os, "O_NONBLOCK", 0))
     directory = getattr(os, "O_DIRECTORY", 0)
     dir_fd = os.open(root, flags | directory)
     try:
