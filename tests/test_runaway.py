@@ -135,3 +135,23 @@ def test_a_model_that_only_reads_is_paused_after_the_stall_limit(tmp_path, provi
     served, detail = _run_until_paused(tmp_path, provider, reading, stall_replies=12)
     assert served == 12
     assert "12 replies in a row without progress" in detail
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_the_faults_first_step_now_runs_the_trial(tmp_path, provider) -> None:
+    """The night that looped began with a run_trial whose optional plan_id was not open: it now runs, the link
+    ignored and said, and the journal that follows is accepted."""
+    script = [Reply("Trying the planned idea.", [ToolUse("run_trial", {"description": "baseline", "plan_id": 3})]),
+              Reply("Recording the result.", [ToolUse("write_journal", journal(1)["input"])])]
+    with LLMServer(script, api_key=SECRET) as server:
+        config = fake_config(tmp_path, max_trials=1, reflect_every=50)
+        assert Supervisor(config, llm_agent(provider, server)).run() == "finished"
+    ledger = Ledger(config.run_dir / "ledger.sqlite", readonly=True)
+    try:
+        [trial] = ledger.finished_trials()
+        answer = next(t.text for t in ledger.turns() if t.tool == "run_trial")
+        journaled = [e.trial_id for e in ledger.journal_entries()]
+    finally:
+        ledger.close()
+    assert trial.plan_id is None and trial.val_bpb is not None and journaled == [trial.id]
+    assert answer.startswith("note: plan #3 is not in the plan queue; the trial ran without a plan link")
