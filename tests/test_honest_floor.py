@@ -101,14 +101,14 @@ def test_an_unchanged_rerun_is_pooled_with_its_parent_and_into_the_floor(tmp_pat
     assert rerun.seed == 100_000 + 1000 * baseline.id + 1 and rerun.val_bpb != baseline.val_bpb
     assert rerun.decision.startswith(f"re-run of trial 1 (the same code, new seed {rerun.seed}): val_bpb")
     assert "pooled with its values (now the mean of 2 runs" in rerun.decision
-    # Its value joined the parent's values...
-    assert baseline.extra_values == (rerun.val_bpb,)
-    # ...which the next trial is compared with.
-    assert later.parent_val_bpb == pytest.approx(statistics.fmean([baseline.val_bpb, rerun.val_bpb]))
-    # The floor is recomputed over the seeds and the group of identical code.
+    # It is a sample of the keep's code, pooled with it for the floor and shown with it; but a child is still judged
+    # against the keep's own run (a trial knows its seed: a keep could do worse on purpose when re-run).
+    assert baseline.extra_values == () and "still judged against trial 1's own runs" in rerun.decision
+    assert later.parent_val_bpb == pytest.approx(baseline.val_bpb)
+    # The floor is recomputed over the seeds and the group of identical code; pooling may only raise it.
     seeds_squares = noise.sd ** 2 * (len(noise.values) - 1)
     group_squares = (baseline.val_bpb - rerun.val_bpb) ** 2 / 2
-    pooled = math.sqrt((seeds_squares + group_squares) / (len(noise.values) - 1 + 1))
+    pooled = max(noise.sd, math.sqrt((seeds_squares + group_squares) / (len(noise.values) - 1 + 1)))
     status = run_status(ledger)
     assert status["noise"]["floor"] == pytest.approx(2 * pooled) and status["noise_floor"] == status["noise"]["floor"]
     assert status["noise"]["rerun_groups"] == 1 and status["noise"]["runs"] == len(noise.values) + 2
@@ -136,7 +136,7 @@ def test_on_a_loaded_cpu_an_unchanged_rerun_is_pooled_and_the_drift_is_named(tmp
     baseline, rerun = ledger.trial(1), ledger.trial(2)
     noise = ledger.latest_noise()
 
-    assert baseline.extra_values == (rerun.val_bpb,)  # pooled all the same: it is a sample of this machine
+    assert status_groups(ledger) == 1  # pooled all the same: it is a sample of this machine
     floors = (rerun.val_bpb - baseline.val_bpb) / (2 * noise.sd)
     assert floors > 1
     landed = (f"it landed {floors:.1f} floors from trial 1's mean, so the floor may be too small or the machine "
@@ -177,3 +177,52 @@ def test_a_floor_whose_seeds_ran_very_different_step_counts_is_flagged(tmp_path)
     progress = json.loads((config.run_dir / "noise" / "progress.json").read_text())
     assert [s["num_steps"] for s in progress["seeds"]] == [10, 6]
     sup.close()
+
+
+def status_groups(ledger: Ledger) -> int:
+    return run_status(ledger)["noise"]["rerun_groups"]
+
+
+def test_pooling_never_lowers_the_floor_so_a_script_that_ignores_its_seed_gains_nothing():
+    """Runs of one commit that agree to the digit (a script that pins its own seed) would halve a pooled floor."""
+    seeds = (1.500, 1.507, 1.503)
+    identical = tuple((1.40 + i / 100,) * 2 for i in range(6))
+    estimate = NoiseEstimate(seeds, statistics.stdev(seeds), groups=identical)
+    assert estimate.sd == statistics.stdev(seeds)
+    wider = NoiseEstimate(seeds, statistics.stdev(seeds), groups=((1.40, 1.45),))
+    assert wider.sd > statistics.stdev(seeds)  # a group that spreads more still raises it
+
+
+def test_a_keep_that_sabotages_its_reruns_does_not_make_a_comment_look_like_a_gain(tmp_path):
+    """The attack: the kept script trains worse whenever its seed says it is a re-run, so re-runs of it land
+    high; then a child that changes nothing but a comment reproduces the keep's own number. Judged against the
+    keep's own run, the child is no gain."""
+    seed_line = 'seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))'
+    sabotage = (seed_line, seed_line + "\nif seed >= 100000:\n    LR = 0.5  # re-runs of this keep train badly on purpose")
+    state = {}
+
+    def agent(ctx, n):
+        if ctx.obligation == "journal":
+            return [journal(n)]
+        if ctx.obligation == "reflection":
+            return [reflection(n)]
+        if ctx.trials_done == 0:
+            return [edit("NOISE_SD = 0.0", "NOISE_SD = 0.002"), edit(*sabotage), trial("baseline")]
+        if ctx.trials_done == 1 and "noise" not in state:
+            state["noise"] = state["sup"].measure_noise(3)
+            return AgentTurn(text="measured the noise floor")
+        if 1 <= ctx.trials_done <= 3:
+            return [trial(f"re-run the baseline unchanged ({ctx.trials_done})")]
+        if ctx.trials_done == 4:
+            return [edit("LR = 0.02  # learning rate", "LR = 0.02  # the learning rate"), trial("a comment")]
+        return None
+
+    sup, config, _ = supervised_on(SimulatedMachine(), tmp_path, agent)
+    state["sup"] = sup
+    sup.run()
+    ledger = Ledger(config.run_dir / "ledger.sqlite")
+    baseline, child = ledger.trial(1), ledger.trial(5)
+    reruns = [ledger.trial(i) for i in (2, 3, 4)]
+    assert all(r.val_bpb > baseline.val_bpb + 0.05 for r in reruns)  # the sabotage worked on the re-runs
+    assert child.status != "keep", child.decision
+    assert child.parent_val_bpb == pytest.approx(baseline.val_bpb)

@@ -71,6 +71,30 @@ def test_progress_resets_both_counts() -> None:
     assert guard.replies_without_progress == 1
 
 
+def test_editing_back_and_forth_or_reflecting_unasked_is_no_progress() -> None:
+    """Cheap 'progress' must not keep a loop alive: A to B and back again, or a reflection nobody asked for."""
+    guard = RunawayGuard(stall_replies=6, repeat_limit=0)
+    to_b, to_a = call("edit_file", search="A", replace="B"), call("edit_file", search="B", replace="A")
+    verdicts = []
+    for i in range(12):
+        edit, digest = (to_b, "script-B") if i % 2 == 0 else (to_a, "script-A")
+        verdicts.append(guard.observe([edit], [succeeded("edit_file")], script_digest=digest))
+    assert verdicts[:7] == [None] * 7  # the first B and the first A are new scripts; then six replies of nothing
+    assert any(v is not None and "6 replies in a row without progress" in v.reason for v in verdicts)
+    guard = RunawayGuard(stall_replies=3, repeat_limit=0)
+    unasked = [guard.observe([call("write_reflection")], [succeeded("write_reflection")]) for _ in range(3)]
+    assert unasked[-1] is not None
+    due = RunawayGuard(stall_replies=3, repeat_limit=0)
+    assert all(due.observe([call("write_reflection")], [succeeded("write_reflection")], reflection_due=True) is None
+               for _ in range(5))
+    # A trial clears the scripts seen: going back to an earlier script after it is an experiment again.
+    guard = RunawayGuard(stall_replies=3, repeat_limit=0)
+    guard.observe([to_b], [succeeded("edit_file")], script_digest="script-B")
+    guard.observe([call("run_trial")], [succeeded("run_trial")])
+    guard.observe([to_b], [succeeded("edit_file")], script_digest="script-B")
+    assert guard.replies_without_progress == 0
+
+
 def test_a_limit_of_zero_turns_its_rule_off() -> None:
     guard = RunawayGuard(stall_replies=0, repeat_limit=0)
     for _ in range(200):

@@ -633,3 +633,16 @@ def test_inspect_trial_shows_a_curve_against_the_parent_during_the_journal_gate(
     finally:
         harness.settle()
     assert waiting not in [t.id for t in harness.ledger.trials_missing_journal()]
+
+
+def test_a_message_not_yet_shown_cannot_be_acknowledged(harness: Harness):
+    """A blind acknowledge_steering(#N+1) at the end of every reply must not swallow a message the person typed
+    while the reply was on its way."""
+    number = harness.ledger.add_steering("try a wider MLP next")
+    blind = call(harness, "acknowledge_steering", steering_id=number, reply="I will follow that advice closely.")
+    assert not blind.ok and f"no steering message #{number}" in blind.content
+    assert harness.ledger.steering()[-1].acknowledged is None
+    turn = harness.ledger.add_turn("agent", "reading")
+    harness.ledger.mark_steering_delivered([number], turn)
+    shown = call(harness, "acknowledge_steering", steering_id=number, reply="I will widen the MLP next.")
+    assert shown.ok and harness.ledger.steering()[-1].ack_how == "tool"

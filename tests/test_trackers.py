@@ -614,3 +614,18 @@ def test_the_domain_loads_no_tracker_sdk():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=PROJECT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_trials_rows_cannot_switch_off_a_tracker_nor_a_token_ride_in_a_store_uri():
+    import argparse
+
+    from supervisor.morning.trackers.base import tracker_spec
+    from supervisor.morning.trackers.records import history_row
+
+    assert history_row({"step": 1e300, "loss": 1.0}, 7).step == 7  # beyond int64: placed at its position
+    assert history_row({"step": True, "loss": 1.0}, 3).step == 3 and history_row({"step": 12, "loss": 1.0}, 0).step == 12
+    for uri in ("mlflow=https://user:pw@mlflow.example/", "mlflow=https://mlflow.example/?token=abc",
+                "mlflow=https://mlflow.example/?api_key=abc"):
+        with pytest.raises(argparse.ArgumentTypeError, match="carries credentials"):
+            tracker_spec(uri)
+    assert tracker_spec("mlflow=sqlite:///runs.db")

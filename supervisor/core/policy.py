@@ -182,7 +182,11 @@ class NoiseEstimate:
         groups = self.pooled_groups
         if not groups:
             return _check_sd(self.seeds_sd)
-        return pooled_sd([(self.seeds_sd or 0.0, len(self.seeds)), *((statistics.stdev(g), len(g)) for g in groups)])
+        pooled = pooled_sd([(self.seeds_sd or 0.0, len(self.seeds)), *((statistics.stdev(g), len(g)) for g in groups)])
+        # Pooling may only raise the floor: runs of one commit that agree exactly (a script that ignores its seed)
+        # would otherwise shrink it, and un-flag gains that are luck.
+        seeds = _check_sd(self.seeds_sd)
+        return pooled if seeds is None or pooled is None else max(seeds, pooled)
 
     def floor(self, factor: float = DEFAULT_FLOOR_FACTOR) -> float | None:
         sd = self.sd

@@ -166,7 +166,7 @@ STOPPED_BY_PERSON = "stopped by the person"  # a trial's crash reason, also how 
 # An honest floor (issue 16): an unchanged re-run is pooled with its parent; a drifting machine is named.
 DECISION_RERUN = ("re-run of trial {parent} (the same code, new seed {seed}): val_bpb {value}, {distance:+.6f} from "
                   "its mean {mean}{landing}; pooled with its values (now the mean of {runs} runs, {new_mean})"
-                  "{floor_now}")
+                  "{floor_now}; later trials are still judged against trial {parent}'s own runs")
 RERUN_LANDED_NEAR = ", {floors:.1f} floors"
 RERUN_LANDED_FAR = (": it landed {floors:.1f} floors from trial {parent}'s mean, so the floor may be too small or "
                     "the machine drifted")
@@ -177,7 +177,7 @@ TRIAL_REPORT_RERUN = ("This trial re-ran trial {parent}'s code unchanged: not an
 DECISION_MACHINE_DRIFT = ("{decision}; THE MACHINE DRIFTED during this run ({drift}): flagged, the number may "
                           "measure the machine rather than the change")
 DECISION_DRIFT_RERUN = ("the first run drifted ({drift}), so it was run again with the same seed (its val_bpb "
-                        "{first} is not counted)")
+                        "{first} counts with the second run's: a second draw is not a fresh start)")
 DECISION_DRIFT_RERUN_CRASHED = "the first run drifted ({drift}); running it again crashed ({crash}), so the first run decides"
 DRIFT_NOTICE = "trial {trial_id}: the machine drifted during the run ({drift}){action}"
 NOISE_FLAGGED = "the noise floor is FLAGGED: {warning}"

@@ -26,7 +26,7 @@ from supervisor.core.failpoints import failpoint
 from supervisor.core.paths import RunPaths
 from supervisor.core.policy import KeepPolicy, Verdict
 from supervisor.core.types import UNSANDBOXED_PREFIX, RunState, Trial, TrialKind, TrialStatus, is_unsandboxed
-from supervisor.run.floor import floor_machine, noise_estimate
+from supervisor.run.floor import RERUN_SEED_BASE, floor_machine, noise_estimate, rerun_values
 from supervisor.run.sentinel import (
     MachineLoad,
     MachineSample,
@@ -55,7 +55,6 @@ PRIMARY_SEED = 42
 CONFIRM_SEED_BASE = 1000
 # An unchanged re-run of a keep is a new sample of its code, so it gets a seed of its own: this base, plus
 # 1000 x the keep's id, plus how many runs the keep has (no two re-runs of one keep share a seed).
-RERUN_SEED_BASE = 100_000
 METRIC_FLUSH_S = 1.0
 WARMUP_SAMPLES = 10  # the unmodified script's last warm-ups the allowance is calibrated from
 METRICS_KEPT_FULLY = 20_000  # a trial's metric records stored one for one; beyond, ever more thinly
@@ -80,7 +79,9 @@ class _Run:
     load: MachineLoad | None = None  # what other processes did while the deciding run ran
     drift: list[str] = field(default_factory=list)  # why the deciding run may measure the machine
     note: str = ""  # what happened before the deciding run (a drifted first run, run again)
-    first_run: str = ""  # the drifted first run's numbers, when a second run replaced it
+    first_run: str = ""  # the drifted first run's numbers, when a second run followed it
+    # The drifted first run's val_bpb: it counts beside the second run's, so a second draw is not a free retry.
+    earlier_values: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, str]:
         """The trial summary's supervisor.* fields about the machine and the re-run."""
@@ -288,7 +289,7 @@ class TrialExecutor:
         # The keep's own code run again is a sample of it (re-runs are samples): pooled, never judged as an idea.
         rerun_of = best if best is not None and best.commit_sha == parent_commit and not diff.strip() else None
         seed = PRIMARY_SEED if rerun_of is None else \
-            RERUN_SEED_BASE + 1000 * rerun_of.id + len(rerun_of.all_values)
+            RERUN_SEED_BASE + 1000 * rerun_of.id + len(rerun_of.all_values) + len(self._reruns(rerun_of))
         failpoint("before_commit")
         commit = ws.commit_trial(f"trial: {description}")
         failpoint("after_commit")
@@ -448,18 +449,21 @@ class TrialExecutor:
             return self._hold(parent_values, outcome.val_bpb, guard.findings)
         if run.rerun_of is not None:
             return self._pool(run.rerun_of, outcome.val_bpb, run.seed)
-        return self._decide(trial_id, parent_values, outcome.val_bpb)
+        return self._decide(trial_id, parent_values, outcome.val_bpb, run.earlier_values)
 
     # ---- re-runs and the speed sentinel (issue 16) ---------------------------------------------------------
+    def _reruns(self, keep: Trial) -> list[float]:
+        return rerun_values(self.ledger.finished_trials(), keep)
+
     def _pool(self, parent: Trial, value: float, seed: int) -> _Verdict:
-        """An unchanged re-run of a keep: its number joins the keep's runs (which later trials are compared
-        with) and the noise floor. Recorded as a discard, since nothing new is kept; the decision says why."""
+        """An unchanged re-run of a keep: a sample of its code, pooled with the keep's runs into the noise floor
+        and shown with them. Recorded as a discard, since nothing new is kept; the decision says why. Children
+        are still judged against the keep's own runs (floor.rerun_values says why)."""
         factor = self.config.floor_factor
-        before = parent.all_values
+        before = [*parent.all_values, *self._reruns(parent)]
         estimate = noise_estimate(self.ledger, self.config.budget_s)
         floor = None if estimate is None else estimate.floor(factor)
-        self.ledger.add_extra_value(parent.id, value)
-        after = noise_estimate(self.ledger, self.config.budget_s)
+        after = noise_estimate(self.ledger, self.config.budget_s, pending=(parent.id, value))
         mean = statistics.fmean(before)
         distance = value - mean
         if floor is None:
@@ -508,6 +512,7 @@ class TrialExecutor:
             run.note = prompts.DECISION_DRIFT_RERUN_CRASHED.format(drift=drift, crash=second.reason)
             return first, guard  # still drifted: the first run decides, flagged
         run.note = prompts.DECISION_DRIFT_RERUN.format(drift=drift, first=prompts.fmt(first.val_bpb))
+        run.earlier_values = [first.val_bpb]
         steps, tokens = summary_float(first.summary, "num_steps"), summary_float(first.summary, "tokens_per_s")
         run.first_run = f"val_bpb {prompts.fmt(first.val_bpb)}, steps {steps:g}, tokens/s {tokens:,.0f}" \
             if steps is not None and tokens is not None else f"val_bpb {prompts.fmt(first.val_bpb)}"
@@ -536,11 +541,15 @@ class TrialExecutor:
         return _Verdict(TrialStatus.HELD, False,
                         prompts.DECISION_HELD.format(count=len(findings), rules=rules, decision=decision.reason))
 
-    def _decide(self, trial_id: int, parent_values: list[float], value: float) -> _Verdict:
-        """The keep policy's verdict, after the confirmation re-runs it asks for."""
+    def _decide(self, trial_id: int, parent_values: list[float], value: float,
+                earlier: list[float] | None = None) -> _Verdict:
+        """The keep policy's verdict, after the confirmation re-runs it asks for. ``earlier``: values of this
+        trial's code measured before the deciding run (a drifted first run), which count with it."""
         policy = self.policy()
         sd = self.noise_sd()
-        values = [value]
+        for old in earlier or []:
+            self.ledger.add_extra_value(trial_id, old)
+        values = [value, *(earlier or [])]
         decision = policy.decide(parent_values, values, sd)
         if decision.verdict is Verdict.RETEST:
             self.bus.emit(ev.NOTICE, level="info", message=f"trial {trial_id}: {decision.reason}")

@@ -16,6 +16,9 @@ from supervisor.run.sentinel import MachineLoad
 from supervisor.store.ledger import Ledger
 
 CONDITIONS_KEY = "noise_conditions"
+# Seeds of unchanged re-runs of a keep: 100000 + 1000 x the keep's id + the run's number. A re-run is its own trial
+# (a discard, parent_trial = the keep) with a seed at or above this.
+RERUN_SEED_BASE = 100_000
 # Trials whose runs may form a group of identical code: judged, with a number (a crash has none).
 _GROUP_STATUSES = (TrialStatus.KEEP, TrialStatus.DISCARD, TrialStatus.HELD)
 
@@ -33,21 +36,45 @@ def conditions(ledger: Ledger, noise_id: int) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def same_code_groups(trials: Sequence[Trial], budget_s: float) -> list[tuple[float, ...]]:
-    """The val_bpb of each trial that ran its code more than once at this budget (a keep with unchanged re-runs
-    pooled into it, a trial with confirmation runs)."""
-    return [tuple(t.all_values) for t in trials
-            if t.kind == TrialKind.TRIAL and t.status in _GROUP_STATUSES and t.budget_s is not None
-            and abs(t.budget_s - budget_s) < 1e-6 and len(t.all_values) >= 2]
+def is_rerun(trial: Trial) -> bool:
+    return trial.seed is not None and trial.seed >= RERUN_SEED_BASE and trial.parent_trial is not None
 
 
-def noise_estimate(ledger: Ledger, budget_s: float) -> NoiseEstimate | None:
-    """The floor's noise at this budget, pooled with re-runs; None while no floor is measured (or given)."""
+def rerun_values(trials: Sequence[Trial], keep: Trial) -> list[float]:
+    """The val_bpb of the unchanged re-runs of ``keep``: samples of its code, kept apart from its own runs.
+
+    They feed the floor and what the agent is shown, never a child's decision: a trial knows its seed, so a keep
+    could do worse on purpose when re-run and make any later child look like a gain against a worse mean."""
+    return [t.val_bpb for t in trials if is_rerun(t) and t.parent_trial == keep.id and t.val_bpb is not None
+            and t.parent_commit == keep.commit_sha]
+
+
+def same_code_groups(trials: Sequence[Trial], budget_s: float,
+                     pending: tuple[int, float] | None = None) -> list[tuple[float, ...]]:
+    """The val_bpb of each trial that ran its code more than once at this budget: a keep with its unchanged
+    re-runs (and ``pending``, a re-run of keep id not recorded yet), a trial with its confirmation runs."""
+    groups = []
+    for t in trials:
+        if not (t.kind == TrialKind.TRIAL and t.status in _GROUP_STATUSES and t.budget_s is not None
+                and abs(t.budget_s - budget_s) < 1e-6) or is_rerun(t):
+            continue
+        values = [*t.all_values, *rerun_values(trials, t)]
+        if pending is not None and pending[0] == t.id:
+            values.append(pending[1])
+        if len(values) >= 2:
+            groups.append(tuple(values))
+    return groups
+
+
+def noise_estimate(ledger: Ledger, budget_s: float, pending: tuple[int, float] | None = None) -> NoiseEstimate | None:
+    """The floor's noise at this budget, pooled with re-runs; None while no floor is measured (or given).
+    ``pending``: (keep id, value) of a re-run not recorded yet, counted as if it were."""
     record = ledger.latest_noise(budget_s)
     if record is None:
         return None
     steps = conditions(ledger, record.id).get("steps") or []
-    return NoiseEstimate(tuple(record.values), record.sd, tuple(same_code_groups(ledger.finished_trials(), budget_s)),
+    groups = same_code_groups(ledger.finished_trials(), budget_s, pending)
+    return NoiseEstimate(tuple(record.values), record.sd, tuple(groups),
                          tuple(int(s) for s in steps if isinstance(s, int) and not isinstance(s, bool)))
 
 

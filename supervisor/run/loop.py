@@ -17,6 +17,7 @@ another process sends the same commands through the ledger's `commands` table.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -375,7 +376,8 @@ class Supervisor:
             return True
         self._last_outcomes = self._run_calls(turn.calls)
         self.files.append_transcript()
-        runaway = self.runaway.observe(turn.calls, self._last_outcomes)
+        runaway = self.runaway.observe(turn.calls, self._last_outcomes, reflection_due=ctx.obligation == "reflection",
+                                       script_digest=hashlib.sha256(self.executor.editable_text().encode()).hexdigest())
         if runaway is not None:
             self.record(f"runaway guard: {runaway.reason}")
             self.bus.emit(ev.NOTICE, level="warning", message=runaway.reason)

@@ -2,7 +2,8 @@
 
 A model that keeps calling a refused tool, or that reads and plans forever without ever running anything,
 costs money and GPU time and moves the research nowhere. Two rules, each counted from the last reply that
-made progress (a trial run, a journal entry, a reflection, or a successful edit):
+made progress (a trial run, a journal entry, a reflection that was due, or an edit that made a script not seen
+since the last trial: editing A to B and back again forever is no progress):
 
 - **no progress**: `stall_replies` replies in a row made none;
 - **repeats**: the same failing call (same tool, same arguments) came back `repeat_limit` times.
@@ -22,7 +23,7 @@ from supervisor.agents.base import ToolCall, ToolOutcome
 
 DEFAULT_STALL_REPLIES = 25  # a careful model reads and plans for a few replies; 25 without progress is a loop
 DEFAULT_REPEAT_LIMIT = 5    # the same refused call five times: the refusal is not being read
-PROGRESS_TOOLS = frozenset({"run_trial", "write_journal", "write_reflection", "edit_file"})
+RESEARCH_TOOLS = frozenset({"run_trial", "write_journal"})  # progress whenever they succeed
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,30 @@ class RunawayGuard:
         self.repeat_limit = repeat_limit
         self.replies_without_progress = 0
         self.failures: Counter[str] = Counter()
+        self.scripts_seen: set[str] = set()  # digests of the training script since the last trial or journal
 
     def reset(self) -> None:
         """Fresh counts: after progress, or when the person resumes a paused run."""
         self.replies_without_progress = 0
         self.failures.clear()
 
-    def observe(self, calls: Sequence[ToolCall], outcomes: Sequence[ToolOutcome]) -> Runaway | None:
-        """One reply's calls and their outcomes; a Runaway when the run must pause (the counts start again)."""
-        if any(o.ok and o.tool in PROGRESS_TOOLS for o in outcomes):
+    def _progressed(self, outcomes: Sequence[ToolOutcome], script_digest: str | None, reflection_due: bool) -> bool:
+        ok = {o.tool for o in outcomes if o.ok}
+        if ok & RESEARCH_TOOLS:
+            self.scripts_seen.clear()
+            return True
+        if "write_reflection" in ok and reflection_due:
+            return True
+        new_script = script_digest is None or script_digest not in self.scripts_seen
+        if script_digest is not None:
+            self.scripts_seen.add(script_digest)
+        return "edit_file" in ok and new_script
+
+    def observe(self, calls: Sequence[ToolCall], outcomes: Sequence[ToolOutcome], *,
+                script_digest: str | None = None, reflection_due: bool = False) -> Runaway | None:
+        """One reply's calls and their outcomes (and the training script's digest after them, and whether a
+        reflection was due); a Runaway when the run must pause (the counts start again)."""
+        if self._progressed(outcomes, script_digest, reflection_due):
             self.reset()
             return None
         self.replies_without_progress += 1

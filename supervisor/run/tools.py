@@ -664,6 +664,9 @@ class ToolBox:
         if message.acknowledged is not None:
             return ToolOutcome("acknowledge_steering", ok=True, content=prompts.STEERING_ALREADY_ACKNOWLEDGED.format(
                 steering_id=number, how=message.ack_how or "earlier"))
+        if message.delivered is None:  # typed while this reply was on its way: it has not been read yet
+            return ToolOutcome("acknowledge_steering", ok=False,
+                               content=prompts.NO_SUCH_STEERING.format(steering_id=number))
         reply = " ".join(args["reply"].split())
         if len(reply.split()) < MIN_FIELD_WORDS or reply.lower() in PLACEHOLDERS:
             return ToolOutcome("acknowledge_steering", ok=False, content=prompts.STEERING_REPLY_TOO_SHORT.format(

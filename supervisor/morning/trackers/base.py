@@ -34,7 +34,9 @@ _MODULES = {"trackio": ("trackio",), "wandb": ("wandb",), "mlflow": ("mlflow", "
 _BACKENDS = {"trackio": "supervisor.morning.trackers.trackio_backend",
              "wandb": "supervisor.morning.trackers.wandb_backend",
              "mlflow": "supervisor.morning.trackers.mlflow_backend"}
-_CREDENTIALS_IN_URL = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@]+@", re.IGNORECASE)
+# user:password@ in the authority, or a token, key, password or secret in the query string.
+_CREDENTIALS_IN_URL = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@]+@|[?&][^=&]*(token|key|pass|secret)[^=&]*=",
+                                 re.IGNORECASE)
 
 
 class TrackerError(UserError):
@@ -64,7 +66,7 @@ def tracker_spec(text: str) -> TrackerSpec:
     if sep and not store:
         raise argparse.ArgumentTypeError(f"nothing after '{name}=': give a folder (or an MLflow URI), "
                                          "or leave out the '='")
-    if _CREDENTIALS_IN_URL.match(store):
+    if _CREDENTIALS_IN_URL.search(store):
         # The spec is echoed in lines, logs and the UI loop's command line: a password must not be in it.
         raise argparse.ArgumentTypeError("the store URI carries credentials: give them to the tracker through "
                                          "its own settings instead (for MLflow, MLFLOW_TRACKING_USERNAME and "

@@ -134,6 +134,8 @@ def cost_summary(usage: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+_MAX_STEP = 2**53  # exact in a float, within int64: what every tracker takes as a step
+
 def history_row(metric: Mapping[str, Any], index: int, when: float | None = None) -> HistoryRow | None:
     """One metric row as a point of the loss curve; None for a row without a finite loss (a NaN ends a trial
     as a crash, which its summary says). A row without a step is placed at its position."""
@@ -141,8 +143,10 @@ def history_row(metric: Mapping[str, Any], index: int, when: float | None = None
     if not isinstance(loss, int | float) or isinstance(loss, bool) or _not_finite(float(loss)):
         return None
     step = metric.get("step")
-    return HistoryRow(step=int(step) if isinstance(step, int | float) and not _not_finite(float(step)) else index,
-                      values={HISTORY_METRIC: float(loss)}, time=when)
+    # The trial wrote the row: a step beyond int64 (1e300) would make every tracker refuse the run.
+    usable = (isinstance(step, int | float) and not isinstance(step, bool) and not _not_finite(float(step))
+              and 0 <= step < _MAX_STEP)
+    return HistoryRow(step=int(step) if usable else index, values={HISTORY_METRIC: float(loss)}, time=when)
 
 
 def history_rows(metrics: Sequence[Mapping[str, Any]], started: float | None = None) -> list[HistoryRow]:
