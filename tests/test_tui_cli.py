@@ -65,6 +65,13 @@ def test_loop_command_runs_exactly_the_configuration(tmp_path):
     args = cli.build_parser().parse_args(cmd[3:])
     assert args.headless and not args.resume
     assert cli._config_from_args(args).to_json() == config.to_json()
+    # Switches that are off travel as --no-X (they were dropped once, and the loop ran with them on).
+    switched = RunConfig(tag="sw", journals_root=tmp_path / "journals", cache_dir=tmp_path / "cache",
+                         source_dir=FAKE_SOURCE, warm_start=False, spend_limit=False, stall_replies=7,
+                         repeat_limit=0, max_tokens=1000, agent=f"script:{script}")
+    cmd = loop_command(switched, resume=False)
+    assert "--no-warm-start" in cmd and "--no-spend-limit" in cmd
+    assert cli._config_from_args(cli.build_parser().parse_args(cmd[3:])).to_json() == switched.to_json()
     (tmp_path / "repo").mkdir()  # the parser checks that an --upstream folder exists
     upstream = RunConfig(tag="up", journals_root=tmp_path / "journals", cache_dir=tmp_path / "cache",
                          upstream_repo=tmp_path / "repo", layout=Layout.upstream("uv run train.py"))

@@ -49,10 +49,10 @@ def loop_command(config: RunConfig, resume: bool) -> list[str]:
     for option, field_name in RUN_OPTIONS.items():
         value = getattr(config, field_name, None)
         flag = "--" + option.replace("_", "-")
-        if value is None or value is False:
+        if value is None:
             continue
-        if value is True:
-            cmd.append(flag)
+        if isinstance(value, bool):  # the switches are BooleanOptionalAction: --x and --no-x
+            cmd.append(flag if value else "--no-" + option.replace("_", "-"))
         else:
             cmd += [flag, str(value)]
     return cmd

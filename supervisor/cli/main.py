@@ -555,8 +555,9 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=positive_int, metavar="N",
                    help=f"stop the run cleanly once the agent has spent this many tokens, prompt and output "
                         f"(default {DEFAULT_MAX_TOKENS:,} for a model without a known price)")
-    p.add_argument("--no-spend-limit", dest="spend_limit", action="store_const", const=False, default=None,
-                   help="lift the default spend limit (a --max-cost or --max-tokens given still applies)")
+    p.add_argument("--spend-limit", action=argparse.BooleanOptionalAction, default=None,
+                   help="the default spend limit ($50, or 50M tokens without a known price); --no-spend-limit "
+                        "lifts it (a --max-cost or --max-tokens given still applies)")
     p.add_argument("--price", type=_price, metavar="IN,OUT",
                    help="dollars per million tokens for a model missing from the price table: "
                         "IN,OUT[,CACHE_READ,CACHE_WRITE]")
