@@ -100,6 +100,7 @@ class Supervisor:
         self.health = ApiHealth(self, outage_s=config.outage_s, probe_every_s=config.probe_every_s,
                                 max_cost=config.max_cost, spend=self._spend_so_far(), sleep=self._sleep)
         self.runaway = RunawayGuard(config.stall_replies, config.repeat_limit)
+        self._loop_thread: threading.Thread | None = None  # the thread in run(), once it runs
         if hasattr(agent, "on_text"):  # a streaming agent: the UI shows its words as they come
             agent.on_text = self._reply_piece
 
@@ -222,7 +223,9 @@ class Supervisor:
             self._stop = True
             self._control.notify_all()
         self.executor.trial_stop.set()
-        if self.state == RunState.RUNNING:  # a reply is on its way: say that the stop is heard
+        # A reply is on its way: say that the stop is heard. Not from the loop's own thread (a signal handler), which
+        # may have interrupted that thread's ledger transaction; Ctrl+C prints its own line.
+        if self.state == RunState.RUNNING and threading.current_thread() is not self._loop_thread:
             try:
                 self.ledger.set_state(RunState.RUNNING, STOPPING_DETAIL)
             except (OSError, sqlite3.Error):
@@ -279,6 +282,7 @@ class Supervisor:
     # ---- the main loop --------------------------------------------------------------------------------------
     def run(self) -> RunState:
         """Drive the agent until the trial budget is spent, the agent is done, or a stop. Returns the end state."""
+        self._loop_thread = threading.current_thread()
         poller = threading.Thread(target=self._command_thread, name="commands", daemon=True)
         poller.start()
         end = RunState.STOPPED
