@@ -149,6 +149,38 @@ def test_sigkill_mid_trial_then_resume_loses_nothing(tmp_path):
     assert len(transcript) == len(ledger.turns())
 
 
+def test_ctrl_c_stops_a_headless_run_cleanly_and_resume_goes_on(tmp_path):
+    """SIGINT (Ctrl+C) mid-trial: a line that says how to go on, a clean stop with no traceback, and --resume
+    finishes the night."""
+    source, common = _setup(tmp_path, sleep=0.3)
+    ledger_path = tmp_path / "journals/c/ledger.sqlite"
+    proc = _start(_run_args(source, common, "c", "--max-trials", "3"))
+    try:
+        def a_trial_running() -> bool:
+            if not ledger_path.exists():
+                return False
+            ledger = Ledger(ledger_path, readonly=True)
+            try:
+                return bool(ledger.running_trials())
+            finally:
+                ledger.close()
+
+        assert _wait(a_trial_running), "no trial started"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "SIGINT: stopping the run" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    status = json.loads(cli("status", "--tag", "c", "--json", *common).stdout)
+    assert status["state"] == "stopped"
+    resumed = cli(*_run_args(source, common, "c", "--max-trials", "3", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed run c: " in resumed.stdout + resumed.stderr
+    assert json.loads(cli("status", "--tag", "c", "--json", *common).stdout)["state"] == "finished"
+
+
 def test_second_supervisor_on_a_live_run_is_refused(tmp_path):
     # ~4 s a trial, ~20 s in all: the run must still be live when the second supervisor and the steering
     # arrive, each a fresh interpreter that takes seconds on a loaded machine.
