@@ -91,8 +91,24 @@ def pooled_sd(groups: Sequence[tuple[float, int]]) -> float | None:
     return math.sqrt(sum((n - 1) * (sd or 0.0) ** 2 for sd, n in checked) / freedom)
 
 
+class _Floor:
+    """A floor from a spread: factor x sd, and whether the seeds' step counts say it measured the machine."""
+
+    sd: float | None
+    steps: Sequence[int | None]
+
+    def floor(self, factor: float = DEFAULT_FLOOR_FACTOR) -> float | None:
+        sd = self.sd
+        return None if sd is None else _check_factor(factor) * sd
+
+    @property
+    def steps_warning(self) -> str | None:
+        """Why this floor measures the machine as well as the seed, or None."""
+        return uneven_steps(self.steps)
+
+
 @dataclass
-class NoiseMeasurement:
+class NoiseMeasurement(_Floor):
     """val_bpb of R repeats of identical code with different seeds, on one budget and one platform.
 
     Crashed repeats are left out by the caller; every value here must be finite. ``steps``: how many training
@@ -129,14 +145,6 @@ class NoiseMeasurement:
     def range(self) -> float | None:
         return max(self.values) - min(self.values) if self.values else None
 
-    def floor(self, factor: float = DEFAULT_FLOOR_FACTOR) -> float | None:
-        sd = self.sd
-        return None if sd is None else _check_factor(factor) * sd
-
-    @property
-    def steps_warning(self) -> str | None:
-        """Why this floor measures the machine as well as the seed, or None."""
-        return uneven_steps(self.steps)
 
     def describe(self, factor: float = DEFAULT_FLOOR_FACTOR) -> str:
         """One line for the journal and the UI."""
@@ -153,7 +161,7 @@ class NoiseMeasurement:
 
 
 @dataclass(frozen=True)
-class NoiseEstimate:
+class NoiseEstimate(_Floor):
     """The noise a decision uses: a floor's seeds pooled with the groups of identical-code re-runs since.
 
     ``seeds_sd`` is the sd stored with the measurement (a floor given by the person has an sd and no seeds: it
@@ -188,13 +196,6 @@ class NoiseEstimate:
         seeds = _check_sd(self.seeds_sd)
         return pooled if seeds is None or pooled is None else max(seeds, pooled)
 
-    def floor(self, factor: float = DEFAULT_FLOOR_FACTOR) -> float | None:
-        sd = self.sd
-        return None if sd is None else _check_factor(factor) * sd
-
-    @property
-    def steps_warning(self) -> str | None:
-        return uneven_steps(self.steps)
 
     def describe(self, factor: float = DEFAULT_FLOOR_FACTOR) -> str:
         """One line: the floor, what it is pooled from, and its flag."""
