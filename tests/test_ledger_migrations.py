@@ -21,7 +21,7 @@ from supervisor.store.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, LedgerEr
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TABLES = ("meta", "run", "trials", "metrics", "journal", "reflections", "triggers", "plans", "steering", "turns",
-          "noise", "commands")
+          "noise", "commands", "repeats", "transfer_runs")
 OLD_VERSIONS = (1, 2)
 
 
@@ -46,7 +46,7 @@ def raw_facts(path: Path) -> dict[str, object]:
         meta = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return {"user_version": db.execute("PRAGMA user_version").fetchone()[0],
                 "meta_version": int(meta[0]) if meta else None, "tables": tables,
-                "counts": {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES},
+                "counts": {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES if t in tables},
                 "trial_columns": [r[1] for r in db.execute("PRAGMA table_info(trials)")]}
     finally:
         db.close()
@@ -122,7 +122,7 @@ def test_an_old_ledger_opens_for_writing_upgraded_with_every_row(tmp_path, versi
 
     after = raw_facts(path)
     assert after["user_version"] == SCHEMA_VERSION and after["meta_version"] == SCHEMA_VERSION
-    assert after["counts"] == before["counts"]
+    assert after["counts"] == {**before["counts"], "repeats": 0, "transfer_runs": 0}  # two new, empty tables
     assert {"pid", "suspicions", "sandbox"} <= set(after["trial_columns"])
     backup = path.with_name(f"ledger.sqlite.bak-v{version}")
     if version < SCHEMA_VERSION:  # a real step ran: the file as it was is kept beside it
@@ -294,3 +294,37 @@ def test_a_read_only_open_of_a_file_without_ledger_tables_says_it_cannot_be_read
     with pytest.raises(LedgerError, match="cannot be read \\(it holds no ledger tables\\)"):
         Ledger(path, readonly=True)
     assert sha256(path) == digest
+
+
+def test_a_schema_3_ledger_reads_without_the_audit_and_upgrades_to_keep_it(tmp_path):
+    """ledger_v3.sqlite (commit e235808, PRAGMA user_version 3): read-only it has no audit scores, repeats or
+    transfer runs and is left as it is; opened for writing it gains them, with a copy of the file kept."""
+    run_dir = tmp_path / "journals" / "fixture"
+    run_dir.mkdir(parents=True)
+    path = run_dir / "ledger.sqlite"
+    shutil.copyfile(FIXTURES / "ledger_v3.sqlite", path)
+    digest = sha256(path)
+    reader = Ledger(path, readonly=True)
+    try:
+        assert reader.schema_version == 3
+        assert_fixture_content(reader)
+        assert [t.audit_val_bpb for t in reader.trials()] == [None] * 4
+        assert reader.repeats() == [] and reader.transfer_runs() == []
+    finally:
+        reader.close()
+    assert sha256(path) == digest
+
+    writer = Ledger(path)
+    try:
+        assert writer.schema_version == SCHEMA_VERSION
+        writer.set_audit(1, 1.2345)
+        writer.add_repeat(1, "exact", "the same idea again")
+        run = writer.start_transfer_run(scale="depth x2", scale_json={"depth_factor": 2}, trial_id=1,
+                                        commit_sha="abc", seed=7)
+        assert writer.abort_running_transfer_runs("the transfer check died") == [run]
+        assert writer.trial(1).audit_val_bpb == 1.2345
+        assert [r.match for r in writer.repeats()] == ["exact"]
+        assert writer.transfer_runs("depth x2")[0].status == "aborted"
+    finally:
+        writer.close()
+    assert path.with_name("ledger.sqlite.bak-v3").exists()

@@ -114,6 +114,10 @@ class Trial:
     suspicions: tuple[str, ...] = ()
     # How the trial's process was confined: "bwrap", ..., or "none: <why>"; None when not recorded (old ledgers).
     sandbox: str | None = None
+    # val_bpb on the audit split (never used for a decision; scored for keeps); None when not scored.
+    audit_val_bpb: float | None = None
+    audit_note: str | None = None  # why a keep has no audit score (an old cache, an evaluator failure)
+    retest_of: int | None = None  # the earlier trial whose diff this one deliberately ran again
 
     @property
     def unsandboxed(self) -> bool:
@@ -213,6 +217,44 @@ class Turn:
     input: Any
     refused: bool
     usage: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RepeatRecord:
+    """A submission refused because it repeated an earlier trial's diff (the run_trial tool's no-repeat rule)."""
+
+    id: int
+    created: float
+    earlier_trial: int
+    match: str  # "exact" | "near"
+    description: str
+
+
+class TransferStatus(StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    CRASH = "crash"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class TransferRun:
+    """One run of a keep's (or the chain's root's) code at a larger scale, by `autoresearch transfer`."""
+
+    id: int
+    created: float
+    scale: str  # the scale's key: runs at one scale compare only with each other
+    scale_json: dict
+    trial_id: int  # the trial whose code ran
+    commit_sha: str
+    seed: int
+    status: TransferStatus
+    val_bpb: float | None = None
+    reason: str | None = None
+    wall_seconds: float | None = None
+    pid: int | None = None
+    started: float | None = None
+    finished: float | None = None
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,12 @@ from supervisor.core.types import (
     Plan,
     PlanStatus,
     Reflection,
+    RepeatRecord,
     RunRecord,
     RunState,
     Steering,
+    TransferRun,
+    TransferStatus,
     Trial,
     TrialKind,
     TrialStatus,
@@ -223,6 +226,40 @@ def _add_steering_acknowledgement(db: sqlite3.Connection) -> None:
     _add_missing_columns(db, "steering", (("acknowledged", "REAL"), ("ack_how", "TEXT"), ("ack_note", "TEXT")))
 
 
+AUDIT_REPEATS_TRANSFER = """
+CREATE TABLE IF NOT EXISTS repeats (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    earlier_trial INTEGER NOT NULL,              -- the trial the refused submission repeated
+    match TEXT NOT NULL,                         -- exact | near
+    description TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS transfer_runs (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    scale TEXT NOT NULL,                         -- the scale's key: runs compare only within one
+    scale_json TEXT NOT NULL DEFAULT '{}',
+    trial_id INTEGER NOT NULL,                   -- the trial whose code ran (a keep, or the chain's root)
+    commit_sha TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL,                        -- running | ok | crash | aborted
+    val_bpb REAL,
+    reason TEXT,
+    wall_seconds REAL,
+    pid INTEGER,
+    started REAL,
+    finished REAL
+);
+"""
+
+
+def _add_audit_repeats_transfer(db: sqlite3.Connection) -> None:
+    _add_missing_columns(db, "trials", (("audit_val_bpb", "REAL"), ("audit_note", "TEXT"),
+                                        ("retest_of", "INTEGER")))
+    for statement in _statements(AUDIT_REPEATS_TRANSFER):
+        db.execute(statement)
+
+
 # Strictly ascending, never renumbered or edited once released: a ledger records the last step it has.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the first ledger: meta, run, trials, metrics, journal, reflections, triggers, plans, "
@@ -231,6 +268,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "trials.sandbox (how a trial was confined); the status 'held'", _add_trial_pid_suspicions_sandbox),
     Migration(3, "steering.acknowledged, ack_how, ack_note: a message stays in the agent's prompt until it is "
                  "acknowledged", _add_steering_acknowledgement),
+    Migration(4, "trials.audit_val_bpb, audit_note (the audit split's score of a keep), trials.retest_of (a "
+                 "deliberate re-test); the tables repeats (refused repeats) and transfer_runs (the scale-transfer "
+                 "check)", _add_audit_repeats_transfer),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -302,7 +342,8 @@ def _trial_from_row(row: sqlite3.Row) -> Trial:
     data["summary"] = json.loads(data["summary"] or "{}")
     data["platform"] = json.loads(data["platform"] or "{}")
     data["suspicions"] = tuple(json.loads(data.get("suspicions") or "[]"))
-    data.setdefault("sandbox", None)  # a ledger older than the column, opened read-only: unknown
+    for column in ("sandbox", "audit_val_bpb", "audit_note", "retest_of"):
+        data.setdefault(column, None)  # a ledger older than the column, opened read-only: unknown
     data["flagged"] = bool(data["flagged"])
     return Trial(**data)
 
@@ -741,6 +782,67 @@ class Ledger:
             rows = self._query("SELECT * FROM noise WHERE abs(budget_s - ?) < 1e-6 ORDER BY id DESC LIMIT 1",
                                (budget_s,))
         return _noise_from_row(rows[0]) if rows else None
+
+    # ---- the audit split, repeats, the transfer check (schema 4; an older ledger read-only has none) ------------
+    def set_audit(self, trial_id: int, audit_val_bpb: float | None, note: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE trials SET audit_val_bpb=?, audit_note=? WHERE id=?", (audit_val_bpb, note, trial_id))
+
+    def set_retest_of(self, trial_id: int, earlier_trial: int | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE trials SET retest_of=? WHERE id=?", (earlier_trial, trial_id))
+
+    def add_repeat(self, earlier_trial: int, match: str, description: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO repeats (created, earlier_trial, match, description) VALUES (?,?,?,?)",
+                             (time.time(), earlier_trial, match, description))
+            return int(cur.lastrowid)
+
+    def repeats(self) -> list[RepeatRecord]:
+        """Submissions refused as repeats of an earlier trial, oldest first."""
+        if self.schema_version < 4:
+            return []
+        return [RepeatRecord(**dict(r)) for r in self._query("SELECT * FROM repeats ORDER BY id")]
+
+    def start_transfer_run(self, *, scale: str, scale_json: dict, trial_id: int, commit_sha: str, seed: int) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO transfer_runs (created, scale, scale_json, trial_id, commit_sha, seed, status, started)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (time.time(), scale, json.dumps(scale_json, sort_keys=True), trial_id, commit_sha, seed,
+                 TransferStatus.RUNNING, time.time()))
+            return int(cur.lastrowid)
+
+    def set_transfer_pid(self, run_id: int, pid: int | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE transfer_runs SET pid=? WHERE id=?", (pid, run_id))
+
+    def finish_transfer_run(self, run_id: int, *, status: TransferStatus, val_bpb: float | None = None,
+                            reason: str | None = None, wall_seconds: float | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE transfer_runs SET status=?, val_bpb=?, reason=?, wall_seconds=?, finished=? "
+                       "WHERE id=?", (TransferStatus(status), val_bpb, reason, wall_seconds, time.time(), run_id))
+
+    def abort_running_transfer_runs(self, reason: str) -> list[int]:
+        """Runs left 'running' by a transfer that died: aborted (their numbers never arrived)."""
+        if self.schema_version < 4:
+            return []
+        with self.transaction() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM transfer_runs WHERE status=?", (TransferStatus.RUNNING,))]
+            db.execute("UPDATE transfer_runs SET status=?, reason=?, finished=? WHERE status=?",
+                       (TransferStatus.ABORTED, reason, time.time(), TransferStatus.RUNNING))
+            return ids
+
+    def transfer_runs(self, scale: str | None = None) -> list[TransferRun]:
+        """The transfer check's runs, oldest first; of one scale when given."""
+        if self.schema_version < 4:
+            return []
+        if scale is None:
+            rows = self._query("SELECT * FROM transfer_runs ORDER BY id")
+        else:
+            rows = self._query("SELECT * FROM transfer_runs WHERE scale=? ORDER BY id", (scale,))
+        return [TransferRun(**{**dict(r), "scale_json": json.loads(r["scale_json"] or "{}"),
+                               "status": TransferStatus(r["status"])}) for r in rows]
 
     # ---- commands from other processes ------------------------------------------------------------------------
     def send_command(self, command: str, arg: str = "") -> int:
