@@ -299,8 +299,9 @@ STATUS_RECORD_KEYS = (
     "id", "kind", "commit", "parent_commit", "parent_trial", "description", "category", "status", "val_bpb",
     "extra_values", "delta", "flagged", "decision", "crash_reason", "journal", "budget_s", "training_seconds",
     "wall_seconds", "num_steps", "tokens_per_s", "mfu_percent", "peak_vram_mb", "platform", "suspicious", "sandbox",
-    "usage",
+    "usage", "audit_val_bpb", "audit_note", "retest_of",
 )
+# The audit split's score is never the agent's to see (it would become a second validation split to tune on).
 AGENT_RECORD_KEYS = (
     "id", "status", "commit", "parent_trial", "description", "category", "val_bpb", "parent_val_bpb", "delta",
     "flagged", "decision", "crash_reason", "num_steps", "tokens_per_s", "mfu_percent", "peak_vram_mb",
@@ -326,6 +327,7 @@ def trial_record(t: Trial, *, for_agent: bool = False, journal: bool = False,
         "num_steps": t.num_steps, "tokens_per_s": t.tokens_per_s, "mfu_percent": t.mfu_percent,
         "peak_vram_mb": t.peak_vram_mb, "platform": t.platform, "suspicious": list(t.suspicions),
         "sandbox": t.sandbox, "usage": usage, "log_tail": t.log_tail[-AGENT_LOG_TAIL_CHARS:],
+        "audit_val_bpb": t.audit_val_bpb, "audit_note": t.audit_note, "retest_of": t.retest_of,
     }
     return {key: values[key] for key in (AGENT_RECORD_KEYS if for_agent else STATUS_RECORD_KEYS)}
 
