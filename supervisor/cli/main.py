@@ -75,7 +75,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 # Commands that live in their own modules: each module has `register(subparsers)`, which adds its
 # parsers and sets `func`. Keeps this file thin as features arrive.
-COMMAND_MODULES: list[str] = ["supervisor.cli.doctor", "supervisor.morning.commands", "supervisor.cli.tui_commands"]
+COMMAND_MODULES: list[str] = ["supervisor.cli.doctor", "supervisor.morning.commands", "supervisor.cli.tui_commands",
+                               "supervisor.cli.transfer_command"]
 
 
 # ---- helpers --------------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ RUN_OPTIONS = {
     "memory_limit_mb": "memory_limit_mb", "agent": "agent", "model": "model", "base_url": "base_url",
     "max_cost": "max_cost", "price": "price", "outage_pause": "outage_s", "warm_start": "warm_start",
     "stall_replies": "stall_replies", "repeat_limit": "repeat_limit", "budget_tokens": "budget_tokens",
-    "max_tokens": "max_tokens", "spend_limit": "spend_limit",
+    "max_tokens": "max_tokens", "spend_limit": "spend_limit", "transfer_at_end": "transfer_at_end",
 }
 
 
@@ -594,6 +595,9 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None,
                    help="start the next trial's Python and its imports while the agent is still writing "
                         "(default on; --no-warm-start starts every trial cold)")
+    p.add_argument("--transfer-at-end", action=argparse.BooleanOptionalAction, default=None,
+                   help="when the night finishes (its trial budget spent), run the scale-transfer check on its "
+                        "keeps at the default larger scale, as `autoresearch transfer` does (default off)")
 
 
 def _add_run_and_demo(sub: argparse._SubParsersAction) -> None:

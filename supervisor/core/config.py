@@ -280,6 +280,7 @@ class RunConfig:
     device: str = "auto"
     memory_limit_mb: int | None = None
     warm_start: bool = True  # start the next trial's interpreter while the agent writes (supervisor/trial/warm_start.py)
+    transfer_at_end: bool = False  # when the night finishes, run the scale-transfer check (supervisor/run/transfer.py)
     sandbox: str = "auto"  # auto | bwrap | off: the OS sandbox of every trial (supervisor/trial/sandbox.py)
     agent: str = "offline"
     model: str | None = None

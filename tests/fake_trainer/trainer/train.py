@@ -1,6 +1,6 @@
 """A stand-in trainer for the loop's tests: follows the trainer contract, trains nothing, runs in 1 s.
 
-val_bpb is a smooth function of the constants below (best at LR = 0.04, WIDTH = 64) plus seeded
+val_bpb is a smooth function of the constants below (best at LR = 0.08 / DEPTH, WIDTH = 64) plus seeded
 noise of NOISE_SD, so tests know the ground truth. Edits to the MODE constant make it misbehave the
 way real trials do (hang, crash, nan, no summary, forged summary).
 """
@@ -17,6 +17,7 @@ from prepare import hand_over
 PROFILE = "small"
 LR = 0.02  # learning rate
 WIDTH = 32  # model width
+DEPTH = 2  # model depth: the best learning rate halves as the depth doubles (a scale the transfer check changes)
 STEPS = 10  # metric lines to stream
 TOKENS_PER_STEP = 1000  # tokens one step trains on (under a token budget, the budget sets the steps)
 NOISE_SD = 0.0  # run-to-run noise of val_bpb
@@ -89,7 +90,7 @@ if MODE == "hang":
 if MODE == "slow":
     time.sleep(budget)
 
-val_bpb = 1.5 + 0.05 * math.log2(LR / 0.04) ** 2 + 0.02 * math.log2(WIDTH / 64) ** 2 + rng.gauss(0, NOISE_SD)
+val_bpb = 1.5 + 0.05 * math.log2(LR / (0.08 / DEPTH)) ** 2 + 0.02 * math.log2(WIDTH / 64) ** 2 + rng.gauss(0, NOISE_SD)
 val_bpb += 0.05 * math.log2(slowdown)
 if MODE == "nosummary":  # exits 0 with no model and no summary
     sys.exit(0)
