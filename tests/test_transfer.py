@@ -247,3 +247,56 @@ def test_transfer_at_end_runs_the_check_when_the_night_finishes(tmp_path):
         assert any("scale-bound" in m for m in notices)
     finally:
         ledger.close()
+
+
+def test_the_report_has_a_transfer_section_and_chart_and_says_how_to_check_when_unchecked(tmp_path):
+    from supervisor.morning.report import write_report
+
+    config, _, _ = _night(tmp_path)
+    ledger = Ledger(config.run_dir / "ledger.sqlite", readonly=True)
+    try:
+        unchecked = write_report(ledger, tmp_path / "before", png=False)
+    finally:
+        ledger.close()
+    text = unchecked.markdown.read_text()
+    assert "## Scale transfer" in text and f"autoresearch transfer --tag {config.tag}" in text
+    assert "transfer" not in unchecked.chart_names
+    sup = Supervisor(config, CallbackAgent(lambda ctx, n: None), resume=True)
+    try:
+        sup.transfer_check(plan_transfer(sup.ledger, Scale(2, 1), seeds=2))
+    finally:
+        sup.close()
+    ledger = Ledger(config.run_dir / "ledger.sqlite", readonly=True)
+    try:
+        checked = write_report(ledger, tmp_path / "after", png=False)
+    finally:
+        ledger.close()
+    text = checked.markdown.read_text()
+    assert "**DEPTH x2** (1 scale-stable, 1 scale-bound, 0 unknown" in text
+    assert "| 2 | learning rate up |" in text and "| scale-bound |" in text
+    assert "| 3 | wider model |" in text and "| scale-stable |" in text
+    assert "transfer" in checked.chart_names and (tmp_path / "after" / "charts" / "transfer.svg").is_file()
+
+
+@pytest.mark.asyncio
+async def test_the_morning_review_shows_each_keeps_label_in_a_scale_column(tmp_path):
+    from supervisor.tui.screens import ReviewScreen
+    from tests.test_tui_app import make_app, until
+
+    config, _, _ = _night(tmp_path)
+    sup = Supervisor(config, CallbackAgent(lambda ctx, n: None), resume=True)
+    try:
+        sup.transfer_check(plan_transfer(sup.ledger, Scale(2, 1), seeds=2))
+    finally:
+        sup.close()
+    app = make_app(config.run_dir, review=True)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, lambda: app.view.tag == config.tag, what="the run loaded")
+        await until(pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.table().row_count == 3,
+                    what="the trials listed")
+        table = app.screen.table()
+        assert "scale" in table.shown_columns
+        column = table.shown_columns.index("scale")
+        cells = {row: str(table.get_row(row)[column]) for row in ("1", "2", "3")}
+        assert cells == {"1": "", "2": "bound", "3": "stable"}
+        await pilot.press("q")

@@ -21,6 +21,7 @@ from typing import Any
 
 from supervisor.core.categories import CATEGORIES, LABELS, Category, trial_category
 from supervisor.core.config import RunConfig
+from supervisor.core.transfer import TransferResult
 from supervisor.core.types import (
     FINISHED_STATUSES,
     JournalEntry,
@@ -34,6 +35,7 @@ from supervisor.core.types import (
     TrialKind,
     TrialStatus,
 )
+from supervisor.run.transfer import transfer_results
 from supervisor.store.ledger import Ledger
 
 IMPORTED_STATE = RunState.IMPORTED  # kept for old imports: the state is RunState.IMPORTED
@@ -120,6 +122,7 @@ class RunView:
     steering: list[Steering]
     noise_by_budget: dict[float, NoiseRecord] = field(default_factory=dict)
     noise_rows: list[NoiseRecord] = field(default_factory=list)
+    transfer: list[TransferResult] = field(default_factory=list)  # the scale-transfer checks, one per scale
 
     @classmethod
     def from_ledger(cls, ledger: Ledger) -> RunView:
@@ -137,6 +140,7 @@ class RunView:
             journal={j.trial_id: j for j in ledger.journal_entries()},
             reflections=ledger.reflections(), plans=ledger.plans(), steering=ledger.steering(),
             noise_by_budget=noise_by_budget, noise_rows=ledger.noise_records(),
+            transfer=transfer_results(ledger, config.floor_factor),
         )
 
     # -- what kind of run ----------------------------------------------------------------------------------

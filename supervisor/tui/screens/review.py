@@ -90,7 +90,7 @@ class ReviewScreen(RunScreen):
     def update_view(self, view: st.RunView, changed: frozenset[str]) -> None:
         self.query_one(StatusBar).show(view)
         if st.STATUS in changed:
-            self.table().show(view.trials)
+            self.table().show(view.trials, scale_labels(view.status))
             self.query_one(TrajectoryChart).show(view.trials, view.noise_floor)
             self.query_one(FlaggedTable).show(view.flagged, view.noise_floor)
             self.query_one("#plans-md", Markdown).update(plans_markdown(view.plans))
@@ -130,6 +130,16 @@ class ReviewScreen(RunScreen):
         self.query_one("#detail").border_title = f"trial {trial.id} · diff against its parent"
         self.query_one("#detail-head", Static).update(trial_summary(trial, palette(self.app), compact=True))
         self.query_one("#detail-diff", DiffView).show(trial.diff, f"trial {trial.id} changed nothing")
+
+
+def scale_labels(status: dict) -> dict[int, str]:
+    """Each keep's scale-transfer label, from `status --json` (the last scale it was checked at)."""
+    labels: dict[int, str] = {}
+    for record in status.get("trials") or []:
+        transfer = record.get("transfer") if isinstance(record, dict) else None
+        if isinstance(transfer, dict) and transfer:
+            labels[int(record["id"])] = str(list(transfer.values())[-1])
+    return labels
 
 
 def plans_markdown(plans: list[Plan]) -> str:

@@ -46,7 +46,9 @@ class ExperimentsTable(ThemedMixin, DataTable):
     # (key, header, width). The description's width is what the others leave (_fit_description).
     COLUMNS = (("id", "id", 4), ("status", "status", 9), ("val_bpb", "val_bpb", 7), ("delta", "delta", 8),
                ("steps", "steps", 5), ("MFU", "MFU", 4), ("VRAM", "VRAM", 7), ("flag", "⚑", 2),
-               ("description", "description", 24))
+               ("scale", "scale", 6), ("description", "description", 24))
+    # The scale-transfer label of a keep (`autoresearch transfer`), shown once a keep has one (the review screen).
+    SCALE_WORDS = {"scale-stable": "stable", "scale-bound": "bound", "unknown": "?"}
     # Shown only once a trial has the number (a CPU reports neither): the description gets their room.
     OPTIONAL = {"MFU": "mfu_percent", "VRAM": "peak_vram_mb"}  # column -> the Trial attribute it shows
     MIN_DESCRIPTION = 20
@@ -74,6 +76,7 @@ class ExperimentsTable(ThemedMixin, DataTable):
         self._cells: dict[str, tuple] = {}
         self._follow = True  # keep the newest trial in view until the person moves the cursor
         self.shown_columns: tuple[str, ...] = ()
+        self.scale_labels: dict[int, str] = {}  # trial id -> its transfer label at the last scale checked
 
     def on_mount(self) -> None:
         self.watch_theme()
@@ -83,7 +86,8 @@ class ExperimentsTable(ThemedMixin, DataTable):
         # Judged on every trial, not the filtered ones, so a filter does not make columns come and go.
         # A zero is no reading either (a trainer on a CPU may print peak_vram_mb: 0.0).
         return tuple(key for key, _, _ in self.COLUMNS
-                     if key not in self.OPTIONAL or any(getattr(t, self.OPTIONAL[key]) for t in self.trials))
+                     if (key != "scale" or self.scale_labels)
+                     and (key not in self.OPTIONAL or any(getattr(t, self.OPTIONAL[key]) for t in self.trials)))
 
     def _set_columns(self) -> None:
         self.shown_columns = self._wanted_columns()
@@ -125,8 +129,9 @@ class ExperimentsTable(ThemedMixin, DataTable):
             self.refresh()
         self.call_after_refresh(self._keep_cursor_in_view)
 
-    def show(self, trials: list[Trial]) -> None:
+    def show(self, trials: list[Trial], scale_labels: dict[int, str] | None = None) -> None:
         self.trials = trials
+        self.scale_labels = scale_labels or {}
         self._rebuild()
         if self.is_mounted:
             self._fit_description()  # a longer description may widen a scrolled column
@@ -179,9 +184,15 @@ class ExperimentsTable(ThemedMixin, DataTable):
             "MFU": Text(fmt.num(t.mfu_percent, 1, ""), justify="right"),
             "VRAM": Text(fmt.mb(t.peak_vram_mb, ""), justify="right"),
             "flag": Text(flag, style=f"bold {c['accent']}" if t.flagged else f"bold {c['error']}"),
+            "scale": self._scale_cell(t, c),
             "description": description_cell(t, c),
         }
         return tuple(cells[key] for key in self.shown_columns)
+
+    def _scale_cell(self, t: Trial, c: dict[str, str]) -> Text:
+        label = self.scale_labels.get(t.id)
+        style = {"scale-stable": c["success"], "scale-bound": f"bold {c['error']}"}.get(label or "", "dim")
+        return Text(self.SCALE_WORDS.get(label or "", ""), style=style)
 
     def _rebuild(self, force: bool = False) -> None:
         if not self.is_mounted:
