@@ -32,7 +32,7 @@ from tests.loop_support import FAKE_SOURCE, PROJECT, cli, write_script
 # ---- the parser, walked -------------------------------------------------------------------------------------
 NUMBER_TYPES = {cfg.positive_int, cfg.non_negative_int, cfg.repeat_count, cfg.noise_repeat_count, cfg.memory_limit_mb,
                 cfg.port_number, cfg.finite_positive_float, cfg.non_negative_float, cfg.grace_seconds,
-                cfg.finite_float_list, cli_module.shard_count, cli_module._price, morning_cli.noise_values}
+                cfg.finite_float_list, cfg.python_name, cfg.constant_setting, cli_module.shard_count, cli_module._price, morning_cli.noise_values}
 PATH_TYPES = {cfg.absolute_path, cfg.existing_folder, cfg.existing_file, morning_cli._output_path,
               cli_module.prepare_source}
 PATH_OPTIONS = {"journals", "cache", "trainer_dir", "upstream", "repo", "output", "results", "source"}

@@ -226,7 +226,7 @@ def test_the_cli_plans_runs_and_refuses_a_bad_scale_in_one_line(tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert "keeps judged: 2 (2, 3)" in dry.stderr and "runs: 6 to go" in dry.stderr
     bad = cli("transfer", *common, "--set", "LR=os.system('rm')")
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not a Python literal" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a Python literal" in bad.stderr
     done = cli("transfer", *common, "--seeds", "2", "--budget-factor", "1", "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)

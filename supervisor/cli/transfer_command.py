@@ -14,7 +14,6 @@ from supervisor.core.transfer import (
     DEFAULT_TRANSFER_SEEDS,
     Scale,
     ScaleError,
-    parse_override,
 )
 from supervisor.core.types import RunState
 
@@ -25,7 +24,7 @@ class TransferError(UserError):
 
 def _scale(args: argparse.Namespace) -> Scale:
     try:
-        overrides = tuple(parse_override(text) for text in args.set or ())
+        overrides = tuple(args.set or ())
         return Scale(args.depth_factor, args.budget_factor, args.depth_name, overrides)
     except ScaleError as exc:
         raise TransferError(str(exc)) from None
@@ -73,48 +72,35 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from supervisor.cli.main import _add_common, tag_name
+    from supervisor.cli.main import _add_common
+    from supervisor.core.config import (
+        constant_setting,
+        finite_positive_float,
+        positive_int,
+        python_name,
+        tag_name,
+    )
 
     p = subparsers.add_parser(
         "transfer", help="re-run the chain of keeps at a larger scale and label each scale-stable, scale-bound or "
                          "unknown")
     _add_common(p)
     p.add_argument("--tag", required=True, type=tag_name, help="the run whose keeps are checked")
-    p.add_argument("--depth-factor", type=_positive_float, default=DEFAULT_DEPTH_FACTOR,
+    p.add_argument("--depth-factor", type=finite_positive_float, default=DEFAULT_DEPTH_FACTOR,
                    help=f"multiply the model's depth constant by this (default {DEFAULT_DEPTH_FACTOR:g}; 1 keeps it)")
-    p.add_argument("--depth-name", default=DEFAULT_DEPTH_NAME,
+    p.add_argument("--depth-name", type=python_name, default=DEFAULT_DEPTH_NAME,
                    help=f"the script's top-level depth constant (default {DEFAULT_DEPTH_NAME})")
-    p.add_argument("--budget-factor", type=_positive_float, default=DEFAULT_BUDGET_FACTOR,
+    p.add_argument("--budget-factor", type=finite_positive_float, default=DEFAULT_BUDGET_FACTOR,
                    help=f"multiply the training budget (seconds or tokens) by this (default "
                         f"{DEFAULT_BUDGET_FACTOR:g})")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+    p.add_argument("--set", action="append", type=constant_setting, metavar="NAME=VALUE",
                    help="also set a top-level constant of the script at the larger scale, e.g. MODEL_DIM=256 "
                         "(repeatable)")
-    p.add_argument("--seeds", type=_positive_int, default=DEFAULT_TRANSFER_SEEDS,
+    p.add_argument("--seeds", type=positive_int, default=DEFAULT_TRANSFER_SEEDS,
                    help=f"runs of every code, each with the same seeds (default {DEFAULT_TRANSFER_SEEDS}; the "
                         "noise at scale is measured from them, so at least 2 to label anything)")
-    p.add_argument("--last", type=_positive_int, metavar="K", help="check only the last K keeps (and their parents)")
+    p.add_argument("--last", type=positive_int, metavar="K", help="check only the last K keeps (and their parents)")
     p.add_argument("--dry-run", action="store_true", help="print what would run, and how long it takes; run nothing")
     p.add_argument("--json", action="store_true", help="print the labels as JSON")
     p.set_defaults(func=cmd_transfer)
