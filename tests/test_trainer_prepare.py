@@ -110,7 +110,7 @@ def test_missing_manifest_is_rebuilt_without_redoing_work(cache_copy, capsys):
         prepare.make_dataloader("train", 2, cache=cache_copy)
     rc, out = run_main(["--profile", "small", "--cache", str(cache_copy)], capsys)
     assert rc == 0
-    assert out.count("up to date, kept") == 3  # text, tokenizer and tokens were all intact
+    assert out.count("up to date, kept") == 4  # text, tokenizer, tokens and the audit split were all intact
     assert file_hashes(cache_copy) == hashes
 
 

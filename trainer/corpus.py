@@ -614,6 +614,41 @@ def tokenize_split(cache: Path, shards: list[str], out_name: str, max_tokens: in
     return count
 
 
+def tokenize_held_out(cache: Path, shards: list[str], out_name: str, after_tokens: int, max_tokens: int) -> int:
+    """The documents of `shards` that begin at or after position `after_tokens` of the stream tokenize_split
+    makes of them, as one stream of the same form (BOS before each document), cut at `max_tokens`.
+
+    The audit split: the validation text that no validation row scores (evaluation reads only the stream's first
+    eval_tokens + 1 tokens). Whole documents only, so no document is half scored and half audited; the same
+    tokenizer and the same order as val.bin, so the validation split and its audit come from one distribution.
+    Returns the token count (0 when every document touches the scored part)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(cache / "tokenizer.json"))
+    tok.encode_special_tokens = True
+    bos = tok.token_to_id(BOS_TOKEN)
+    path = cache / out_name
+    tmp = _tmp_path(path)
+    position, count = 0, 0
+    with open(tmp, "wb") as f:
+        for batch in _iter_shard_texts(cache, shards):
+            pieces = []
+            for enc in tok.encode_batch(batch):
+                if position >= after_tokens and count < max_tokens:
+                    doc = np.concatenate([np.array([bos], dtype=np.uint16), np.asarray(enc.ids, dtype=np.uint16)])
+                    doc = doc[: max_tokens - count]
+                    pieces.append(doc)
+                    count += len(doc)
+                position += 1 + len(enc.ids)
+            if pieces:
+                f.write(np.concatenate(pieces).tobytes())
+            if count >= max_tokens:
+                break
+    os.replace(tmp, path)
+    log(f"{out_name}: {count:,} tokens (validation documents after the {after_tokens:,} tokens evaluation reads)")
+    return count
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. Stages, and one prepare at a time
 # ---------------------------------------------------------------------------------------------

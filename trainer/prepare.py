@@ -8,7 +8,7 @@ Read it top to bottom:
 
 1. constants (time budget, the two size profiles) and the active values read from the cache;
 2. what a trial uses: `time_budget()` (or `token_budget()`), `make_dataloader()`, `evaluate_bpb()`;
-3. how the cache is built: the source, the three stages (text, tokenizer, tokens) and the manifest;
+3. how the cache is built: the source, the stages (text, tokenizer, tokens, audit split) and the manifest;
    the stages' internals (corpus sources, downloads, tokenizer training, token files) are in
    corpus.py beside this file, which is part of the harness too;
 4. the command line (`python trainer/prepare.py ...`, also `autoresearch prepare ...` via `main()`).
@@ -19,6 +19,9 @@ The cache (`AUTORESEARCH_CACHE`, default `~/.cache/autoresearch`) holds:
     tokenizer.json        byte-level BPE (any UTF-8 text round-trips exactly), with a BOS token
     token_bytes.npy       UTF-8 byte length of every token id (0 for special tokens)
     train.bin, val.bin    the token streams, uint16, each document preceded by BOS
+    audit.bin             the audit split: validation documents that evaluation never scores (same form);
+                          the supervisor scores every keep on it, never to decide, to see whether a night of
+                          keeps has overfitted the validation split
     .stage-*.json         what each build step produced, so an interrupted prepare resumes
     manifest.json         written last and atomically: the cache is complete when it exists
 """
@@ -324,6 +327,9 @@ def make_dataloader(
     cache: str | Path | None = None,
 ) -> DataLoader:
     """Batches from the "train" or "val" token stream; seq_len defaults to the profile's MAX_SEQ_LEN."""
+    if split == "audit":  # said plainly: a trial that could train or tune on it would void the audit
+        raise ValueError("the audit split is never available to a trial: the supervisor scores kept models on it, "
+                         "and never for a decision")
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     opened = _open_cache(cache)
@@ -581,11 +587,12 @@ def _prepare_locked(source: str | None, profile: str, cache: Path, max_mb: float
     sizes = PROFILES[profile]
     text, tokenizer, tokens = _run_stages(cache, spec, sizes)
     eval_tokens = _eval_tokens(sizes, tokens, profile, spec)
-    manifest = _manifest(profile, sizes, spec, eval_tokens, text, tokenizer, tokens,
+    audit = _audit_stage(cache, text, tokenizer, sizes, eval_tokens)
+    manifest = _manifest(profile, sizes, spec, eval_tokens, text, tokenizer, tokens, audit,
                          vocab_size=int(np.load(cache / "token_bytes.npy").shape[0]))
     corpus.write_json(cache / MANIFEST_NAME, manifest)  # last: its presence means the cache is complete
     _log(f"done: {cache} ({profile}, vocab {manifest['vocab_size']}, {tokens['num_train_tokens']:,} train "
-         f"tokens, eval on {eval_tokens:,} tokens)")
+         f"tokens, eval on {eval_tokens:,} tokens, audit on {manifest[AUDIT_EVAL_KEY]:,})")
     return manifest
 
 
@@ -615,6 +622,9 @@ def _is_up_to_date(cache: Path, old: dict, profile: str, spec: dict) -> bool:
     """True when the existing manifest matches the request and its files are intact; logs what happens next."""
     if old.get("profile") == profile and old.get("source") == spec:
         problems = corpus.file_problems(cache, old.get("files", {}))
+        if not problems and AUDIT_EVAL_KEY not in old:  # prepared before the audit split: only it is built
+            _log(f"cache {cache} has no audit split; adding it (the other files are kept as they are)")
+            return False
         if not problems:
             _log(f"cache {cache} is up to date ({profile} profile, {_describe_source(spec)}); nothing to do")
             return True
@@ -672,8 +682,35 @@ def _eval_tokens(sizes: dict[str, int], tokens: dict, profile: str, spec: dict) 
     return eval_tokens
 
 
+AUDIT_EVAL_KEY = "audit_eval_tokens"  # in every manifest since the audit split (0 when the corpus has none)
+
+
+def _audit_stage(cache: Path, text: dict, tokenizer: dict, sizes: dict[str, int], eval_tokens: int) -> dict:
+    """The audit split: validation documents that begin after the last token evaluation scores, as many tokens
+    as evaluation scores where the text allows. Built from the existing text and tokenizer, so adding it to an
+    older cache changes no other file (train.bin and val.bin, hence every earlier val_bpb, stay as they are)."""
+    T = sizes["MAX_SEQ_LEN"]
+    # Scoring reads the stream's first eval_tokens + 1 tokens: the audit starts after them and is as long.
+    after, wanted = eval_tokens + 1, eval_tokens + 1
+
+    def build() -> dict:
+        count = corpus.tokenize_held_out(cache, text["val_shards"], "audit.bin", after_tokens=after, max_tokens=wanted)
+        return {"num_audit_tokens": count, "files": ["audit.bin"]}
+
+    audit = corpus.run_stage(cache, "audit", {"text": corpus.digest(text["files"]),
+                                              "tokenizer": corpus.digest(tokenizer["files"]),
+                                              "after_tokens": after, "max_tokens": wanted}, build)
+    audit_eval = max(0, min(eval_tokens, (audit["num_audit_tokens"] - 1) // T * T))
+    if audit_eval == 0:
+        _log("note: the validation text has no document left after what evaluation scores, so there is no audit "
+             "split: prepare more text (a larger --max-mb, or more shards) to have keeps audited")
+    elif audit_eval < eval_tokens:
+        _log(f"note: the audit split is smaller than what evaluation scores: {audit_eval:,} tokens, not {eval_tokens:,}")
+    return {**audit, AUDIT_EVAL_KEY: audit_eval}
+
+
 def _manifest(profile: str, sizes: dict[str, int], spec: dict, eval_tokens: int, text: dict, tokenizer: dict,
-              tokens: dict, vocab_size: int) -> dict:
+              tokens: dict, audit: dict, vocab_size: int) -> dict:
     source_info = dict(spec)
     if spec["kind"] == "embedded":
         source_info["python"] = sys.version.split()[0]
@@ -697,7 +734,11 @@ def _manifest(profile: str, sizes: dict[str, int], spec: dict, eval_tokens: int,
         "val_tokens": "val.bin",
         "num_train_tokens": tokens["num_train_tokens"],
         "num_val_tokens": tokens["num_val_tokens"],
-        "files": {**text["files"], **tokenizer["files"], **tokens["files"]},
+        # Named only when it holds at least one row: a manifest without audit_tokens has no audit split.
+        "audit_tokens": "audit.bin" if audit[AUDIT_EVAL_KEY] else None,
+        "num_audit_tokens": audit["num_audit_tokens"],
+        AUDIT_EVAL_KEY: audit[AUDIT_EVAL_KEY],
+        "files": {**text["files"], **tokenizer["files"], **tokens["files"], **audit["files"]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -1037,6 +1078,10 @@ def serve_evaluation(stream=None) -> int:
     "manifest": {...}, "val_size": n, "token_bytes_size": m}, followed by the n bytes of the validation tokens
     and the m bytes of the byte table. The record (JSON) is written atomically either way: {"ok": true,
     "val_bpb": ...} or {"ok": false, "error": ...}. EOF instead of a job: no evaluation needed; exit quietly.
+
+    A keep's audit score is the same job on the audit split: the manifest sent names audit.bin as its
+    "val_tokens" and audit_eval_tokens as its "eval_tokens", so the same checks hold (the bytes against the
+    manifest's sha256 and the run's fingerprint) and the record's val_tokens_sha256 says which split was scored.
     """
     # Ahead of the job, while the trial trains: what torch.export.load imports (seconds on a busy CPU).
     import torch._export.non_strict_utils  # noqa: F401

@@ -115,7 +115,8 @@ class TrialSetup:
         return plan(self.choice.bwrap, mounts, TRIAL_ROOT, {"AUTORESEARCH_CACHE": CACHE_INSIDE})
 
     # ---- the evaluator -----------------------------------------------------------------------------------
-    def evaluator(self, job_dir: Path) -> EvaluatorSpec | None:
+    def evaluator(self, job_dir: Path, split: str = "val") -> EvaluatorSpec | None:
+        """The evaluator of one job: a trial's validation score, or ``split="audit"``, a keep's audit score."""
         script = self._evaluator_script()
         if script is None:
             return None
@@ -140,7 +141,7 @@ class TrialSetup:
             command=[sys.executable, "-E", "-s", "-B", script_path, "--serve-evaluation"],
             env=env, cwd=self.config.run_dir, job_dir=job_dir, expected=self.expected, cache_dir=cache,
             device=self.config.device,
-            sandbox=sandbox, timeout_s=max(300.0, 2 * self.config.budget_s))
+            sandbox=sandbox, timeout_s=max(300.0, 2 * self.config.budget_s), split=split)
 
     def spec_fields(self, job_dir: Path) -> dict[str, Any]:
         """The TrialSpec fields of one trial whose folder is ``job_dir``."""

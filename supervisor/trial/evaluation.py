@@ -13,6 +13,10 @@ that is not PyTorch's own), computes the logits, the cross-entropy and the byte 
 causality, row independence and repeatability on random rows (trainer/prepare.py, section 5). No code the
 agent wrote runs in that process: torch.export turned the model into data.
 
+A keep's model is scored once more, on the audit split (:func:`score_audit`): validation documents that no
+validation row reads, never used for a decision and never shown to the agent, so that the person can see whether
+a night of keeps has overfitted the validation split. Same evaluator, same checks; only the tokens sent differ.
+
 Why export rather than serving the agent's model from a second sandboxed process: the evaluator then owns
 the whole computation, the checks see a pure function rather than a process that can tell probes apart
 over time, and the logits never cross a process boundary (for the full profile they would be ~170 GB).
@@ -20,9 +24,12 @@ over time, and the logits never cross a process boundary (for the full profile t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -40,6 +47,8 @@ RECORD_FILE = "eval.json"
 # A handed-over model larger than this is refused rather than copied (the full profile's is ~0.1 GB).
 MAX_MODEL_BYTES = 16 * 2**30
 SPARSE_CHECK_BYTES = 64 * 2**20  # above this, a file with fewer blocks than half its size is refused
+AUDIT_JOB_DIR = "audit"  # in a kept trial's folder: the audit scoring's job (its copy of the model, its record)
+PREPARE_COMMAND = "autoresearch prepare"
 
 
 @dataclass
@@ -62,6 +71,7 @@ class EvaluatorSpec:
     device: str = "auto"
     sandbox: SandboxPlan | None = None
     timeout_s: float = 600.0
+    split: str = "val"  # or "audit": the kept model's score on the audit split (never for a decision)
 
     @property
     def model_path(self) -> Path:
@@ -103,7 +113,7 @@ class Evaluator:
         if self.proc is None:
             return {"ok": False, "error": self.error or "the evaluator was not started"}
         try:
-            manifest, val_data, table_data = _evaluation_inputs(spec.cache_dir)
+            manifest, val_data, table_data = _evaluation_inputs(spec.cache_dir, spec.split)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self.close()
             return {"ok": False, "error": f"the cache's evaluation files could not be read: {exc}"}
@@ -168,19 +178,126 @@ class Evaluator:
             pass
 
 
-def _evaluation_inputs(cache_dir: Path) -> tuple[dict, bytes, bytes]:
+def _evaluation_inputs(cache_dir: Path, split: str = "val") -> tuple[dict, bytes, bytes]:
     """The manifest and the bytes of the validation tokens and the byte table, as the cache holds them now
-    (the evaluator checks them against the run's fingerprint: an unsandboxed trial may have changed them)."""
+    (the evaluator checks them against the run's fingerprint: an unsandboxed trial may have changed them).
+
+    For the audit split, the manifest sent names the audit tokens as the ones to score (and how many): the
+    evaluator then checks and scores them exactly as it does the validation tokens."""
     path = cache_dir / "manifest.json"
     if not path.exists():
         return {}, b"", b""  # no prepared cache (a stand-in harness needs none; the real one says what is wrong)
     manifest = json.loads(path.read_text(encoding="utf-8"))
+    if split == "audit":
+        manifest = audit_manifest(manifest)
     if not isinstance(manifest, dict) or "val_tokens" not in manifest or "token_bytes" not in manifest:
         return manifest if isinstance(manifest, dict) else {}, b"", b""  # the evaluator says what is missing
     names = (manifest["val_tokens"], manifest["token_bytes"])
     if not all(isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in names):
         raise ValueError("the manifest names its evaluation files oddly")
     return manifest, (cache_dir / names[0]).read_bytes(), (cache_dir / names[1]).read_bytes()
+
+
+def audit_manifest(manifest: dict) -> dict:
+    """The manifest as the evaluator gets it for an audit job: the audit tokens in the validation tokens' place.
+    Raises ValueError when the cache has no audit split."""
+    name, rows = (manifest.get("audit_tokens"), manifest.get("audit_eval_tokens")) if isinstance(manifest, dict) \
+        else (None, None)
+    if not isinstance(name, str) or not isinstance(rows, int) or rows <= 0:
+        raise ValueError("the cache has no audit split")
+    return {**manifest, "val_tokens": name, "eval_tokens": rows}
+
+
+# ---- the audit split ----------------------------------------------------------------------------------------
+@dataclass
+class AuditScore:
+    """A kept model's val_bpb on the audit split, or the note saying why it has none."""
+
+    value: float | None
+    note: str | None
+    seconds: float = 0.0
+
+
+def audit_unavailable(cache_dir: Path, expected: dict[str, str] | None) -> str | None:
+    """Why this run's keeps cannot be scored on an audit split (a note for the ledger), or None when they can."""
+    try:
+        manifest = json.loads((cache_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "the data cache has no readable manifest.json"
+    if not isinstance(manifest, dict) or "audit_eval_tokens" not in manifest:
+        return (f"the data cache was prepared before it had an audit split: `{PREPARE_COMMAND}` adds it (and "
+                "changes no other file); runs started after that are audited")
+    name = manifest.get("audit_tokens")
+    if not isinstance(name, str) or not name:
+        return ("the corpus has no validation text left over for an audit split (evaluation scores all of it): "
+                f"`{PREPARE_COMMAND}` with more text (a larger --max-mb, or more shards) makes one")
+    if not expected or name not in expected:
+        return (f"this run began before the cache had its audit split ({name} is not among the files it "
+                "fingerprinted then): runs started now are audited")
+    return None
+
+
+def kept_model(trial_dir: Path, artifact_sha256: str | None) -> Path | None:
+    """The model the evaluator scored for a trial's recorded val_bpb, as the supervisor kept it: the trial's
+    own folder, or a sub-folder of it (a drifted first run's second run decides); by its sha256 when known."""
+    candidates = [trial_dir / MODEL_FILE, *sorted(p for p in trial_dir.glob(f"*/{MODEL_FILE}")
+                                                   if p.parent.name != AUDIT_JOB_DIR)]
+    present = [p for p in candidates if p.is_file() and not p.is_symlink()]
+    if not artifact_sha256:
+        return present[0] if present else None
+    return next((p for p in present if _file_sha256(p) == artifact_sha256), None)
+
+
+def score_audit(spec: EvaluatorSpec, model: Path, artifact_sha256: str | None) -> AuditScore:
+    """Run the evaluator once on ``model`` with the audit split (``spec.split`` is "audit"): its val_bpb there,
+    or a note. Never raises for what the evaluator does; the model's copy is removed afterwards."""
+    began = time.monotonic()
+    evaluator = Evaluator(spec)
+    evaluator.start()  # clears the job folder's model and record first
+    try:
+        shutil.copyfile(model, spec.model_path)  # a copy: the job folder is the evaluator's to write
+        record = evaluator.evaluate()
+    except OSError as exc:
+        record = {"ok": False, "error": f"the kept model could not be copied for the audit: {exc.strerror}"}
+    finally:
+        evaluator.close()
+        spec.model_path.unlink(missing_ok=True)
+    seconds = time.monotonic() - began
+    note = _audit_record_problem(record, _audit_sha256(spec), artifact_sha256)
+    return AuditScore(None if note else float(record["val_bpb"]), note, seconds)
+
+
+def _audit_sha256(spec: EvaluatorSpec) -> str | None:
+    """The audit file's sha256 as the run fingerprinted it when it began."""
+    try:
+        name = audit_manifest(json.loads((spec.cache_dir / "manifest.json").read_text(encoding="utf-8")))["val_tokens"]
+    except (OSError, ValueError, TypeError):
+        return None
+    return (spec.expected or {}).get(name)
+
+
+def _audit_record_problem(record: dict, audit_sha256: str | None, artifact_sha256: str | None) -> str | None:
+    """What makes an audit record unusable: an error, no finite number, another split or another model scored."""
+    if record.get("ok") is not True:
+        return f"the audit scoring failed: {str(record.get('error'))[:300]}"
+    value = record.get("val_bpb")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return f"the audit scoring gave no number (val_bpb {value!r})"
+    # The record names the bytes it scored: proof that the audit split, not the validation split, was scored
+    # (also by a run's older copy of the harness, which knows nothing of audits).
+    if not audit_sha256 or record.get("val_tokens_sha256") != audit_sha256:
+        return "the audit scoring scored other tokens than the audit split the run fingerprinted"
+    if artifact_sha256 and record.get("artifact_sha256") != artifact_sha256:
+        return "the audit scoring scored another model than the one kept"
+    return None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _tail(path: Path, limit: int = 300) -> str:

@@ -31,9 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-# Manifest keys of the cache files that decide val_bpb. Training data is not here on purpose: a trial
-# may read train.bin however it likes (through the harness's dataloader).
-EVAL_MANIFEST_KEYS = ("val_tokens", "token_bytes", "tokenizer")
+# Manifest keys of the cache files that decide val_bpb, and of the audit split its keeps are scored on (a trial that
+# changed it would void the audit as surely as a changed val.bin voids the number). Training data is not here on
+# purpose: a trial may read train.bin however it likes (through the harness's dataloader).
+EVAL_MANIFEST_KEYS = ("val_tokens", "token_bytes", "tokenizer", "audit_tokens")
 
 SEGMENT_CHARS = 160
 
@@ -55,7 +56,7 @@ BUDGET = "budget"
 
 WHY = {
     EVALUATION: "touches the evaluation or its result (val_bpb must come from the harness as it is)",
-    VALIDATION: "names or reads the validation data or the evaluation's inputs",
+    VALIDATION: "names or reads the validation data, the audit split or the evaluation's inputs",
     ENVIRONMENT: "reads or changes the environment (the budget, the seed and the paths come from it)",
     FILES: "opens, writes, removes or locates files (the workspace, the cache and the run folder are not "
            "the recipe's to touch)",
@@ -155,8 +156,8 @@ CONFIG_PREFIXES = ("torch.backends.", "torch._dynamo.config.", "torch._inductor.
 
 _EVAL_TEXT = re.compile(r"evaluate_bpb|val_bpb|hand_over|(?<![a-z])eval(?:uate|_tokens|_record|_seconds)?(?![a-z])", re.I)
 _ENV_TEXT = re.compile(r"autoresearch_|torchinductor_cache_dir|triton_cache_dir", re.I)
-_DATA_TEXT = re.compile(r"(?<![a-z])val(?![a-z])|validation|token_bytes|manifest|\.parquet\b|tokenizer\.json|"
-                        r"\.bin\b|\.npy\b", re.I)
+_DATA_TEXT = re.compile(r"(?<![a-z])val(?![a-z])|validation|(?<![a-z])audit|token_bytes|manifest|\.parquet\b|"
+                        r"tokenizer\.json|\.bin\b|\.npy\b", re.I)
 _PATH_TEXT = re.compile(r"^(?:/[A-Za-z_.]|~(?:[/\\]|$)|\.\.(?:[/\\]|$))|[/\\]\.\.(?:[/\\]|$)|(?<![a-z])\.git\b|"
                         r"journals|ledger|results\.tsv|sqlite|transcript\.jsonl|/proc/|/dev/|\.cache\b", re.I)
 _PATH_INSIDE = re.compile(r"[/\\]\.\.(?:[/\\]|$)|(?<![a-z])\.git\b|journals|ledger|results\.tsv|sqlite|"

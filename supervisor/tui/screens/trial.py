@@ -61,6 +61,11 @@ def trial_summary(t: Trial, c: dict[str, str], compact: bool = False) -> Text:
                 f"{fmt.num(t.num_params_m, 2)} M params · wall {fmt.duration(t.wall_seconds)}", style="dim")
     if not compact and t.extra_values:
         text.append(f"\nconfirmation runs: {', '.join(fmt.num(v, 6) for v in t.extra_values)}", style="dim")
+    if not compact and t.audit_val_bpb is not None:  # the person's to see; the agent never is shown it
+        gap = f" (gap {fmt.signed(t.audit_val_bpb - t.val_bpb, 6)})" if t.val_bpb is not None else ""
+        text.append(f"\naudit split: val_bpb {fmt.num(t.audit_val_bpb, 6)}{gap} · not shown to the agent", style="dim")
+    elif not compact and t.audit_note:
+        text.append(f"\naudit split: {fmt.one_line(t.audit_note, 240)}", style="dim")
     return text
 
 
