@@ -516,8 +516,9 @@ def test_crash_streak_and_plateau_trigger_reflections(tmp_path):
         return None
 
     def breaking_agent(ctx, n):
-        if ctx.obligation is None and 1 <= ctx.trials_done <= 2:
-            return [edit('MODE = "ok"', 'MODE = "crash"'), trial(f"crash {ctx.trials_done + 1}")]
+        if ctx.obligation is None and 1 <= ctx.trials_done <= 2:  # the same crash again: a deliberate re-test
+            return [edit('MODE = "ok"', 'MODE = "crash"'), trial(f"crash {ctx.trials_done + 1}",
+                                                                  retest_of=ctx.trials_done)]
         return agent(ctx, n)
 
     config = fake_config(tmp_path, reflect_every=100, plateau_trials=2)

@@ -82,7 +82,8 @@ class FakeTrials:
     def trial_budget_left(self) -> int | None:
         return None
 
-    def run_trial(self, description: str, category: str | None, plan_id: int | None) -> ToolOutcome:
+    def run_trial(self, description: str, category: str | None, plan_id: int | None,
+                  same_change_as=None) -> ToolOutcome:
         if not (isinstance(description, str) and 0 < len(description) <= 200):
             self.violations.append(f"description {description!r:.80}")
         if category is not None and category not in CATEGORIES:
@@ -541,7 +542,8 @@ def test_huge_search_and_replace_stay_fast(harness: Harness):
 
 # ---- the last resort ------------------------------------------------------------------------------------------
 class BrokenTrials(FakeTrials):
-    def run_trial(self, description: str, category: str | None, plan_id: int | None) -> ToolOutcome:
+    def run_trial(self, description: str, category: str | None, plan_id: int | None,
+                  same_change_as=None) -> ToolOutcome:
         raise RuntimeError("boom in the trial host\nsecond line with details")
 
     def results_table(self, last: int | None = None, status: str | None = None) -> str:
@@ -581,7 +583,8 @@ def test_ordinary_calls_still_work(harness: Harness):
 
 
 class FullDiskTrials(FakeTrials):
-    def run_trial(self, description: str, category: str | None, plan_id: int | None) -> ToolOutcome:
+    def run_trial(self, description: str, category: str | None, plan_id: int | None,
+                  same_change_as=None) -> ToolOutcome:
         raise OSError(28, "No space left on device")
 
 

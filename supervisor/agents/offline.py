@@ -10,6 +10,11 @@ descriptions have a fixed form), so it resumes exactly where it was.
 It cannot follow free-text steering, and says so once per message in its next journal entry rather than
 silently doing something else. A change the person stopped mid-trial counts as rejected: that constant is
 never set to that value again in the run, and the next journal entry says the person stopped it.
+
+The supervisor refuses a change an earlier trial already made unless it is sent as a deliberate re-test. Moving
+a constant again around a new best is one (the code around it changed): the search sends it with `retest_of`,
+naming the trial that made the same move before. A move refused anyway (its change matched another trial's)
+is taken back with revert_edits and never proposed again around that best: the search goes on to the next.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.agents.base import AgentTurn, ToolCall, TurnContext
+from supervisor.core import prompts
 from supervisor.core.categories import category_for_constant
 
 DESCRIPTION = re.compile(r"^offline: (?P<name>[A-Z][A-Z0-9_]*) (?P<old>\S+) -> (?P<new>\S+)$")
@@ -35,6 +41,8 @@ SKIP_NAMES = {"SEED", "PROFILE"}
 STOPPED_OUTCOME = re.compile(r"^trial (?P<id>\d+) was stopped by the person")
 STOPPED_REASON = "stopped by the person"
 STEER_WITH = "--agent anthropic or --agent openai"
+# What the supervisor answers a change that repeats an earlier trial's ("refused: this is trial N again ...").
+REPEAT_OUTCOME = re.compile("^" + re.escape(prompts.REPEAT_REFUSED.split("{trial_id}")[0]) + r"(?P<id>\d+)")
 
 
 @dataclass
@@ -138,6 +146,10 @@ class OfflineAgent:
         # Stops read from the run_trial outcome, for a loop that does not fill TurnContext.stopped.
         self._stops_seen: dict[int, str] = {}
         self._last_description: str | None = None
+        self._last_best: int | None = None  # the best the last move was made around
+        # Moves the supervisor refused as repeats, as (best id, description): never proposed around that best again.
+        self._refused: set[tuple[int | None, str]] = set()
+        self._revert_due = False  # a refused move's edit is still in the script: take it back first
 
     def turn(self, ctx: TurnContext) -> AgentTurn:
         self._take_in(ctx)
@@ -147,6 +159,11 @@ class OfflineAgent:
             return self._reflection(ctx)
         if not ctx.results:
             return self._baseline(ctx)
+        if self._revert_due:
+            self._revert_due = False
+            if ctx.uncommitted_lines:
+                return AgentTurn(text="That move repeated an earlier trial's change, so it did not run; taking the "
+                                      "edit back before the next move.", calls=[ToolCall("revert_edits", {})])
         move = self.next_move(ctx)
         if move is None:
             return AgentTurn(text="Every one-axis move around the current best has been tried; nothing left to do.",
@@ -155,12 +172,18 @@ class OfflineAgent:
         old_text = _fmt_value(const.value, const.is_int)
         description = f"offline: {const.name} {old_text} -> {new_text}"
         self._last_description = description
+        self._last_best = ctx.best["id"] if ctx.best else None
+        run: dict[str, Any] = {"description": description, "category": _category(const.name)}
+        # The same move measured around an earlier best: the code around it has changed, so this is a re-test.
+        earlier = [r["id"] for r in ctx.results if r["description"] == description]
+        if earlier:
+            run["retest_of"] = earlier[-1]
         return AgentTurn(
             text=self._heard(ctx) + f"Coordinate search: {const.name} {old_text} -> {new_text}.",
             calls=[
                 ToolCall("edit_file", {"path": ctx.editable, "search": const.line,
                                        "replace": replaced_line(const, new_text)}),
-                ToolCall("run_trial", {"description": description, "category": _category(const.name)}),
+                ToolCall("run_trial", run),
             ],
         )
 
@@ -179,6 +202,9 @@ class OfflineAgent:
             m = STOPPED_OUTCOME.match(outcome.content) if outcome.tool == "run_trial" else None
             if m and self._last_description:
                 self._stops_seen[int(m["id"])] = self._last_description
+            if outcome.tool == "run_trial" and REPEAT_OUTCOME.match(outcome.content) and self._last_description:
+                self._refused.add((self._last_best, self._last_description))
+                self._revert_due = True
 
     def stopped(self, ctx: TurnContext) -> dict[int, str]:
         """Trial id -> description of every trial the person stopped: the ledger's, else what this agent saw."""
@@ -246,7 +272,9 @@ class OfflineAgent:
         rejected = self.rejected(ctx)
 
         def fresh(c: Constant, t: str) -> bool:
-            return (c.name, _fmt_value(c.value, c.is_int), t) not in tried and (c.name, t) not in rejected
+            old = _fmt_value(c.value, c.is_int)
+            return ((c.name, old, t) not in tried and (c.name, t) not in rejected
+                    and (best_id, f"offline: {c.name} {old} -> {t}") not in self._refused)
 
         best_move = DESCRIPTION.match(ctx.best["description"]) if ctx.best else None
         if best_move:  # after a keep, push the same constant further in the same direction first

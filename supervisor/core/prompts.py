@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from supervisor.core.types import Trial
+    from supervisor.core.repeats import RepeatMatch
+    from supervisor.core.types import JournalEntry, Trial
 
 # ---- the system prompt and the fixed parts of a turn (supervisor.agents.llm) -----------------------------
 SYSTEM_PROMPT = """\
@@ -117,6 +118,41 @@ PLAN_LINK_IGNORED = ("note: plan #{plan_id} {why}; the trial ran without a plan 
                      "(plan_id is optional: leave it out, or give an id from the plan queue)")
 PLAN_RETEST = ("note: plan #{plan_id} was already tried{first}; this trial is linked to it as a re-test "
                "(re-tests are welcome: say in the journal what is different this time)")
+
+# No repeats (issue 19): a change an earlier trial already measured is refused unless the agent re-tests it on
+# purpose with retest_of (supervisor.run.tools, supervisor.core.repeats).
+REPEAT_REFUSED = ("refused: this is trial {trial_id} again ({earlier}, journal: {journal}). {how} Nothing was "
+                  "run or committed; the change is still in {editable}. To test it again on purpose (the code "
+                  "around it has changed, or you doubt the first result), call run_trial again with "
+                  "retest_of: {trial_id} and say in the journal what is different this time; otherwise take it "
+                  "back with revert_edits and try another idea.")
+REPEAT_EXACT_SAME = "Your change is exactly trial {trial_id}'s, on the same code."
+REPEAT_EXACT_OTHER = ("Your change is exactly trial {trial_id}'s; trial {trial_id} made it on {base}, so the "
+                      "code around it has changed since.")
+REPEAT_NEAR_SAME = ("Your change is trial {trial_id}'s written differently (whitespace, number formats such as "
+                    "1e-3 for 0.001, quotes, comments, trailing commas), on the same code.")
+REPEAT_NEAR_OTHER = ("Your change is trial {trial_id}'s written differently (whitespace, number formats such as "
+                     "1e-3 for 0.001, quotes, comments, trailing commas); trial {trial_id} made it on {base}, so "
+                     "the code around it has changed since.")
+REPEAT_BASE_KEEP = "trial {parent}'s code"
+REPEAT_BASE_START = "the starting script"
+REPEAT_NO_JOURNAL = "no entry"
+REPEAT_STATUS_WORDS = {"keep": "kept", "discard": "discarded", "crash": "crashed", "held": "held for review"}
+REPEAT_NOTICE = "repeat refused: {description!r} is trial {trial_id} again ({match}, {base}); not run"
+REPEAT_NOTICE_SAME = "same code"
+REPEAT_NOTICE_OTHER = "another base"
+RETEST_RECORDED = ("note: recorded as a deliberate re-test of trial {trial_id}; say in the journal what is "
+                   "different this time")
+RETEST_OTHER_MATCH = ("note: this change repeats trial {match_id}, not trial {asked}; it is recorded as a "
+                      "deliberate re-test of trial {match_id}")
+RETEST_UNKNOWN_MATCH = ("note: retest_of {asked}: trial {asked} {why}; this change repeats trial {match_id}, so "
+                        "it is recorded as a deliberate re-test of trial {match_id}")
+RETEST_NO_MATCH = ("note: recorded as a re-test of trial {trial_id}, although its change differs from this one "
+                   "(fine when the idea was adapted to the current code)")
+RETEST_LINK_IGNORED = ("note: retest_of {asked}: trial {asked} {why}; the trial ran without a re-test link "
+                       "(retest_of is optional: give the id of the earlier trial whose change this one runs again)")
+RETEST_NO_SUCH_TRIAL = "does not exist"
+RETEST_NOT_JUDGED = "was never judged ({status})"
 NOTHING_TO_REVERT = "nothing to revert: the training script is as it was at the last keep"
 REVERTED = "reverted: {editable} is back at the last keep. The change thrown away was:\n{diff}"
 NO_UNCOMMITTED_CHANGE = "(no uncommitted change)"
@@ -176,6 +212,8 @@ TRIAL_REPORT_RERUN = ("This trial re-ran trial {parent}'s code unchanged: not an
                       "joined trial {parent}'s runs, which later trials are compared with, and the noise floor.")
 DECISION_MACHINE_DRIFT = ("{decision}; THE MACHINE DRIFTED during this run ({drift}): flagged, the number may "
                           "measure the machine rather than the change")
+DECISION_RETEST_POOLED = ("a re-test of trial {earlier}'s change to this keep, with a new seed: its earlier runs "
+                          "({values}) count with this one's (mean of {runs} runs), so a re-test is no fresh draw")
 DECISION_DRIFT_RERUN = ("the first run drifted ({drift}), so it was run again with the same seed (its val_bpb "
                         "{first} counts with the second run's: a second draw is not a fresh start)")
 DECISION_DRIFT_RERUN_CRASHED = "the first run drifted ({drift}); running it again crashed ({crash}), so the first run decides"
@@ -236,6 +274,30 @@ def trial_report(t: Trial, parent: Trial | None, noise_floor: float | None) -> s
         lines.append(result_text(t, parent, noise_floor))
     lines.append(TRIAL_REPORT_NEXT)
     return "\n".join(lines)
+
+
+REPEAT_JOURNAL_CHARS = 240  # the earlier trial's interpretation, cut: the refusal names it, show_diff shows more
+
+
+def repeat_refused(match: RepeatMatch, journal: JournalEntry | None, editable: str) -> str:
+    """What run_trial answers a change that repeats an earlier trial's: which trial, its result and journal."""
+    t = match.trial
+    word = REPEAT_STATUS_WORDS.get(str(t.status), str(t.status))
+    if t.status == "crash":
+        reason = " ".join(str(t.crash_reason or "no reason recorded").split())
+        earlier = f"{word}: {reason[:REPEAT_JOURNAL_CHARS]}"
+    else:
+        runs = len(t.all_values)
+        earlier = f"{word} at val_bpb {fmt(t.mean_val_bpb)}" + (f" (mean of {runs} runs)" if runs > 1 else "")
+    text = " ".join(journal.interpretation.split()) if journal is not None else REPEAT_NO_JOURNAL
+    if len(text) > REPEAT_JOURNAL_CHARS:
+        text = text[: REPEAT_JOURNAL_CHARS - 3] + "..."
+    base = REPEAT_BASE_KEEP.format(parent=t.parent_trial) if t.parent_trial else REPEAT_BASE_START
+    how = {(True, True): REPEAT_EXACT_SAME, (True, False): REPEAT_EXACT_OTHER,
+           (False, True): REPEAT_NEAR_SAME, (False, False): REPEAT_NEAR_OTHER}[(match.match == "exact",
+                                                                                 match.same_parent)]
+    return REPEAT_REFUSED.format(trial_id=t.id, earlier=earlier, journal=text, editable=editable,
+                                 how=how.format(trial_id=t.id, base=base))
 
 
 def results_table(trials: list[Trial], noise_floor: float | None, policy: str) -> str:

@@ -19,6 +19,10 @@ CONDITIONS_KEY = "noise_conditions"
 # Seeds of unchanged re-runs of a keep: 100000 + 1000 x the keep's id + the run's number. A re-run is its own trial
 # (a discard, parent_trial = the keep) with a seed at or above this.
 RERUN_SEED_BASE = 100_000
+# Seeds of deliberate re-tests of the same change on the same keep (run_trial's retest_of): 1000000 + 1000 x the
+# earlier trial's id + how many runs of that change there were. A new seed: a re-test is a new sample of the
+# change, and its runs count together (a second draw is not a fresh start).
+RETEST_SEED_BASE = 1_000_000
 # Trials whose runs may form a group of identical code: judged, with a number (a crash has none).
 _GROUP_STATUSES = (TrialStatus.KEEP, TrialStatus.DISCARD, TrialStatus.HELD)
 
@@ -37,7 +41,9 @@ def conditions(ledger: Ledger, noise_id: int) -> dict[str, Any]:
 
 
 def is_rerun(trial: Trial) -> bool:
-    return trial.seed is not None and trial.seed >= RERUN_SEED_BASE and trial.parent_trial is not None
+    """An unchanged re-run of a keep (its seed says so, and it changed nothing: a re-test has a seed this high too)."""
+    return (trial.seed is not None and trial.seed >= RERUN_SEED_BASE and trial.parent_trial is not None
+            and not trial.diff.strip())
 
 
 def rerun_values(trials: Sequence[Trial], keep: Trial) -> list[float]:

@@ -3,6 +3,8 @@
 Every call comes back as a ToolOutcome the model can act on: a refusal says what is missing and which tool
 to call instead. The gate is the supervisor's discipline: after a trial, only `write_journal`; when a
 reflection is due, only `write_reflection`; in both cases `inspect_trial` too, which changes nothing.
+`run_trial` refuses a change an earlier trial already made (supervisor.core.repeats), before anything is
+committed, unless the agent names that trial in `retest_of`: a deliberate re-test.
 
 The model is an adversary of the metric and sometimes simply wrong, so no input may crash the supervisor:
 every field is checked against its schema (type, bool is not an integer, integer bounds that fit SQLite,
@@ -31,6 +33,7 @@ from supervisor.core import prompts
 from supervisor.core.categories import CATEGORIES
 from supervisor.core.errors import UserError
 from supervisor.core.failpoints import failpoint
+from supervisor.core.repeats import RepeatMatch, find_repeat
 from supervisor.core.types import JournalEntry, PlanStatus, Reflection, Trial
 from supervisor.run import trial_view
 from supervisor.store.journal_files import JournalFiles
@@ -105,13 +108,18 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "name": "run_trial",
         "description": "Commit the current training script and run one fixed-budget training trial. Blocks until "
                        "it ends and returns val_bpb, the keep/discard decision (the supervisor's, by its policy) "
-                       "and throughput. Afterwards you must write the journal entry before anything else.",
+                       "and throughput. Afterwards you must write the journal entry before anything else. A change "
+                       "an earlier trial already made (exactly, or written differently: whitespace, number "
+                       "formats, quotes, comments) is refused, naming that trial and its result; to test it "
+                       "again on purpose, send retest_of with that trial's id.",
         "input_schema": {
             "type": "object",
             "properties": {
                 "description": _text(MAX_DESCRIPTION_CHARS, "one line: what this trial changes"),
                 "category": {"type": "string", "enum": list(CATEGORIES)},
                 "plan_id": _id("the plan queue item this trial tries, if any"),
+                "retest_of": _id("only for a deliberate re-test: the earlier trial whose change this one runs "
+                                 "again"),
             },
             "required": ["description"],
         },
@@ -247,7 +255,8 @@ class TrialHost(Protocol):
 
     def trial_budget_left(self) -> int | None: ...
 
-    def run_trial(self, description: str, category: str | None, plan_id: int | None) -> ToolOutcome: ...
+    def run_trial(self, description: str, category: str | None, plan_id: int | None,
+                  same_change_as: Trial | None = None) -> ToolOutcome: ...
 
     def working_diff(self) -> str: ...
 
@@ -586,9 +595,71 @@ class ToolBox:
         left = self.trials.trial_budget_left()
         if left is not None and left <= 0:
             return ToolOutcome("run_trial", ok=False, refused=True, content=prompts.TRIAL_BUDGET_SPENT)
+        trials = self.ledger.trials()
+        best = self.ledger.best_keep()
+        diff = self.trials.working_diff()
+        repeat = find_repeat(diff, best.id if best else None, trials)
+        if repeat is not None and args.get("retest_of") is None:
+            return self._refuse_repeat(repeat, description)
+        retest_of, retest_note = self._retest_link(args.get("retest_of"), repeat)
+        if retest_of is not None and repeat is None and not diff.strip() and best and best.id == retest_of:
+            retest_note = prompts.RETEST_RECORDED.format(trial_id=retest_of)  # the keep's code run again
         plan_id, note = self._plan_link(args.get("plan_id"))
-        outcome = self.trials.run_trial(description, args.get("category"), plan_id)
-        return replace(outcome, content=f"{note}\n{outcome.content}") if note else outcome
+        # A re-test of the change an earlier trial made to this same keep: their runs are judged together.
+        same_change = repeat.trial if repeat is not None and repeat.same_parent and retest_of is not None else None
+        outcome = self.trials.run_trial(description, args.get("category"), plan_id, same_change_as=same_change)
+        # The trial it ran, if it ran one (a refusal inside, a changed harness, runs none): the next id.
+        ran = self.ledger.trial(max((t.id for t in trials), default=0) + 1)
+        if ran is not None and retest_of is not None:
+            self.ledger.set_retest_of(ran.id, retest_of)
+            self.files.render()
+        notes = [n for n in (note, retest_note if ran is not None else "") if n]
+        return replace(outcome, content="\n".join([*notes, outcome.content])) if notes else outcome
+
+    def _refuse_repeat(self, repeat: RepeatMatch, description: str) -> ToolOutcome:
+        """A change an earlier trial already measured, sent without retest_of: not run, counted, shown."""
+        earlier = repeat.trial
+        self.ledger.add_repeat(earlier.id, repeat.match, description)
+        self.files.render()
+        self.bus.emit(ev.NOTICE, level="info", message=prompts.REPEAT_NOTICE.format(
+            description=description, trial_id=earlier.id, match=repeat.match,
+            base=prompts.REPEAT_NOTICE_SAME if repeat.same_parent else prompts.REPEAT_NOTICE_OTHER))
+        return ToolOutcome("run_trial", ok=False, refused=True, content=prompts.repeat_refused(
+            repeat, self.ledger.journal_for(earlier.id), self.trials.editable))
+
+    def _retest_link(self, asked: int | None, repeat: RepeatMatch | None) -> tuple[int | None, str]:
+        """The earlier trial a deliberate re-test is linked to, and a note for the agent. An optional link never
+        stops a trial: the trial the change repeats wins over a wrong id; an id that names no judged trial, with
+        nothing repeated, is ignored."""
+        if asked is None:
+            return None, ""
+        named = self.ledger.trial(asked)
+        why = None
+        if named is None:
+            why = prompts.RETEST_NO_SUCH_TRIAL
+        elif not named.status.finished:
+            why = prompts.RETEST_NOT_JUDGED.format(status=named.status)
+        if repeat is not None:
+            match_id = repeat.trial.id
+            if match_id == asked or asked in self._retest_chain(repeat.trial):
+                return asked, prompts.RETEST_RECORDED.format(trial_id=asked)
+            if why is None:
+                return match_id, prompts.RETEST_OTHER_MATCH.format(match_id=match_id, asked=asked)
+            return match_id, prompts.RETEST_UNKNOWN_MATCH.format(match_id=match_id, asked=asked, why=why)
+        if why is not None:
+            return None, prompts.RETEST_LINK_IGNORED.format(asked=asked, why=why)
+        return asked, prompts.RETEST_NO_MATCH.format(trial_id=asked)
+
+    def _retest_chain(self, trial: Trial) -> set[int]:
+        """The trials a re-test re-tested, back to the first (a re-test of a re-test names the same change)."""
+        chain: set[int] = set()
+        while trial.retest_of is not None and trial.retest_of not in chain:
+            chain.add(trial.retest_of)
+            earlier = self.ledger.trial(trial.retest_of)
+            if earlier is None:
+                break
+            trial = earlier
+        return chain
 
     def _plan_link(self, plan_id: int | None) -> tuple[int | None, str]:
         """The plan a trial is linked to, and a note for the agent. An optional link never stops a trial:

@@ -74,7 +74,8 @@ def status_words(t: Trial) -> str:
 
 def trial_marks(t: Trial) -> list[str]:
     """What a trial's description carries beyond the agent's words: why it was held, the guards' findings,
-    why it crashed, and whether it ran without the sandbox (results.tsv, the report, the UI)."""
+    why it crashed, whether it ran without the sandbox, and the trial it deliberately re-tested (results.tsv, the
+    report, the UI)."""
     marks = []
     findings = "; ".join(compact_finding(f) for f in t.suspicions)
     if t.status == TrialStatus.HELD:
@@ -86,6 +87,8 @@ def trial_marks(t: Trial) -> list[str]:
         marks.append("crash: " + (reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 1] + "…"))
     if t.unsandboxed:
         marks.append(UNSANDBOXED_WORD)
+    if t.retest_of is not None:
+        marks.append(f"re-test of trial {t.retest_of}")
     return marks
 
 
@@ -178,7 +181,8 @@ def journal_markdown(ledger: Ledger) -> str:
     header = [
         f"# Lab journal: {run.tag}",
         "",
-        f"Started {_stamp(run.created)}. {len(finished)} finished trials.{_trust_summary(finished)}",
+        f"Started {_stamp(run.created)}. {len(finished)} finished trials.{_trust_summary(finished)}"
+        f"{_repeats_summary(ledger)}",
         "",
     ]
     header += _plan_queue(ledger.plans())
@@ -195,6 +199,17 @@ def _trust_summary(trials: list[Trial]) -> str:
     if unsandboxed:
         out += f" {len(unsandboxed)} ran {UNSANDBOXED_WORD}: trial {', '.join(unsandboxed)}."
     return out
+
+
+def _repeats_summary(ledger: Ledger) -> str:
+    """" N repeats refused (...)." for the journal's header: changes an earlier trial had made; "" when none."""
+    repeats = ledger.repeats()
+    if not repeats:
+        return ""
+    earlier = ", ".join(dict.fromkeys(str(r.earlier_trial) for r in repeats))
+    many = len(repeats) != 1
+    return (f" {len(repeats)} repeat{'s' if many else ''} refused, not run ({'they' if many else 'it'} repeated "
+            f"trial {earlier}).")
 
 
 def _timeline(ledger: Ledger) -> list[tuple[float, int, str]]:
