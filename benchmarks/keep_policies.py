@@ -9,9 +9,11 @@ do nothing or harm, a few are real gains, and gains shrink as the campaign close
 policy never sees a true effect, only runs observed through Gaussian noise of standard deviation `sigma`.
 
 Each policy decides with `supervisor.core.policy.KeepPolicy.decide`, the code the live loop runs, and is driven
-the way `supervisor/run/loop.py` drives it: the parent's values are the observed runs of the last keep (its
-confirmation runs included); a RETEST is answered with `seeds_needed` new runs and a second `decide`; the floor
-is `NoiseMeasurement.sd` over R repeats of the starting code, measured at the start, as `--noise-repeats R` does.
+the way `supervisor/run/executor.py` drives it: the parent's values are the observed runs of the last keep (its
+confirmation runs included); each RETEST is answered with `seeds_needed` new runs and another `decide` (confirm
+asks once, sequential one seed at a time); the sd is `NoiseMeasurement.sd` over R repeats of the starting code,
+measured at the start as `--noise-repeats R` does, pooled by `NoiseEstimate` with every earlier trial's
+confirmation runs (a group of identical code), as the loop's floor is.
 
 Accounting, the same for every policy: a campaign has a total budget of B runs of the trainer. The baseline run,
 every proposal's run, every confirmation re-run and every noise-floor repeat each cost one. A policy that reads
@@ -52,12 +54,16 @@ sys.path.insert(0, str(ROOT))
 from supervisor.core.policy import (  # noqa: E402
     DEFAULT_CONFIRM_SEEDS,
     DEFAULT_FLOOR_FACTOR,
+    DEFAULT_STANDARD_ERRORS,
     KeepPolicy,
+    NoiseEstimate,
     NoiseMeasurement,
     Verdict,
+    pooled_sd,
 )
 
-POLICIES = ("greedy", "flag", "confirm", "strict")
+POLICIES = ("greedy", "flag", "confirm", "strict", "sequential")
+RERUNNING = ("confirm", "sequential")  # the policies that ask for re-runs (confirm_seeds is theirs)
 NOISE_LEVELS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)
 BUDGETS = (50, 100, 200, 500)
 DEFAULT_NOISE_REPEATS = 3  # `autoresearch noise` measures with 3 repeats unless told otherwise
@@ -65,6 +71,7 @@ DEFAULT_NOISE_REPEATS = 3  # `autoresearch noise` measures with 3 repeats unless
 MAX_RERUNS = 8
 MAX_NOISE_REPEATS = 16
 SWEPT_REPEATS = (2, 5)  # besides the default 3
+FRONTIER_CELLS = ((0.002, 100),)  # where issue 19 sets its goal: every setting's false keeps against progress
 HARMFUL, NEUTRAL, GAIN = 0, 1, 2
 
 
@@ -117,6 +124,7 @@ class Setup:
     floor_factor: float = DEFAULT_FLOOR_FACTOR
     confirm_seeds: int = DEFAULT_CONFIRM_SEEDS
     noise_repeats: int = DEFAULT_NOISE_REPEATS
+    standard_errors: float = DEFAULT_STANDARD_ERRORS  # only the sequential policy reads it
 
     def __post_init__(self) -> None:
         if self.confirm_seeds > MAX_RERUNS:
@@ -129,15 +137,17 @@ class Setup:
         return self.policy != "greedy"  # greedy keeps any gain: a floor would change nothing it does
 
     def keep_policy(self) -> KeepPolicy:
-        return KeepPolicy(self.policy, self.floor_factor, self.confirm_seeds)
+        return KeepPolicy(self.policy, self.floor_factor, self.confirm_seeds, self.standard_errors)
 
     @property
     def label(self) -> str:
         if not self.measures_floor:
             return self.policy
         parts = [f"x{self.floor_factor:g}"]
-        if self.policy == "confirm":
+        if self.policy in RERUNNING:
             parts.append(f"{self.confirm_seeds} seed{'s' if self.confirm_seeds != 1 else ''}")
+        if self.policy == "sequential":
+            parts.append(f"{self.standard_errors:g} se")
         parts.append(f"R={self.noise_repeats}")
         return f"{self.policy} ({', '.join(parts)})"
 
@@ -190,9 +200,77 @@ class CampaignResult:
     floor: float | None = None  # the floor the policy worked with (None for greedy)
 
 
+class _PooledNoise:
+    """The sd decisions use, as the loop reads it (supervisor/run/floor.py): the floor's seeds pooled with every
+    earlier trial that ran its code more than once, by `NoiseEstimate`'s rule (`pooled_sd`, never below the
+    seeds' sd). Each group's own sd is computed once, when it joins: recomputing every group's for every
+    proposal, as `NoiseEstimate.sd` does, made a 500-run campaign 20 times slower. A test checks the two agree."""
+
+    def __init__(self, seeds: Sequence[float] | None) -> None:
+        self.seeds = tuple(seeds or ())
+        self.seeds_sd = NoiseMeasurement(list(self.seeds), budget_s=300.0, platform="simulated").sd \
+            if seeds else None
+        self.groups: list[tuple[float, ...]] = []
+        self._spreads: list[tuple[float, int]] = [] if self.seeds_sd is None else [(self.seeds_sd, len(self.seeds))]
+        self.sd = self.seeds_sd
+
+    def add(self, values: Sequence[float]) -> None:
+        if self.seeds_sd is None or len(values) < 2:
+            return
+        self.groups.append(tuple(values))
+        self._spreads.append((statistics.stdev(values), len(values)))
+        pooled = pooled_sd(self._spreads)
+        self.sd = self.seeds_sd if pooled is None else max(self.seeds_sd, pooled)
+
+    def estimate(self) -> NoiseEstimate:
+        """The loop's own object for the same runs (slow: for checking this one)."""
+        return NoiseEstimate(self.seeds, self.seeds_sd, tuple(self.groups))
+
+
+def _judge(policy: KeepPolicy, parent: list[float], values: list[float], sd: float | None, reruns: list[float],
+           spare: int, result: CampaignResult) -> tuple[bool, bool, int]:
+    """Decide one proposal as the loop's `_decide` does: answer every RETEST with `seeds_needed` new runs (drawn
+    in order from `reruns`) and decide again. Returns (kept, flagged, re-runs spent); a re-test the `spare` runs
+    left cannot pay for is discarded, as the loop discards interrupted re-runs. Extends `values` in place."""
+    decision = policy.decide(parent, values, sd)
+    spent = 0
+    if decision.verdict is Verdict.RETEST:
+        result.retests += 1
+    while decision.verdict is Verdict.RETEST:
+        wanted = decision.seeds_needed
+        affordable = min(wanted, spare - spent)
+        values += [reruns[spent + j] for j in range(affordable)]
+        spent += affordable
+        if affordable < wanted:
+            return False, False, spent
+        decision = policy.decide(parent, values, sd)
+    return decision.kept, decision.flagged, spent
+
+
+def _score(result: CampaignResult, effect: float, kept: bool, flagged: bool) -> None:
+    """Count one judged proposal against the ground truth."""
+    result.proposals += 1
+    if effect < 0:
+        result.gains_seen += 1
+        result.gain_mass_seen += -effect
+        if not kept:
+            result.gains_missed += 1
+            result.gain_mass_missed += -effect
+    if not kept:
+        return
+    result.keeps += 1
+    if effect >= 0:
+        result.false_keeps += 1
+        result.harmful_keeps += effect > 0
+        result.false_keep_harm += effect
+    if flagged:
+        result.flagged += 1
+        result.flagged_false += effect >= 0
+
+
 def run_campaign(stream: ProposalStream, scenario: Scenario, setup: Setup, sigma: float, budget: int
                  ) -> CampaignResult:
-    """One campaign of `budget` runs under one policy, driven as supervisor/run/loop.py drives it."""
+    """One campaign of `budget` runs under one policy, driven as supervisor/run/executor.py drives it."""
     if sigma < 0:
         raise ValueError("sigma must be >= 0")
     floor_runs = setup.noise_repeats if setup.measures_floor else 0
@@ -201,17 +279,15 @@ def run_campaign(stream: ProposalStream, scenario: Scenario, setup: Setup, sigma
     policy = setup.keep_policy()
     result = CampaignResult()
     true_bpb = scenario.start_bpb
-    sd: float | None = None
+    noise = _PooledNoise([true_bpb + sigma * z for z in stream.floor_noise[:floor_runs]] if floor_runs else None)
     if setup.measures_floor:
-        repeats = [true_bpb + sigma * z for z in stream.floor_noise[:floor_runs]]
-        sd = NoiseMeasurement(repeats, budget_s=300.0, platform="simulated").sd
         result.noise_runs = floor_runs
-        result.floor = policy.floor_for(sd)
+        result.floor = policy.floor_for(noise.sd)
     spent = floor_runs
 
     baseline = [true_bpb + sigma * stream.baseline_noise]
     spent += 1
-    if not policy.decide([], baseline, sd).kept:
+    if not policy.decide([], baseline, noise.sd).kept:
         raise AssertionError("the policy did not keep the baseline")
     parent = baseline
 
@@ -223,34 +299,13 @@ def run_campaign(stream: ProposalStream, scenario: Scenario, setup: Setup, sigma
         candidate = true_bpb + effect
         values = [candidate + sigma * stream.first_noise[i]]
         spent += 1
-        decision = policy.decide(parent, values, sd)
-        if decision.verdict is Verdict.RETEST:
-            result.retests += 1
-            wanted = decision.seeds_needed
-            affordable = min(wanted, budget - spent)
-            values += [candidate + sigma * z for z in stream.rerun_noise[i][:affordable]]
-            spent += affordable
-            result.reruns += affordable
-            # Out of budget mid-confirmation: discarded, as the loop discards interrupted re-runs.
-            decision = policy.decide(parent, values, sd) if affordable == wanted else None
-        kept = decision is not None and decision.kept
-        result.proposals += 1
-        if effect < 0:
-            result.gains_seen += 1
-            result.gain_mass_seen += -effect
-            if not kept:
-                result.gains_missed += 1
-                result.gain_mass_missed += -effect
+        reruns = [candidate + sigma * z for z in stream.rerun_noise[i]]
+        kept, flagged, extra = _judge(policy, parent, values, noise.sd, reruns, budget - spent, result)
+        spent += extra
+        result.reruns += extra
+        _score(result, effect, kept, flagged)
+        noise.add(values)  # its runs are one group of identical code (a no-op with a single run adds nothing)
         if kept:
-            assert decision is not None
-            result.keeps += 1
-            if effect >= 0:
-                result.false_keeps += 1
-                result.harmful_keeps += effect > 0
-                result.false_keep_harm += effect
-            if decision.flagged:
-                result.flagged += 1
-                result.flagged_false += effect >= 0
             true_bpb = candidate
             parent = values
         i += 1
@@ -324,6 +379,7 @@ class Summary:
     floor_factor: float
     confirm_seeds: int
     noise_repeats: int
+    standard_errors: float
     sigma: float
     budget: int
     campaigns: int
@@ -356,7 +412,7 @@ def summarize(cell: Cell, best: Sequence[float], scenario: Scenario) -> Summary:
     setup = cell.setup
     return Summary(
         label=setup.label, policy=setup.policy, floor_factor=setup.floor_factor, confirm_seeds=setup.confirm_seeds,
-        noise_repeats=setup.noise_repeats if setup.measures_floor else 0,
+        noise_repeats=setup.noise_repeats if setup.measures_floor else 0, standard_errors=setup.standard_errors,
         sigma=cell.sigma, budget=cell.budget, campaigns=cell.campaigns,
         false_keep_share=cell.share("false_keeps", "keeps"),
         gains_missed_share=cell.share("gains_missed", "gains_seen"),
@@ -406,14 +462,18 @@ def main_setups(floor_factor: float = DEFAULT_FLOOR_FACTOR, confirm_seeds: int =
     return [Setup(p, floor_factor, confirm_seeds, noise_repeats) for p in POLICIES]
 
 
-def tuning_setups(factors: Sequence[float], seeds: Sequence[int], repeats: Sequence[int]) -> list[Setup]:
+def tuning_setups(factors: Sequence[float], seeds: Sequence[int], repeats: Sequence[int],
+                  standard_errors: Sequence[float] = ()) -> list[Setup]:
     """The levers the defaults are chosen from: the floor's factor (for confirm it is also *when* it re-runs:
-    every positive gain under factor x sd), the confirmation seeds, and the repeats the floor is measured with."""
+    every positive gain under factor x sd), the confirmation seeds, the repeats the floor is measured with, and
+    what a sub-floor mean gain must clear under the sequential rule (with the most re-runs it may ask for)."""
     out = [Setup("strict", f) for f in factors]
     out += [Setup("flag", f) for f in factors]
     out += [Setup("confirm", f, n) for f in factors for n in seeds]
     out += [Setup(p, DEFAULT_FLOOR_FACTOR, DEFAULT_CONFIRM_SEEDS, r)
             for p in ("strict", "confirm") for r in repeats]
+    out += [Setup("sequential", DEFAULT_FLOOR_FACTOR, n, standard_errors=z) for z in standard_errors for n in seeds
+            if n >= 1]
     return out
 
 
@@ -503,8 +563,50 @@ def sensitivity_table(results: dict[str, list[Summary]], sigmas: Sequence[float]
     return _table(head, out)
 
 
+def levers_moved_from_defaults(r: Summary) -> int:
+    """How many of a setting's levers differ from the defaults (0: the policy at its defaults)."""
+    return sum([r.floor_factor != DEFAULT_FLOOR_FACTOR,
+                r.policy in RERUNNING and r.confirm_seeds != DEFAULT_CONFIRM_SEEDS,
+                r.noise_repeats not in (0, DEFAULT_NOISE_REPEATS),
+                r.policy == "sequential" and r.standard_errors != DEFAULT_STANDARD_ERRORS])
+
+
+def versus_table(rows: Sequence[Summary], policy: str = "sequential", against: str = "confirm") -> str:
+    """Per cell: false keeps and final true val_bpb of two policies at their defaults, and which is better."""
+    head = ("noise sd", "budget", f"{against} false keeps", f"{policy} false keeps", f"{against} final",
+            f"{policy} final", f"{policy} - {against}", "± se (either)", "no worse on both")
+    out = []
+    for sigma, budget in dict.fromkeys((r.sigma, r.budget) for r in rows):
+        pair = {r.policy: r for r in rows if r.sigma == sigma and r.budget == budget}
+        if policy not in pair or against not in pair:
+            continue
+        ours, theirs = pair[policy], pair[against]
+        both = ours.false_keep_share <= theirs.false_keep_share and ours.final_bpb <= theirs.final_bpb
+        out.append([f"{sigma:g}", str(budget), pct(theirs.false_keep_share), pct(ours.false_keep_share),
+                    f"{theirs.final_bpb:.4f}", f"{ours.final_bpb:.4f}", f"{ours.final_bpb - theirs.final_bpb:+.4f}",
+                    f"{max(ours.gap_se, theirs.gap_se):.4f}", "yes" if both else "no"])
+    return _table(head, out)
+
+
+def frontier_table(rows: Sequence[Summary], sigma: float, budget: int) -> str:
+    """Every setting at one (sd, budget), best progress first: false keeps against the final true val_bpb, and
+    that val_bpb against greedy's and confirm's on the same streams."""
+    at = [r for r in rows if r.sigma == sigma and r.budget == budget]
+    greedy = next((r.final_bpb for r in at if r.policy == "greedy"), float("nan"))
+    confirm = next((r for r in at if r.policy == "confirm" and levers_moved_from_defaults(r) == 0), None)
+    head = ("setting", "false keeps", "harmful keeps", "final true val_bpb", "vs greedy", "of best gain",
+            "re-runs", "beats confirm on both")
+    out = []
+    for r in sorted(at, key=lambda r: r.final_bpb):
+        both = "-" if confirm is None or r is confirm else (
+            "yes" if r.final_bpb <= confirm.final_bpb and r.false_keep_share <= confirm.false_keep_share else "no")
+        out.append([r.label, pct(r.false_keep_share), pct(r.harmful_keep_share), f"{r.final_bpb:.4f}",
+                    f"{r.final_bpb - greedy:+.4f}", pct(r.captured), pct(r.rerun_share), both])
+    return _table(head, out)
+
+
 POLICY_STYLE = {"greedy": ("tab:red", "o"), "flag": ("tab:orange", "s"), "confirm": ("tab:blue", "^"),
-                "strict": ("tab:green", "D")}
+                "strict": ("tab:green", "D"), "sequential": ("tab:purple", "v")}
 
 
 def make_chart(main: Sequence[Summary], levers: Sequence[Summary], path: Path, budgets: Sequence[int],
@@ -549,14 +651,11 @@ def make_chart(main: Sequence[Summary], levers: Sequence[Summary], path: Path, b
         pts = [r for r in levers if r.budget == b and r.sigma == s]
         for r in pts:
             color, marker = POLICY_STYLE[r.policy]
-            default = (r.floor_factor == DEFAULT_FLOOR_FACTOR and r.noise_repeats in (0, DEFAULT_NOISE_REPEATS)
-                       and (r.policy != "confirm" or r.confirm_seeds == DEFAULT_CONFIRM_SEEDS))
+            levers_moved = levers_moved_from_defaults(r)
+            default = levers_moved == 0
             ax.scatter(100 * r.false_keep_share, 100 * r.captured, color=color, marker=marker,
                        s=70 if default else 22, edgecolors="black" if default else "none", zorder=3)
             # Label the defaults and what moves away from them along one lever; the rest stay unlabelled dots.
-            levers_moved = sum([r.floor_factor != DEFAULT_FLOOR_FACTOR,
-                                r.policy == "confirm" and r.confirm_seeds != DEFAULT_CONFIRM_SEEDS,
-                                r.noise_repeats not in (0, DEFAULT_NOISE_REPEATS)])
             if levers_moved == 0 or (levers_moved == 1 and r.policy != "flag"):
                 short = r.label.replace(f", R={DEFAULT_NOISE_REPEATS}", "")
                 short = short.replace(" seeds", "s").replace(" seed", "s")
@@ -604,7 +703,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--noise", type=_floats, help=f"noise sds (default {','.join(map(str, NOISE_LEVELS))})")
     p.add_argument("--budgets", type=_ints, help=f"budgets in runs (default {','.join(map(str, BUDGETS))})")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="base", help="the proposal distribution")
-    p.add_argument("--no-sweep", action="store_true", help="only the four policies at their defaults")
+    p.add_argument("--no-sweep", action="store_true", help="only the five policies at their defaults")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)")
     p.add_argument("--json", type=Path, help="write every row as JSON here")
     p.add_argument("--chart", type=Path, help="draw the chart here (PNG or SVG, needs matplotlib)")
@@ -633,9 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_sweep:
         sweep: list[Setup] = []
     elif args.quick:
-        sweep = tuning_setups((1.0, 2.0, 3.0), (1, 2), SWEPT_REPEATS)
+        sweep = tuning_setups((1.0, 2.0, 3.0), (1, 2), SWEPT_REPEATS, (0.5, 1.0))
     else:
-        sweep = tuning_setups((1.0, 1.5, 2.0, 3.0, 4.0), (1, 2, 3), SWEPT_REPEATS)
+        sweep = tuning_setups((1.0, 1.5, 2.0, 3.0, 4.0), (1, 2, 3), SWEPT_REPEATS, (0.25, 0.5, 0.75, 1.0))
     rows = run_grid([*main_set, *sweep], args.noise, args.budgets, scenario, args.campaigns, args.seed, args.jobs)
     main_rows = [r for s in main_set for r in rows if r.label == s.label]
     main_rows.sort(key=lambda r: (r.sigma, r.budget, POLICIES.index(r.policy)))
@@ -656,7 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"confirm seeds {DEFAULT_CONFIRM_SEEDS}, floor measured with {DEFAULT_NOISE_REPEATS} repeats inside "
           f"the budget (greedy does not measure it)")
     print(f"wall time {wall:.1f} s with {args.jobs} worker{'s' if args.jobs > 1 else ''}\n")
-    print("## The four policies at their defaults\n")
+    print("## The policies at their defaults\n")
     print(main_table(main_rows) + "\n")
     if sweep:
         print("## The levers: share of the best possible gain achieved / false keeps (mean over budgets "
@@ -665,6 +764,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           args.noise) + "\n")
         print("## Flags (policy flag): share of keeps flagged, share of false keeps caught, share of flags right\n")
         print(flag_table(rows, args.noise) + "\n")
+        for sigma, budget in FRONTIER_CELLS:
+            if sigma in args.noise and budget in args.budgets:
+                print(f"## The frontier at sd {sigma:g} and {budget} runs: every setting, best progress first\n")
+                print(frontier_table(rows, sigma, budget) + "\n")
+    print("## Sequential against confirm, both at their defaults, in every cell\n")
+    print(versus_table(main_rows) + "\n")
     if sensitivity:
         print(f"## Other scenarios, budget {probe_budget}: share of the best possible gain / false keeps\n")
         for name, other in SCENARIOS.items():

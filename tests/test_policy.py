@@ -259,7 +259,7 @@ def test_parse_policy():
 def test_parse_policy_errors_list_valid_names():
     with pytest.raises(ValueError) as err:
         parse_policy("yolo")
-    assert "'yolo'" in str(err.value) and "greedy, flag, confirm, strict" in str(err.value)
+    assert "'yolo'" in str(err.value) and "greedy, flag, confirm, strict, sequential" in str(err.value)
     with pytest.raises(ValueError, match="choose one of"):
         KeepPolicy("Flag")  # the dataclass itself is exact; parse_policy is the forgiving door
     with pytest.raises(ValueError, match="factor"):
@@ -304,3 +304,89 @@ def test_policy_properties(parent, trial, sd, factor):
         assert decisions["confirm"].verdict is Verdict.DISCARD
     if sd is None:
         assert all(d.verdict == decisions["greedy"].verdict for d in decisions.values())
+
+
+# --- the sequential rule ----------------------------------------------------------------------------
+# SD 0.0025, one parent run: the standard error of the comparison is 0.0025 x sqrt(1 + 1/n) on n trial runs, and
+# the bar is half of it: 0.00153 on two runs, 0.00144 on three.
+
+
+def test_sequential_asks_for_one_seed_at_a_time_up_to_confirm_seeds():
+    policy = KeepPolicy("sequential", confirm_seeds=3)
+    assert policy.max_runs == 4
+    for runs in ([BELOW + 0.001], [BELOW + 0.001, PARENT], [BELOW + 0.001, PARENT, PARENT - 0.0005]):
+        d = policy.decide([PARENT], runs, SD)  # mean gains 0.001, 0.0005, 0.0005: positive, under the bar
+        assert d.verdict is Verdict.RETEST and d.seeds_needed == 1, runs
+        assert f"run {len(runs) + 1} of at most 4" in d.reason
+    d = policy.decide([PARENT], [BELOW + 0.001, PARENT, PARENT - 0.0005, PARENT - 0.001], SD)
+    assert d.verdict is Verdict.DISCARD and "does not clear 0.5 standard errors" in d.reason
+
+
+def test_sequential_never_keeps_a_sub_floor_gain_on_one_run():
+    d = decide("sequential", [BELOW])  # gain 0.002: above the two-run bar, but one run is not enough
+    assert d.verdict is Verdict.RETEST and d.seeds_needed == 1
+
+
+def test_sequential_keeps_flagged_once_the_mean_clears_half_a_standard_error():
+    d = decide("sequential", [BELOW, PARENT - 0.0012])  # mean gain 0.0016 >= 0.5 x 0.0025 x sqrt(1.5) = 0.00153
+    assert d.verdict is Verdict.KEEP and d.flagged
+    assert "clears 0.5 standard errors (0.0015) over 2 runs: kept by the sequential rule, flagged" in d.reason
+    d = decide("sequential", [BELOW, PARENT - 0.001])  # mean gain 0.0015: just under the bar, one re-run left
+    assert d.verdict is Verdict.RETEST
+
+
+def test_sequential_stops_as_soon_as_the_mean_no_longer_beats_the_parent():
+    d = decide("sequential", [BELOW, PARENT + 0.003])  # mean gain -0.0005 after two of three runs
+    assert d.verdict is Verdict.DISCARD and not d.flagged
+    assert "did not hold up over 2 runs" in d.reason
+
+
+def test_sequential_bar_uses_the_parents_runs_and_the_setting():
+    # four parent runs: se = 0.0025 x sqrt(1/4 + 1/2) = 0.00217; 0.5 se = 0.00108; 1 se = 0.00217
+    parent = [PARENT - 0.001, PARENT + 0.001, PARENT, PARENT]
+    assert KeepPolicy("sequential").decide(parent, [BELOW + 0.0009, BELOW + 0.0009], SD).kept  # gain 0.0011
+    strict_bar = KeepPolicy("sequential", standard_errors=1.0)
+    assert strict_bar.decide(parent, [BELOW + 0.0009, BELOW + 0.0009], SD).verdict is Verdict.RETEST
+    assert strict_bar.decide(parent, [BELOW - 0.0003, BELOW - 0.0003], SD).kept  # gain 0.0023 >= 0.00217
+
+
+def test_sequential_without_re_runs_is_strict_under_the_floor():
+    policy = KeepPolicy("sequential", confirm_seeds=0)
+    assert policy.max_runs == 1
+    assert policy.decide([PARENT], [BELOW], SD).verdict is Verdict.DISCARD
+    assert policy.decide([PARENT], [ABOVE], SD).kept
+
+
+def test_sequential_setting_is_checked():
+    for bad in (-0.1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="standard_errors"):
+            KeepPolicy("sequential", standard_errors=bad)
+    assert parse_policy("Sequential", 2.0, 3, 0.75) == KeepPolicy("sequential", 2.0, 3, 0.75)
+
+
+@settings(max_examples=300)
+@given(parent=runs, first=bpb, extra=st.lists(bpb, min_size=8, max_size=8), sd=sds, seeds=st.integers(0, 6),
+       z=st.floats(0.0, 3.0))
+def test_sequential_terminates_and_keeps_only_what_greedy_keeps(parent, first, extra, sd, seeds, z):
+    """Driven as the loop drives it: every RETEST answered with seeds_needed runs, until a verdict."""
+    policy = KeepPolicy("sequential", confirm_seeds=seeds, standard_errors=z)
+    values = [first]
+    d = policy.decide(parent, values, sd)
+    while d.verdict is Verdict.RETEST:
+        assert len(values) < policy.max_runs and d.seeds_needed == 1
+        values += extra[len(values) - 1:len(values) - 1 + d.seeds_needed]
+        d = policy.decide(parent, values, sd)
+    assert len(values) <= policy.max_runs
+    greedy = KeepPolicy("greedy").decide(parent, values, sd)
+    if d.kept:
+        assert greedy.kept
+        if sd is not None and d.gain < 2 * sd:  # a sub-floor keep has two runs or more and is flagged
+            assert d.flagged and len(values) >= 2
+
+
+def test_the_run_config_accepts_every_policy_the_module_has():
+    from supervisor.core.config import POLICY_NAMES as CONFIG_POLICY_NAMES
+    from supervisor.core.config import RunConfig
+
+    assert CONFIG_POLICY_NAMES == POLICY_NAMES  # config keeps its own list (core config imports no policy code)
+    assert RunConfig(tag="t", policy="sequential").policy == "sequential"

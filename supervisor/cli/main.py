@@ -582,9 +582,12 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
                    help="the OS sandbox of every trial: auto (bubblewrap where it works, else unsandboxed and said "
                         "at the start), bwrap (required), off (unsandboxed on purpose); default auto")
     p.add_argument("--max-trials", type=positive_int, help="stop after this many finished trials")
-    p.add_argument("--policy", choices=POLICY_NAMES, help="keep policy (default flag)")
+    p.add_argument("--policy", choices=POLICY_NAMES,
+                   help="keep policy (default flag); sequential re-runs a sub-floor gain one seed at a time and keeps "
+                        "it once its mean gain clears half a standard error (docs/keep_policies.md)")
     p.add_argument("--floor-factor", type=finite_positive_float, help="noise floor = factor x sd (default 2)")
-    p.add_argument("--confirm-seeds", type=positive_int, help="re-runs for the confirm policy (default 2)")
+    p.add_argument("--confirm-seeds", type=positive_int,
+                   help="re-runs for the confirm policy, and the most the sequential policy may ask for (default 2)")
     p.add_argument("--reflect-every", type=positive_int, help="a reflection every N trials (default 10)")
     p.add_argument("--plateau", type=positive_int, help="a reflection after N trials without a keep (default 8)")
     p.add_argument("--noise-repeats", type=noise_repeat_count,

@@ -23,7 +23,7 @@ from supervisor.core.errors import UserError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # supervisor/core/config.py -> the checkout
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-POLICY_NAMES = ("greedy", "flag", "confirm", "strict")
+POLICY_NAMES = ("greedy", "flag", "confirm", "strict", "sequential")
 SANDBOX_SETTINGS = ("auto", "bwrap", "off")  # the same as supervisor.trial.sandbox's (core imports no trial code)
 
 
@@ -189,6 +189,23 @@ def finite_float_list(text: str) -> list[float]:
     if not parts:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
     return [float(_parse_number(part, float)) for part in parts]
+
+
+def python_name(text: str) -> str:
+    """A Python identifier (a constant of the training script)."""
+    if not text.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Python name")
+    return text
+
+
+def constant_setting(text: str) -> tuple[str, str]:
+    """NAME=VALUE: a constant of the training script and a Python literal for it (see transfer.parse_override)."""
+    from supervisor.core.transfer import ScaleError, parse_override
+
+    try:
+        return parse_override(text)
+    except ScaleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def tag_name(text: str) -> str:
