@@ -6,7 +6,9 @@ Charts, drawn with matplotlib on the Agg backend (no display, no pyplot state):
 - gains: each keep's gain over its parent against the noise floor;
 - cost: val_bpb against parameter count and peak VRAM;
 - throughput: steps, tokens/s and MFU of every trial over the run, with the keeps' level as a line;
-- noise: the seeds of each noise measurement, their spread and the floor.
+- noise: the seeds of each noise measurement, their spread and the floor;
+- audit: the keeps' val_bpb on the search (validation) split and on the audit split, and the gap between them;
+- transfer: each keep's gain on the night beside its gain at a larger scale (`autoresearch transfer`).
 The page adds the keeps in order with their gains, the reflections, the plan queue with dropped plans
 and their reasons, the steering messages, and a link to the graveyard (written beside it).
 """
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.core.types import PlanStatus, Trial, TrialStatus
+from supervisor.core.audit import OVERFIT, audit_points, audit_verdict
+from supervisor.core.types import PlanStatus, RepeatRecord, Trial, TrialStatus
 from supervisor.morning.graveyard import (
     RunView,
     floor_text,
@@ -394,12 +397,86 @@ def chart_noise(view: RunView):
     return fig
 
 
+def chart_audit(view: RunView):
+    """The keeps on both splits over the run, and the gap (audit minus search) with its fitted trend."""
+    keeps = view.by_status(TrialStatus.KEEP)
+    points = audit_points(keeps)
+    if not points:
+        return None
+    verdict = audit_verdict(keeps, view.floor())
+    fig, axes = _new_figure(5.2, 2, 1, sharex=True)
+    top, bottom = axes[0][0], axes[1][0]
+    xs = [p.trial_id for p in points]
+    top.plot(xs, [p.val_bpb for p in points], marker="o", color=COLORS["stair"], linewidth=1.6,
+             label="search split (val_bpb, what decided)")
+    top.plot(xs, [p.audit_val_bpb for p in points], marker="s", color=COLORS["band"], linewidth=1.6,
+             label="audit split (never used to decide)")
+    top.set_ylabel("val_bpb")
+    gaps = [p.gap for p in points]
+    color = COLORS["crash"] if verdict.kind == OVERFIT else COLORS["text"]
+    bottom.plot(xs, gaps, marker="o", color=color, linewidth=1.2, label="gap (audit minus search)")
+    if verdict.widening is not None and xs[-1] > xs[0]:
+        # The fitted trend, through the gaps' mean: the verdict compares its rise with the floor.
+        mid_x, mid_y = sum(xs) / len(xs), sum(gaps) / len(gaps)
+        slope = verdict.widening / (xs[-1] - xs[0])
+        bottom.plot([xs[0], xs[-1]], [mid_y + slope * (x - mid_x) for x in (xs[0], xs[-1])], linestyle="--",
+                    color=color, linewidth=1.0, alpha=0.8, label=f"trend: {fmt_change(verdict.widening)} over the run")
+    if verdict.floor:
+        base = gaps[0]
+        bottom.fill_between([xs[0], xs[-1]], [base - verdict.floor] * 2, [base + verdict.floor] * 2,
+                            color=COLORS["band"], alpha=0.15, linewidth=0,
+                            label=f"first gap ± noise floor ({fmt_change(verdict.floor, False)})")
+    bottom.set_ylabel("gap")
+    bottom.set_xlabel("trial")
+    bottom.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
+    _integer_ticks(bottom)
+    for ax in (top, bottom):
+        ax.legend(fontsize=8, loc="best", frameon=False)
+    title = "the keeps on the search and audit splits"
+    if verdict.kind == OVERFIT:
+        title += ": the gap widens (overfitting to the validation split)"
+    top.set_title(title, fontsize=11, loc="left")
+    return fig
+
+
+TRANSFER_COLORS = {"scale-stable": COLORS["keep"], "scale-bound": COLORS["crash"], "unknown": COLORS["discard"]}
+
+
+def chart_transfer(view: RunView):
+    """Each judged keep's gain at the night's scale beside its gain at each larger scale (error bar: factor x se),
+    coloured by its label there."""
+    results = [r for r in view.transfer if r.verdicts]
+    if not results:
+        return None
+    fig, axes = _new_figure(2.2 + 1.6 * len(results), len(results), 1)
+    for ax, result in zip((row[0] for row in axes), results, strict=True):
+        verdicts = result.verdicts
+        xs = list(range(len(verdicts)))
+        width = 0.38
+        night = [v.base_gain if v.base_gain is not None else 0.0 for v in verdicts]
+        ax.bar([x - width / 2 for x in xs], night, width, color=COLORS["band"], alpha=0.45,
+               label="gain on the night (its own scale)")
+        scaled = [v.gain if v.gain is not None else 0.0 for v in verdicts]
+        errors = [result.factor * v.se if v.se is not None else 0.0 for v in verdicts]
+        ax.bar([x + width / 2 for x in xs], scaled, width, yerr=errors, capsize=3,
+               color=[TRANSFER_COLORS[str(v.label)] for v in verdicts], label=f"gain at {result.scale_key}")
+        ax.axhline(0.0, color=COLORS["text"], linewidth=0.8)
+        ax.set_xticks(xs, [f"#{v.keep.id}" for v in verdicts])
+        ax.set_ylabel("gain (parent - keep)")
+        counts = ", ".join(f"{n} {label}" for label, n in result.counts().items() if n)
+        ax.set_title(f"{result.scale_key}: {counts}", fontsize=10, loc="left")
+        ax.legend(fontsize=8, loc="best", frameon=False)
+    return fig
+
+
 CHARTS: list[tuple[str, Callable[[RunView], Any], str]] = [
     ("trajectory", chart_trajectory, "val_bpb over the run"),
     ("gains", chart_gains, "gains of the keeps"),
     ("cost", chart_cost, "val_bpb against parameters and VRAM"),
     ("throughput", chart_throughput, "throughput over the run"),
     ("noise", chart_noise, "the noise measurements"),
+    ("audit", chart_audit, "the keeps on the search and audit splits"),
+    ("transfer", chart_transfer, "the keeps' gains at a larger scale"),
 ]
 
 
@@ -554,6 +631,46 @@ def _guards(view: RunView) -> list[str]:
     return out
 
 
+def _repeats_overview(view: RunView, repeats: Sequence[RepeatRecord]) -> list[str]:
+    """The overview's line on repeats: how many trials the no-repeat rule saved (none for an imported run)."""
+    if view.imported:
+        return []
+    retests = [t for t in view.trials if t.retest_of is not None]
+    extra = f"; {len(retests)} deliberate re-test{'s' if len(retests) != 1 else ''} ran" if retests else ""
+    if not repeats:
+        return [f"- **Repeats avoided:** none (no change repeated an earlier trial's){extra}"]
+    exact = sum(r.match == "exact" for r in repeats)
+    return [f"- **Repeats avoided:** {len(repeats)} ({exact} exact, {len(repeats) - exact} near): changes that "
+            f"repeated an earlier trial's were refused, not run{extra}"]
+
+
+def _repeats(view: RunView, repeats: Sequence[RepeatRecord]) -> list[str]:
+    """Each refused repeat (which trial it repeated, exact or near) and each deliberate re-test."""
+    retests = [t for t in view.trials if t.retest_of is not None]
+    out: list[str] = []
+    if repeats:
+        out += [f"{len(repeats)} submission{'s were' if len(repeats) != 1 else ' was'} refused because the change "
+                "repeated an earlier trial's: **exact** (the same changed lines) or **near** (the same after "
+                "normalising whitespace, number formats, quotes, comments and trailing commas). None of them ran.",
+                "", "| when | repeated trial | match | its result | description sent |", "|---|---:|---|---|---|"]
+        for r in repeats:
+            out.append(f"| {_stamp(r.created)} | {r.earlier_trial} | {r.match} | "
+                       f"{md_cell(_trial_result(view.trial(r.earlier_trial)))} | {md_cell(r.description)} |")
+    else:
+        out.append("No change repeated an earlier trial's.")
+    if retests:
+        out += ["", "Deliberate re-tests (run on purpose with `retest_of`):", ""]
+        out += [f"- Trial {t.id} re-tested trial {t.retest_of} ({md_text(_trial_result(view.trial(t.retest_of)))}): "
+                f"{md_text(_trial_result(t))}; {md_text(t.description)}" for t in retests]
+    return out
+
+
+def _trial_result(t: Trial | None) -> str:
+    if t is None:
+        return "not in the ledger"
+    return f"{t.status}, val_bpb {fmt_val(t.val_bpb)}" if t.val_bpb is not None else str(t.status)
+
+
 def _reflections(view: RunView) -> list[str]:
     if not view.reflections:
         if view.imported:
@@ -595,10 +712,55 @@ def _plans(view: RunView) -> list[str]:
     return out
 
 
+def _transfer_section(view: RunView) -> list[str]:
+    """Which keeps survive a larger scale (`autoresearch transfer`), one table per scale checked."""
+    if not view.transfer:
+        if view.imported:
+            return ["An imported run has no commits to run again at a larger scale."]
+        return ["Not checked: whether the keeps hold at a deeper model and a longer budget is unknown. Check it "
+                f"with `autoresearch transfer --tag {view.tag}` (or start a night with `--transfer-at-end`)."]
+    out = ["Every keep's code and its parent's ran again at a larger scale, with the same seeds; a keep is "
+           "*scale-stable* when its gain there is positive beyond the floor factor times the standard error of "
+           "the difference, *scale-bound* when it is negative beyond it (the win belonged to the small scale), "
+           "*unknown* within it.", ""]
+    for result in view.transfer:
+        counts = ", ".join(f"{n} {label}" for label, n in result.counts().items())
+        sd = f"pooled sd {result.sd:.2g}" if result.sd is not None else "noise unmeasured"
+        out += [f"**{md_text(result.scale_key)}** ({counts}; {sd})", "",
+                "| keep | change | gain on the night | gain at scale | runs | label |",
+                "|---:|---|---:|---:|---:|---|"]
+        for v in result.verdicts:
+            night = fmt_change(v.base_gain) if v.base_gain is not None else "—"
+            scaled = "—" if v.gain is None else fmt_change(v.gain) + (
+                f" ± {fmt_change(result.factor * v.se, False)}" if v.se is not None else "")
+            out.append(f"| {v.keep.id} | {md_cell(v.keep.description[:70])} | {night} | {scaled} | "
+                       f"{v.keep_runs} vs {v.parent_runs} | {v.label} |")
+        out.append("")
+    return out
+
+
+def _audit_section(view: RunView) -> list[str]:
+    """The verdict on the audit split and the keeps with both numbers (the agent never sees this)."""
+    keeps = view.by_status(TrialStatus.KEEP)
+    verdict = audit_verdict(keeps, view.floor())
+    out = ["Each kept model was scored once more, on the audit split: held-out text of the same kind that no "
+           "decision used and the agent never saw. The gap (audit minus search) stays level while the keeps "
+           "generalise, and widens when a night of keeps fits the validation split itself.", "", verdict.text, ""]
+    if not keeps:
+        return out
+    out += ["| trial | val_bpb (search) | audit val_bpb | gap | note |", "|---:|---:|---:|---:|---|"]
+    for t in keeps:
+        gap = None if t.val_bpb is None or t.audit_val_bpb is None else t.audit_val_bpb - t.val_bpb
+        out.append(f"| {t.id} | {fmt_val(t.val_bpb)} | {fmt_val(t.audit_val_bpb)} | "
+                   f"{'—' if gap is None else fmt_change(gap)} | {md_cell(t.audit_note or '')} |")
+    return out
+
+
 def report_markdown(view: RunView, charts: dict[str, list[Path]], charts_rel: str = "charts",
                     graveyard_name: str | None = "graveyard.md", generated: float | None = None,
-                    left_out: Sequence[str] = ()) -> str:
-    """The report page; `charts` are the files render_charts wrote (the page links the SVGs)."""
+                    left_out: Sequence[str] = (), repeats: Sequence[RepeatRecord] = ()) -> str:
+    """The report page; `charts` are the files render_charts wrote (the page links the SVGs); `repeats` are the
+    run's refused repeats (Ledger.repeats)."""
 
     def image(name: str, alt: str, missing: str = "") -> list[str]:
         if name in left_out:
@@ -612,7 +774,7 @@ def report_markdown(view: RunView, charts: dict[str, list[Path]], charts_rel: st
 
     out = [f"# Run report: {md_text(view.tag)}", "",
            f"*Generated {_stamp(generated if generated is not None else time.time())} from the run's ledger.*", ""]
-    out += _overview(view) + [""]
+    out += _overview(view) + _repeats_overview(view, repeats) + [""]
     out += ["## val_bpb over the run", "",
             "Every trial is a point; the staircase is the best keep so far, and the band under it is one noise "
             "floor deep: a trial has to land below the band for its gain to be more than noise. Flagged keeps "
@@ -621,6 +783,8 @@ def report_markdown(view: RunView, charts: dict[str, list[Path]], charts_rel: st
     out += ["## Keeps in order", ""] + image("gains", "gain of each keep over its parent, against the noise floor")
     out += _keeps_table(view) + [""]
     out += ["## Held for review and guard findings", ""] + _guards(view) + [""]
+    if not view.imported:
+        out += ["## Repeats avoided", ""] + _repeats(view, repeats) + [""]
     out += ["## What the results cost", ""]
     out += image("cost", "val_bpb against parameter count and peak VRAM",
                  "No trial recorded its parameter count or peak VRAM (upstream writes memory_gb 0.0 on CPU and MPS).")
@@ -633,6 +797,10 @@ def report_markdown(view: RunView, charts: dict[str, list[Path]], charts_rel: st
     out += ["## The noise floor", ""]
     noise_lines = _noise_section(view)
     out += noise_lines + [""] + image("noise", "val_bpb of repeated seeds per noise measurement")
+    out += ["## Audit split", ""] + image("audit", "the keeps' val_bpb on the search and audit splits, and the gap")
+    out += _audit_section(view) + [""]
+    out += ["## Scale transfer", ""] + image("transfer", "each keep's gain on the night and at a larger scale")
+    out += _transfer_section(view) + [""]
     out += ["## Reflections", ""] + _reflections(view) + [""]
     out += ["## Plan queue", ""] + _plans(view) + [""]
     if view.steering:
@@ -683,5 +851,6 @@ def write_report(ledger: Ledger, out_dir: Path, *, png: bool = True, graveyard: 
         written.graveyard = out_dir / "graveyard.md"
         atomic_write(written.graveyard, graveyard_markdown(view, generated=generated))
     atomic_write(written.markdown, report_markdown(view, charts, graveyard_name="graveyard.md" if graveyard else None,
-                                                   generated=generated, left_out=left_out))
+                                                   generated=generated, left_out=left_out,
+                                                   repeats=ledger.repeats()))
     return written

@@ -7,6 +7,7 @@ what happened: a started trial without a result is marked aborted on --resume, n
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -26,7 +27,13 @@ from supervisor.core.failpoints import failpoint
 from supervisor.core.paths import RunPaths
 from supervisor.core.policy import KeepPolicy, Verdict
 from supervisor.core.types import UNSANDBOXED_PREFIX, RunState, Trial, TrialKind, TrialStatus, is_unsandboxed
-from supervisor.run.floor import RERUN_SEED_BASE, floor_machine, noise_estimate, rerun_values
+from supervisor.run.floor import (
+    RERUN_SEED_BASE,
+    RETEST_SEED_BASE,
+    floor_machine,
+    noise_estimate,
+    rerun_values,
+)
 from supervisor.run.sentinel import (
     MachineLoad,
     MachineSample,
@@ -39,6 +46,7 @@ from supervisor.run.trial_setup import TrialSetup
 from supervisor.store.journal_files import JournalFiles
 from supervisor.store.ledger import Ledger
 from supervisor.trial.edits import EditError, read_text_in_workspace
+from supervisor.trial.evaluation import AUDIT_JOB_DIR, audit_unavailable, kept_model, score_audit
 from supervisor.trial.guards import (
     eval_fingerprint,
     finding_rules,
@@ -50,6 +58,8 @@ from supervisor.trial.platform_info import platform_info
 from supervisor.trial.runner import TrialOutcome, TrialSpec, run_trial, summary_float
 from supervisor.trial.warm_start import COMPILE_MODULES, WarmStarter
 from supervisor.trial.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 PRIMARY_SEED = 42
 CONFIRM_SEED_BASE = 1000
@@ -276,8 +286,13 @@ class TrialExecutor:
         return prompts.results_table(trials, self.noise_floor(), self.config.policy)
 
     # ---- one trial -----------------------------------------------------------------------------------------
-    def run_trial(self, description: str, category: str | None, plan_id: int | None) -> ToolOutcome:
-        """Commit, run, decide, record, reset. Called by the run_trial tool."""
+    def run_trial(self, description: str, category: str | None, plan_id: int | None,
+                  same_change_as: Trial | None = None) -> ToolOutcome:
+        """Commit, run, decide, record, reset. Called by the run_trial tool.
+
+        ``same_change_as``: an earlier trial that made this same change to this same keep (a deliberate re-test,
+        run_trial's retest_of). Its runs count with this one's, so re-testing until the noise is kind is no
+        free retry; this run gets a new seed, to be a new sample."""
         refusal = self._refusal()
         if refusal:
             return ToolOutcome("run_trial", ok=False, refused=True, content=refusal)
@@ -290,6 +305,10 @@ class TrialExecutor:
         rerun_of = best if best is not None and best.commit_sha == parent_commit and not diff.strip() else None
         seed = PRIMARY_SEED if rerun_of is None else \
             RERUN_SEED_BASE + 1000 * rerun_of.id + len(rerun_of.all_values) + len(self._reruns(rerun_of))
+        earlier = self._same_change_values(same_change_as, best) if rerun_of is None else []
+        if earlier:
+            assert same_change_as is not None
+            seed = RETEST_SEED_BASE + 1000 * same_change_as.id + len(earlier)
         failpoint("before_commit")
         commit = ws.commit_trial(f"trial: {description}")
         failpoint("after_commit")
@@ -307,11 +326,26 @@ class TrialExecutor:
                       description=description, budget_s=self.config.budget_s, seed=seed,
                       parent_trial=best.id if best else None)
         run = _Run(seed, rerun_of, self._compute_neutral(parent_commit, commit, diff))
+        if earlier:
+            assert same_change_as is not None
+            run.earlier_values = list(earlier)
+            run.note = prompts.DECISION_RETEST_POOLED.format(earlier=same_change_as.id, runs=len(earlier) + 1,
+                                                             values=", ".join(prompts.fmt(v) for v in earlier))
         outcome = self._measured_run(run, trial_id, self.paths.trial_dir(trial_id), live=True)
         guard = self._check_after(findings)
         if outcome.stopped:
             return self._stopped(trial_id, outcome, parent_commit)
         return self._record(trial_id, outcome, best, parent_commit, guard, run)
+
+    def _same_change_values(self, earlier: Trial | None, best: Trial | None) -> list[float]:
+        """The runs of an earlier trial that made this change to this keep ([] if it did not, or crashed). A re-test
+        holds every earlier run of its change beside its own (they were added to it), so the newest holds all."""
+        if earlier is None or best is None or earlier.parent_trial != best.id:
+            return []
+        current = self.ledger.trial(earlier.id)
+        if current is None or not current.status.finished or current.status == TrialStatus.CRASH:
+            return []
+        return list(current.all_values)
 
     def _measured_run(self, run: _Run, trial_id: int, out_dir: Path, live: bool) -> TrialOutcome:
         """One run of the trial, between two readings of the machine (the speed sentinel)."""
@@ -416,6 +450,8 @@ class TrialExecutor:
         failpoint("trial_recorded")
         if verdict.status != TrialStatus.KEEP:
             self.workspace.reset_to(parent_commit)
+        else:
+            self.score_audit(trial_id)  # after the keep is recorded: nothing the audit does can change it
         failpoint("branch_reset")
         self._add_triggers()
         self.files.render()
@@ -512,7 +548,7 @@ class TrialExecutor:
             run.note = prompts.DECISION_DRIFT_RERUN_CRASHED.format(drift=drift, crash=second.reason)
             return first, guard  # still drifted: the first run decides, flagged
         run.note = prompts.DECISION_DRIFT_RERUN.format(drift=drift, first=prompts.fmt(first.val_bpb))
-        run.earlier_values = [first.val_bpb]
+        run.earlier_values = [*run.earlier_values, first.val_bpb]
         steps, tokens = summary_float(first.summary, "num_steps"), summary_float(first.summary, "tokens_per_s")
         run.first_run = f"val_bpb {prompts.fmt(first.val_bpb)}, steps {steps:g}, tokens/s {tokens:,.0f}" \
             if steps is not None and tokens is not None else f"val_bpb {prompts.fmt(first.val_bpb)}"
@@ -551,22 +587,66 @@ class TrialExecutor:
             self.ledger.add_extra_value(trial_id, old)
         values = [value, *(earlier or [])]
         decision = policy.decide(parent_values, values, sd)
-        if decision.verdict is Verdict.RETEST:
+        reruns = 0  # numbers this trial's confirmation runs: their seeds and folders
+        # Confirm asks once for all its seeds; sequential asks one seed at a time until it can decide. The policy
+        # asks only while the trial has fewer than policy.max_runs runs, so this ends.
+        while decision.verdict is Verdict.RETEST:
             self.bus.emit(ev.NOTICE, level="info", message=f"trial {trial_id}: {decision.reason}")
-            for i in range(decision.seeds_needed):
+            for _ in range(decision.seeds_needed):
                 if self.trial_stop.is_set():
                     break
-                seed = CONFIRM_SEED_BASE + trial_id * 10 + i
-                rerun = self.execute(trial_id, self.paths.trial_dir(trial_id, i + 1), seed, live=False)
+                seed = CONFIRM_SEED_BASE + trial_id * 10 + reruns
+                reruns += 1
+                rerun = self.execute(trial_id, self.paths.trial_dir(trial_id, reruns), seed, live=False)
                 if rerun.status != "ok" or rerun.val_bpb is None:
                     return _Verdict(TrialStatus.DISCARD, False, prompts.DECISION_CONFIRMATION_CRASHED.format(
                         reason=decision.reason, seed=seed, crash=rerun.reason))
                 self.ledger.add_extra_value(trial_id, rerun.val_bpb)
                 values.append(rerun.val_bpb)
             decision = policy.decide(parent_values, values, sd)
-            if decision.verdict is Verdict.RETEST:  # a stop cut the re-runs short: do not keep on one run
+            if decision.verdict is Verdict.RETEST and self.trial_stop.is_set():
+                # A stop cut the re-runs short: do not keep on fewer runs than the policy asked for.
                 return _Verdict(TrialStatus.DISCARD, False, prompts.DECISION_CONFIRMATION_INTERRUPTED)
         return _Verdict(TrialStatus.KEEP if decision.verdict is Verdict.KEEP else TrialStatus.DISCARD, decision.flagged, decision.reason)
+
+    # ---- the audit split (issue 19): every keep scored, never for a decision, never shown to the agent --------
+    def score_audit(self, trial_id: int) -> None:
+        """The kept model's val_bpb on the audit split, into the ledger (or a note saying why there is none).
+
+        A fault of the audit never raises and never changes the keep: the number is for the person's report only
+        (an agent that saw it could tune on it: a second validation split). Nothing of it goes on the bus either."""
+        try:
+            value, note = self._audit(trial_id)
+        except Exception as exc:  # noqa: BLE001 - a fault here must not cost the keep or the run
+            log.exception("audit scoring of trial %s failed", trial_id)
+            value, note = None, f"the audit scoring failed: {type(exc).__name__}: {exc}"
+        self.ledger.set_audit(trial_id, value, note)
+
+    def _audit(self, trial_id: int) -> tuple[float | None, str | None]:
+        why = audit_unavailable(self.config.cache_dir, self.setup.expected)
+        if why:
+            return None, why
+        trial = self.ledger.trial(trial_id)
+        artifact = trial.summary.get("evaluator.artifact_sha256") if trial is not None else None
+        folder = self.paths.trial_dir(trial_id)
+        model = kept_model(folder, artifact)
+        if model is None:
+            return None, "the kept model is no longer in the trial's folder"
+        spec = self.setup.evaluator(folder / AUDIT_JOB_DIR, split="audit")
+        if spec is None:
+            return None, "this run's harness has no trusted evaluator to score the audit split with"
+        self.set_state(RunState.TRIAL, f"trial {trial_id}: scoring the kept model on the audit split")
+        score = score_audit(spec, model, artifact)
+        log.info("audit split of trial %s scored in %.1f s", trial_id, score.seconds)
+        return score.value, score.note
+
+    def score_missing_audits(self) -> list[int]:
+        """Keeps a stop left unaudited (no score and no note) whose model is still there: scored now (on resume)."""
+        missing = [t for t in self.ledger.trials([TrialStatus.KEEP]) if t.audit_val_bpb is None and t.audit_note is None
+                   and kept_model(self.paths.trial_dir(t.id), None) is not None]
+        for trial in missing:
+            self.score_audit(trial.id)
+        return [t.id for t in missing]
 
     def _add_triggers(self) -> None:
         """Reflection triggers that the trial just recorded may have set off."""
@@ -687,6 +767,11 @@ class TrialExecutor:
     def discard_warm(self) -> None:
         if self.warm is not None:
             self.warm.discard()
+
+    def after_run_problem(self) -> str:
+        """After a run outside a trial (the transfer check): what it changed that voids its number ("" when
+        nothing), with the harness restored and the git directory repaired, as after a trial."""
+        return self._check_after([]).untrusted
 
 
 class _MetricStream:

@@ -46,6 +46,7 @@ from supervisor.core.failpoints import failpoint
 from supervisor.core.paths import RunPaths
 from supervisor.core.policy import NoiseMeasurement
 from supervisor.core.pricing import PRICES_AS_OF, UsageTotals
+from supervisor.core.transfer import DEFAULT_TRANSFER_SEEDS, Scale, TransferResult
 from supervisor.core.types import RunState
 from supervisor.run.api_health import ApiHealth
 from supervisor.run.context import turn_context
@@ -53,6 +54,13 @@ from supervisor.run.executor import TrialExecutor
 from supervisor.run.noise import measure_noise
 from supervisor.run.runaway import RunawayGuard
 from supervisor.run.tools import ToolBox, call_problem, obligation
+from supervisor.run.transfer import (
+    TransferCheck,
+    TransferPlan,
+    abort_left_running,
+    plan_transfer,
+    result_lines,
+)
 from supervisor.store.journal_files import JournalFiles
 from supervisor.store.ledger import Ledger
 from supervisor.store.lock import RunLock
@@ -159,7 +167,12 @@ class Supervisor:
         for trial_id in self.executor.abort_interrupted():
             self.bus.emit(ev.NOTICE, level="warning",
                           message=f"trial {trial_id} was interrupted by a supervisor stop; recorded as aborted")
+        for run_id in abort_left_running(self.ledger, self.config.layout.command):
+            self.bus.emit(ev.NOTICE, level="warning",
+                          message=f"transfer run {run_id} was interrupted by a supervisor stop; recorded as aborted")
         self.executor.restore_branch()
+        for trial_id in self.executor.score_missing_audits():  # a stop came between a keep and its audit score
+            self.bus.emit(ev.NOTICE, level="info", message=f"keep {trial_id}: scored on the audit split on resume")
         if abs(old_budget - self.config.budget_s) > 1e-9 and self.ledger.finished_trials():
             self.ledger.add_trigger("budget change", f"the budget changed from {old_budget:g}s to "
                                                      f"{self.config.budget_s:g}s; results compare only within one budget")
@@ -294,6 +307,8 @@ class Supervisor:
             if self.config.noise_repeats and self.ledger.latest_noise(self.config.budget_s) is None:
                 self.measure_noise(self.config.noise_repeats)
             end = self._loop()
+            if end == RunState.FINISHED and self.config.transfer_at_end and not self._stop:
+                self._transfer_at_end()
         except (OSError, sqlite3.Error) as exc:
             # Storage failed (a full disk, a dying drive). Every finished trial is already durable; stop
             # cleanly and say how to go on, rather than run trials whose results cannot be recorded.
@@ -326,6 +341,19 @@ class Supervisor:
                 return RunState.FINISHED
             if not self.step():
                 return RunState.FINISHED
+
+    def transfer_check(self, plan: TransferPlan) -> TransferResult:
+        """Run the scale-transfer check's plan with this run's executor (`autoresearch transfer`, or at the end)."""
+        return TransferCheck(self.executor, lambda: self._stop).run(plan)
+
+    def _transfer_at_end(self) -> None:
+        plan = plan_transfer(self.ledger, Scale(), DEFAULT_TRANSFER_SEEDS)
+        self.bus.emit(ev.NOTICE, level="info", message="the night is finished: the scale-transfer check runs now\n"
+                      + plan.describe(self.config.budget_s, self.config.budget_tokens))
+        result = self.transfer_check(plan)
+        for line in result_lines(result):
+            self.bus.emit(ev.NOTICE, level="info", message=line)
+        self.files.render()
 
     def _wait_paused(self) -> None:
         self._set_state(RunState.PAUSED, self._pause_reason)

@@ -18,6 +18,7 @@ from supervisor.core.types import (
     trial_record,
 )
 from supervisor.run.floor import noise_status
+from supervisor.run.transfer import transfer_results
 from supervisor.run.trial_setup import budget_text
 from supervisor.store.ledger import Ledger
 from supervisor.store.lock import RunLock
@@ -36,6 +37,10 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
                            usage=usage["by_trial"][t.id].as_dict() if t.id in usage["by_trial"] else None)
         for t in trials
     }
+    transfer = transfer_results(ledger, cfg.floor_factor)
+    for record in records.values():  # each trial's label at every scale it was judged at
+        record["transfer"] = {r.scale_key: str(v.label) for r in transfer for v in r.verdicts
+                              if v.keep.id == record["id"]}
     state = str(run.state)
     live = RunLock.holder(lock_path) if lock_path else None
     if run.state.live and lock_path and not live:
@@ -71,10 +76,13 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
                   "findings": list(t.suspicions)} for t in trials if t.status == TrialStatus.HELD],
         "unsandboxed": [{"id": t.id, "description": t.description, "sandbox": t.sandbox}
                         for t in trials if t.unsandboxed],
+        **_repeats(ledger, trials),
         "reflections": [row_record(r) for r in ledger.reflections()],
         "plans": [row_record(p) for p in ledger.plans()],
         "steering": [{**row_record(s), "state": s.state} for s in ledger.steering()],
         "open_triggers": [row_record(t) for t in ledger.open_triggers()],
+        "transfer": [{"scale": r.scale_key, "sd": r.sd, "factor": r.factor, "counts": r.counts(),
+                      "keeps": [v.as_dict() for v in r.verdicts]} for r in transfer],
         "cost": {**usage["total"].as_dict(), **_spend_limits(ledger, cfg), "models": usage["models"],
                  "since_last_journal": usage["pending"].as_dict()},
     }
@@ -92,6 +100,18 @@ def _counts(ledger: Ledger, trials: list[Trial]) -> dict[str, int]:
         "unsandboxed": sum(t.unsandboxed for t in trials),
         "refusals": ledger.refusal_count(),
     }
+
+
+def _repeats(ledger: Ledger, trials: list[Trial]) -> dict[str, Any]:
+    """Submissions refused as repeats of an earlier trial, none of which ran, with that trial's result (a
+    deliberate re-test that did run is a trial whose record carries `retest_of`)."""
+    by_id = {t.id: t for t in trials}
+    repeats = []
+    for r in ledger.repeats():
+        earlier = by_id.get(r.earlier_trial)
+        repeats.append({**row_record(r), "earlier_status": None if earlier is None else str(earlier.status),
+                        "earlier_val_bpb": None if earlier is None else earlier.val_bpb})
+    return {"repeats_avoided": len(repeats), "repeats": repeats}
 
 
 def usage_by_trial(turns: list[Turn], journal: list[JournalEntry]) -> dict[str, Any]:
