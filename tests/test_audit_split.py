@@ -457,3 +457,14 @@ def test_the_report_without_audit_scores_says_why_and_draws_no_audit_chart(tmp_p
     one = RunView.from_ledger(_ledger(tmp_path / "one", [(1.2, 1.25)]))
     md = report_markdown(one, render_charts(one, tmp_path / "charts-1", png=False))
     assert "Only one keep" in md and "a trend needs two" in md
+
+
+def test_the_report_does_not_vouch_for_the_audit_of_a_night_with_unsandboxed_trials(tmp_path):
+    ledger = _ledger(tmp_path / "u", STEADY)
+    view = RunView.from_ledger(ledger)
+    assert "Not vouched for" not in report_markdown(view, {})
+    ledger.finish_trial(2, sandbox="none: --sandbox off")  # trial 2 (a keep) ran where it could read audit.bin
+    view = RunView.from_ledger(ledger)
+    md = report_markdown(view, {})
+    assert "**Not vouched for:** 1 trial(s) ran unsandboxed (trial 2)" in md
+    ledger.close()

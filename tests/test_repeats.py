@@ -355,9 +355,10 @@ def test_re_testing_a_change_on_the_same_keep_pools_its_runs_so_rerolling_the_no
         assert t[3].retest_of == 2 and t[3].seed == RETEST_SEED_BASE + 1000 * 2 + 1
         assert t[3].all_values == [t[3].val_bpb, t[2].val_bpb]  # its own run, then trial 2's
         # Named after the first trial of the change, it is linked there; the newest run of the change holds them all.
-        assert t[4].retest_of == 2 and t[4].seed == RETEST_SEED_BASE + 1000 * 3 + 2 and len(t[4].all_values) == 3
-        assert t[4].all_values[1:] == t[3].all_values  # every earlier run of the change, once each
-        assert "a re-test of trial 3's change to this keep, with a new seed" in t[4].decision
+        assert t[4].retest_of == 2 and t[4].seed == RETEST_SEED_BASE + 1000 * 2 + 2 and len(t[4].all_values) == 3
+        assert sorted(t[4].all_values[1:]) == sorted(t[3].all_values)  # every earlier run of the change, once each
+        assert t[4].summary["supervisor.pooled_from"] == "2,3" and t[4].summary["supervisor.pooled_runs"] == "2"
+        assert "a re-test of the change trials 2 and 3 made to this keep, with a new seed" in t[4].decision
         assert "mean of 3 runs" in t[4].decision
         # The mean decides: kept only if the mean of all three beats the parent, whatever the last seed drew.
         mean = sum(t[4].all_values) / 3

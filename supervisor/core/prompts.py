@@ -212,7 +212,7 @@ TRIAL_REPORT_RERUN = ("This trial re-ran trial {parent}'s code unchanged: not an
                       "joined trial {parent}'s runs, which later trials are compared with, and the noise floor.")
 DECISION_MACHINE_DRIFT = ("{decision}; THE MACHINE DRIFTED during this run ({drift}): flagged, the number may "
                           "measure the machine rather than the change")
-DECISION_RETEST_POOLED = ("a re-test of trial {earlier}'s change to this keep, with a new seed: its earlier runs "
+DECISION_RETEST_POOLED = ("a re-test of the change {earlier} made to this keep, with a new seed: their runs "
                           "({values}) count with this one's (mean of {runs} runs), so a re-test is no fresh draw")
 DECISION_DRIFT_RERUN = ("the first run drifted ({drift}), so it was run again with the same seed (its val_bpb "
                         "{first} counts with the second run's: a second draw is not a fresh start)")

@@ -246,6 +246,17 @@ def near_signature(diff: str) -> tuple[Region, ...]:
 
 
 # ---- finding the earlier trial ---------------------------------------------------------------------------------
+def same_change(diff: str, other: str) -> bool:
+    """Whether two diffs make the same change: the same changed lines, or the same after normalising."""
+    exact = changed_lines(diff)
+    if not exact:
+        return False
+    if changed_lines(other) == exact:
+        return True
+    near = near_signature(diff)
+    return bool(near) and near_signature(other) == near
+
+
 def find_repeat(diff: str, parent_trial: int | None, earlier: Sequence[Trial]) -> RepeatMatch | None:
     """The earlier trial whose change `diff` repeats, or None.
 

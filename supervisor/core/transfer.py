@@ -125,6 +125,31 @@ def _last_assignments(tree: ast.Module) -> dict[str, ast.stmt]:
     return found
 
 
+def _bound_after(tree: ast.Module, after: ast.stmt, name: str) -> int | None:
+    """The line of a module-level binding of ``name`` after ``after`` (in an `if`, a `for` target, a tuple
+    assignment, `X += 1`, an import, a `global` in a function...), which would undo the scale's line; None if none."""
+    later = [node for node in tree.body if node.lineno > (after.end_lineno or after.lineno)]
+    for statement in later:
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store | ast.Del) \
+                    and not _inside_function(statement, node):
+                return node.lineno
+            if isinstance(node, ast.Global) and name in node.names:
+                return node.lineno
+            if isinstance(node, ast.Import | ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
+                return node.lineno
+    return None
+
+
+def _inside_function(statement: ast.stmt, target: ast.AST) -> bool:
+    """Whether ``target`` sits in a function or class body within ``statement`` (a local binding, not the module's)."""
+    for node in ast.walk(statement):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef) and \
+                any(child is target for child in ast.walk(node)):
+            return True
+    return False
+
+
 def scale_script(source: str, scale: Scale) -> str:
     """The script at the larger scale: one line after each scaled constant's last top-level assignment.
 
@@ -144,6 +169,11 @@ def scale_script(source: str, scale: Scale) -> str:
     if missing:
         raise ScaleError(f"the script has no top-level assignment of {', '.join(missing)} to scale (name the "
                          "constant with --depth-name, or set it with --set NAME=VALUE)")
+    for name in lines:
+        rebound = _bound_after(tree, assigned[name], name)
+        if rebound is not None:
+            raise ScaleError(f"the script binds {name} again on line {rebound}, after its last plain assignment: "
+                             "a scale line there would be undone")
     out = source.splitlines(keepends=True)
     if out and not out[-1].endswith("\n"):
         out[-1] += "\n"

@@ -746,6 +746,12 @@ def _audit_section(view: RunView) -> list[str]:
     out = ["Each kept model was scored once more, on the audit split: held-out text of the same kind that no "
            "decision used and the agent never saw. The gap (audit minus search) stays level while the keeps "
            "generalise, and widens when a night of keeps fits the validation split itself.", "", verdict.text, ""]
+    unsandboxed = [t.id for t in view.trials if t.unsandboxed]
+    if unsandboxed:
+        shown = ", ".join(map(str, unsandboxed[:10])) + (" ..." if len(unsandboxed) > 10 else "")
+        out += [f"**Not vouched for:** {len(unsandboxed)} trial(s) ran unsandboxed (trial {shown}); such a trial "
+                "could read the audit split and the run folder, so the audit may not have been held out from them.",
+                ""]
     if not keeps:
         return out
     out += ["| trial | val_bpb (search) | audit val_bpb | gap | note |", "|---:|---:|---:|---:|---|"]

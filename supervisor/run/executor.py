@@ -26,12 +26,16 @@ from supervisor.core.config import RunConfig
 from supervisor.core.failpoints import failpoint
 from supervisor.core.paths import RunPaths
 from supervisor.core.policy import KeepPolicy, Verdict
+from supervisor.core.repeats import same_change
 from supervisor.core.types import UNSANDBOXED_PREFIX, RunState, Trial, TrialKind, TrialStatus, is_unsandboxed
 from supervisor.run.floor import (
+    POOLED_FROM,
+    POOLED_RUNS,
     RERUN_SEED_BASE,
     RETEST_SEED_BASE,
     floor_machine,
     noise_estimate,
+    own_runs,
     rerun_values,
 )
 from supervisor.run.sentinel import (
@@ -90,8 +94,10 @@ class _Run:
     drift: list[str] = field(default_factory=list)  # why the deciding run may measure the machine
     note: str = ""  # what happened before the deciding run (a drifted first run, run again)
     first_run: str = ""  # the drifted first run's numbers, when a second run followed it
-    # The drifted first run's val_bpb: it counts beside the second run's, so a second draw is not a free retry.
+    # Runs of this change measured before the deciding run, which count with it: the change's earlier re-tests
+    # on this keep (pooled_from names them), then a drifted first run. A second draw is not a free retry.
     earlier_values: list[float] = field(default_factory=list)
+    pooled_from: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, str]:
         """The trial summary's supervisor.* fields about the machine and the re-run."""
@@ -103,6 +109,9 @@ class _Run:
             out["supervisor.drift"] = "; ".join(self.drift)
         if self.first_run:
             out["supervisor.drifted_first_run"] = self.first_run
+        if self.pooled_from:
+            out[POOLED_FROM] = ",".join(str(i) for i in self.pooled_from)
+            out[POOLED_RUNS] = str(len(self.earlier_values) - (1 if self.first_run else 0))
         return out
 
 
@@ -305,10 +314,10 @@ class TrialExecutor:
         rerun_of = best if best is not None and best.commit_sha == parent_commit and not diff.strip() else None
         seed = PRIMARY_SEED if rerun_of is None else \
             RERUN_SEED_BASE + 1000 * rerun_of.id + len(rerun_of.all_values) + len(self._reruns(rerun_of))
-        earlier = self._same_change_values(same_change_as, best) if rerun_of is None else []
-        if earlier:
-            assert same_change_as is not None
-            seed = RETEST_SEED_BASE + 1000 * same_change_as.id + len(earlier)
+        group, earlier = self._change_group(diff, best) if same_change_as is not None and rerun_of is None \
+            else ([], [])
+        if group:  # a new seed for every re-test of the change: the first trial's id and how many came before
+            seed = RETEST_SEED_BASE + 1000 * group[0].id + len(group)
         failpoint("before_commit")
         commit = ws.commit_trial(f"trial: {description}")
         failpoint("after_commit")
@@ -327,9 +336,11 @@ class TrialExecutor:
                       parent_trial=best.id if best else None)
         run = _Run(seed, rerun_of, self._compute_neutral(parent_commit, commit, diff))
         if earlier:
-            assert same_change_as is not None
             run.earlier_values = list(earlier)
-            run.note = prompts.DECISION_RETEST_POOLED.format(earlier=same_change_as.id, runs=len(earlier) + 1,
+            run.pooled_from = [t.id for t in group if t.status != TrialStatus.CRASH]
+            ids = [str(i) for i in run.pooled_from]
+            trials = f"trial {ids[0]}" if len(ids) == 1 else f"trials {', '.join(ids[:-1])} and {ids[-1]}"
+            run.note = prompts.DECISION_RETEST_POOLED.format(earlier=trials, runs=len(earlier) + 1,
                                                              values=", ".join(prompts.fmt(v) for v in earlier))
         outcome = self._measured_run(run, trial_id, self.paths.trial_dir(trial_id), live=True)
         guard = self._check_after(findings)
@@ -337,15 +348,14 @@ class TrialExecutor:
             return self._stopped(trial_id, outcome, parent_commit)
         return self._record(trial_id, outcome, best, parent_commit, guard, run)
 
-    def _same_change_values(self, earlier: Trial | None, best: Trial | None) -> list[float]:
-        """The runs of an earlier trial that made this change to this keep ([] if it did not, or crashed). A re-test
-        holds every earlier run of its change beside its own (they were added to it), so the newest holds all."""
-        if earlier is None or best is None or earlier.parent_trial != best.id:
-            return []
-        current = self.ledger.trial(earlier.id)
-        if current is None or not current.status.finished or current.status == TrialStatus.CRASH:
-            return []
-        return list(current.all_values)
+    def _change_group(self, diff: str, best: Trial | None) -> tuple[list[Trial], list[float]]:
+        """Every judged trial that made this change (exactly, or written differently) to this keep, oldest first,
+        and the runs they ran themselves (a crash has none): what a re-test of the change is judged with."""
+        if best is None:
+            return [], []
+        group = [t for t in self.ledger.finished_trials() if t.kind == TrialKind.TRIAL and
+                 t.parent_trial == best.id and t.diff.strip() and same_change(diff, t.diff)]
+        return group, [v for t in group if t.status != TrialStatus.CRASH for v in own_runs(t)]
 
     def _measured_run(self, run: _Run, trial_id: int, out_dir: Path, live: bool) -> TrialOutcome:
         """One run of the trial, between two readings of the machine (the speed sentinel)."""
@@ -482,7 +492,7 @@ class TrialExecutor:
         if outcome.status != "ok" or outcome.val_bpb is None:
             return _Verdict(TrialStatus.CRASH, False, prompts.DECISION_CRASHED.format(reason=outcome.reason))
         if guard.findings:
-            return self._hold(parent_values, outcome.val_bpb, guard.findings)
+            return self._hold(trial_id, parent_values, outcome.val_bpb, guard.findings, run.earlier_values)
         if run.rerun_of is not None:
             return self._pool(run.rerun_of, outcome.val_bpb, run.seed)
         return self._decide(trial_id, parent_values, outcome.val_bpb, run.earlier_values)
@@ -566,10 +576,14 @@ class TrialExecutor:
                       message=prompts.DRIFT_NOTICE.format(trial_id=trial_id, drift=drift, action=": flagged"))
         return _Verdict(verdict.status, True, prompts.DECISION_MACHINE_DRIFT.format(decision=decision, drift=drift))
 
-    def _hold(self, parent_values: list[float], value: float, findings: list[str]) -> _Verdict:
+    def _hold(self, trial_id: int, parent_values: list[float], value: float, findings: list[str],
+              earlier: list[float]) -> _Verdict:
         """A trial the guards found something in is never kept: held for review where the policy would keep it
-        (or re-test it: no confirmation runs are spent on it), else discarded with the findings noted."""
-        decision = self.policy().decide(parent_values, [value], self.noise_sd())
+        (or re-test it: no confirmation runs are spent on it), else discarded with the findings noted. Earlier
+        runs of its change (a re-test, a drifted first run) count with its run, as for any trial."""
+        for old in earlier:
+            self.ledger.add_extra_value(trial_id, old)
+        decision = self.policy().decide(parent_values, [value, *earlier], self.noise_sd())
         rules = ", ".join(finding_rules(findings))
         if decision.verdict is Verdict.DISCARD:
             return _Verdict(TrialStatus.DISCARD, False,

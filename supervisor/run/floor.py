@@ -40,6 +40,33 @@ def conditions(ledger: Ledger, noise_id: int) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+# A deliberate re-test of a change on the same keep is judged with the change's earlier runs: they are recorded
+# among its extra values (first, before its own confirmation runs), and its summary says how many and whose.
+POOLED_RUNS = "supervisor.pooled_runs"
+POOLED_FROM = "supervisor.pooled_from"
+
+
+def own_runs(trial: Trial) -> list[float]:
+    """The val_bpb of the runs this trial ran itself: its values without those pooled from earlier re-tests."""
+    if trial.val_bpb is None:
+        return []
+    try:
+        pooled = max(0, int(trial.summary.get(POOLED_RUNS) or 0))
+    except (TypeError, ValueError):
+        pooled = 0
+    return [trial.val_bpb, *trial.extra_values[pooled:]]
+
+
+def pooled_elsewhere(trials: Sequence[Trial]) -> set[int]:
+    """Trials whose runs a later re-test holds (and counts) beside its own."""
+    out: set[int] = set()
+    for trial in trials:
+        for word in str(trial.summary.get(POOLED_FROM) or "").split(","):
+            if word.strip().isdigit():
+                out.add(int(word))
+    return out
+
+
 def is_rerun(trial: Trial) -> bool:
     """An unchanged re-run of a keep (its seed says so, and it changed nothing: a re-test has a seed this high too)."""
     return (trial.seed is not None and trial.seed >= RERUN_SEED_BASE and trial.parent_trial is not None
@@ -60,9 +87,10 @@ def same_code_groups(trials: Sequence[Trial], budget_s: float,
     """The val_bpb of each trial that ran its code more than once at this budget: a keep with its unchanged
     re-runs (and ``pending``, a re-run of keep id not recorded yet), a trial with its confirmation runs."""
     groups = []
+    held_later = pooled_elsewhere(trials)  # a re-tested change's runs count once, in its newest re-test's group
     for t in trials:
         if not (t.kind == TrialKind.TRIAL and t.status in _GROUP_STATUSES and t.budget_s is not None
-                and abs(t.budget_s - budget_s) < 1e-6) or is_rerun(t):
+                and abs(t.budget_s - budget_s) < 1e-6) or is_rerun(t) or t.id in held_later:
             continue
         values = [*t.all_values, *rerun_values(trials, t)]
         if pending is not None and pending[0] == t.id:
