@@ -47,7 +47,7 @@ def make_source(tmp_path: Path) -> Path:
     train = source / "trainer/train.py"
     text = train.read_text()
     text = text.replace("NOISE_SD = 0.0", "NOISE_SD = 0.002").replace("SLEEP = 0.05", "SLEEP = 0.01")
-    text = text.replace('print("num_params_M: 0.1")', 'print(f"num_params_M: {0.05 * WIDTH:.2f}")')
+    text = text.replace('print(f"num_params_M: {0.05 * DEPTH:g}")', 'print(f"num_params_M: {0.05 * WIDTH:.2f}")')
     text = text.replace('print("peak_vram_mb: 0.0")', 'print(f"peak_vram_mb: {40.0 * WIDTH:.1f}")')
     text = text.replace('print("mfu_percent: unknown")', 'print(f"mfu_percent: {20 + LR * 100:.1f}")')
     train.write_text(text)

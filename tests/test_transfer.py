@@ -300,3 +300,30 @@ async def test_the_morning_review_shows_each_keeps_label_in_a_scale_column(tmp_p
         cells = {row: str(table.get_row(row)[column]) for row in ("1", "2", "3")}
         assert cells == {"1": "", "2": "bound", "3": "stable"}
         await pilot.press("q")
+
+
+def test_a_model_that_ignores_its_depth_constant_is_labelled_unknown_not_run_as_if_deeper(tmp_path):
+    """Keep 2 hard-codes its size (the stand-in's parameter count no longer follows DEPTH, as `GPT(n_layer=6)`
+    would): its run at DEPTH x2 reports the night's parameter count, so it is not taken for a deeper run."""
+    def agent(ctx, n):
+        if ctx.obligation == "journal":
+            return [journal(n)]
+        steps = {0: [edit("NOISE_SD = 0.0", "NOISE_SD = 0.002"), trial("baseline")],
+                 1: [edit("LR = 0.02", "LR = 0.03"),
+                     edit('print(f"num_params_M: {0.05 * DEPTH:g}")', 'print("num_params_M: 0.1")'),
+                     trial("learning rate up, model size fixed")]}
+        return steps.get(ctx.trials_done)
+
+    config = fake_config(tmp_path, policy="greedy", warm_start=False, max_trials=2)
+    Supervisor(config, CallbackAgent(agent)).run()
+    sup = Supervisor(config, CallbackAgent(lambda ctx, n: None), resume=True)
+    try:
+        plan = plan_transfer(sup.ledger, Scale(2, 1), seeds=2)
+        result = sup.transfer_check(plan)
+        runs = sup.ledger.transfer_runs()
+    finally:
+        sup.close()
+    assert [v.label for v in result.verdicts] == [TransferLabel.UNKNOWN]
+    assert "the model does not follow DEPTH" in result.verdicts[0].reason
+    # Found on its first run; its other seed is not spent.
+    assert sorted((r.trial_id, r.status) for r in runs) == [(1, "ok"), (1, "ok"), (2, "crash")]

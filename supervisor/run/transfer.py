@@ -35,7 +35,7 @@ from supervisor.core.transfer import (
 from supervisor.core.types import RunState, TransferRun, TransferStatus, Trial
 from supervisor.run.executor import TrialExecutor, kill_orphan_trial
 from supervisor.store.ledger import Ledger
-from supervisor.trial.runner import TrialOutcome, run_trial
+from supervisor.trial.runner import TrialOutcome, run_trial, summary_float
 
 UNSCALABLE = "could not be scaled: "
 ABORTED_BY_DEATH = "the supervisor stopped during this run; it was not finished"
@@ -105,6 +105,7 @@ class TransferCheck:
         self.ex = executor
         self.ledger = executor.ledger
         self.run_stopping = run_stopping
+        self._unscalable: set[int] = set()  # codes this check found it cannot run at the scale
 
     def run(self, plan: TransferPlan) -> TransferResult:
         ex = self.ex
@@ -120,6 +121,8 @@ class TransferCheck:
                     ex.bus.emit(ev.NOTICE, level="warning", message="transfer check stopped: what finished is kept; "
                                                                     "the same command runs the rest")
                     break
+                if code.id in self._unscalable:
+                    continue  # found out on an earlier seed: its other seeds would say the same
                 self._one(plan.scale, code, TRANSFER_SEED_BASE + index, f"run {n} of {total}")
         finally:
             ex.restore_branch()
@@ -133,6 +136,7 @@ class TransferCheck:
         try:
             scaled = scale_script(ex.workspace.show_file(code.commit_sha, ex.editable), scale)
         except ScaleError as exc:
+            self._unscalable.add(code.id)
             ledger.finish_transfer_run(run_id, status=TransferStatus.CRASH, reason=f"{UNSCALABLE}{exc}")
             ex.bus.emit(ev.NOTICE, level="warning", message=f"transfer: trial {code.id} {UNSCALABLE}{exc}")
             return
@@ -145,6 +149,10 @@ class TransferCheck:
                             on_start=lambda pid: ledger.set_transfer_pid(run_id, pid))
         problem = ex.after_run_problem()
         status, value, reason = _result(outcome, problem)
+        unchanged = _scale_without_effect(scale, code, outcome)
+        if status == TransferStatus.OK and unchanged:
+            self._unscalable.add(code.id)
+            status, value, reason = TransferStatus.CRASH, None, f"{UNSCALABLE}{unchanged}"
         ledger.finish_transfer_run(run_id, status=status, val_bpb=value, reason=reason,
                                    wall_seconds=outcome.wall_seconds)
         said = f"val_bpb {value:.6f}" if value is not None else f"{status}: {reason}"
@@ -162,6 +170,18 @@ class TransferCheck:
         grace = cfg.grace_s if cfg.grace_s is not None else max(30.0, 0.25 * budget_s)
         return replace(spec, budget_s=budget_s, budget_tokens=scale.budget_tokens(cfg.budget_tokens),
                        grace_s=grace, allowance_s=None, allowance_source="--grace")
+
+
+def _scale_without_effect(scale: Scale, code: Trial, outcome: TrialOutcome) -> str | None:
+    """Why a deeper run evidently was not deeper: it reports the night's parameter count (a script whose model
+    ignores its depth constant, say `GPT(n_layer=6)`). None when it changed, or either count is unknown."""
+    if scale.depth_factor == 1 or code.num_params_m is None:
+        return None
+    scaled = summary_float(outcome.summary, "num_params_M")
+    if scaled is None or abs(scaled - code.num_params_m) > 1e-9 * max(1.0, abs(scaled)):
+        return None
+    return (f"the run at {scale.key} reports the night's parameter count ({scaled:g}M): the model does not "
+            f"follow {scale.depth_name}, so the run is not at the larger scale")
 
 
 def _result(outcome: TrialOutcome, problem: str) -> tuple[TransferStatus, float | None, str | None]:

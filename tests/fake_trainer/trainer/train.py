@@ -105,5 +105,5 @@ print("mfu_percent: unknown")
 print(f"num_steps: {steps}")
 print(f"total_tokens: {steps * TOKENS_PER_STEP}")
 print(f"tokens_per_s: {tokens_per_s:.0f}")
-print("num_params_M: 0.1")
+print(f"num_params_M: {0.05 * DEPTH:g}")  # 0.1 at the default depth
 print("device: cpu")
