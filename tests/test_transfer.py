@@ -123,6 +123,15 @@ def _night_agent(ctx, n):
     return steps.get(ctx.trials_done)
 
 
+def _check(config, scale: Scale | None = None, seeds: int = 2):
+    """The transfer check on a finished night, by the run's own supervisor (as `autoresearch transfer` runs it)."""
+    sup = Supervisor(config, CallbackAgent(lambda ctx, n: None), resume=True)
+    try:
+        return sup.transfer_check(plan_transfer(sup.ledger, scale or Scale(2, 1), seeds))
+    finally:
+        sup.close()
+
+
 def _night(tmp_path, **cfg):
     config = fake_config(tmp_path, policy="greedy", warm_start=False, max_trials=3, **cfg)
     sup = Supervisor(config, CallbackAgent(_night_agent))
@@ -261,11 +270,7 @@ def test_the_report_has_a_transfer_section_and_chart_and_says_how_to_check_when_
     text = unchecked.markdown.read_text()
     assert "## Scale transfer" in text and f"autoresearch transfer --tag {config.tag}" in text
     assert "transfer" not in unchecked.chart_names
-    sup = Supervisor(config, CallbackAgent(lambda ctx, n: None), resume=True)
-    try:
-        sup.transfer_check(plan_transfer(sup.ledger, Scale(2, 1), seeds=2))
-    finally:
-        sup.close()
+    _check(config)
     ledger = Ledger(config.run_dir / "ledger.sqlite", readonly=True)
     try:
         checked = write_report(ledger, tmp_path / "after", png=False)
@@ -284,11 +289,7 @@ async def test_the_morning_review_shows_each_keeps_label_in_a_scale_column(tmp_p
     from tests.test_tui_app import make_app, until
 
     config, _, _ = _night(tmp_path)
-    sup = Supervisor(config, CallbackAgent(lambda ctx, n: None), resume=True)
-    try:
-        sup.transfer_check(plan_transfer(sup.ledger, Scale(2, 1), seeds=2))
-    finally:
-        sup.close()
+    _check(config)
     app = make_app(config.run_dir, review=True)
     async with app.run_test(size=(140, 40)) as pilot:
         await until(pilot, lambda: app.view.tag == config.tag, what="the run loaded")

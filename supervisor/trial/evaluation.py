@@ -24,7 +24,6 @@ over time, and the logits never cross a process boundary (for the full profile t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -38,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.trial.guards import file_sha256
 from supervisor.trial.sandbox import SandboxPlan, seen_from
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def kept_model(trial_dir: Path, artifact_sha256: str | None) -> Path | None:
     present = [p for p in candidates if p.is_file() and not p.is_symlink()]
     if not artifact_sha256:
         return present[0] if present else None
-    return next((p for p in present if _file_sha256(p) == artifact_sha256), None)
+    return next((p for p in present if file_sha256(p) == artifact_sha256), None)
 
 
 def score_audit(spec: EvaluatorSpec, model: Path, artifact_sha256: str | None) -> AuditScore:
@@ -290,14 +290,6 @@ def _audit_record_problem(record: dict, audit_sha256: str | None, artifact_sha25
     if artifact_sha256 and record.get("artifact_sha256") != artifact_sha256:
         return "the audit scoring scored another model than the one kept"
     return None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _tail(path: Path, limit: int = 300) -> str:

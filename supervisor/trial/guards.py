@@ -914,7 +914,8 @@ def finding_rules(findings: Iterable[str]) -> list[str]:
 
 
 # ---- the evaluation's inputs ---------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (a cache's token files are gigabytes)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -935,7 +936,7 @@ def eval_fingerprint(cache_dir: Path) -> dict[str, str] | None:
         if not isinstance(name, str):
             continue
         path = Path(cache_dir) / name
-        out[name] = _sha256(path) if path.is_file() else "<missing>"
+        out[name] = file_sha256(path) if path.is_file() else "<missing>"
     return out or None
 
 
@@ -944,7 +945,7 @@ def fingerprint_changes(expected: dict[str, str], cache_dir: Path) -> list[str]:
     changed = []
     for name, sha in expected.items():
         path = Path(cache_dir) / name
-        actual = _sha256(path) if path.is_file() else "<missing>"
+        actual = file_sha256(path) if path.is_file() else "<missing>"
         if actual != sha:
             changed.append(name)
     return changed
