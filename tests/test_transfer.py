@@ -261,21 +261,20 @@ def test_transfer_at_end_runs_the_check_when_the_night_finishes(tmp_path):
 def test_the_report_has_a_transfer_section_and_chart_and_says_how_to_check_when_unchecked(tmp_path):
     from supervisor.morning.report import write_report
 
+    def report(out):
+        ledger = Ledger(config.run_dir / "ledger.sqlite", readonly=True)
+        try:
+            return write_report(ledger, out, png=False)
+        finally:
+            ledger.close()
+
     config, _, _ = _night(tmp_path)
-    ledger = Ledger(config.run_dir / "ledger.sqlite", readonly=True)
-    try:
-        unchecked = write_report(ledger, tmp_path / "before", png=False)
-    finally:
-        ledger.close()
+    unchecked = report(tmp_path / "before")
     text = unchecked.markdown.read_text()
     assert "## Scale transfer" in text and f"autoresearch transfer --tag {config.tag}" in text
     assert "transfer" not in unchecked.chart_names
     _check(config)
-    ledger = Ledger(config.run_dir / "ledger.sqlite", readonly=True)
-    try:
-        checked = write_report(ledger, tmp_path / "after", png=False)
-    finally:
-        ledger.close()
+    checked = report(tmp_path / "after")
     text = checked.markdown.read_text()
     assert "**DEPTH x2** (1 scale-stable, 1 scale-bound, 0 unknown" in text
     assert "| 2 | learning rate up |" in text and "| scale-bound |" in text

@@ -140,7 +140,7 @@ class RunView:
             journal={j.trial_id: j for j in ledger.journal_entries()},
             reflections=ledger.reflections(), plans=ledger.plans(), steering=ledger.steering(),
             noise_by_budget=noise_by_budget, noise_rows=ledger.noise_records(),
-            transfer=transfer_results(ledger, config.floor_factor),
+            transfer=transfer_results(ledger, config.floor_factor, trials),
         )
 
     # -- what kind of run ----------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def run_status(ledger: Ledger, lock_path: Any = None) -> dict[str, Any]:
                            usage=usage["by_trial"][t.id].as_dict() if t.id in usage["by_trial"] else None)
         for t in trials
     }
-    transfer = transfer_results(ledger, cfg.floor_factor)
+    transfer = transfer_results(ledger, cfg.floor_factor, trials)
     for record in records.values():  # each trial's label at every scale it was judged at
         record["transfer"] = {r.scale_key: str(v.label) for r in transfer for v in r.verdicts
                               if v.keep.id == record["id"]}

@@ -194,11 +194,13 @@ def _result(outcome: TrialOutcome, problem: str) -> tuple[TransferStatus, float 
     return TransferStatus.CRASH, None, outcome.reason
 
 
-def transfer_result(ledger: Ledger, scale_key: str, factor: float) -> TransferResult:
-    """The labels at one scale from the ledger: the keeps whose code and parent's code ran there."""
-    runs = ledger.transfer_runs(scale_key)
+def transfer_result(ledger: Ledger, scale_key: str, factor: float, trials: list[Trial] | None = None,
+                    runs: list[TransferRun] | None = None) -> TransferResult:
+    """The labels at one scale from the ledger: the keeps whose code and parent's code ran there. ``trials`` and
+    ``runs`` (of this scale): what the caller already read, so a status poll reads the ledger once."""
+    runs = ledger.transfer_runs(scale_key) if runs is None else runs
     ran = {r.trial_id for r in runs}
-    chain = [link for link in keep_chain(ledger.trials())
+    chain = [link for link in keep_chain(ledger.trials() if trials is None else trials)
              if link.parent is not None and link.keep.id in ran and link.parent.id in ran]
     values: dict[int, list[float]] = {}
     for r in runs:
@@ -209,10 +211,14 @@ def transfer_result(ledger: Ledger, scale_key: str, factor: float) -> TransferRe
     return label_chain(chain, values, factor, unscalable, scale_key)
 
 
-def transfer_results(ledger: Ledger, factor: float) -> list[TransferResult]:
-    """Every scale the run was checked at, in the order first checked."""
-    keys = list(dict.fromkeys(r.scale for r in ledger.transfer_runs()))
-    return [transfer_result(ledger, key, factor) for key in keys]
+def transfer_results(ledger: Ledger, factor: float, trials: list[Trial] | None = None) -> list[TransferResult]:
+    """Every scale the run was checked at, in the order first checked (nothing more is read when there is none)."""
+    runs = ledger.transfer_runs()
+    if not runs:
+        return []
+    trials = ledger.trials() if trials is None else trials
+    keys = list(dict.fromkeys(r.scale for r in runs))
+    return [transfer_result(ledger, key, factor, trials, [r for r in runs if r.scale == key]) for key in keys]
 
 
 def scale_means(ledger: Ledger, scale_key: str) -> dict[int, float]:
